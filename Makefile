@@ -1,0 +1,67 @@
+# Wrenn build entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+WRENN_DIR   ?= /var/lib/wrenn
+WRENN_CACHE ?= /var/cache/wrenn
+export WRENN_DIR WRENN_CACHE
+
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/wrenn/wrenn/internal/version.Version=$(VERSION)
+GO      ?= go
+BUILDS  := builds
+
+# Guest binaries must be static: the rootfs has no matching libc guarantees.
+GUEST_BINS := envd wrenn-init
+HOST_BINS  := wrenn-cp wrenn-agent wrenn
+
+.PHONY: help build generate check lint test test-short images kernel rootfs deps clean
+
+help:
+	@echo "make build      build $(HOST_BINS) $(GUEST_BINS) into $(BUILDS)/"
+	@echo "make images     build the guest kernel and the minimal rootfs (cached under $(WRENN_CACHE))"
+	@echo "make test       install what is missing, build images, run every test (VM tests included)"
+	@echo "make check      gofmt, go vet, staticcheck, then make test"
+	@echo "make generate   regenerate code from proto/ (and later api/, db/)"
+
+build: $(addprefix $(BUILDS)/,$(HOST_BINS) $(GUEST_BINS))
+
+$(addprefix $(BUILDS)/,$(GUEST_BINS)): $(BUILDS)/%: FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
+
+$(addprefix $(BUILDS)/,$(HOST_BINS)): $(BUILDS)/%: FORCE
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
+
+FORCE:
+
+generate:
+	scripts/generate.sh
+
+deps:
+	scripts/deps.sh
+
+kernel: deps
+	images/kernel/build.sh
+
+rootfs: deps $(BUILDS)/envd $(BUILDS)/wrenn-init
+	ENVD_BIN=$(abspath $(BUILDS)/envd) INIT_BIN=$(abspath $(BUILDS)/wrenn-init) images/rootfs/build.sh
+
+images: kernel rootfs
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+test:
+	scripts/test.sh
+
+# Unit tests only: no root, no VMs, no images.
+test-short:
+	$(GO) test -short -race ./...
+
+check: lint test
+
+clean:
+	rm -rf $(BUILDS)

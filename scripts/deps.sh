@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Wrenn needs to build, test and run, skipping
+# what is already installed so a warm run costs well under a second.
+# Go tools (protoc plugins, staticcheck) are pinned in go.mod's tool block and
+# fetched by the go command itself.
+set -euo pipefail
+
+packages=(
+	# guests
+	qemu-system-x86 qemu-utils
+	# guest kernel build
+	linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils python3 dwarves
+	# rootfs build
+	debootstrap e2fsprogs
+	# host networking and tests
+	iproute2 nftables
+	# contracts
+	protobuf-compiler libprotobuf-dev
+	# control plane state
+	postgresql
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+	echo "deps: missing packages ${missing[*]}; run as root to install them" >&2
+	exit 1
+fi
+echo "deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
