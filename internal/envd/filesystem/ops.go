@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"connectrpc.com/connect"
 
@@ -68,6 +69,11 @@ func (s *Service) Move(ctx context.Context, req *connect.Request[pb.MoveRequest]
 		return nil, errdefs.ToConnect(fmt.Errorf("move %s to %s: %w", src, dst, err))
 	}
 	if err := os.Rename(src, dst); err != nil {
+		// Linux answers ENOTEMPTY or EEXIST for a non-empty destination
+		// directory depending on the filesystem; clients see one code.
+		if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+			return nil, errdefs.ToConnect(errdefs.New(errdefs.ErrAlreadyExists, "move %s to %s: destination is a non-empty directory", src, dst))
+		}
 		return nil, errdefs.ToConnect(fmt.Errorf("move %s to %s: %w", src, dst, errdefs.FromOS(err)))
 	}
 	e, err := stat(dst, newNames())
