@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 )
 
 // DefaultConsoleLogMax is the size at which console.log is rotated to
@@ -104,6 +105,18 @@ func startConsole(socketPath, logPath string, max int64) (*console, error) {
 		c.err = errors.Join(err, log.Close())
 	}()
 	return c, nil
+}
+
+// drain waits up to d for the copy to reach EOF (QEMU has exited and the
+// socket buffer still holds the guest's last words), then closes.
+func (c *console) drain(d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.done:
+	case <-t.C:
+	}
+	return c.Close()
 }
 
 // Close stops copying and waits for the goroutine.

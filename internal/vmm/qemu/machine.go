@@ -22,6 +22,10 @@ import (
 // stuck in uninterruptible I/O takes longer.
 const killWait = 10 * time.Second
 
+// consoleDrain bounds how long Stop waits for the console copy to catch up
+// with a QEMU that has already exited.
+const consoleDrain = 2 * time.Second
+
 // quitWait bounds the QMP "quit" request itself during Stop.
 const quitWait = 2 * time.Second
 
@@ -418,7 +422,12 @@ func (m *Machine) release() error {
 	m.released = true
 	var errs []error
 	if m.console != nil {
-		errs = append(errs, m.console.Close())
+		select {
+		case <-m.exited:
+			errs = append(errs, m.console.drain(consoleDrain))
+		default:
+			errs = append(errs, m.console.Close())
+		}
 	}
 	if m.qmp != nil {
 		if err := m.qmp.Close(); err != nil {

@@ -27,8 +27,8 @@ func haltKernel(t *testing.T) string {
 		phSize  = 32
 		codeOff = ehSize + phSize
 	)
-	code := binary.LittleEndian.AppendUint32(nil, 0x1BADB002) // multiboot magic
-	code = binary.LittleEndian.AppendUint32(code, 0)          // flags
+	code := binary.LittleEndian.AppendUint32(nil, 0x1BADB002)             // multiboot magic
+	code = binary.LittleEndian.AppendUint32(code, 0)                      // flags
 	code = binary.LittleEndian.AppendUint32(code, 0x100000000-0x1BADB002) // checksum
 	entry := uint32(base + codeOff + len(code))
 	code = append(code, 0xf4, 0xeb, 0xfd) // hlt; jmp hlt
@@ -36,9 +36,9 @@ func haltKernel(t *testing.T) string {
 
 	le := binary.LittleEndian
 	b := []byte{0x7f, 'E', 'L', 'F', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	b = le.AppendUint16(b, 2)   // ET_EXEC
-	b = le.AppendUint16(b, 3)   // EM_386
-	b = le.AppendUint32(b, 1)   // EV_CURRENT
+	b = le.AppendUint16(b, 2) // ET_EXEC
+	b = le.AppendUint16(b, 3) // EM_386
+	b = le.AppendUint32(b, 1) // EV_CURRENT
 	b = le.AppendUint32(b, entry)
 	b = le.AppendUint32(b, ehSize) // e_phoff
 	b = le.AppendUint32(b, 0)      // e_shoff
