@@ -1,0 +1,54 @@
+package envd
+
+import (
+	"net/http"
+
+	"github.com/wrenn/wrenn/internal/envd/envdhttp"
+	"github.com/wrenn/wrenn/internal/errdefs"
+)
+
+// allow serves h for method (and HEAD alongside GET) and answers anything
+// else with a JSON 405, so every envd route errs in the same shape.
+func allow(method string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == method || (method == http.MethodGet && r.Method == http.MethodHead) {
+			h(w, r)
+			return
+		}
+		w.Header().Set("Allow", method)
+		envdhttp.WriteJSON(w, http.StatusMethodNotAllowed, envdhttp.ErrorBody{
+			Code:    http.StatusMethodNotAllowed,
+			Kind:    errdefs.Code(errdefs.ErrInvalidArgument),
+			Message: "method " + r.Method + " is not allowed on " + r.URL.Path + "; use " + method,
+		})
+	})
+}
+
+// handleHealth answers 204 whenever envd can serve at all; it needs no
+// token because the host polls it before /init.
+func handleHealth(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func handleNotFound(w http.ResponseWriter, r *http.Request) {
+	envdhttp.WriteError(w, errdefs.New(errdefs.ErrNotFound, "no route %s %s", r.Method, r.URL.Path))
+}
+
+// handleEnvs returns the environment variables /init set.
+func (s *server) handleEnvs(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	envdhttp.WriteJSON(w, http.StatusOK, s.defs.Env())
+}
+
+// handleMetrics returns the guest's resource usage.
+func (s *server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
+	m, err := s.metrics.Sample()
+	if err != nil {
+		s.logger.Error("sample guest metrics", "err", err)
+		envdhttp.WriteError(w, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	envdhttp.WriteJSON(w, http.StatusOK, m)
+}
