@@ -1,6 +1,7 @@
 package files
 
 import (
+	"bufio"
 	"compress/gzip"
 	"errors"
 	"fmt"
@@ -18,6 +19,9 @@ import (
 	"github.com/wrenn/wrenn/internal/envd/identity"
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
+
+// writeBuffer is the size of the writes an upload makes to disk.
+const writeBuffer = 256 << 10
 
 // uploaded is one element of the POST /files response, as E2B returns it.
 type uploaded struct {
@@ -183,12 +187,18 @@ func store(dest string, src io.Reader, u identity.User) (uploaded, error) {
 		return up, fmt.Errorf("upload to %s: %w", dest, err)
 	}
 	body := &readErr{r: src}
-	if _, err := io.Copy(tmp, body); err != nil {
+	// Multipart parts arrive a few KiB per Read; batching them into larger
+	// writes cuts syscalls by two orders of magnitude at a fixed cost.
+	bw := bufio.NewWriterSize(tmp, writeBuffer)
+	if _, err := io.Copy(bw, body); err != nil {
 		if body.err != nil {
 			// The client's side failed (disconnect, truncated body), not
 			// the disk.
 			return up, errdefs.New(errdefs.ErrInvalidArgument, "upload to %s: read request body: %v", dest, body.err)
 		}
+		return up, fmt.Errorf("upload to %s: write: %w", dest, errdefs.FromOS(err))
+	}
+	if err := bw.Flush(); err != nil {
 		return up, fmt.Errorf("upload to %s: write: %w", dest, errdefs.FromOS(err))
 	}
 	if err := tmp.Sync(); err != nil {
