@@ -208,3 +208,43 @@ func TestBootInNetNS(t *testing.T) {
 		t.Fatalf("boot in a missing netns: err = %v", err)
 	}
 }
+
+// TestBootAsUnprivilegedUser runs QEMU as nobody (Spec.UID/GID).
+func TestBootAsUnprivilegedUser(t *testing.T) {
+	requireRoot(t)
+	const nobody = 65534
+	spec := haltSpec(t, "")
+	// nobody must reach the kernel and own the sandbox dir.
+	src, err := os.ReadFile(haltKernel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Kernel = filepath.Join(spec.Dir, "vmlinux")
+	if err := os.WriteFile(spec.Kernel, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(spec.Dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	spec.UID, spec.GID = nobody, nobody
+	spec.MemoryFile = filepath.Join(spec.Dir, "mem")
+	m, err := testDriver(t).Boot(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopOnCleanup(t, m)
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(m.PID()) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "Uid:") || strings.HasPrefix(l, "Gid:") {
+			if f := strings.Fields(l); len(f) < 5 || f[1] != "65534" || f[2] != "65534" || f[3] != "65534" {
+				t.Fatalf("qemu runs with %q, want nobody", l)
+			}
+		}
+		if strings.HasPrefix(l, "Groups:") && strings.TrimSpace(strings.TrimPrefix(l, "Groups:")) != "" {
+			t.Fatalf("qemu kept supplementary groups: %q", l)
+		}
+	}
+}
