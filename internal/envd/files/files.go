@@ -5,6 +5,7 @@
 package files
 
 import (
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -13,7 +14,6 @@ import (
 	"github.com/wrenn/wrenn/internal/envd/defaults"
 	"github.com/wrenn/wrenn/internal/envd/envdhttp"
 	"github.com/wrenn/wrenn/internal/envd/identity"
-	"io/fs"
 )
 
 type handler struct {
