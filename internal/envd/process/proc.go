@@ -283,7 +283,7 @@ func (p *proc) wait(readers *sync.WaitGroup, onExit func(*proc)) {
 		msg := waitErr.Error()
 		end.Error = &msg
 	}
-	p.logger.Info("process ended", "pid", p.pid, "status", end.Status)
+	p.logger.Info("process ended", "status", end.Status)
 	p.end = &pb.ProcessEvent{Event: &pb.ProcessEvent_End{End: end}}
 	close(p.events)
 }
