@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -118,16 +119,19 @@ func ensureSharedMountDir(dir string) error {
 	return nil
 }
 
-// enableForwarding sets net.ipv4.ip_forward=1 in the namespace at path. The
-// sysctl is per namespace: /proc/sys/net shows the opening thread's.
-func enableForwarding(nsPath string) error {
+// setSysctls writes the given /proc/sys/net settings (path relative to
+// /proc/sys, value) in the namespace at nsPath, skipping those already set.
+// These sysctls are per namespace: /proc/sys/net shows the opening thread's.
+func setSysctls(nsPath string, kv [][2]string) error {
 	return inNetNS(nsPath, func() error {
-		const f = "/proc/sys/net/ipv4/ip_forward"
-		if b, err := os.ReadFile(f); err == nil && len(b) > 0 && b[0] == '1' {
-			return nil
-		}
-		if err := os.WriteFile(f, []byte("1\n"), 0o644); err != nil {
-			return fmt.Errorf("enable ip_forward in %s: %w", nsPath, err)
+		for _, e := range kv {
+			f := filepath.Join("/proc/sys", e[0])
+			if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == e[1] {
+				continue
+			}
+			if err := os.WriteFile(f, []byte(e[1]+"\n"), 0o644); err != nil {
+				return fmt.Errorf("set %s=%s in %s: %w", e[0], e[1], nsPath, err)
+			}
 		}
 		return nil
 	})

@@ -280,7 +280,7 @@ func (p *Pool) ensureHost(ctx context.Context) error {
 func (p *Pool) installHost() error {
 	p.hostMu.Lock()
 	defer p.hostMu.Unlock()
-	if err := enableForwarding(p.l.hostNetNS); err != nil {
+	if err := setSysctls(p.l.hostNetNS, [][2]string{{"net/ipv4/ip_forward", "1"}}); err != nil {
 		return fmt.Errorf("prepare host: %w", err)
 	}
 	ns, err := openNetNS(p.l.hostNetNS)
@@ -308,12 +308,21 @@ func (p *Pool) hostHandle() (*netlink.Handle, error) {
 	return h, nil
 }
 
+// slotSysctls are set in every slot netns. Without the per-destination
+// ICMP rate limit a guest that keeps hitting rejected destinations still
+// gets an immediate error each time instead of a one-second SYN retry; the
+// namespace's global ICMP budget (icmp_msgs_per_sec) still applies.
+var slotSysctls = [][2]string{
+	{"net/ipv4/ip_forward", "1"},
+	{"net/ipv4/icmp_ratelimit", "0"},
+}
+
 // createNetNS makes the slot netns with lo up and forwarding on.
 func (p *Pool) createNetNS(s *Slot) error {
 	if err := createNamedNetNS(p.l.netnsDir, s.NetNSName()); err != nil {
 		return err
 	}
-	if err := enableForwarding(s.NetNSPath()); err != nil {
+	if err := setSysctls(s.NetNSPath(), slotSysctls); err != nil {
 		return err
 	}
 	return withHandle(s.NetNSPath(), func(h *netlink.Handle) error {
