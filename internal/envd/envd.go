@@ -168,8 +168,8 @@ func newServer(cfg Config, logger *slog.Logger) (*server, error) {
 	}, nil
 }
 
-// handler routes every request: /health is always open, everything else
-// passes the access-token check first.
+// handler routes every request: CORS preflights and /health are always
+// open, everything else passes the access-token check first.
 func (s *server) handler() http.Handler {
 	opts := []connect.HandlerOption{connect.WithReadMaxBytes(s.cfg.MaxMessageBytes)}
 	procPath, procHandler := processconnect.NewProcessHandler(s.proc, opts...)
@@ -186,13 +186,13 @@ func (s *server) handler() http.Handler {
 
 	health := allow(http.MethodGet, handleHealth)
 	authed := s.requireToken(mux, []string{procPath, fsPath})
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return withCORS(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" {
 			health.ServeHTTP(w, r)
 			return
 		}
 		authed.ServeHTTP(w, r)
-	})
+	}))
 }
 
 // serve runs the HTTP server on ln until ctx is done or ln fails.
@@ -206,8 +206,11 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 		Handler:           s.handler(),
 		Protocols:         &protocols,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       10 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		// Longer than the idle timeout of the proxies in front (agent,
+		// control plane) so they, not envd, close idle connections and
+		// never reuse one envd is closing.
+		IdleTimeout: 640 * time.Second,
+		ErrorLog:    slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
 
 	var fwd sync.WaitGroup

@@ -2,6 +2,7 @@ package envd
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/wrenn/wrenn/internal/envd/envdhttp"
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -51,4 +52,38 @@ func (s *server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	envdhttp.WriteJSON(w, http.StatusOK, m)
+}
+
+// corsExposed are the response headers browsers may read: Connect's gRPC
+// trailers-in-headers and the ones E2B's envd exposes.
+var corsExposed = strings.Join([]string{
+	"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin",
+	"Location", "Cache-Control", "X-Content-Type-Options",
+}, ", ")
+
+// withCORS lets browser SDKs call envd from any origin, as E2B's envd
+// does. It is safe with "*" because credentials travel in the
+// X-Access-Token header, never in cookies. It sits outside the token check
+// because preflight requests carry no custom headers.
+func withCORS(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Origin") == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Add("Vary", "Origin")
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			h.Set("Access-Control-Allow-Methods", "HEAD, GET, POST, PUT, PATCH, DELETE")
+			if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+				h.Set("Access-Control-Allow-Headers", req)
+			}
+			h.Set("Access-Control-Max-Age", "7200")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		h.Set("Access-Control-Expose-Headers", corsExposed)
+		next.ServeHTTP(w, r)
+	})
 }
