@@ -44,7 +44,7 @@ for bin in "$ENVD_BIN" "$INIT_BIN"; do
 		die "$bin is dynamically linked: build it with CGO_ENABLED=0"
 	fi
 done
-for tool in debootstrap mkfs.ext4 sha256sum flock; do
+for tool in debootstrap mkfs.ext4 debugfs sha256sum flock; do
 	command -v "$tool" >/dev/null || die "missing $tool (apt-get install debootstrap e2fsprogs coreutils util-linux)"
 done
 
@@ -129,7 +129,7 @@ uuid=$(printf '%s' "$inputs_hash" | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12})
 
 stage=$cache_root/.stage-$$
 tmp=$out/.rootfs.ext4.tmp-$$
-trap 'rm -rf "$stage" "$tmp"' EXIT
+trap 'rm -rf "$stage" "$stage.debugfs" "$tmp"' EXIT
 # Hard links: no data is copied, and the cached tree is never written to
 # (the two binaries are new names in the stage, not overwrites).
 cp -al "$tree" "$stage"
@@ -150,7 +150,23 @@ size_mib=$(((used_kib * 5 / 4 / 1024 + 64 + 3) / 4 * 4))
 E2FSPROGS_FAKE_TIME=$epoch mkfs.ext4 -q -F -d "$stage" -L wrenn-root -U "$uuid" \
 	-T default -b 4096 -I 256 -m 0 \
 	-E "hash_seed=$uuid,root_owner=0:0,lazy_itable_init=0" \
-	"$tmp" "${size_mib}M"
+	"$tmp" "${size_mib}M" >/dev/null
+# mke2fs copies each file's atime and ctime from the host, where the hard
+# links just made set every ctime to now and reads move atimes. Pin both to
+# the epoch (mtimes are the tree's own, crtimes come from the fake time), so
+# the same inputs give the same bytes.
+if find "$stage" -mindepth 1 -printf '%P\n' | grep -q '"'; then
+	log "a path in the tree contains a double quote: timestamps not pinned, image not reproducible"
+else
+	{
+		printf 'sif / atime @%s\nsif / ctime @%s\n' "$epoch" "$epoch"
+		find "$stage" -mindepth 1 -printf '%P\n' |
+			awk -v t="$epoch" '{ printf "sif \"/%s\" atime @%s\nsif \"/%s\" ctime @%s\n", $0, t, $0, t }'
+	} >"$stage.debugfs"
+	errors=$(E2FSPROGS_FAKE_TIME=$epoch debugfs -w -f "$stage.debugfs" "$tmp" 2>&1 >/dev/null | grep -v '^debugfs [0-9]' || true)
+	rm -f "$stage.debugfs"
+	[ -z "$errors" ] || die "pinning timestamps with debugfs failed: $(printf '%s' "$errors" | head -n3)"
+fi
 mv -f "$tmp" "$image"
 trap 'rm -rf "$stage"' EXIT
 rm -rf "$stage"
