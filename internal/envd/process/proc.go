@@ -312,6 +312,13 @@ func (p *proc) deliver(ev *pb.ProcessEvent, abort <-chan struct{}) {
 	subs := slices.Clone(p.subs)
 	p.mu.Unlock()
 	for _, s := range subs {
+		// Try without blocking first: when there is room the event must
+		// go out, even if abort or done are ready too (select is random).
+		select {
+		case s.ch <- ev:
+			continue
+		default:
+		}
 		select {
 		case s.ch <- ev:
 		case <-s.done:

@@ -30,6 +30,7 @@ func TestStartOutputAndExit(t *testing.T) {
 		wantCode   int32
 		wantExited bool
 		wantStatus string
+		noStdin    bool
 	}{
 		{name: "echo as the SDK sends it", cfg: sdkBash("echo hello"), wantStdout: "hello\n", wantExited: true, wantStatus: "exit status 0"},
 		{name: "direct exec with args", cfg: &pb.ProcessConfig{Cmd: "printf", Args: []string{"%s-%s", "a b", "c"}}, wantStdout: "a b-c", wantExited: true, wantStatus: "exit status 0"},
@@ -39,12 +40,12 @@ func TestStartOutputAndExit(t *testing.T) {
 		{name: "both streams in order each", cfg: bash("for i in 1 2 3; do echo out$i; echo err$i >&2; done"),
 			wantStdout: "out1\nout2\nout3\n", wantStderr: "err1\nerr2\nerr3\n", wantExited: true, wantStatus: "exit status 0"},
 		{name: "killed by signal", cfg: bash("kill -KILL $$"), wantCode: -1, wantExited: false, wantStatus: "signal: killed"},
-		{name: "stdin is /dev/null without stdin", cfg: bash("cat; echo done"), wantStdout: "done\n", wantExited: true, wantStatus: "exit status 0"},
+		{name: "stdin is /dev/null without stdin", cfg: bash("cat; echo done"), noStdin: true, wantStdout: "done\n", wantExited: true, wantStatus: "exit status 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			req := &pb.StartRequest{Process: tt.cfg}
-			if strings.Contains(tt.name, "without stdin") {
+			if tt.noStdin {
 				req.Stdin = new(false)
 			}
 			out := h.start(t, testContext(t), req).wait()
@@ -62,6 +63,24 @@ func TestStartOutputAndExit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestConcurrentStarts runs processes side by side on one service; each
+// stream must carry only its own process's output.
+func TestConcurrentStarts(t *testing.T) {
+	h := newHarness(t)
+	t.Run("group", func(t *testing.T) {
+		for i := range 16 {
+			t.Run(strconv.Itoa(i), func(t *testing.T) {
+				t.Parallel()
+				want := fmt.Sprintf("proc-%d\n", i)
+				out := h.run(t, &pb.ProcessConfig{Cmd: "echo", Args: []string{strings.TrimSpace(want)}})
+				if out.stdout.String() != want {
+					t.Fatalf("stdout %q, want %q", out.stdout.String(), want)
+				}
+			})
+		}
+	})
 }
 
 func TestStartOverHTTP1(t *testing.T) {

@@ -11,6 +11,9 @@
 // PTY process or to one started with stdin=false, PTY input without a PTY,
 // CloseStdin on a PTY or stdin-less process, input after stdin was closed);
 // a second running process with the same tag is already_exists.
+//
+// A process with a PTY has no separate stdin: StartRequest.stdin is ignored
+// and input goes to the PTY. Update without a pty field changes nothing.
 package process
 
 import (
