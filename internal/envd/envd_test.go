@@ -615,3 +615,66 @@ func TestCORS(t *testing.T) {
 	code, body := do(t, http1(), http.MethodOptions, e.url+"/envs", "-", nil)
 	checkError(t, code, body, http.StatusUnauthorized, "unauthenticated")
 }
+
+// TestShutdownFinishesInFlightRequest cancels Run while an upload is still
+// sending its body: the upload completes and Run returns nil.
+func TestShutdownFinishesInFlightRequest(t *testing.T) {
+	e := startEnvd(t, nil)
+	dst := filepath.Join(t.TempDir(), "upload.bin")
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodPost, e.url+"/files?path="+url.QueryEscape(dst), pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	type result struct {
+		code int
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := http1().Do(req)
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		resp.Body.Close()
+		res <- result{code: resp.StatusCode}
+	}()
+	if _, err := pw.Write([]byte("first half,")); err != nil {
+		t.Fatal(err)
+	}
+	// The request is in flight once the handler has created its temporary
+	// file beside the destination.
+	waitFor(t, "upload to start", func() bool {
+		m, _ := filepath.Glob(filepath.Join(filepath.Dir(dst), "*"))
+		return len(m) > 0
+	})
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- e.stop() }()
+	// Let shutdown begin: new connections are refused once the listener
+	// is closed.
+	waitFor(t, "listener to close", func() bool {
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(e.url, "http://"), time.Second)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+	if _, err := pw.Write([]byte("second half")); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+
+	if r := <-res; r.err != nil || r.code != http.StatusOK {
+		t.Fatalf("in-flight upload = %d, %v; want 200", r.code, r.err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if b, err := os.ReadFile(dst); err != nil || string(b) != "first half,second half" {
+		t.Errorf("uploaded file = %q, %v", b, err)
+	}
+}
