@@ -144,8 +144,10 @@ func (p *Pool) Setup(ctx context.Context, s *Slot, pol Policy) error {
 }
 
 // SetPolicy replaces the slot's egress policy in one atomic nftables
-// transaction. It applies to connections the guest opens from now on;
-// connections already established are left alone.
+// transaction. New connections follow it at once; the guest's established
+// connections to destinations it now refuses are cut (their conntrack state
+// is deleted, so their next packets meet the new rules), and allowed ones
+// carry on.
 func (s *Slot) SetPolicy(ctx context.Context, pol Policy) error {
 	if err := pol.Validate(); err != nil {
 		return err
@@ -440,6 +442,8 @@ func (p *Pool) createVeth(s *Slot) error {
 
 // applyPolicy renders and installs the slot's ruleset. The host's addresses
 // are read now, so a policy set later also blocks addresses added since.
+// Then it forgets the guest's established connections that the new policy
+// refuses, so that they stop instead of living on as "established".
 func (s *Slot) applyPolicy(pol Policy) error {
 	hostAddrs, err := hostAddresses(s.l.hostNetNS)
 	if err != nil {
@@ -450,7 +454,32 @@ func (s *Slot) applyPolicy(pol Policy) error {
 		return err
 	}
 	defer ns.Close()
-	return replaceTable(int(ns), slotTable(s, pol, hostAddrs))
+	t := slotTable(s, pol, hostAddrs)
+	if err := replaceTable(int(ns), t); err != nil {
+		return err
+	}
+	return withHandle(s.NetNSPath(), func(h *netlink.Handle) error {
+		f := refusedFlows{egress: egressRules(s.l, pol, hostAddrs)}
+		if _, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
+			return fmt.Errorf("drop connections the new policy refuses: %w", err)
+		}
+		return nil
+	})
+}
+
+// refusedFlows matches conntrack entries of connections the guest opened to
+// a destination the egress rules now refuse. Flows still allowed are kept:
+// deleting their state would make the slot netns answer the next packet
+// from the server with a reset.
+type refusedFlows struct{ egress []rule }
+
+func (f refusedFlows) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	src, ok1 := netip.AddrFromSlice(flow.Forward.SrcIP)
+	dst, ok2 := netip.AddrFromSlice(flow.Forward.DstIP)
+	if !ok1 || !ok2 || src.Unmap() != GuestIP {
+		return false
+	}
+	return egressVerdict(f.egress, dst.Unmap()) != vAccept
 }
 
 // teardown removes everything Setup may have made for s. Deleting the host

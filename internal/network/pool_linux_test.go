@@ -191,6 +191,71 @@ func (w *world) serve(nsPath, addr, banner string) {
 	w.t.Cleanup(func() { ln.Close(); wg.Wait() })
 }
 
+// serveEcho echoes every connection to addr inside nsPath.
+func (w *world) serveEcho(nsPath, addr string) {
+	w.t.Helper()
+	var ln net.Listener
+	w.must(inNetNS(nsPath, func() (err error) {
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() { defer wg.Done(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	w.t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// dialConn opens a connection from inside nsPath, closed at cleanup.
+func (w *world) dialConn(nsPath, addr string) net.Conn {
+	w.t.Helper()
+	var c net.Conn
+	w.must(inNetNS(nsPath, func() (err error) {
+		c, err = (&net.Dialer{Timeout: dialTime}).Dial("tcp4", addr)
+		return err
+	}))
+	w.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// echo sends msg and expects it back within a second.
+func echo(c net.Conn, msg string) error {
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echo %q, got %q", msg, buf)
+	}
+	return nil
+}
+
 // dial connects from inside nsPath and returns what the server said.
 func dial(nsPath, addr string, timeout time.Duration) (string, error) {
 	var banner string
@@ -338,6 +403,26 @@ func TestSlotNetworking(t *testing.T) {
 		// A guest cannot open one to another guest either (host forward
 		// and slot egress both refuse).
 		w.expect(a.GuestNetNSPath(), hostPort(b), "")
+	})
+
+	t.Run("new policy cuts refused established connections only", func(t *testing.T) {
+		w.serveEcho(w.inetNS, "203.0.113.1:7")
+		w.serveEcho(w.inetNS, "10.99.0.1:7")
+		w.must(a.SetPolicy(ctx, Policy{Internet: true, AllowOut: []netip.Prefix{p("10.99.0.0/16")}}))
+		refused := w.dialConn(a.GuestNetNSPath(), "203.0.113.1:7")
+		kept := w.dialConn(a.GuestNetNSPath(), "10.99.0.1:7")
+		for _, c := range []net.Conn{refused, kept} {
+			if err := echo(c, "before"); err != nil {
+				t.Fatalf("echo before the change: %v", err)
+			}
+		}
+		w.must(a.SetPolicy(ctx, Policy{Internet: true, AllowOut: []netip.Prefix{p("10.99.0.0/16")}, DenyOut: []netip.Prefix{p("203.0.113.1/32")}}))
+		if err := echo(refused, "after"); err == nil {
+			t.Error("connection to a now-denied destination still works")
+		}
+		if err := echo(kept, "after"); err != nil {
+			t.Errorf("connection to a still-allowed destination broke: %v", err)
+		}
 	})
 
 	t.Run("invalid policy", func(t *testing.T) {

@@ -239,3 +239,14 @@ func egressRules(l *layout, p Policy, hostAddrs []netip.Prefix) []rule {
 	}
 	return rs
 }
+
+// egressVerdict walks egress rules as the kernel does, first match wins, and
+// returns the verdict for a new connection to dst.
+func egressVerdict(rs []rule, dst netip.Addr) verdictKind {
+	for _, r := range rs {
+		if !r.daddr.p.IsValid() || r.daddr.p.Contains(dst) != r.daddr.not {
+			return r.verdict.kind
+		}
+	}
+	return vDrop // unreachable: egressRules always ends with a catch-all
+}
