@@ -1,6 +1,7 @@
 package envd
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 
@@ -46,8 +47,9 @@ func (s *server) handleEnvs(w http.ResponseWriter, _ *http.Request) {
 func (s *server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
 	m, err := s.metrics.Sample()
 	if err != nil {
+		// The cause (a /proc read) goes to the log; clients get an opaque 500.
 		s.logger.Error("sample guest metrics", "err", err)
-		envdhttp.WriteError(w, err)
+		envdhttp.WriteError(w, errors.New("could not sample guest metrics"))
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
