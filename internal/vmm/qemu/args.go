@@ -5,6 +5,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -183,6 +184,12 @@ func validateSpec(spec vmm.Spec) error {
 	}
 	if strings.ContainsAny(spec.KernelArgs, "\x00\n") {
 		return bad("kernel args contain a NUL or newline")
+	}
+	// microvm appends its virtio_mmio.device= parameters to the end of the
+	// command line; after a "--" they would go to init and the guest would
+	// find no disk or NIC.
+	if slices.Contains(strings.Fields(spec.KernelArgs), "--") {
+		return bad(`kernel args contain "--": QEMU microvm appends device parameters that must stay before it`)
 	}
 	return nil
 }

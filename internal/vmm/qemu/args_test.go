@@ -97,6 +97,7 @@ func TestArgsInvalid(t *testing.T) {
 		{name: "tap with comma", modify: func(s *vmm.Spec) { s.Net = &vmm.NetDevice{TAP: "tap0,script=/x", MAC: "02:00:00:00:00:01"} }, want: "tap"},
 		{name: "id with comma", modify: func(s *vmm.Spec) { s.ID = "a,b" }, want: "id"},
 		{name: "newline in cmdline", modify: func(s *vmm.Spec) { s.KernelArgs = "a\nb" }, want: "kernel args"},
+		{name: "init args separator", modify: func(s *vmm.Spec) { s.KernelArgs = "init=/bin/sh -- -c x" }, want: `"--"`},
 		{name: "long dir", modify: func(s *vmm.Spec) { s.Dir = "/" + strings.Repeat("d", 100) }, want: "too long"},
 		{name: "unknown accel", modify: func(s *vmm.Spec) {}, accel: "hvf", want: "accelerator"},
 	}

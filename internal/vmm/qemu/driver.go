@@ -203,6 +203,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, args []string) (*Mac
 		return nil, fmt.Errorf("open qemu log: %w", err)
 	}
 	fmt.Fprintf(logf, "--- %s %s %q\n", time.Now().UTC().Format(time.RFC3339), bin, args)
+	t0 := time.Now()
 	cmd, err := startQEMU(bin, args, logf, spec.NetNS, spec.UID, spec.GID)
 	logf.Close() // QEMU has its own copy
 	if err != nil {
@@ -238,7 +239,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, args []string) (*Mac
 			return fail(fmt.Errorf("confine qemu pid %d: %w", pid, err))
 		}
 	}
-	log.Info("qemu started", "pid", pid, "accel", d.cfg.Accel)
+	log.Info("qemu started", "pid", pid, "accel", d.cfg.Accel, "startup", time.Since(t0))
 	return m, nil
 }
 

@@ -2,9 +2,12 @@ package qemu
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,8 +49,10 @@ func TestBootRealKernel(t *testing.T) {
 	}
 }
 
-// TestRealGuestRootfs boots the minimal image through a qcow2 overlay and
-// takes it through pause, snapshot (shared memory file) and restore.
+// TestRealGuestRootfs boots the minimal image through a qcow2 overlay with
+// a shell loop as init that prints a counter, and takes it through pause,
+// snapshot (shared memory file), stop and restore. The restored guest must
+// continue the count, not start over: its memory really came back.
 func TestRealGuestRootfs(t *testing.T) {
 	kernel := findKernel(t)
 	if _, err := os.Stat(rootfsPath); err != nil {
@@ -57,52 +62,94 @@ func TestRealGuestRootfs(t *testing.T) {
 	if err != nil {
 		requireVM(t, "needs qemu-img for the overlay (apt-get install qemu-utils)")
 	}
-	dir := sandboxDir(t)
-	overlay := filepath.Join(dir, "root.qcow2")
-	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", rootfsPath, overlay).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img create: %v: %s", err, out)
+	tests := []struct {
+		name   string
+		shared bool
+	}{
+		{name: "shared memory file", shared: true},
+		{name: "full RAM in state file"},
 	}
-	spec := vmm.Spec{ID: "rootfs", Dir: dir, Kernel: kernel, VCPUs: 1, MemoryMB: 256,
-		KernelArgs: "root=/dev/vda rw",
-		RootDisk:   vmm.Disk{Path: overlay, Format: "qcow2"},
-		MemoryFile: filepath.Join(dir, "mem")}
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	d := testDriver(t)
-	t0 := time.Now()
-	m, err := d.Boot(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopOnCleanup(t, m)
-	consoleLog := m.(*Machine).ConsoleLogPath()
-	waitConsole(t, ctx, m, consoleLog, "EXT4-fs (vda)")
-	t.Logf("boot to root mounted: %s", time.Since(t0))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := sandboxDir(t)
+			overlay := filepath.Join(dir, "root.qcow2")
+			if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", rootfsPath, overlay).CombinedOutput(); err != nil {
+				t.Fatalf("qemu-img create: %v: %s", err, out)
+			}
+			spec := vmm.Spec{ID: "rootfs", Dir: dir, Kernel: kernel, VCPUs: 1, MemoryMB: 256,
+				// Kernel parameters without "=" or "." reach init as arguments.
+				KernelArgs: `root=/dev/vda rw init=/bin/sh -c "seq 100000 | while read i; do echo tick$i; sleep 1; done"`,
+				RootDisk:   vmm.Disk{Path: overlay, Format: "qcow2"},
+			}
+			if tt.shared {
+				spec.MemoryFile = filepath.Join(dir, "mem")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+			defer cancel()
+			d := testDriver(t)
+			t0 := time.Now()
+			m, err := d.Boot(ctx, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stopOnCleanup(t, m)
+			consoleLog := m.(*Machine).ConsoleLogPath()
+			waitConsole(t, ctx, m, consoleLog, "tick2\r\n")
+			t.Logf("boot to init running: %s", time.Since(t0))
 
-	t0 = time.Now()
-	if err := m.Pause(ctx); err != nil {
-		t.Fatal(err)
+			t0 = time.Now()
+			if err := m.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("pause: %s", time.Since(t0))
+			snap := t.TempDir()
+			t0 = time.Now()
+			if err := m.Snapshot(ctx, snap); err != nil {
+				t.Fatal(err)
+			}
+			st, _ := os.Stat(filepath.Join(snap, stateFileName))
+			t.Logf("snapshot: %s, state %d bytes", time.Since(t0), st.Size())
+			if err := m.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			last := lastTick(t, consoleLog)
+
+			t0 = time.Now()
+			r, err := d.Restore(ctx, spec, snap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stopOnCleanup(t, r)
+			t.Logf("restore (process start to running): %s", time.Since(t0))
+			want := fmt.Sprintf("tick%d\r\n", last+2)
+			waitConsole(t, ctx, r, consoleLog, want)
+			t.Logf("restore to %q on the console: %s", strings.TrimSpace(want), time.Since(t0))
+			b, _ := os.ReadFile(consoleLog)
+			if n := strings.Count(string(b), "tick1\r\n"); n != 1 {
+				t.Fatalf("the counter started over after restore (%d times tick1)", n)
+			}
+		})
 	}
-	t.Logf("pause: %s", time.Since(t0))
-	snap := t.TempDir()
-	t0 = time.Now()
-	if err := m.Snapshot(ctx, snap); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("snapshot (shared memory): %s", time.Since(t0))
-	if err := m.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t0 = time.Now()
-	r, err := d.Restore(ctx, spec, snap)
+}
+
+var tickRe = regexp.MustCompile(`tick(\d+)\r\n`)
+
+// lastTick is the highest counter value the guest printed.
+func lastTick(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stopOnCleanup(t, r)
-	t.Logf("restore: %s", time.Since(t0))
-	if st := status(t, r); st != "running" {
-		t.Fatalf("restored guest is %q", st)
+	last := 0
+	for _, m := range tickRe.FindAllSubmatch(b, -1) {
+		n, _ := strconv.Atoi(string(m[1]))
+		last = max(last, n)
 	}
+	if last == 0 {
+		t.Fatalf("no tick on the console:\n%s", tail(string(b), 1500))
+	}
+	return last
 }
 
 // waitConsole polls the console log until it contains want.
