@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-
-	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
 // Kernel command line parameters read by wrenn-init. The host's VMM driver
@@ -52,13 +50,18 @@ func DefaultConfig() Config {
 // ParseCmdline reads the wrenn.* parameters of a kernel command line (the
 // text of /proc/cmdline). A PID 1 must boot whatever it is given, so a bad
 // value never stops parsing: its field keeps the default and the returned
-// error (ErrInvalidArgument, one per bad parameter, joined) says what was
-// wrong. The Config is always usable.
+// error (one per bad parameter, joined) says what was wrong. The Config is
+// always usable.
+//
+// The errors are plain, not errdefs kinds: they only ever reach the console,
+// and importing errdefs would link Connect, protobuf and net/http into PID 1
+// (9.3 MB instead of 4.3 MB, about 100 ms more before the first log line
+// under TCG).
 func ParseCmdline(cmdline string) (Config, error) {
 	cfg := DefaultConfig()
 	var errs []error
 	bad := func(param, value, format string, args ...any) {
-		errs = append(errs, errdefs.New(errdefs.ErrInvalidArgument, "%s=%q: %s", param, value, fmt.Sprintf(format, args...)))
+		errs = append(errs, fmt.Errorf("%s=%q: %s", param, value, fmt.Sprintf(format, args...)))
 	}
 	var ip, gw string
 	var ipSet, gwSet bool
@@ -85,7 +88,7 @@ func ParseCmdline(cmdline string) (Config, error) {
 			gw, gwSet = value, true
 		default:
 			if strings.HasPrefix(key, "wrenn.") {
-				errs = append(errs, errdefs.New(errdefs.ErrInvalidArgument, "unknown parameter %s", key))
+				errs = append(errs, fmt.Errorf("unknown parameter %s", key))
 			}
 		}
 	}
@@ -111,10 +114,10 @@ func ParseCmdline(cmdline string) (Config, error) {
 	if ipSet || gwSet {
 		switch {
 		case !addr.Contains(gateway):
-			errs = append(errs, errdefs.New(errdefs.ErrInvalidArgument,
+			errs = append(errs, fmt.Errorf(
 				"gateway %s is outside %s: using the defaults %s via %s", gateway, addr, cfg.Address, cfg.Gateway))
 		case addr.Addr() == gateway:
-			errs = append(errs, errdefs.New(errdefs.ErrInvalidArgument,
+			errs = append(errs, fmt.Errorf(
 				"gateway %s is the guest's own address: using the defaults %s via %s", gateway, cfg.Address, cfg.Gateway))
 		default:
 			cfg.Address, cfg.Gateway = addr, gateway

@@ -2,8 +2,7 @@ package guestinit
 
 import (
 	"encoding/binary"
-
-	"github.com/wrenn/wrenn/internal/errdefs"
+	"fmt"
 )
 
 // Ext4 superblock layout (fs/ext4/ext4.h): the superblock starts 1024 bytes
@@ -36,15 +35,15 @@ type Superblock struct {
 // that start SuperblockOffset bytes into the device.
 func ParseSuperblock(b []byte) (Superblock, error) {
 	if len(b) < minSuperblockBytes {
-		return Superblock{}, errdefs.New(errdefs.ErrInvalidArgument, "superblock: %d bytes, want at least %d", len(b), minSuperblockBytes)
+		return Superblock{}, fmt.Errorf("superblock: %d bytes, want at least %d", len(b), minSuperblockBytes)
 	}
 	le := binary.LittleEndian
 	if m := le.Uint16(b[sbMagic:]); m != ext4Magic {
-		return Superblock{}, errdefs.New(errdefs.ErrInvalidArgument, "superblock: magic %#x, not ext2/3/4", m)
+		return Superblock{}, fmt.Errorf("superblock: magic %#x, not ext2/3/4", m)
 	}
 	logSize := le.Uint32(b[sbLogBlockSize:])
 	if logSize > maxLogBlockSize {
-		return Superblock{}, errdefs.New(errdefs.ErrInvalidArgument, "superblock: block size 2^(10+%d) is not valid", logSize)
+		return Superblock{}, fmt.Errorf("superblock: block size 2^(10+%d) is not valid", logSize)
 	}
 	sb := Superblock{
 		BlockSize: 1024 << logSize,

@@ -44,7 +44,40 @@ func Run(ctx context.Context, log *slog.Logger) (err error) {
 	return nil
 }
 
+// stray are the signals whose Go default would end the process: exit for
+// SIGHUP and its kin, a goroutine dump for SIGQUIT, a crash for a SIGABRT
+// sent with kill. For PID 1 any of these would panic the kernel, so they are
+// caught and logged. Caught, not ignored: ignored dispositions are inherited
+// through exec, caught ones reset to default in envd and its children.
+var stray = []os.Signal{
+	unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGALRM,
+	unix.SIGVTALRM, unix.SIGPROF, unix.SIGXCPU, unix.SIGXFSZ, unix.SIGSTKFLT,
+	unix.SIGIO, unix.SIGPIPE, unix.SIGABRT, unix.SIGTRAP, unix.SIGSYS,
+}
+
 func boot(ctx context.Context, log *slog.Logger) {
+	// Signals first: a SIGTERM that arrived before Notify would take Go's
+	// default action, exit, and panic the kernel.
+	sigchld := make(chan os.Signal, 1)
+	signal.Notify(sigchld, unix.SIGCHLD)
+	power := make(chan os.Signal, 1)
+	signal.Notify(power, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	strayCh := make(chan os.Signal, 4)
+	signal.Notify(strayCh, stray...)
+	strayCtx, stopStray := context.WithCancel(context.Background())
+	defer stopStray()
+	var strayWG sync.WaitGroup
+	goSafe(strayCtx, &strayWG, log, "signals", func() {
+		for {
+			select {
+			case sig := <-strayCh:
+				log.Warn("signal ignored", "signal", sig.String())
+			case <-strayCtx.Done():
+				return
+			}
+		}
+	})
+
 	step(log, "mount", mountAll)
 	step(log, "stdio", ensureStdio)
 	step(log, "filesystem", prepareFilesystem)
@@ -94,11 +127,6 @@ func boot(ctx context.Context, log *slog.Logger) {
 		}
 		return nil
 	})
-
-	sigchld := make(chan os.Signal, 1)
-	signal.Notify(sigchld, unix.SIGCHLD)
-	power := make(chan os.Signal, 1)
-	signal.Notify(power, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
 
 	// The reaper outlives the supervisors: it must see their exits while
 	// they stop, and the orphans killed at shutdown.
