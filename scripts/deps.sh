@@ -12,6 +12,8 @@ packages=(
 	linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils python3 dwarves
 	# rootfs build
 	debootstrap e2fsprogs
+	# reflink-capable scratch filesystems in disk tests
+	btrfs-progs
 	# host networking and tests
 	iproute2 nftables
 	# contracts

@@ -1,0 +1,284 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/disk"
+	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/kernels"
+	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/plan"
+	"github.com/wrenn/wrenn/internal/vmm"
+)
+
+// OnTimeout is what the reaper does with a sandbox idle past its timeout.
+type OnTimeout string
+
+const (
+	OnTimeoutKill  OnTimeout = "kill"
+	OnTimeoutPause OnTimeout = "pause"
+)
+
+// CreateRequest describes a new sandbox. Zero fields take the defaults.
+type CreateRequest struct {
+	// ID, when set, names the sandbox (the control plane chooses ids);
+	// otherwise one is generated.
+	ID        string
+	Template  string
+	VCPUs     int
+	MemoryMB  int
+	DiskMB    int
+	Env       map[string]string
+	Metadata  map[string]string
+	Network   network.Policy
+	Timeout   time.Duration
+	OnTimeout OnTimeout
+}
+
+func (r *CreateRequest) normalize() error {
+	if r.ID == "" {
+		r.ID = newID()
+	} else if !validID(r.ID) {
+		return errdefs.New(errdefs.ErrInvalidArgument, "sandbox id %q: use 1-40 of a-z, 0-9 and '-'", r.ID)
+	}
+	if r.Template == "" {
+		r.Template = DefaultTemplate
+	}
+	if !validID(r.Template) {
+		return errdefs.New(errdefs.ErrInvalidArgument, "template name %q: use a-z, 0-9 and '-'", r.Template)
+	}
+	if r.VCPUs == 0 {
+		r.VCPUs = DefaultVCPUs
+	}
+	if r.MemoryMB == 0 {
+		r.MemoryMB = DefaultMemoryMB
+	}
+	if r.DiskMB == 0 {
+		r.DiskMB = DefaultDiskMB
+	}
+	if r.Timeout == 0 {
+		r.Timeout = DefaultTimeout
+	}
+	if r.OnTimeout == "" {
+		r.OnTimeout = OnTimeoutKill
+	}
+	switch {
+	case r.VCPUs < 1 || r.VCPUs > MaxVCPUs:
+		return errdefs.New(errdefs.ErrInvalidArgument, "vcpus %d: must be 1-%d", r.VCPUs, MaxVCPUs)
+	case r.MemoryMB < 128 || r.MemoryMB > MaxMemoryMB:
+		return errdefs.New(errdefs.ErrInvalidArgument, "memory_mb %d: must be 128-%d", r.MemoryMB, MaxMemoryMB)
+	case r.DiskMB < 256 || r.DiskMB > MaxDiskMB:
+		return errdefs.New(errdefs.ErrInvalidArgument, "disk_mb %d: must be 256-%d", r.DiskMB, MaxDiskMB)
+	case r.Timeout < 0:
+		return errdefs.New(errdefs.ErrInvalidArgument, "timeout must not be negative")
+	case r.OnTimeout != OnTimeoutKill && r.OnTimeout != OnTimeoutPause:
+		return errdefs.New(errdefs.ErrInvalidArgument, "on_timeout %q: must be kill or pause", r.OnTimeout)
+	}
+	return r.Network.Validate()
+}
+
+// Create boots a sandbox and returns once its envd answers and holds the
+// sandbox's access token and environment.
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
+	if err := req.normalize(); err != nil {
+		return Info{}, err
+	}
+	base := filepath.Join(m.cfg.Dir, "images", req.Template, "rootfs.ext4")
+	if _, err := os.Stat(base); err != nil {
+		return Info{}, errdefs.New(errdefs.ErrNotFound, "template %q not found", req.Template)
+	}
+	kernel, err := kernels.Latest(filepath.Join(m.cfg.Dir, "kernels"))
+	if err != nil {
+		return Info{}, err
+	}
+
+	sb := &sandbox{
+		dir: m.sandboxDir(req.ID),
+		rec: &record{
+			ID: req.ID, Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB,
+			DiskMB: req.DiskMB, Env: maps.Clone(req.Env), Metadata: maps.Clone(req.Metadata),
+			Network: req.Network, Timeout: req.Timeout, OnTimeout: req.OnTimeout,
+			State: state.Starting, KernelVersion: kernel.Version, AccessToken: newToken(),
+			CreatedAt: m.cfg.Clock.Now().UTC(),
+		},
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	m.mu.Lock()
+	if _, exists := m.sandboxes[req.ID]; exists {
+		m.mu.Unlock()
+		return Info{}, errdefs.New(errdefs.ErrAlreadyExists, "sandbox %s already exists", req.ID)
+	}
+	m.sandboxes[req.ID] = sb
+	m.mu.Unlock()
+
+	log := m.log.With("sandbox_id", req.ID)
+	start := time.Now()
+	if err := plan.Run(ctx, log, m.createSteps(sb, base, kernel)); err != nil {
+		m.forget(req.ID)
+		log.Warn("sandbox create failed", "err", err, "duration", time.Since(start))
+		return Info{}, fmt.Errorf("create sandbox %s: %w", req.ID, err)
+	}
+	sb.touch(m.cfg.Clock.Now())
+	log.Info("sandbox created", "duration", time.Since(start), "address", sb.slot.HostIP())
+	return sb.info(), nil
+}
+
+func (m *Manager) forget(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.sandboxes, id)
+}
+
+// createSteps boots a sandbox. Every resource's undo sits beside its
+// creation, so a failure at any step leaves nothing behind.
+func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) []plan.Step {
+	r := sb.rec
+	return []plan.Step{
+		{
+			Name: "dir",
+			Do:   func(context.Context) error { return os.Mkdir(sb.dir, 0o700) },
+			Undo: func(context.Context) error { return os.RemoveAll(sb.dir) },
+		},
+		{
+			Name: "record",
+			Do:   func(context.Context) error { return writeRecord(sb.dir, r) },
+		},
+		{
+			Name: "disk",
+			Do: func(ctx context.Context) error {
+				d, err := disk.NewOverlay(ctx, base, filepath.Join(sb.dir, "rootfs.qcow2"), r.DiskMB)
+				if err != nil {
+					return err
+				}
+				r.Disk = d.Path
+				return nil
+			},
+			Undo: func(context.Context) error { return disk.Remove(filepath.Join(sb.dir, "rootfs.qcow2")) },
+		},
+		{
+			Name: "network",
+			Do: func(ctx context.Context) error {
+				slot, err := m.cfg.Network.Acquire(ctx)
+				if err != nil {
+					return err
+				}
+				if err := m.cfg.Network.Setup(ctx, slot, r.Network); err != nil {
+					return errors.Join(err, m.cfg.Network.Release(ctx, slot))
+				}
+				sb.slot, r.Slot = slot, slot.Index
+				return nil
+			},
+			Undo: func(ctx context.Context) error { return m.releaseSlot(ctx, sb) },
+		},
+		{
+			Name: "cgroup",
+			Do: func(ctx context.Context) error {
+				g, err := m.cfg.Cgroups.Create(ctx, r.ID, m.limits(r))
+				if err != nil {
+					return err
+				}
+				sb.group = g
+				return nil
+			},
+			Undo: func(ctx context.Context) error { return m.removeGroup(ctx, sb) },
+		},
+		{
+			Name: "boot",
+			Do: func(ctx context.Context) error {
+				mach, err := m.cfg.Driver.Boot(ctx, m.vmSpec(sb, kernel.Path))
+				if err != nil {
+					return err
+				}
+				sb.machine = mach
+				return writeRecord(sb.dir, r)
+			},
+			Undo: func(ctx context.Context) error { return m.stopMachine(ctx, sb) },
+		},
+		{
+			Name: "envd",
+			Do: func(ctx context.Context) error {
+				sb.envd = m.envdClient(sb)
+				readyCtx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
+				defer cancel()
+				if err := sb.envd.WaitReady(readyCtx); err != nil {
+					return fmt.Errorf("wait for envd at %s: %w (console tail: %q)", sb.slot.HostIP(), err, consoleTail(sb.dir, 2048))
+				}
+				return sb.envd.Init(ctx, envdclient.InitRequest{
+					EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: defaultUser,
+				})
+			},
+		},
+		{
+			Name: "running",
+			Do:   func(context.Context) error { return sb.setState(state.Running) },
+		},
+	}
+}
+
+// limits derives the VMM's cgroup limits from the sandbox's size.
+func (m *Manager) limits(r *record) cgroup.Limits {
+	return cgroup.Limits{
+		CPUQuota:    float64(r.VCPUs),
+		MemoryBytes: int64(r.MemoryMB+m.cfg.VMMOverheadMB) << 20,
+		Pids:        vmmPids,
+	}
+}
+
+func (m *Manager) vmSpec(sb *sandbox, kernelPath string) vmm.Spec {
+	r := sb.rec
+	spec := vmm.Spec{
+		ID:         r.ID,
+		Dir:        sb.dir,
+		Kernel:     kernelPath,
+		KernelArgs: "root=/dev/vda rw init=/usr/local/sbin/wrenn-init quiet wrenn.hostname=" + r.ID + " " + m.cfg.KernelArgs,
+		RootDisk:   vmm.Disk{Path: filepath.Join(sb.dir, "rootfs.qcow2"), Format: string(disk.QCOW2)},
+		VCPUs:      r.VCPUs,
+		MemoryMB:   r.MemoryMB,
+		// Every guest has the same MAC as it has the same IP: the slot's
+		// namespace isolates them, and a snapshot resumes anywhere.
+		Net: &vmm.NetDevice{TAP: network.TapName, MAC: "02:77:72:6e:00:01"},
+	}
+	if sb.slot != nil {
+		spec.NetNS = sb.slot.NetNSPath()
+	}
+	if sb.group != nil {
+		spec.Confine = sb.group.Add
+	}
+	return spec
+}
+
+// envdClient reaches the guest through its slot's host address.
+func (m *Manager) envdClient(sb *sandbox) *envdclient.Client {
+	url := "http://" + net.JoinHostPort(sb.slot.HostIP().String(), fmt.Sprint(envdclient.Port))
+	return envdclient.New(url,
+		envdclient.WithAccessToken(sb.rec.AccessToken),
+		envdclient.WithUser(defaultUser),
+	)
+}
+
+// consoleTail returns the end of a sandbox's serial console log, to explain a
+// guest that never became ready (the directory is removed on failure).
+func consoleTail(dir string, n int64) string {
+	f, err := os.Open(filepath.Join(dir, "console.log"))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > n {
+		_, _ = f.Seek(-n, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
+}

@@ -1,0 +1,161 @@
+//go:build linux
+
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/agent"
+	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/testenv"
+	"github.com/wrenn/wrenn/internal/vmm/qemu"
+)
+
+// harness is one host agent's world, private to a test: its own WRENN_DIR
+// (sharing the built images), network prefix and address ranges, nftables
+// table and cgroup parent, so it never touches a real agent's sandboxes.
+type harness struct {
+	t      *testing.T
+	dir    string
+	pcfg   network.PoolConfig
+	cgroup string
+	images testenv.Images
+	accel  qemu.Accel
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	images := testenv.RequireVM(t)
+	dir := t.TempDir()
+	for _, sub := range []string{"kernels", "images"} {
+		if err := os.Symlink(filepath.Join(images.Dir, sub), filepath.Join(dir, sub)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := &harness{
+		t:   t,
+		dir: dir,
+		pcfg: network.PoolConfig{
+			Prefix:   "wat-",
+			Slots:    32,
+			HostCIDR: netip.MustParsePrefix("10.211.0.0/16"),
+			VethCIDR: netip.MustParsePrefix("10.212.0.0/16"),
+			Table:    "wrenn_agent_test",
+		},
+		cgroup: fmt.Sprintf("wrenn-agent-test-%d", os.Getpid()),
+		images: images,
+	}
+	choice := testenv.Accel(images.Kernel.Path)
+	h.accel = choice.Accel
+	t.Logf("accelerator %s: %s", choice.Accel, choice.Reason)
+	t.Cleanup(h.assertNoLeftovers)
+	return h
+}
+
+// agent starts a Manager (an "agent process" in-process) and recovers.
+func (h *harness) agent(ctx context.Context) *agent.Manager {
+	h.t.Helper()
+	m, err := h.newManager()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := m.Recover(ctx); err != nil {
+		h.t.Fatalf("recover: %v", err)
+	}
+	return m
+}
+
+func (h *harness) newManager() (*agent.Manager, error) {
+	logger := slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	pool, err := network.NewPool(h.pcfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	cg, err := cgroup.Detect("", h.cgroup)
+	if err != nil {
+		return nil, err
+	}
+	return agent.New(agent.Config{
+		Dir:     h.dir,
+		Driver:  qemu.New(qemu.Config{Accel: h.accel, Logger: logger}),
+		Network: pool,
+		Cgroups: cg,
+		Logger:  logger,
+	})
+}
+
+// run executes a shell command in a sandbox and returns stdout, stderr and
+// the exit code.
+func run(ctx context.Context, t *testing.T, m *agent.Manager, id, script string) (string, string, int) {
+	t.Helper()
+	c, err := m.Envd(ctx, id)
+	if err != nil {
+		t.Fatalf("envd client of %s: %v", id, err)
+	}
+	var stdout, stderr bytes.Buffer
+	res, err := c.Run(ctx, envdclient.RunRequest{Cmd: "/bin/sh", Args: []string{"-c", script}, Stdout: &stdout, Stderr: &stderr})
+	if err != nil {
+		t.Fatalf("run %q in %s: %v", script, id, err)
+	}
+	return stdout.String(), stderr.String(), res.ExitCode
+}
+
+// assertNoLeftovers checks the host holds nothing of this harness once the
+// test is done: no netns, veth, nftables table in a slot, cgroup or file.
+func (h *harness) assertNoLeftovers() {
+	t := h.t
+	if t.Failed() || t.Skipped() {
+		return
+	}
+	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), h.pcfg.Prefix) {
+		t.Errorf("network namespaces left behind:\n%s", out)
+	}
+	if out, _ := exec.Command("ip", "-o", "link", "show").Output(); strings.Contains(string(out), h.pcfg.Prefix) {
+		t.Errorf("host interfaces left behind:\n%s", out)
+	}
+	for _, c := range []string{"memory", "cpu", "pids", ""} {
+		p := filepath.Join("/sys/fs/cgroup", c, h.cgroup)
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				t.Errorf("cgroup left behind: %s", filepath.Join(p, e.Name()))
+			}
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(h.dir, "sandboxes"))
+	for _, e := range entries {
+		t.Errorf("sandbox dir left behind: %s", e.Name())
+	}
+	// The cgroup parent itself is ours to remove.
+	for _, c := range []string{"memory", "cpu", "pids", ""} {
+		_ = os.Remove(filepath.Join("/sys/fs/cgroup", c, h.cgroup))
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,285 @@
+// Package agent is the host agent's sandbox manager: it creates microVM
+// sandboxes from templates (copy-on-write disk, network slot, cgroup, VMM,
+// envd), tracks their lifecycle state, reaps idle ones, gives callers an
+// envd client for exec, PTY and files, and re-adopts running sandboxes after
+// an agent restart.
+//
+// Operations on one sandbox are serialised by that sandbox's lock; the
+// manager's map lock is held only for bookkeeping, never across VMM,
+// network, disk or envd calls, so sandboxes never wait for each other.
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/vmm"
+)
+
+// Clock tells the time; tests inject a fake to drive idle timeouts.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Config wires a Manager to the host.
+type Config struct {
+	// Dir is WRENN_DIR: kernels/, images/, sandboxes/ live under it.
+	Dir     string
+	Driver  vmm.Driver
+	Network *network.Pool
+	Cgroups *cgroup.Manager
+	Logger  *slog.Logger
+	// Clock defaults to the system clock.
+	Clock Clock
+	// VMMOverheadMB is added to a sandbox's memory for its cgroup limit:
+	// the VMM's own memory (and, under TCG, its translation cache).
+	VMMOverheadMB int
+	// ReadyTimeout bounds boot-to-envd-ready. Default 90 s (TCG is slow).
+	ReadyTimeout time.Duration
+	// KernelArgs are appended to every guest's command line.
+	KernelArgs string
+}
+
+// Defaults for zero Config and CreateRequest fields.
+const (
+	DefaultTemplate      = "minimal"
+	DefaultVCPUs         = 1
+	DefaultMemoryMB      = 512
+	DefaultDiskMB        = 2048
+	DefaultTimeout       = 5 * time.Minute
+	DefaultVMMOverheadMB = 256
+	DefaultReadyTimeout  = 90 * time.Second
+	// MaxVCPUs, MaxMemoryMB and MaxDiskMB bound one sandbox.
+	MaxVCPUs    = 16
+	MaxMemoryMB = 64 * 1024
+	MaxDiskMB   = 512 * 1024
+	// defaultUser is the guest account commands run as (images/rootfs).
+	defaultUser = "user"
+	// vmmPids bounds the VMM's threads (vCPUs, I/O, RCU, TCG helpers).
+	vmmPids = 512
+)
+
+// Manager owns the sandboxes on this host.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	sandboxes map[string]*sandbox
+}
+
+// sandbox is one VM and what it holds on the host.
+type sandbox struct {
+	// mu serialises operations on this sandbox.
+	mu  sync.Mutex
+	dir string
+	rec *record
+
+	machine vmm.Machine
+	slot    *network.Slot
+	group   *cgroup.Group
+	envd    *envdclient.Client
+
+	// lastActive is guarded by activeMu, not mu, so that touching a sandbox
+	// never waits behind a long operation on it.
+	activeMu   sync.Mutex
+	lastActive time.Time
+}
+
+// New returns a Manager. Call Recover before serving requests.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Dir == "" || cfg.Driver == nil || cfg.Network == nil || cfg.Cgroups == nil {
+		return nil, errors.New("agent config: Dir, Driver, Network and Cgroups are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	if cfg.VMMOverheadMB == 0 {
+		cfg.VMMOverheadMB = DefaultVMMOverheadMB
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = DefaultReadyTimeout
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "sandboxes"), 0o700); err != nil {
+		return nil, fmt.Errorf("create sandboxes dir: %w", err)
+	}
+	return &Manager{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*sandbox{}}, nil
+}
+
+func (m *Manager) sandboxDir(id string) string {
+	return filepath.Join(m.cfg.Dir, "sandboxes", id)
+}
+
+// lookup returns the sandbox or NotFound.
+func (m *Manager) lookup(id string) (*sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb, ok := m.sandboxes[id]
+	if !ok {
+		return nil, errdefs.New(errdefs.ErrNotFound, "sandbox %s not found", id)
+	}
+	return sb, nil
+}
+
+// Info describes a sandbox to callers.
+type Info struct {
+	ID            string
+	Template      string
+	State         state.State
+	VCPUs         int
+	MemoryMB      int
+	DiskMB        int
+	Metadata      map[string]string
+	Network       network.Policy
+	Timeout       time.Duration
+	OnTimeout     OnTimeout
+	CreatedAt     time.Time
+	LastActiveAt  time.Time
+	KernelVersion string
+	// Address is where the host reaches the guest (envd at Address:49983).
+	Address string
+	// AccessToken authorizes calls to the guest's envd.
+	AccessToken string
+	PID         int
+}
+
+func (sb *sandbox) info() Info {
+	r := sb.rec
+	in := Info{
+		ID: r.ID, Template: r.Template, State: r.State, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
+		DiskMB: r.DiskMB, Metadata: r.Metadata, Network: r.Network, Timeout: r.Timeout,
+		OnTimeout: r.OnTimeout, CreatedAt: r.CreatedAt, KernelVersion: r.KernelVersion,
+		AccessToken: r.AccessToken, LastActiveAt: sb.lastActiveAt(),
+	}
+	if sb.slot != nil {
+		in.Address = sb.slot.HostIP().String()
+	}
+	if sb.machine != nil {
+		in.PID = sb.machine.PID()
+	}
+	return in
+}
+
+// Get returns one sandbox's description.
+func (m *Manager) Get(ctx context.Context, id string) (Info, error) {
+	sb, err := m.lookup(id)
+	if err != nil {
+		return Info{}, err
+	}
+	if err := lockCtx(ctx, &sb.mu); err != nil {
+		return Info{}, err
+	}
+	defer sb.mu.Unlock()
+	return sb.info(), nil
+}
+
+// List describes every sandbox, sorted by creation time.
+func (m *Manager) List(ctx context.Context) ([]Info, error) {
+	m.mu.Lock()
+	all := make([]*sandbox, 0, len(m.sandboxes))
+	for _, sb := range m.sandboxes {
+		all = append(all, sb)
+	}
+	m.mu.Unlock()
+	out := make([]Info, 0, len(all))
+	for _, sb := range all {
+		if err := lockCtx(ctx, &sb.mu); err != nil {
+			return nil, err
+		}
+		out = append(out, sb.info())
+		sb.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b Info) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	return out, nil
+}
+
+// lockCtx takes mu unless ctx ends first. A sandbox lock can be held for the
+// length of a boot, so callers must be able to give up.
+func lockCtx(ctx context.Context, mu *sync.Mutex) error {
+	if mu.TryLock() {
+		return nil
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for sandbox lock: %w", ctx.Err())
+		case <-t.C:
+			if mu.TryLock() {
+				return nil
+			}
+		}
+	}
+}
+
+func (sb *sandbox) touch(now time.Time) {
+	sb.activeMu.Lock()
+	defer sb.activeMu.Unlock()
+	if now.After(sb.lastActive) {
+		sb.lastActive = now
+	}
+}
+
+func (sb *sandbox) lastActiveAt() time.Time {
+	sb.activeMu.Lock()
+	defer sb.activeMu.Unlock()
+	return sb.lastActive
+}
+
+// setState checks and records a transition, persisting it.
+func (sb *sandbox) setState(to state.State) error {
+	if err := sb.rec.State.Check(to); err != nil {
+		return err
+	}
+	sb.rec.State = to
+	return writeRecord(sb.dir, sb.rec)
+}
+
+// newID returns a random sandbox id: 16 lowercase base32 characters, valid
+// in host names, file names and cgroup names.
+func newID() string {
+	b := make([]byte, 10)
+	_, _ = rand.Read(b)
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
+}
+
+func newToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%x", b)
+}
+
+// validID accepts ids a caller may choose: what newID makes, or any short
+// lowercase name safe as a path, interface-free name and hostname.
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 40 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return id[0] != '-'
+}

@@ -1,0 +1,65 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/network"
+)
+
+// recordFile is the persisted spec and state of one sandbox, in its directory.
+const recordFile = "sandbox.json"
+
+// record is everything a restarted agent needs to re-adopt a sandbox. It is
+// rewritten (atomically) on every state change.
+type record struct {
+	ID       string            `json:"id"`
+	Template string            `json:"template"`
+	VCPUs    int               `json:"vcpus"`
+	MemoryMB int               `json:"memory_mb"`
+	DiskMB   int               `json:"disk_mb"`
+	Env      map[string]string `json:"env,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	Network  network.Policy    `json:"network"`
+	// Timeout is the idle time after which OnTimeout applies.
+	Timeout   time.Duration `json:"timeout"`
+	OnTimeout OnTimeout     `json:"on_timeout"`
+
+	State         state.State `json:"state"`
+	Slot          int         `json:"slot"`
+	KernelVersion string      `json:"kernel_version"`
+	Disk          string      `json:"disk"`
+	AccessToken   string      `json:"access_token"`
+	CreatedAt     time.Time   `json:"created_at"`
+}
+
+func writeRecord(dir string, r *record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode sandbox record: %w", err)
+	}
+	tmp := filepath.Join(dir, "."+recordFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write sandbox record: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, recordFile)); err != nil {
+		return fmt.Errorf("commit sandbox record: %w", err)
+	}
+	return nil
+}
+
+func readRecord(dir string) (*record, error) {
+	b, err := os.ReadFile(filepath.Join(dir, recordFile))
+	if err != nil {
+		return nil, fmt.Errorf("read sandbox record: %w", err)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decode sandbox record %s: %w", dir, err)
+	}
+	return &r, nil
+}

@@ -1,0 +1,124 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/kernels"
+)
+
+// Recover runs once at agent start, before requests are served. It re-adopts
+// every sandbox whose VMM outlived the previous agent (running or paused,
+// processes and files intact), then removes true leftovers only: records of
+// dead VMs, their cgroups, and network slots no adopted sandbox holds.
+func (m *Manager) Recover(ctx context.Context) error {
+	dirs, err := os.ReadDir(filepath.Join(m.cfg.Dir, "sandboxes"))
+	if err != nil {
+		return fmt.Errorf("list sandboxes: %w", err)
+	}
+	var errs []error
+	adopted := map[string]bool{}
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		id := d.Name()
+		ok, err := m.adopt(ctx, id)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("recover sandbox %s: %w", id, err))
+		}
+		if ok {
+			adopted[id] = true
+		}
+	}
+
+	// Network leftovers: everything of ours not adopted above.
+	if err := m.cfg.Network.Reclaim(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("reclaim network slots: %w", err))
+	}
+	groups, err := m.cfg.Cgroups.List(ctx)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list cgroups: %w", err))
+	}
+	for _, g := range groups {
+		if adopted[g.ID()] {
+			continue
+		}
+		if err := g.Remove(ctx, cgroup.KillProcesses); err != nil {
+			errs = append(errs, fmt.Errorf("remove leftover cgroup %s: %w", g.ID(), err))
+		}
+	}
+	m.log.Info("sandboxes recovered", "adopted", len(adopted), "errors", len(errs))
+	return errors.Join(errs...)
+}
+
+// adopt re-attaches one sandbox, or cleans it up when its VM is gone. It
+// reports whether the sandbox is now managed.
+func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
+	dir := m.sandboxDir(id)
+	log := m.log.With("sandbox_id", id)
+	rec, err := readRecord(dir)
+	if err != nil {
+		// A create that crashed before writing its record: nothing of it
+		// can be running (the record precedes the boot step).
+		log.Warn("removing sandbox dir without a record", "err", err)
+		return false, os.RemoveAll(dir)
+	}
+	sb := &sandbox{dir: dir, rec: rec}
+	// The kernel path only matters for a restore; Attach finds the VMM
+	// through the sandbox dir, so a missing kernel is no reason to fail.
+	kernel, _ := kernels.Find(filepath.Join(m.cfg.Dir, "kernels"), rec.KernelVersion)
+	if g, err := m.cfg.Cgroups.Open(id); err == nil {
+		sb.group = g
+	}
+	mach, err := m.cfg.Driver.Attach(ctx, m.vmSpec(sb, kernel.Path))
+	if err == nil && rec.State != state.Running && rec.State != state.Paused {
+		// Starting (a create cut short), Stopping (a destroy cut short),
+		// Error or Stopped: the VMM may still run; finish the job.
+		sb.machine = mach
+		log.Info("cleaning up interrupted sandbox", "state", rec.State)
+		return false, errors.Join(m.stopMachine(ctx, sb), m.cleanupDead(ctx, sb))
+	}
+	if err != nil {
+		if !errors.Is(err, errdefs.ErrNotFound) {
+			log.Warn("attach failed; treating the sandbox as dead", "err", err)
+		}
+		log.Info("sandbox VM is gone; cleaning up", "state", rec.State)
+		return false, m.cleanupDead(ctx, sb)
+	}
+	slots, err := m.cfg.Network.Adopt(rec.Slot)
+	if err != nil {
+		return false, errors.Join(fmt.Errorf("adopt network slot %d: %w", rec.Slot, err), mach.Stop(ctx), m.cleanupDead(ctx, sb))
+	}
+	sb.machine, sb.slot = mach, slots[0]
+	sb.envd = m.envdClient(sb)
+	sb.touch(m.cfg.Clock.Now())
+
+	m.mu.Lock()
+	m.sandboxes[id] = sb
+	m.mu.Unlock()
+	log.Info("sandbox re-adopted", "state", rec.State, "pid", mach.PID(), "slot", rec.Slot)
+	return true, nil
+}
+
+// cleanupDead removes what a sandbox whose VMM is not running left behind.
+// Its network slot is not adopted, so Reclaim deletes it afterwards.
+func (m *Manager) cleanupDead(ctx context.Context, sb *sandbox) error {
+	var errs []error
+	if sb.group == nil {
+		if g, err := m.cfg.Cgroups.Open(sb.rec.ID); err == nil {
+			sb.group = g
+		}
+	}
+	errs = append(errs, m.removeGroup(ctx, sb))
+	if err := os.RemoveAll(sb.dir); err != nil {
+		errs = append(errs, fmt.Errorf("remove sandbox dir: %w", err))
+	}
+	return errors.Join(errs...)
+}
