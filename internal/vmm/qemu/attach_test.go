@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/vmm"
 )
 
@@ -130,6 +131,16 @@ func TestAttachAfterClose(t *testing.T) {
 	}
 
 	d2 := testDriver(t)
+	// While a second client holds the monitor, Attach gives up with
+	// Unavailable instead of hanging.
+	holder, err := DialQMP(ctx, filepath.Join(spec.Dir, QMPSocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d2.Attach(ctx, spec); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("attach while the monitor is held: err = %v, want Unavailable", err)
+	}
+	holder.Close()
 	m2, err := d2.Attach(ctx, spec)
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,10 @@ import (
 	"github.com/wrenn/wrenn/internal/vmm"
 )
 
+// attachGreetingWait bounds the wait for QMP's greeting on Attach. A live
+// QEMU with a free monitor greets at once.
+const attachGreetingWait = 5 * time.Second
+
 // DefaultBinary is looked up in PATH when Config.Binary is empty.
 const DefaultBinary = "qemu-system-x86_64"
 
@@ -150,10 +154,16 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("attach vm %s: %w", spec.ID, err)
 	}
-	dctx, cancel := context.WithTimeout(ctx, vmm.BootTimeout)
+	// QEMU serves one QMP client at a time and greets a second one only
+	// when the first leaves, so a silent socket means someone else holds it.
+	dctx, cancel := context.WithTimeout(ctx, attachGreetingWait)
 	defer cancel()
 	m.qmp, err = DialQMP(dctx, filepath.Join(spec.Dir, QMPSocketName))
 	if err != nil {
+		if dctx.Err() != nil && ctx.Err() == nil {
+			err = errdefs.New(errdefs.ErrUnavailable,
+				"qemu pid %d did not greet within %s: another QMP client (an older agent, or an unclosed Machine) holds the monitor", pid, attachGreetingWait)
+		}
 		return nil, errors.Join(fmt.Errorf("attach vm %s: %w", spec.ID, err), m.Close())
 	}
 	if _, err := m.Status(ctx); err != nil {
