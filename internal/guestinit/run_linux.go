@@ -223,9 +223,19 @@ func step(log *slog.Logger, name string, fn func() error) {
 			log.Error("step panicked", "step", name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 	}()
-	if err := fn(); err != nil {
-		log.Warn("step failed", "step", name, "err", err)
+	err := fn()
+	if err == nil {
+		return
 	}
+	// One line per joined error: the console shows a "\n" inside an
+	// attribute as an escape, not as a line break.
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range joined.Unwrap() {
+			log.Warn("step failed", "step", name, "err", e)
+		}
+		return
+	}
+	log.Warn("step failed", "step", name, "err", err)
 }
 
 // goSafe runs fn in a goroutine owned by wg, and runs it again if it panics,
