@@ -22,6 +22,10 @@ const ProcessEnv = "WRENN_FCTEST_PROCESS"
 // "PUT /drives/rootfs=message;PATCH /vm=other message".
 const FailEnv = "WRENN_FCTEST_FAIL"
 
+// IgnoreCADEnv, set to "1", makes the process fake's guest ignore
+// SendCtrlAltDel (Options.IgnoreCtrlAltDel).
+const IgnoreCADEnv = "WRENN_FCTEST_IGNORE_CAD"
+
 // RequestLogName is the file, beside the api socket, to which the process
 // fake appends each answered request as one JSON line (Request with PID).
 const RequestLogName = "fctest-requests.jsonl"
@@ -56,9 +60,10 @@ func Main(args []string) int {
 	exitc := make(chan int, 1)
 	pid := os.Getpid()
 	srv := New(Options{
-		ID:      *id,
-		Fail:    fail,
-		Console: os.Stdout,
+		ID:               *id,
+		Fail:             fail,
+		IgnoreCtrlAltDel: os.Getenv(IgnoreCADEnv) == "1",
+		Console:          os.Stdout,
 		Record: func(r Request) {
 			r.PID = pid
 			b, _ := json.Marshal(r)

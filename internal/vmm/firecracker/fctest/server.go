@@ -62,6 +62,9 @@ type Options struct {
 	Console io.Writer
 	// Record receives each request once answered.
 	Record func(Request)
+	// IgnoreCtrlAltDel makes a running guest accept SendCtrlAltDel and go
+	// on running, as a guest kernel without an i8042 driver would.
+	IgnoreCtrlAltDel bool
 	// OnExit is called, at most once and after the response is written,
 	// when real Firecracker would exit: the guest rebooted after
 	// SendCtrlAltDel (code 0), or a snapshot load failed (code 1).
@@ -427,7 +430,7 @@ func (s *Server) putAction(body []byte) result {
 		if s.state == StateNotStarted {
 			return fault(errPreBoot)
 		}
-		if s.state == StatePaused {
+		if s.state == StatePaused || s.opts.IgnoreCtrlAltDel {
 			return ok() // queued in the i8042 device; a paused guest never reacts
 		}
 		// The guest (booted with reboot=k) resets through the keyboard
