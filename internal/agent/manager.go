@@ -283,3 +283,30 @@ func validID(id string) bool {
 	}
 	return id[0] != '-'
 }
+
+// Close lets go of every sandbox without stopping it: a graceful agent
+// shutdown leaves guests running for the next agent to re-adopt.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	all := make([]*sandbox, 0, len(m.sandboxes))
+	for _, sb := range m.sandboxes {
+		all = append(all, sb)
+	}
+	m.sandboxes = map[string]*sandbox{}
+	m.mu.Unlock()
+	var errs []error
+	for _, sb := range all {
+		sb.mu.Lock()
+		if sb.machine != nil {
+			if err := sb.machine.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("release sandbox %s: %w", sb.rec.ID, err))
+			}
+			sb.machine = nil
+		}
+		if sb.envd != nil {
+			sb.envd.CloseIdleConnections()
+		}
+		sb.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}

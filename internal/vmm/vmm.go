@@ -23,6 +23,8 @@ type Spec struct {
 	Kernel string
 	// KernelArgs are appended to the driver's base command line
 	// (console, reboot, panic and virtio-mmio settings come from the driver).
+	// They must not contain "--": QEMU appends its virtio-mmio device list
+	// after them, and anything past "--" goes to init instead of the kernel.
 	KernelArgs string
 	// RootDisk is the guest's root block device (/dev/vda).
 	RootDisk Disk
@@ -31,7 +33,9 @@ type Spec struct {
 	MemoryMB int
 	// MemoryFile, when set, backs guest RAM with this shared file so that a
 	// pause or snapshot need not copy memory (QEMU x-ignore-shared). It is
-	// created by the driver if missing.
+	// created by the driver if missing. The file's content at snapshot time
+	// is part of the snapshot: a caller that resumes the source or restores
+	// twice must give each guest its own copy.
 	MemoryFile string
 	// Net attaches one virtio-net device to an existing TAP device.
 	Net *NetDevice
@@ -85,13 +89,17 @@ type Machine interface {
 	// Resume continues a paused guest.
 	Resume(ctx context.Context) error
 	// Snapshot writes the device state (and memory, unless it lives in
-	// Spec.MemoryFile) of a paused guest into dir, ready for Restore.
+	// Spec.MemoryFile) of a paused guest into dir, ready for Restore. A
+	// running guest is errdefs.ErrFailedPrecondition.
 	Snapshot(ctx context.Context, dir string) error
 	// Stop ends the VMM process (gracefully, then by force once ctx is
 	// done) and releases its resources. Stopping a stopped machine succeeds.
 	Stop(ctx context.Context) error
 	// Wait blocks until the VMM process exits.
 	Wait(ctx context.Context) error
+	// Close lets go of the VMM without stopping it (agent shutdown leaves
+	// guests running; a later Attach finds them again).
+	Close() error
 }
 
 // BootTimeout bounds how long a driver waits for its own control channel.
