@@ -281,6 +281,7 @@ func TestRejectedBeforeStart(t *testing.T) {
 		{"bad mac", func(s *vmm.Spec) { s.Net.MAC = "zz" }, "mac"},
 		{"long tap", func(s *vmm.Spec) { s.Net.TAP = "a-very-long-tap-name" }, "tap"},
 		{"newline in args", func(s *vmm.Spec) { s.KernelArgs = "a\nb" }, "kernel args"},
+		{"init args in kernel args", func(s *vmm.Spec) { s.KernelArgs = "quiet -- single" }, "--"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := testSpec(t)
@@ -491,3 +492,73 @@ func must(t *testing.T, what string, err error) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestConfineRunsBeforeAnyRequest(t *testing.T) {
+	ctx := testCtx(t)
+	spec := testSpec(t)
+	confined, seen := 0, -1
+	spec.Confine = func(pid int) error {
+		confined = pid
+		reqs, err := fctest.ReadRequestLog(spec.Dir)
+		if err == nil {
+			seen = len(reqs)
+		} else {
+			seen = 0 // no request log yet: nothing was asked
+		}
+		return nil
+	}
+	m, err := testDriver(t).Boot(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, m)
+	if confined != m.PID() || seen != 0 {
+		t.Fatalf("confine got pid %d (machine %d) after %d requests, want before any", confined, m.PID(), seen)
+	}
+
+	t.Run("failure leaves nothing running", func(t *testing.T) {
+		spec := testSpec(t)
+		spec.Confine = func(int) error { return errors.New("no cgroup") }
+		_, err := testDriver(t).Boot(ctx, spec)
+		if err == nil || !strings.Contains(err.Error(), "no cgroup") {
+			t.Fatalf("err = %v", err)
+		}
+		if _, err := testDriver(t).Attach(ctx, spec); !errors.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("attach after failed confine = %v, want NotFound", err)
+		}
+	})
+	t.Run("missing netns", func(t *testing.T) {
+		spec := testSpec(t)
+		spec.NetNS = "/nonexistent/netns"
+		if _, err := testDriver(t).Boot(ctx, spec); !errors.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("err = %v, want NotFound", err)
+		}
+	})
+}
+
+func TestAttachReopensConsole(t *testing.T) {
+	ctx := testCtx(t)
+	spec := testSpec(t)
+	m, err := testDriver(t).Boot(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, "release", m.(*Machine).Close())
+	a, err := testDriver(t).Attach(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, a)
+	mark := len(requests(t, spec.Dir))
+	// Output after the agent "restart" must reach console.log: the stand-in
+	// writes a line when it gets ctrl-alt-del.
+	must(t, "stop", a.Stop(ctx))
+	wantCalls(t, "stop attached", calls(requests(t, spec.Dir), mark), "GET /", "PUT /actions")
+	log, err := os.ReadFile(filepath.Join(spec.Dir, ConsoleLogName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "guest rebooting after ctrl-alt-del") {
+		t.Fatalf("console.log after attach lacks the stop line:\n%s", log)
+	}
+}

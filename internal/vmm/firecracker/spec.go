@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -142,6 +143,11 @@ func validateSpec(spec vmm.Spec) error {
 	}
 	if strings.ContainsAny(spec.KernelArgs, "\x00\n") {
 		return bad("kernel args contain a NUL or newline")
+	}
+	// Firecracker appends its virtio-mmio device list to the command line;
+	// past a "--" those would go to init instead of the kernel.
+	if slices.Contains(strings.Fields(spec.KernelArgs), "--") {
+		return bad("kernel args contain \"--\"")
 	}
 	return nil
 }
