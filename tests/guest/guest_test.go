@@ -130,11 +130,11 @@ func TestGuest(t *testing.T) {
 			t.Fatalf("start shell on a pty: %v", err)
 		}
 		defer p.Close()
-		// Markers are printed by printf from pieces so the echoed command
-		// line never matches them.
+		// The marker is assembled by printf so the terminal's echo of the
+		// typed command line never contains it.
 		ask := func(tag string) string {
 			t.Helper()
-			cmd := fmt.Sprintf("printf '%%s %%s\\n' %s-size \"$(stty size)\"\n", tag)
+			cmd := fmt.Sprintf("printf '%%s-size %%s\\n' %s \"$(stty size)\"\n", tag)
 			if err := p.SendStdin(cctx, []byte(cmd)); err != nil {
 				t.Fatalf("type into pty: %v", err)
 			}
@@ -273,17 +273,18 @@ func (w *watchBuffer) String() string {
 	return w.b.String()
 }
 
-// waitLine waits for a complete line starting with prefix and returns the
-// rest of it.
-func (w *watchBuffer) waitLine(ctx context.Context, prefix string) (string, error) {
+// waitLine waits for a complete line containing marker and returns what
+// follows it.
+func (w *watchBuffer) waitLine(ctx context.Context, marker string) (string, error) {
 	for {
 		w.mu.Lock()
 		s, changed := w.b.String(), w.changed
 		w.mu.Unlock()
 		lines := strings.Split(s, "\n")
 		for _, line := range lines[:len(lines)-1] { // the last one is unfinished
-			if rest, ok := strings.CutPrefix(strings.TrimRight(line, "\r"), prefix); ok {
-				return strings.TrimSpace(rest), nil
+			// Anywhere in the line: a shell prompt may precede the output.
+			if i := strings.Index(line, marker); i >= 0 {
+				return strings.TrimSpace(line[i+len(marker):]), nil
 			}
 		}
 		select {

@@ -3,6 +3,15 @@
 // Package guest_test boots the real guest image (kernel + minimal rootfs)
 // in QEMU through internal/vmm/qemu, inside a network namespace it creates,
 // and drives the envd inside through internal/envdclient over the TAP.
+//
+// As root, after images/kernel/build.sh and images/rootfs/build.sh:
+//
+//	go test -v ./tests/guest/
+//	go test -run '^$' -bench . -benchtime 5x ./tests/guest/
+//
+// Without root, /dev/net/tun, QEMU, the kernel or the rootfs the tests skip
+// and say which; WRENN_TEST_REQUIRE_VM=1 makes that a failure.
+// WRENN_TEST_ACCEL=tcg|kvm skips the accelerator probe.
 package guest_test
 
 import (
