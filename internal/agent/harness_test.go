@@ -141,6 +141,13 @@ func (h *harness) assertNoLeftovers() {
 	for _, e := range entries {
 		t.Errorf("sandbox dir left behind: %s", e.Name())
 	}
+	// The host-wide table is the agent's, not a sandbox's: a real agent
+	// keeps it. The harness is the agent here, so it removes it, and
+	// nothing else of ours may remain in nftables.
+	_ = exec.Command("nft", "delete", "table", "inet", h.pcfg.Table).Run()
+	if out, _ := exec.Command("nft", "list", "tables").Output(); strings.Contains(string(out), h.pcfg.Table) {
+		t.Errorf("nftables tables left behind:\n%s", out)
+	}
 	// The cgroup parent itself is ours to remove.
 	for _, c := range []string{"memory", "cpu", "pids", ""} {
 		_ = os.Remove(filepath.Join("/sys/fs/cgroup", c, h.cgroup))
