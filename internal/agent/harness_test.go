@@ -37,10 +37,22 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	h := newHarnessIn(t, t.TempDir(), fmt.Sprintf("wrenn-agent-test-%d", os.Getpid()))
+	t.Cleanup(h.assertNoLeftovers)
+	return h
+}
+
+// newHarnessIn builds a harness over an existing directory and cgroup
+// parent: a second "agent process" uses it to share the first one's world.
+func newHarnessIn(t *testing.T, dir, cgroupParent string) *harness {
+	t.Helper()
 	images := testenv.RequireVM(t)
-	dir := t.TempDir()
 	for _, sub := range []string{"kernels", "images"} {
-		if err := os.Symlink(filepath.Join(images.Dir, sub), filepath.Join(dir, sub)); err != nil {
+		link := filepath.Join(dir, sub)
+		if _, err := os.Lstat(link); err == nil {
+			continue
+		}
+		if err := os.Symlink(filepath.Join(images.Dir, sub), link); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -54,13 +66,12 @@ func newHarness(t *testing.T) *harness {
 			VethCIDR: netip.MustParsePrefix("10.212.0.0/16"),
 			Table:    "wrenn_agent_test",
 		},
-		cgroup: fmt.Sprintf("wrenn-agent-test-%d", os.Getpid()),
+		cgroup: cgroupParent,
 		images: images,
 	}
 	choice := testenv.Accel(images.Kernel.Path)
 	h.accel = choice.Accel
 	t.Logf("accelerator %s: %s", choice.Accel, choice.Reason)
-	t.Cleanup(h.assertNoLeftovers)
 	return h
 }
 
