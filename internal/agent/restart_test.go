@@ -164,4 +164,3 @@ func counterAdvances(ctx context.Context, t *testing.T, m *agent.Manager, id str
 	}
 	return false
 }
-
