@@ -91,6 +91,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if !cfg.Dev && os.Geteuid() == 0 {
+		// In the guest, a memory hog must be what the OOM killer picks, not
+		// envd: without envd the sandbox is unreachable. Processes envd
+		// starts get their default score back (process.resetOOMScore).
+		if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil {
+			logger.Warn("cannot protect envd from the OOM killer", "err", err)
+		}
+	}
 	ln := cfg.Listener
 	if ln == nil {
 		var lc net.ListenConfig

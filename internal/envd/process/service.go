@@ -20,6 +20,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"os"
 	"log/slog"
 	"maps"
 	"slices"
@@ -285,6 +286,7 @@ func (s *Service) start(req *connect.Request[pb.StartRequest], done <-chan struc
 		return nil, nil, fmt.Errorf("start %s: %w", cfg.GetCmd(), errdefs.FromOS(err))
 	}
 	p.pid = uint32(cmd.Process.Pid)
+	resetOOMScore(cmd.Process.Pid)
 	p.logger = s.logger.With("pid", p.pid, "tag", tag)
 	p.logger.Info("process started", "cmd", cfg.GetCmd(), "user", u.Name, "pty", size != nil)
 	s.register(p)
@@ -418,4 +420,13 @@ func validSize(size *pb.PTY_Size) error {
 		return errdefs.New(errdefs.ErrInvalidArgument, "pty size must be 1..65535 columns and rows, got %dx%d", size.GetCols(), size.GetRows())
 	}
 	return nil
+}
+
+// resetOOMScore gives a user process the default OOM score. In the guest
+// envd runs with oom_score_adj -1000 so that a memory hog gets killed rather
+// than the agent; its children inherit that and must not keep it. Raising
+// the score needs no privilege; failure (no /proc, a process already gone)
+// only means the child keeps its parent's score.
+func resetOOMScore(pid int) {
+	_ = os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte("0"), 0)
 }
