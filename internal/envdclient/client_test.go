@@ -489,3 +489,39 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestHTTPErrorKinds(t *testing.T) {
+	cases := []struct {
+		name   string
+		status int
+		body   string
+		want   error // nil: no kind
+	}{
+		{name: "kind wins over status", status: http.StatusConflict, body: `{"code":409,"kind":"already_exists","message":"exists"}`, want: errdefs.ErrAlreadyExists},
+		{name: "e2b body without kind", status: http.StatusNotFound, body: `{"code":404,"message":"no such file"}`, want: errdefs.ErrNotFound},
+		{name: "plain text 507", status: http.StatusInsufficientStorage, body: "disk full", want: errdefs.ErrResourceExhausted},
+		{name: "401 empty body", status: http.StatusUnauthorized, want: errdefs.ErrUnauthenticated},
+		{name: "502 from a proxy", status: http.StatusBadGateway, body: "<html>bad gateway</html>", want: errdefs.ErrUnavailable},
+		{name: "opaque 500", status: http.StatusInternalServerError, body: `{"code":500,"kind":"internal","message":"boom"}`},
+	}
+	kinds := []error{errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrInvalidArgument, errdefs.ErrFailedPrecondition,
+		errdefs.ErrPermissionDenied, errdefs.ErrUnauthenticated, errdefs.ErrResourceExhausted, errdefs.ErrUnavailable}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(tc.status)
+				_, _ = io.WriteString(w, tc.body)
+			}))
+			t.Cleanup(srv.Close)
+			_, err := envdclient.New(srv.URL, envdclient.WithHTTP1()).Download(testCtx(t), "/x")
+			if err == nil {
+				t.Fatal("Download succeeded on an error status")
+			}
+			for _, k := range kinds {
+				if errors.Is(err, k) != (k == tc.want) {
+					t.Errorf("err %q: errors.Is(%v) = %v", err, k, !(k == tc.want))
+				}
+			}
+		})
+	}
+}
