@@ -29,7 +29,8 @@ type RunRequest struct {
 	Tag string
 
 	// Stdin, when set, is streamed to the process, then stdin is closed
-	// (for a PTY process it is typed into the terminal and left open).
+	// (for a PTY process it is typed into the terminal and left open). Its
+	// Read must eventually return: Run and Process.Close wait for it.
 	Stdin io.Reader
 	// OpenStdin gives the process a stdin pipe for SendStdin even without
 	// Stdin. Without either, the process's stdin is /dev/null.
