@@ -27,7 +27,7 @@ import (
 // (sharing the built images), network prefix and address ranges, nftables
 // table and cgroup parent, so it never touches a real agent's sandboxes.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	pcfg   network.PoolConfig
 	cgroup string
@@ -35,7 +35,7 @@ type harness struct {
 	accel  qemu.Accel
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	h := newHarnessIn(t, t.TempDir(), fmt.Sprintf("wrenn-agent-test-%d", os.Getpid()))
 	t.Cleanup(h.assertNoLeftovers)
@@ -44,7 +44,7 @@ func newHarness(t *testing.T) *harness {
 
 // newHarnessIn builds a harness over an existing directory and cgroup
 // parent: a second "agent process" uses it to share the first one's world.
-func newHarnessIn(t *testing.T, dir, cgroupParent string) *harness {
+func newHarnessIn(t testing.TB, dir, cgroupParent string) *harness {
 	t.Helper()
 	images := testenv.RequireVM(t)
 	for _, sub := range []string{"kernels", "images"} {
@@ -109,7 +109,7 @@ func (h *harness) newManager() (*agent.Manager, error) {
 
 // run executes a shell command in a sandbox and returns stdout, stderr and
 // the exit code.
-func run(ctx context.Context, t *testing.T, m *agent.Manager, id, script string) (string, string, int) {
+func run(ctx context.Context, t testing.TB, m *agent.Manager, id, script string) (string, string, int) {
 	t.Helper()
 	c, err := m.Envd(ctx, id)
 	if err != nil {
@@ -165,14 +165,14 @@ func (h *harness) assertNoLeftovers() {
 	}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
+func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
