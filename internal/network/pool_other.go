@@ -34,5 +34,8 @@ func (*Pool) Release(context.Context, *Slot) error { return errUnsupported }
 // Reclaim returns an error off Linux.
 func (*Pool) Reclaim(context.Context) error { return errUnsupported }
 
+// SetTAPOwner returns an error off Linux.
+func (*Pool) SetTAPOwner(context.Context, *Slot, uint32, uint32) error { return errUnsupported }
+
 // SetPolicy returns an error off Linux.
 func (*Slot) SetPolicy(context.Context, Policy) error { return errUnsupported }
