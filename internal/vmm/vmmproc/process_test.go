@@ -1,0 +1,374 @@
+//go:build linux
+
+package vmmproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wrenn/wrenn/internal/errdefs"
+)
+
+// The test binary doubles as the "VMM": with helperEnv set it runs one of
+// these modes instead of the tests.
+const (
+	helperEnv = "WRENN_VMMPROC_TEST_HELPER"
+	// helperIdle prints its working directory and $WRENN_VMMPROC_TEST_X,
+	// then idles until killed.
+	helperIdle = "idle"
+	// helperSpawner starts an idle helper with Start, records it in the
+	// pid file named by its last argument and exits, leaving the idle
+	// helper to be reparented: a VMM whose agent is gone.
+	helperSpawner = "spawner"
+	sandboxFlag   = "-vmmproc.sandbox"
+)
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case helperIdle:
+		wd, _ := os.Getwd()
+		fmt.Printf("cwd=%s x=%s\n", wd, os.Getenv("WRENN_VMMPROC_TEST_X"))
+		for {
+			time.Sleep(time.Hour) // a stand-in VMM idles until killed
+		}
+	case helperSpawner:
+		pidFile := os.Args[len(os.Args)-1]
+		p, err := Start(helperCommand(filepath.Dir(pidFile), helperIdle), slog.New(slog.DiscardHandler))
+		if err == nil {
+			err = WritePIDFile(pidFile, p.PID())
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// helperCommand runs this test binary in mode, recognisable by sandbox.
+func helperCommand(sandbox, mode string) Command {
+	self, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
+	return Command{Path: self, Args: []string{sandboxFlag, sandbox}, Env: []string{helperEnv + "=" + mode}}
+}
+
+func matchSandbox(dir string) func([]string) bool {
+	return func(argv []string) bool { return HasFlag(argv, sandboxFlag, dir) }
+}
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, nil))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+// startHelper starts an idle helper for a fresh sandbox dir and kills it
+// when the test ends.
+func startHelper(t *testing.T, c func(*Command)) (*Process, string) {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := helperCommand(dir, helperIdle)
+	if c != nil {
+		c(&cmd)
+	}
+	p, err := Start(cmd, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		err := p.Kill(10 * time.Second)
+		if errors.Is(err, errdefs.ErrFailedPrecondition) {
+			// Released by the test: kill by pid, if it is still ours.
+			if Matches(p.PID(), matchSandbox(dir)) {
+				_ = syscall.Kill(p.PID(), syscall.SIGKILL)
+			}
+			return
+		}
+		if err != nil {
+			t.Errorf("cleanup kill: %v", err)
+		}
+		p.Release()
+	})
+	return p, dir
+}
+
+// waitFile polls path until it contains want.
+func waitFile(t *testing.T, path, want string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), want) {
+			return string(b)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s never showed %q: %q", path, want, b)
+		case <-tick.C:
+		}
+	}
+}
+
+func TestStartDetached(t *testing.T) {
+	outDir := t.TempDir()
+	out, err := os.Create(filepath.Join(outDir, "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	workDir := t.TempDir()
+	p, _ := startHelper(t, func(c *Command) {
+		c.Output, c.Dir = out, workDir
+		c.Env = append(c.Env, "WRENN_VMMPROC_TEST_X=from-env")
+	})
+	sid, err := unix.Getsid(p.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sid != p.PID() {
+		t.Fatalf("vmm session %d, want its own (%d): a signal to the agent's group would reach it", sid, p.PID())
+	}
+	waitFile(t, out.Name(), "cwd="+workDir+" x=from-env\n")
+
+	wctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := p.Wait(wctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait on a running process = %v, want DeadlineExceeded", err)
+	}
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(t.Context()); err != nil {
+		t.Fatalf("wait after SIGTERM: %v", err)
+	}
+	// Signalling and killing what is gone is no error.
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("signal after exit: %v", err)
+	}
+	if err := p.Kill(time.Second); err != nil {
+		t.Fatalf("kill after exit: %v", err)
+	}
+}
+
+func TestStartErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		cmd  Command
+		want error
+	}{
+		{name: "missing binary", cmd: Command{Path: "/nonexistent/vmm"}, want: errdefs.ErrNotFound},
+		{name: "missing netns", cmd: Command{Path: "/bin/true", NetNS: "/run/netns/wrenn-vmmproc-missing"}, want: os.ErrNotExist},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Start(tt.cmd, testLog(t))
+			if !errors.Is(err, tt.want) {
+				if p != nil {
+					_ = p.Kill(time.Second)
+				}
+				t.Fatalf("Start = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestAdopt(t *testing.T) {
+	p, dir := startHelper(t, nil)
+	pidFile := filepath.Join(dir, "vmm.pid")
+	match := matchSandbox(dir)
+
+	if _, err := Adopt(pidFile, match, testLog(t)); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("adopt without a pid file: err = %v, want NotFound", err)
+	}
+	// A stale pid file naming some other live process (ourselves).
+	if err := WritePIDFile(pidFile, os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Adopt(pidFile, match, testLog(t)); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("adopt with a stale pid: err = %v, want NotFound", err)
+	}
+	if _, err := Running(pidFile, match); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("running with a stale pid: err = %v, want NotFound", err)
+	}
+
+	if err := WritePIDFile(pidFile, p.PID()); err != nil {
+		t.Fatal(err)
+	}
+	if pid, err := Running(pidFile, match); err != nil || pid != p.PID() {
+		t.Fatalf("Running = %d, %v; want %d", pid, err, p.PID())
+	}
+	if _, err := Running(pidFile, matchSandbox("/elsewhere")); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("running for another sandbox: err = %v, want NotFound", err)
+	}
+	// Release lets go without stopping; Wait then says so.
+	p.Release()
+	p.Release()
+	if err := p.Wait(t.Context()); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("Wait after Release = %v, want FailedPrecondition", err)
+	}
+	if err := p.Kill(time.Second); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("Kill after Release = %v, want FailedPrecondition (its pidfd is closed)", err)
+	}
+	a, err := Adopt(pidFile, match, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Release()
+	if a.PID() != p.PID() {
+		t.Fatalf("adopted pid %d, started %d", a.PID(), p.PID())
+	}
+	if err := a.Kill(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Wait(t.Context()); err != nil {
+		t.Fatalf("wait after kill: %v", err)
+	}
+}
+
+// TestAdoptOrphan adopts a VMM whose starter has exited, so it is not our
+// child: its exit is seen through the pidfd alone.
+func TestAdoptOrphan(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "vmm.pid")
+	spawner := helperCommand(dir, helperSpawner)
+	cmd := exec.Command(spawner.Path, append(spawner.Args, pidFile)...)
+	cmd.Env = append(os.Environ(), spawner.Env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("spawner: %v: %s", err, out)
+	}
+	p, err := Adopt(pidFile, matchSandbox(dir), testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release()
+	if err := unix.Kill(p.PID(), 0); err != nil {
+		t.Fatalf("adopted pid %d: %v", p.PID(), err)
+	}
+	if ppid := parentOf(t, p.PID()); ppid == os.Getpid() {
+		t.Fatalf("pid %d is our child; the test needs an orphan", p.PID())
+	}
+	if err := p.Kill(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(t.Context()); err != nil {
+		t.Fatalf("wait for a non-child: %v", err)
+	}
+	if _, err := Running(pidFile, matchSandbox(dir)); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("running after kill: err = %v, want NotFound", err)
+	}
+}
+
+func parentOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pid (comm) state ppid ...; comm may hold spaces, so cut at the last ')'.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		t.Fatalf("parse %s/stat: %v", strconv.Itoa(pid), err)
+	}
+	return ppid
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces and other users' credentials")
+	}
+}
+
+func TestStartInNetNS(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs the ip command (iproute2) to create a netns")
+	}
+	name := "wrenn-vmmproc-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	path := "/run/netns/" + name
+	p, _ := startHelper(t, func(c *Command) { c.NetNS = path })
+
+	var want, got, self syscall.Stat_t
+	if err := syscall.Stat(path, &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Stat("/proc/"+strconv.Itoa(p.PID())+"/ns/net", &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Ino != want.Ino {
+		t.Fatalf("vmm runs in netns inode %d, want %d", got.Ino, want.Ino)
+	}
+	// The agent's own threads must be back in the host namespace.
+	if err := syscall.Stat("/proc/self/ns/net", &self); err != nil {
+		t.Fatal(err)
+	}
+	if self.Ino == want.Ino {
+		t.Fatal("the test process was left inside the netns")
+	}
+}
+
+func TestStartAsUser(t *testing.T) {
+	requireRoot(t)
+	const nobody = 65534
+	// nobody must be able to execute the helper: copy it somewhere it can.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binDir, err := os.MkdirTemp("", "vp-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(binDir) })
+	if err := os.Chmod(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(binDir, "vmm")
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := startHelper(t, func(c *Command) { c.Path, c.UID, c.GID, c.Dir = exe, nobody, nobody, "/" })
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID()) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "Uid:") || strings.HasPrefix(l, "Gid:") {
+			if f := strings.Fields(l); len(f) < 5 || f[1] != "65534" || f[2] != "65534" || f[3] != "65534" {
+				t.Fatalf("vmm runs with %q, want nobody", l)
+			}
+		}
+		if strings.HasPrefix(l, "Groups:") && strings.TrimSpace(strings.TrimPrefix(l, "Groups:")) != "" {
+			t.Fatalf("vmm kept supplementary groups: %q", l)
+		}
+	}
+}
