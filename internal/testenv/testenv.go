@@ -2,6 +2,9 @@
 // (root, QEMU, the guest images) and skips them, naming what is missing, when
 // it cannot. With WRENN_TEST_REQUIRE_VM=1 (set by `make test` as root) a
 // missing prerequisite fails the test instead, so CI never passes silently.
+//
+// testenv imports internal/vmm/qemu (for Probe and DefaultBinary), so the
+// qemu package's own tests that need it live in package qemu_test.
 package testenv
 
 import (
@@ -50,6 +53,38 @@ func RequireRoot(tb testing.TB) {
 	}
 }
 
+// LookPath returns the path of bin, or skips (or fails) tb naming it.
+func LookPath(tb testing.TB, bin string) string {
+	tb.Helper()
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		Missing(tb, "needs "+bin+" in PATH (scripts/deps.sh installs it)")
+	}
+	return p
+}
+
+// Kernel returns the guest kernel new sandboxes boot (kernels.Latest in
+// Dir()/kernels), or skips (or fails) tb when there is none.
+func Kernel(tb testing.TB) kernels.Kernel {
+	tb.Helper()
+	k, err := kernels.Latest(filepath.Join(Dir(), "kernels"))
+	if err != nil {
+		Missing(tb, "needs a guest kernel: "+err.Error())
+	}
+	return k
+}
+
+// Rootfs returns the minimal template's rootfs.ext4, or skips (or fails) tb
+// when it is missing.
+func Rootfs(tb testing.TB) string {
+	tb.Helper()
+	rootfs := filepath.Join(Dir(), "images", "minimal", "rootfs.ext4")
+	if _, err := os.Stat(rootfs); err != nil {
+		Missing(tb, "needs the minimal rootfs at "+rootfs+" (make images)")
+	}
+	return rootfs
+}
+
 // RequireVM checks for everything a test that boots a real guest needs:
 // root, /dev/net/tun, qemu-system-x86_64, qemu-img, a guest kernel and the
 // minimal rootfs.
@@ -60,20 +95,9 @@ func RequireVM(tb testing.TB) Images {
 		Missing(tb, "needs /dev/net/tun: "+err.Error())
 	}
 	for _, bin := range []string{qemu.DefaultBinary, "qemu-img"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			Missing(tb, "needs "+bin+" in PATH (scripts/deps.sh installs it)")
-		}
+		LookPath(tb, bin)
 	}
-	dir := Dir()
-	k, err := kernels.Latest(filepath.Join(dir, "kernels"))
-	if err != nil {
-		Missing(tb, "needs a guest kernel: "+err.Error())
-	}
-	rootfs := filepath.Join(dir, "images", "minimal", "rootfs.ext4")
-	if _, err := os.Stat(rootfs); err != nil {
-		Missing(tb, "needs the minimal rootfs at "+rootfs+" (make images)")
-	}
-	return Images{Dir: dir, Kernel: k, Rootfs: rootfs}
+	return Images{Dir: Dir(), Kernel: Kernel(tb), Rootfs: Rootfs(tb)}
 }
 
 var accel struct {
