@@ -1,39 +1,13 @@
 package firecracker
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
-)
 
-func TestRotatingLogBoundsDisk(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "console.log")
-	l, err := openRotatingLog(path, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := bytes.Repeat([]byte("x"), 30)
-	for range 20 { // 600 bytes through a 100-byte cap
-		if _, err := l.Write(chunk); err != nil {
-			t.Fatal(err)
-		}
-	}
-	last := []byte("the end\n")
-	if _, err := l.Write(last); err != nil {
-		t.Fatal(err)
-	}
-	must(t, "close", l.Close())
-	cur, _ := os.ReadFile(path)
-	old, _ := os.ReadFile(path + ".1")
-	if len(cur) > 100 || len(old) != 100 {
-		t.Fatalf("sizes: current %d (max 100), rotated %d (want 100)", len(cur), len(old))
-	}
-	if !bytes.HasSuffix(cur, last) {
-		t.Fatalf("newest output not at the end of the current log: %q", cur)
-	}
-}
+	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
+)
 
 func TestConsoleFollowsFIFOUntilWriterExits(t *testing.T) {
 	dir := t.TempDir()
@@ -48,7 +22,7 @@ func TestConsoleFollowsFIFOUntilWriterExits(t *testing.T) {
 		t.Fatal(err)
 	}
 	logPath := filepath.Join(dir, ConsoleLogName)
-	c, err := startConsole(r, logPath, 1<<20)
+	c, err := vmmproc.StartConsole(r, logPath, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +31,7 @@ func TestConsoleFollowsFIFOUntilWriterExits(t *testing.T) {
 	}
 	w.Close() // the last writer goes: the copy must reach EOF by itself
 	select {
-	case <-c.done:
+	case <-c.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("console copy did not end at EOF")
 	}
@@ -81,7 +55,7 @@ func TestConsoleCloseInterruptsRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	c, err := startConsole(r, filepath.Join(dir, ConsoleLogName), 1<<20)
+	c, err := vmmproc.StartConsole(r, filepath.Join(dir, ConsoleLogName), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,10 +12,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/vmm"
+	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
 )
 
 // DefaultBinary is the firecracker executable used when Config.Binary is
@@ -88,7 +87,7 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 			return nil, errors.Join(err, m.kill())
 		}
 	}
-	d.log.Info("vm booted", "sandbox_id", spec.ID, "pid", m.pid, "duration", time.Since(start))
+	d.log.Info("vm booted", "sandbox_id", spec.ID, "pid", m.PID(), "duration", time.Since(start))
 	return m, nil
 }
 
@@ -123,7 +122,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, dir string) (vmm.Ma
 	if err := m.do(ctx, "restore", load.Method, load.Path, load.Body, nil); err != nil {
 		return nil, errors.Join(err, m.kill())
 	}
-	d.log.Info("vm restored", "sandbox_id", spec.ID, "pid", m.pid, "duration", time.Since(start))
+	d.log.Info("vm restored", "sandbox_id", spec.ID, "pid", m.PID(), "duration", time.Since(start))
 	return m, nil
 }
 
@@ -163,15 +162,14 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 	if !filepath.IsAbs(spec.Dir) {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "attach vm %s: dir %q is not absolute", spec.ID, spec.Dir)
 	}
-	pid, pidfd, err := runningFirecracker(spec.Dir)
+	sock := filepath.Join(spec.Dir, APISocketName)
+	log := d.log.With("sandbox_id", spec.ID)
+	proc, err := vmmproc.Adopt(filepath.Join(spec.Dir, PIDFileName), firecrackerFor(sock), log)
 	if err != nil {
 		return nil, fmt.Errorf("attach vm %s: %w", spec.ID, err)
 	}
-	m, err := d.newMachine(spec, pid, pidfd, nil)
-	if err != nil {
-		unix.Close(pidfd)
-		return nil, fmt.Errorf("attach vm %s: %w", spec.ID, err)
-	}
+	pid := proc.PID()
+	m := d.newMachine(spec, proc, log)
 	actx, cancel := context.WithTimeout(ctx, vmm.BootTimeout)
 	defer cancel()
 	st, err := m.State(actx)
@@ -181,7 +179,7 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 	if r, err := openConsoleReader(filepath.Join(spec.Dir, ConsoleFIFOName)); err != nil {
 		// The guest is fine without a console copy; do not fail adoption.
 		m.log.Warn("console not attached", "err", err)
-	} else if m.console, err = startConsole(r, m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
+	} else if m.console, err = vmmproc.StartConsole(r, m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
 		m.log.Warn("console not attached", "err", err)
 	}
 	d.log.Info("vm attached", "sandbox_id", spec.ID, "pid", pid, "state", st)
@@ -198,8 +196,8 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (*Machine, error) {
 	if st, err := os.Stat(spec.Dir); err != nil || !st.IsDir() {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "sandbox dir %s: not a directory", spec.Dir)
 	}
-	if pid, pidfd, err := runningFirecracker(spec.Dir); err == nil {
-		unix.Close(pidfd)
+	pidFile := filepath.Join(spec.Dir, PIDFileName)
+	if pid, err := vmmproc.Running(pidFile, firecrackerFor(filepath.Join(spec.Dir, APISocketName))); err == nil {
 		return nil, errdefs.New(errdefs.ErrAlreadyExists, "firecracker pid %d already runs for %s", pid, spec.Dir)
 	}
 	// Firecracker refuses to start if its API socket path exists.
@@ -222,38 +220,24 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (*Machine, error) {
 		return nil, err
 	}
 	t0 := time.Now()
-	cmd, err := startProcess(procSpec{
-		bin: d.cfg.Binary, args: processArgs(spec), env: d.cfg.Env, dir: spec.Dir,
-		out: w, netns: spec.NetNS, uid: spec.UID, gid: spec.GID,
-	})
+	log := d.log.With("sandbox_id", spec.ID)
+	proc, err := vmmproc.Start(vmmproc.Command{
+		Path: d.cfg.Binary, Args: processArgs(spec), Env: d.cfg.Env, Dir: spec.Dir,
+		Output: w, NetNS: spec.NetNS, UID: spec.UID, GID: spec.GID,
+	}, log)
 	w.Close() // firecracker holds its own copy; ours would hide its exit from the reader
 	if err != nil {
 		r.Close()
 		return nil, err
 	}
-	pid := cmd.Process.Pid
-	// A pidfd of our unreaped child cannot refer to anyone else.
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		r.Close()
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
-	}
-	m, err := d.newMachine(spec, pid, pidfd, cmd)
-	if err != nil {
-		r.Close()
-		unix.Close(pidfd)
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, err
-	}
+	pid := proc.PID()
+	m := d.newMachine(spec, proc, log)
 	fail := func(err error) (*Machine, error) { return nil, errors.Join(err, m.kill()) }
 	// Nothing can be lost by starting the copy now: no guest runs yet.
-	if m.console, err = startConsole(r, m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
+	if m.console, err = vmmproc.StartConsole(r, m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
 		return fail(err)
 	}
-	if err := writePIDFile(filepath.Join(spec.Dir, PIDFileName), pid); err != nil {
+	if err := vmmproc.WritePIDFile(pidFile, pid); err != nil {
 		return fail(err)
 	}
 	if spec.Confine != nil {
@@ -284,7 +268,7 @@ func (m *Machine) waitAPI(ctx context.Context) error {
 			return nil
 		}
 		select {
-		case <-m.exited:
+		case <-m.proc.Exited():
 			return errdefs.New(errdefs.ErrFailedPrecondition, "firecracker exited at start (see %s)", m.ConsoleLogPath())
 		case <-ctx.Done():
 			return fmt.Errorf("wait for firecracker api socket: %w (last: %v)", ctx.Err(), err)

@@ -8,15 +8,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/vmm"
+	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
 )
 
 // killWait bounds the wait for a SIGKILLed firecracker to disappear. Only a
@@ -34,19 +32,12 @@ const stateWait = 2 * time.Second
 // ConsoleLogPath, API and Close (let go without stopping firecracker).
 type Machine struct {
 	spec  vmm.Spec
-	pid   int
+	proc  *vmmproc.Process
 	log   *slog.Logger
 	grace time.Duration
 
-	pidfd int
-	cmd   *exec.Cmd // nil when adopted by Attach; then init reaps firecracker
-
 	api     *Client
-	console *console // nil if the console could not be attached
-
-	exited    chan struct{} // closed once the process is gone
-	wakeW     *os.File      // closing it wakes the watcher's poll
-	watchDone chan struct{}
+	console *vmmproc.Console // nil if the console could not be attached
 
 	mu       sync.Mutex // serialises Stop, Close and Snapshot
 	released bool       // host-side handles let go (Stop or Close)
@@ -54,63 +45,16 @@ type Machine struct {
 
 var _ vmm.Machine = (*Machine)(nil)
 
-// newMachine wraps a started firecracker, identified by a pidfd the caller
-// hands over, and starts watching for its exit.
-func (d *Driver) newMachine(spec vmm.Spec, pid, pidfd int, cmd *exec.Cmd) (*Machine, error) {
-	wakeR, wakeW, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("create wake pipe: %w", err)
-	}
-	m := &Machine{
-		spec: spec, pid: pid, pidfd: pidfd, cmd: cmd,
-		log:       d.log.With("sandbox_id", spec.ID),
-		grace:     d.cfg.StopGrace,
-		api:       NewClient(filepath.Join(spec.Dir, APISocketName)),
-		exited:    make(chan struct{}),
-		wakeW:     wakeW,
-		watchDone: make(chan struct{}),
-	}
-	go m.watch(wakeR)
-	return m, nil
-}
-
-// watch waits on the pidfd, which works for a child and for a process
-// adopted from an earlier agent alike. It returns when firecracker exits or
-// when Close wakes it.
-func (m *Machine) watch(wakeR *os.File) {
-	defer close(m.watchDone)
-	defer wakeR.Close()
-	fds := []unix.PollFd{
-		{Fd: int32(m.pidfd), Events: unix.POLLIN},
-		{Fd: int32(wakeR.Fd()), Events: unix.POLLIN},
-	}
-	for {
-		_, err := unix.Poll(fds, -1)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			m.log.Error("poll firecracker pidfd failed", "pid", m.pid, "err", err)
-			return
-		}
-		if fds[0].Revents != 0 {
-			if m.cmd != nil {
-				// Reap our child. Its status is no error here: a guest
-				// reboot exits 0, a kill does not.
-				_ = m.cmd.Wait()
-			}
-			m.log.Info("firecracker exited", "pid", m.pid)
-			close(m.exited)
-			return
-		}
-		if fds[1].Revents != 0 {
-			return
-		}
+func (d *Driver) newMachine(spec vmm.Spec, proc *vmmproc.Process, log *slog.Logger) *Machine {
+	return &Machine{
+		spec: spec, proc: proc, log: log,
+		grace: d.cfg.StopGrace,
+		api:   NewClient(filepath.Join(spec.Dir, APISocketName)),
 	}
 }
 
 // PID of the firecracker process.
-func (m *Machine) PID() int { return m.pid }
+func (m *Machine) PID() int { return m.proc.PID() }
 
 // ConsoleLogPath is the file firecracker's stdout and stderr (the guest's
 // serial console and Firecracker's own log) are copied to, rotated to
@@ -140,8 +84,8 @@ func (m *Machine) do(ctx context.Context, what, method, path string, body, out a
 	}
 	if !isAPIError(err) {
 		select {
-		case <-m.exited:
-			return errdefs.New(errdefs.ErrFailedPrecondition, "%s vm %s: firecracker (pid %d) has exited", what, m.spec.ID, m.pid)
+		case <-m.proc.Exited():
+			return errdefs.New(errdefs.ErrFailedPrecondition, "%s vm %s: firecracker (pid %d) has exited", what, m.spec.ID, m.PID())
 		default:
 		}
 	}
@@ -219,7 +163,7 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) error {
 	if err := syncFile(dir); err != nil {
 		return fmt.Errorf("snapshot vm %s: %w", m.spec.ID, err)
 	}
-	m.log.Info("vm snapshot written", "pid", m.pid, "dir", dir, "duration", time.Since(start))
+	m.log.Info("vm snapshot written", "pid", m.PID(), "dir", dir, "duration", time.Since(start))
 	return nil
 }
 
@@ -233,21 +177,21 @@ func (m *Machine) Stop(ctx context.Context) error {
 	defer m.mu.Unlock()
 	if m.released {
 		select {
-		case <-m.exited:
+		case <-m.proc.Exited():
 			return nil
 		default:
 			return errdefs.New(errdefs.ErrFailedPrecondition, "stop vm %s: machine was closed; attach again", m.spec.ID)
 		}
 	}
 	select {
-	case <-m.exited:
+	case <-m.proc.Exited():
 	default:
 		if m.askToStop(ctx) {
 			t := time.NewTimer(m.grace)
 			select {
-			case <-m.exited:
+			case <-m.proc.Exited():
 			case <-t.C:
-				m.log.Warn("guest ignored ctrl-alt-del; killing firecracker", "pid", m.pid, "grace", m.grace)
+				m.log.Warn("guest ignored ctrl-alt-del; killing firecracker", "pid", m.PID(), "grace", m.grace)
 			case <-ctx.Done():
 			}
 			t.Stop()
@@ -270,7 +214,7 @@ func (m *Machine) askToStop(ctx context.Context) bool {
 	}
 	err = m.do(sctx, "stop", http.MethodPut, "/actions", instanceAction{ActionType: "SendCtrlAltDel"}, nil)
 	if err != nil {
-		m.log.Warn("send ctrl-alt-del failed", "pid", m.pid, "err", err)
+		m.log.Warn("send ctrl-alt-del failed", "pid", m.PID(), "err", err)
 		return false
 	}
 	return true
@@ -279,15 +223,10 @@ func (m *Machine) askToStop(ctx context.Context) bool {
 // sigkill kills firecracker (if still there) and waits, bounded, until it
 // is gone.
 func (m *Machine) sigkill() error {
-	if err := unix.PidfdSendSignal(m.pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("stop vm %s: kill pid %d: %w", m.spec.ID, m.pid, err)
+	if err := m.proc.Kill(killWait); err != nil {
+		return fmt.Errorf("stop vm %s: %w", m.spec.ID, err)
 	}
-	select {
-	case <-m.exited:
-		return nil
-	case <-time.After(killWait):
-		return fmt.Errorf("stop vm %s: pid %d still alive %s after SIGKILL", m.spec.ID, m.pid, killWait)
-	}
+	return nil
 }
 
 // kill ends a machine that failed part-way through start.
@@ -318,19 +257,10 @@ func (m *Machine) cleanup() error {
 // Wait blocks until firecracker exits. It fails if ctx ends first or the
 // machine was Closed (its exit is then no longer observed).
 func (m *Machine) Wait(ctx context.Context) error {
-	select {
-	case <-m.exited:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("wait vm %s: %w", m.spec.ID, ctx.Err())
-	case <-m.watchDone:
-		select {
-		case <-m.exited:
-			return nil
-		default:
-		}
-		return errdefs.New(errdefs.ErrFailedPrecondition, "wait vm %s: machine was closed", m.spec.ID)
+	if err := m.proc.Wait(ctx); err != nil {
+		return fmt.Errorf("wait vm %s: %w", m.spec.ID, err)
 	}
+	return nil
 }
 
 // Close lets go of firecracker without stopping it: the API connections,
@@ -350,16 +280,14 @@ func (m *Machine) release() error {
 	var err error
 	if m.console != nil {
 		select {
-		case <-m.exited:
-			err = m.console.drain(consoleDrain)
+		case <-m.proc.Exited():
+			err = m.console.Drain(consoleDrain)
 		default:
 			err = m.console.Close()
 		}
 	}
 	m.api.Close()
-	m.wakeW.Close()
-	<-m.watchDone
-	unix.Close(m.pidfd)
+	m.proc.Release()
 	return err
 }
 

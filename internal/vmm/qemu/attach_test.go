@@ -1,4 +1,4 @@
-package qemu
+package qemu_test
 
 import (
 	"bufio"
@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/internal/vmm"
+	"github.com/wrenn/wrenn/internal/vmm/qemu"
 )
 
 const (
@@ -29,7 +31,7 @@ func TestHelperAgent(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process for TestAttachAfterAgentKilled")
 	}
-	d := New(Config{Binary: DefaultBinary, Accel: AccelTCG})
+	d := qemu.New(qemu.Config{Binary: qemu.DefaultBinary, Accel: qemu.AccelTCG})
 	spec := vmm.Spec{ID: "agentkill", Dir: dir, Kernel: os.Getenv(helperKernelEnv), VCPUs: 1, MemoryMB: 64}
 	m, err := d.Boot(context.Background(), spec)
 	if err != nil {
@@ -42,7 +44,7 @@ func TestHelperAgent(t *testing.T) {
 
 func TestAttachAfterAgentKilled(t *testing.T) {
 	kernel := haltKernel(t)
-	findQEMU(t)
+	testenv.LookPath(t, qemu.DefaultBinary)
 	dir := sandboxDir(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -69,7 +71,7 @@ func TestAttachAfterAgentKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = agent.Wait()
-	if !isQEMUFor(pid, filepath.Join(dir, PIDFileName)) {
+	if !qemu.IsQEMUFor(pid, filepath.Join(dir, qemu.PIDFileName)) {
 		t.Fatalf("qemu pid %d died with the agent", pid)
 	}
 
@@ -107,7 +109,7 @@ func TestAttachAfterAgentKilled(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("Wait did not return after Stop")
 	}
-	if isQEMUFor(pid, filepath.Join(dir, PIDFileName)) {
+	if qemu.IsQEMUFor(pid, filepath.Join(dir, qemu.PIDFileName)) {
 		t.Fatalf("qemu pid %d still runs after Stop", pid)
 	}
 }
@@ -123,7 +125,7 @@ func TestAttachAfterClose(t *testing.T) {
 	}
 	pid := m1.PID()
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-	if err := m1.(*Machine).Close(); err != nil {
+	if err := m1.(*qemu.Machine).Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := m1.Wait(ctx); err == nil {
@@ -133,7 +135,7 @@ func TestAttachAfterClose(t *testing.T) {
 	d2 := testDriver(t)
 	// While a second client holds the monitor, Attach gives up with
 	// Unavailable instead of hanging.
-	holder, err := DialQMP(ctx, filepath.Join(spec.Dir, QMPSocketName))
+	holder, err := qemu.DialQMP(ctx, filepath.Join(spec.Dir, qemu.QMPSocketName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,10 +170,8 @@ func TestAttachAfterClose(t *testing.T) {
 
 // TestBootInNetNS checks that QEMU runs inside Spec.NetNS with its TAP.
 func TestBootInNetNS(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ip"); err != nil {
-		requireVM(t, "needs the ip command (iproute2) to create a netns")
-	}
+	testenv.RequireRoot(t)
+	testenv.LookPath(t, "ip")
 	kernel := haltKernel(t)
 	name := "wq-test-" + strconv.Itoa(os.Getpid())
 	run := func(args ...string) {
@@ -222,7 +222,7 @@ func TestBootInNetNS(t *testing.T) {
 
 // TestBootAsUnprivilegedUser runs QEMU as nobody (Spec.UID/GID).
 func TestBootAsUnprivilegedUser(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	const nobody = 65534
 	spec := haltSpec(t, "")
 	// nobody must reach the kernel and own the sandbox dir.

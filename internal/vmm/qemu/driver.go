@@ -11,10 +11,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/vmm"
+	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
 )
 
 // attachGreetingWait bounds the wait for QMP's greeting on Attach. A live
@@ -134,7 +133,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, dir string) (vmm.Ma
 	if err := m.Resume(ctx); err != nil {
 		return fail(err)
 	}
-	d.log.Info("vm restored", "sandbox_id", spec.ID, "pid", m.pid, "state_loaded", loaded, "duration", time.Since(start))
+	d.log.Info("vm restored", "sandbox_id", spec.ID, "pid", m.PID(), "state_loaded", loaded, "duration", time.Since(start))
 	return m, nil
 }
 
@@ -145,15 +144,14 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 	if !filepath.IsAbs(spec.Dir) {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "attach vm %s: dir %q is not absolute", spec.ID, spec.Dir)
 	}
-	pid, pidfd, err := runningQEMU(spec.Dir)
+	pidFile := filepath.Join(spec.Dir, PIDFileName)
+	log := d.log.With("sandbox_id", spec.ID)
+	proc, err := vmmproc.Adopt(pidFile, qemuFor(pidFile), log)
 	if err != nil {
 		return nil, fmt.Errorf("attach vm %s: %w", spec.ID, err)
 	}
-	m, err := newMachine(spec, pid, pidfd, nil, d.log.With("sandbox_id", spec.ID))
-	if err != nil {
-		unix.Close(pidfd)
-		return nil, fmt.Errorf("attach vm %s: %w", spec.ID, err)
-	}
+	pid := proc.PID()
+	m := newMachine(spec, proc, log)
 	// QEMU serves one QMP client at a time and greets a second one only
 	// when the first leaves, so a silent socket means someone else holds it.
 	dctx, cancel := context.WithTimeout(ctx, attachGreetingWait)
@@ -192,8 +190,8 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, args []string) (*Mac
 	if st, err := os.Stat(spec.Dir); err != nil || !st.IsDir() {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "sandbox dir %s: not a directory", spec.Dir)
 	}
-	if pid, pidfd, err := runningQEMU(spec.Dir); err == nil {
-		unix.Close(pidfd)
+	pidFile := filepath.Join(spec.Dir, PIDFileName)
+	if pid, err := vmmproc.Running(pidFile, qemuFor(pidFile)); err == nil {
 		return nil, errdefs.New(errdefs.ErrAlreadyExists, "qemu pid %d already runs for %s", pid, spec.Dir)
 	}
 	// Leftovers of a QEMU that died without cleaning up.
@@ -214,27 +212,16 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, args []string) (*Mac
 	}
 	fmt.Fprintf(logf, "--- %s %s %q\n", time.Now().UTC().Format(time.RFC3339), bin, args)
 	t0 := time.Now()
-	cmd, err := startQEMU(bin, args, logf, spec.NetNS, spec.UID, spec.GID)
+	log := d.log.With("sandbox_id", spec.ID)
+	proc, err := vmmproc.Start(vmmproc.Command{
+		Path: bin, Args: args, Output: logf, NetNS: spec.NetNS, UID: spec.UID, GID: spec.GID,
+	}, log)
 	logf.Close() // QEMU has its own copy
 	if err != nil {
 		return nil, err
 	}
-	pid := cmd.Process.Pid
-	// A pidfd of our unreaped child cannot refer to anyone else.
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
-	}
-	log := d.log.With("sandbox_id", spec.ID)
-	m, err := newMachine(spec, pid, pidfd, cmd, log)
-	if err != nil {
-		unix.Close(pidfd)
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, err
-	}
+	pid := proc.PID()
+	m := newMachine(spec, proc, log)
 	fail := func(err error) (*Machine, error) { return nil, errors.Join(err, m.kill()) }
 
 	if m.qmp, err = m.dialQMP(ctx); err != nil {
@@ -267,7 +254,7 @@ func (m *Machine) dialQMP(ctx context.Context) (*QMP, error) {
 			return q, nil
 		}
 		select {
-		case <-m.exited:
+		case <-m.proc.Exited():
 			return nil, errdefs.New(errdefs.ErrFailedPrecondition, "qemu exited at start: %s",
 				logTail(filepath.Join(m.spec.Dir, QEMULogName)))
 		case <-ctx.Done():

@@ -1,4 +1,4 @@
-package qemu
+package qemu_test
 
 import (
 	"context"
@@ -12,13 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/internal/vmm"
+	"github.com/wrenn/wrenn/internal/vmm/qemu"
 )
 
 // TestBootRealKernel boots the guest kernel with no root disk: it prints
 // its banner, panics at root mount and, with -no-reboot, QEMU exits.
 func TestBootRealKernel(t *testing.T) {
-	kernel := findKernel(t)
+	kernel := testenv.Kernel(t).Path
 	d := testDriver(t)
 	dir := sandboxDir(t)
 	spec := vmm.Spec{ID: "panic", Dir: dir, Kernel: kernel, VCPUs: 1, MemoryMB: 256}
@@ -37,7 +39,7 @@ func TestBootRealKernel(t *testing.T) {
 	if err := m.Stop(ctx); err != nil {
 		t.Fatalf("stop of an exited machine: %v", err)
 	}
-	b, err := os.ReadFile(m.(*Machine).ConsoleLogPath())
+	b, err := os.ReadFile(m.(*qemu.Machine).ConsoleLogPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,14 +56,9 @@ func TestBootRealKernel(t *testing.T) {
 // snapshot (shared memory file), stop and restore. The restored guest must
 // continue the count, not start over: its memory really came back.
 func TestRealGuestRootfs(t *testing.T) {
-	kernel := findKernel(t)
-	if _, err := os.Stat(rootfsPath); err != nil {
-		requireVM(t, "needs the minimal rootfs at "+rootfsPath+" (images/minimal)")
-	}
-	qemuImg, err := exec.LookPath("qemu-img")
-	if err != nil {
-		requireVM(t, "needs qemu-img for the overlay (apt-get install qemu-utils)")
-	}
+	kernel := testenv.Kernel(t).Path
+	rootfsPath := testenv.Rootfs(t)
+	qemuImg := testenv.LookPath(t, "qemu-img")
 	tests := []struct {
 		name   string
 		shared bool
@@ -93,7 +90,7 @@ func TestRealGuestRootfs(t *testing.T) {
 				t.Fatal(err)
 			}
 			stopOnCleanup(t, m)
-			consoleLog := m.(*Machine).ConsoleLogPath()
+			consoleLog := m.(*qemu.Machine).ConsoleLogPath()
 			waitConsole(t, ctx, m, consoleLog, "tick2\r\n")
 			t.Logf("boot to init running: %s", time.Since(t0))
 
@@ -107,7 +104,7 @@ func TestRealGuestRootfs(t *testing.T) {
 			if err := m.Snapshot(ctx, snap); err != nil {
 				t.Fatal(err)
 			}
-			st, _ := os.Stat(filepath.Join(snap, stateFileName))
+			st, _ := os.Stat(filepath.Join(snap, qemu.StateFileName))
 			t.Logf("snapshot: %s, state %d bytes", time.Since(t0), st.Size())
 			if err := m.Stop(ctx); err != nil {
 				t.Fatal(err)
@@ -165,7 +162,7 @@ func waitConsole(t *testing.T, ctx context.Context, m vmm.Machine, path, want st
 		select {
 		case <-ctx.Done():
 			t.Fatalf("console never showed %q:\n%s", want, tail(string(b), 1500))
-		case <-m.(*Machine).exited:
+		case <-qemu.Exited(m.(*qemu.Machine)):
 			b, _ = os.ReadFile(path)
 			if strings.Contains(string(b), want) {
 				return

@@ -7,15 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/vmm"
+	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
 )
 
 // killWait bounds the wait for a SIGKILLed QEMU to disappear. Only a process
@@ -33,19 +32,11 @@ const quitWait = 2 * time.Second
 // QMP and Close (let go without stopping QEMU).
 type Machine struct {
 	spec vmm.Spec
-	pid  int
+	proc *vmmproc.Process
 	log  *slog.Logger
 
-	pidfd int
-	cmd   *exec.Cmd // nil when adopted by Attach; then init reaps QEMU
-
 	qmp     *QMP
-	console *console // nil if the console could not be attached
-
-	exited    chan struct{} // closed once the process is gone
-	detached  chan struct{} // closed by Close; stops the exit watcher
-	wakeW     *os.File      // closing it wakes the watcher's poll
-	watchDone chan struct{}
+	console *vmmproc.Console // nil if the console could not be attached
 
 	mu       sync.Mutex // serialises Stop, Close and Snapshot
 	released bool       // host-side handles let go (Stop or Close)
@@ -53,61 +44,12 @@ type Machine struct {
 
 var _ vmm.Machine = (*Machine)(nil)
 
-// newMachine wraps a started QEMU process, identified by a pidfd the caller
-// hands over, and starts watching for its exit.
-func newMachine(spec vmm.Spec, pid, pidfd int, cmd *exec.Cmd, log *slog.Logger) (*Machine, error) {
-	wakeR, wakeW, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("create wake pipe: %w", err)
-	}
-	m := &Machine{
-		spec: spec, pid: pid, pidfd: pidfd, cmd: cmd, log: log,
-		exited:    make(chan struct{}),
-		detached:  make(chan struct{}),
-		wakeW:     wakeW,
-		watchDone: make(chan struct{}),
-	}
-	go m.watch(wakeR)
-	return m, nil
-}
-
-// watch waits on the pidfd, which works for a child and for a process
-// adopted from an earlier agent alike. It returns when QEMU exits or when
-// Close wakes it.
-func (m *Machine) watch(wakeR *os.File) {
-	defer close(m.watchDone)
-	defer wakeR.Close()
-	fds := []unix.PollFd{
-		{Fd: int32(m.pidfd), Events: unix.POLLIN},
-		{Fd: int32(wakeR.Fd()), Events: unix.POLLIN},
-	}
-	for {
-		_, err := unix.Poll(fds, -1)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			m.log.Error("poll qemu pidfd failed", "pid", m.pid, "err", err)
-			return
-		}
-		if fds[0].Revents != 0 {
-			if m.cmd != nil {
-				// Reap our child; the exit status is not an error here
-				// (a guest panic with -no-reboot exits 0, a kill does not).
-				_ = m.cmd.Wait()
-			}
-			m.log.Info("qemu exited", "pid", m.pid)
-			close(m.exited)
-			return
-		}
-		if fds[1].Revents != 0 {
-			return
-		}
-	}
+func newMachine(spec vmm.Spec, proc *vmmproc.Process, log *slog.Logger) *Machine {
+	return &Machine{spec: spec, proc: proc, log: log}
 }
 
 // PID of the QEMU process.
-func (m *Machine) PID() int { return m.pid }
+func (m *Machine) PID() int { return m.proc.PID() }
 
 // ConsoleLogPath is the file the guest's serial console is copied to
 // (rotated to ConsoleLogPath()+".1" at DefaultConsoleLogMax).
@@ -124,8 +66,8 @@ func (m *Machine) exec(ctx context.Context, what, cmd string, args, out any) err
 		return nil
 	}
 	select {
-	case <-m.exited:
-		return errdefs.New(errdefs.ErrFailedPrecondition, "%s vm %s: qemu (pid %d) has exited", what, m.spec.ID, m.pid)
+	case <-m.proc.Exited():
+		return errdefs.New(errdefs.ErrFailedPrecondition, "%s vm %s: qemu (pid %d) has exited", what, m.spec.ID, m.proc.PID())
 	default:
 	}
 	if errors.Is(err, ErrQMPClosed) {
@@ -280,7 +222,7 @@ func (m *Machine) pollMigration(ctx context.Context, what string) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s vm %s: migration still %q: %w", what, m.spec.ID, st.Status, ctx.Err())
-		case <-m.exited:
+		case <-m.proc.Exited():
 			return errdefs.New(errdefs.ErrFailedPrecondition, "%s vm %s: qemu exited during migration: %s",
 				what, m.spec.ID, logTail(filepath.Join(m.spec.Dir, QEMULogName)))
 		case <-tick.C:
@@ -303,7 +245,7 @@ func (m *Machine) waitStatus(ctx context.Context, what, want string) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s vm %s: status still %q, want %q: %w", what, m.spec.ID, st, want, ctx.Err())
-		case <-m.exited:
+		case <-m.proc.Exited():
 			return errdefs.New(errdefs.ErrFailedPrecondition, "%s vm %s: qemu exited: %s",
 				what, m.spec.ID, logTail(filepath.Join(m.spec.Dir, QEMULogName)))
 		case <-tick.C:
@@ -320,19 +262,19 @@ func (m *Machine) Stop(ctx context.Context) error {
 	defer m.mu.Unlock()
 	if m.released {
 		select {
-		case <-m.exited:
+		case <-m.proc.Exited():
 			return nil
 		default:
 			return errdefs.New(errdefs.ErrFailedPrecondition, "stop vm %s: machine was closed; attach again", m.spec.ID)
 		}
 	}
 	select {
-	case <-m.exited:
+	case <-m.proc.Exited():
 	default:
 		m.terminate(ctx)
 	}
 	select {
-	case <-m.exited:
+	case <-m.proc.Exited():
 	case <-ctx.Done():
 		if err := m.sigkill(); err != nil {
 			return err
@@ -343,15 +285,10 @@ func (m *Machine) Stop(ctx context.Context) error {
 
 // sigkill kills QEMU and waits (bounded) until it is gone.
 func (m *Machine) sigkill() error {
-	if err := unix.PidfdSendSignal(m.pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("stop vm %s: kill pid %d: %w", m.spec.ID, m.pid, err)
+	if err := m.proc.Kill(killWait); err != nil {
+		return fmt.Errorf("stop vm %s: %w", m.spec.ID, err)
 	}
-	select {
-	case <-m.exited:
-		return nil
-	case <-time.After(killWait):
-		return fmt.Errorf("stop vm %s: pid %d still alive %s after SIGKILL", m.spec.ID, m.pid, killWait)
-	}
+	return nil
 }
 
 // cleanup releases the host-side handles of an exited QEMU and removes the
@@ -380,29 +317,20 @@ func (m *Machine) terminate(ctx context.Context) {
 		if err == nil || errors.Is(err, ErrQMPClosed) {
 			return
 		}
-		m.log.Warn("qmp quit failed; sending SIGTERM", "pid", m.pid, "err", err)
+		m.log.Warn("qmp quit failed; sending SIGTERM", "pid", m.proc.PID(), "err", err)
 	}
-	if err := unix.PidfdSendSignal(m.pidfd, unix.SIGTERM, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		m.log.Warn("sigterm qemu failed", "pid", m.pid, "err", err)
+	if err := m.proc.Signal(syscall.SIGTERM); err != nil {
+		m.log.Warn("sigterm qemu failed", "pid", m.proc.PID(), "err", err)
 	}
 }
 
 // Wait blocks until QEMU exits. It fails if ctx ends first or the machine
 // was Closed (its exit is then no longer observed).
 func (m *Machine) Wait(ctx context.Context) error {
-	select {
-	case <-m.exited:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("wait vm %s: %w", m.spec.ID, ctx.Err())
-	case <-m.watchDone:
-		select {
-		case <-m.exited:
-			return nil
-		default:
-		}
-		return errdefs.New(errdefs.ErrFailedPrecondition, "wait vm %s: machine was closed", m.spec.ID)
+	if err := m.proc.Wait(ctx); err != nil {
+		return fmt.Errorf("wait vm %s: %w", m.spec.ID, err)
 	}
+	return nil
 }
 
 // Close lets go of QEMU without stopping it: the QMP and console
@@ -423,8 +351,8 @@ func (m *Machine) release() error {
 	var errs []error
 	if m.console != nil {
 		select {
-		case <-m.exited:
-			errs = append(errs, m.console.drain(consoleDrain))
+		case <-m.proc.Exited():
+			errs = append(errs, m.console.Drain(consoleDrain))
 		default:
 			errs = append(errs, m.console.Close())
 		}
@@ -434,9 +362,7 @@ func (m *Machine) release() error {
 			errs = append(errs, err)
 		}
 	}
-	m.wakeW.Close()
-	<-m.watchDone
-	unix.Close(m.pidfd)
+	m.proc.Release()
 	return errors.Join(errs...)
 }
 

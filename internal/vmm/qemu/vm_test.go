@@ -1,4 +1,4 @@
-package qemu
+package qemu_test
 
 import (
 	"context"
@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/internal/vmm"
+	"github.com/wrenn/wrenn/internal/vmm/qemu"
 )
 
 // haltKernel writes a 32-bit multiboot ELF whose only code is "hlt; jmp
@@ -86,8 +88,8 @@ func sandboxDir(t *testing.T) string {
 	return d
 }
 
-func testDriver(t *testing.T) *Driver {
-	return New(Config{Binary: findQEMU(t), Accel: AccelTCG, Logger: testLogger(t)})
+func testDriver(t *testing.T) *qemu.Driver {
+	return qemu.New(qemu.Config{Binary: testenv.LookPath(t, qemu.DefaultBinary), Accel: qemu.AccelTCG, Logger: testLogger(t)})
 }
 
 func haltSpec(t *testing.T, kernel string) vmm.Spec {
@@ -108,7 +110,7 @@ func stopOnCleanup(t *testing.T, m vmm.Machine) {
 
 func status(t *testing.T, m vmm.Machine) string {
 	t.Helper()
-	st, err := m.(*Machine).Status(context.Background())
+	st, err := m.(*qemu.Machine).Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +184,7 @@ func TestLifecycle(t *testing.T) {
 			if err := m.Snapshot(ctx, snap); err != nil {
 				t.Fatal(err)
 			}
-			st, _ := os.Stat(filepath.Join(snap, stateFileName))
+			st, _ := os.Stat(filepath.Join(snap, qemu.StateFileName))
 			t.Logf("snapshot: %s, state file %d bytes", time.Since(t0), st.Size())
 			if !tt.shared {
 				// The source may carry on after a snapshot (RAM is in the
@@ -206,7 +208,7 @@ func TestLifecycle(t *testing.T) {
 			if err := m.Stop(ctx); err != nil {
 				t.Fatalf("second stop: %v", err)
 			}
-			for _, name := range []string{QMPSocketName, ConsoleSocketName, PIDFileName} {
+			for _, name := range []string{qemu.QMPSocketName, qemu.ConsoleSocketName, qemu.PIDFileName} {
 				if _, err := os.Stat(filepath.Join(spec.Dir, name)); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("%s left behind after stop (%v)", name, err)
 				}
@@ -269,7 +271,7 @@ func TestBootErrors(t *testing.T) {
 			t.Fatalf("err = %v, want NotFound", err)
 		}
 		// A stale pid file naming some other live process (ourselves).
-		if err := os.WriteFile(filepath.Join(spec.Dir, PIDFileName), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(spec.Dir, qemu.PIDFileName), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := d.Attach(ctx, spec); !errors.Is(err, errdefs.ErrNotFound) {

@@ -118,6 +118,9 @@ func (c *Console) Drain(d time.Duration) error {
 	return c.Close()
 }
 
+// Done is closed once the copy has ended, at EOF or by Close.
+func (c *Console) Done() <-chan struct{} { return c.done }
+
 // Close stops copying and waits for the goroutine.
 func (c *Console) Close() error {
 	c.closeOnce.Do(func() { c.src.Close() })

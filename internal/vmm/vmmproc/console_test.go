@@ -146,7 +146,7 @@ func TestConsole(t *testing.T) {
 				t.Fatal(err)
 			}
 			select {
-			case <-c.done:
+			case <-c.Done():
 			case <-time.After(10 * time.Second):
 				t.Fatal("console copy did not end at EOF")
 			}
