@@ -1,25 +1,110 @@
-// Command wrenn-agent is the Wrenn host agent: it boots, pauses, snapshots and
+// Command wrenn-agent is the Wrenn host agent: it boots, pauses and
 // destroys microVM sandboxes on one host.
 //
-// Only --version works today; the daemon lands with the host-runtime
-// issue (see docs/architecture.md for what exists).
+// Today the daemon starts the sandbox manager (VMM driver chosen by
+// WRENN_VMM, network pool, cgroups), re-adopts sandboxes that outlived the
+// previous agent, runs the idle reaper, and on SIGINT or SIGTERM lets go of
+// its sandboxes without stopping them, for the next agent to re-adopt. It
+// has no RPC server yet, so nothing can ask it to create a sandbox:
+// WRENN_HOST_LISTEN_ADDR is parsed but not served until the control-plane
+// issue lands (see docs/architecture.md).
+//
+// Configuration: wrenn-agent -h lists every flag and the environment
+// variable behind it.
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
 
+	"github.com/wrenn/wrenn/internal/agent"
+	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/kernels"
+	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/version"
+	"github.com/wrenn/wrenn/internal/vmm/drivers"
 )
 
 func main() {
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	flag.Parse()
-	if *showVersion {
+	cfg, err := agent.ParseDaemonConfig(os.Args[1:], os.Environ(), os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if cfg.ShowVersion {
 		fmt.Println("wrenn-agent", version.Version)
 		return
 	}
-	fmt.Fprintln(os.Stderr, "wrenn-agent: the host agent daemon is not built yet; see docs/architecture.md")
-	os.Exit(2)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log.Info("wrenn-agent starting", "version", version.Version, "config", cfg)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("wrenn-agent failed", "err", err)
+		os.Exit(1)
+	}
+	log.Info("wrenn-agent stopped")
+}
+
+// run wires the manager, serves until ctx ends, then lets go of every
+// sandbox without stopping it.
+func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
+	// The accelerator probe boots the newest kernel; without one it falls
+	// back to TCG and says so, and sandboxes cannot boot anyway.
+	kernel, err := kernels.Latest(filepath.Join(cfg.Dir, "kernels"))
+	if err != nil {
+		log.Warn("no guest kernel to probe KVM with", "err", err)
+	}
+	driver, choice, err := drivers.New(ctx, drivers.Config{VMM: cfg.VMM, ProbeKernel: kernel.Path, Logger: log})
+	if err != nil {
+		return fmt.Errorf("choose vmm driver: %w", err)
+	}
+	log.Info("vmm driver chosen", "vmm", choice)
+
+	pool, err := network.NewPool(network.PoolConfig{}, log)
+	if err != nil {
+		return fmt.Errorf("network pool: %w", err)
+	}
+	groups, err := cgroup.Detect("", "")
+	if err != nil {
+		return fmt.Errorf("detect cgroups: %w", err)
+	}
+	log.Info("cgroups detected", "version", groups.Version())
+
+	m, err := agent.New(agent.Config{
+		Dir: cfg.Dir, Driver: driver, Network: pool, Cgroups: groups, Logger: log,
+		VMMUIDBase: cfg.VMMUIDBase,
+	})
+	if err != nil {
+		return fmt.Errorf("sandbox manager: %w", err)
+	}
+	if err := m.Recover(ctx); err != nil {
+		// Sandboxes that could not be recovered are logged; the rest are
+		// managed, so the agent carries on.
+		log.Warn("recovery left errors", "err", err)
+	}
+
+	var wg sync.WaitGroup
+	wg.Go(func() { m.RunReaper(ctx, cfg.ReaperInterval) })
+	log.Info("wrenn-agent running; no RPC server yet", "listen_addr_reserved", cfg.ListenAddr)
+
+	<-ctx.Done()
+	log.Info("shutting down; sandboxes keep running")
+	wg.Wait()
+	if err := m.Close(); err != nil {
+		return fmt.Errorf("release sandboxes: %w", err)
+	}
+	return nil
 }

@@ -148,7 +148,12 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 	return []plan.Step{
 		{
 			Name: "dir",
-			Do:   func(context.Context) error { return os.Mkdir(sb.dir, 0o700) },
+			Do: func(context.Context) error {
+				if err := os.Mkdir(sb.dir, 0o700); err != nil {
+					return err
+				}
+				return os.Mkdir(vmDir(sb.dir), 0o700)
+			},
 			Undo: func(context.Context) error { return os.RemoveAll(sb.dir) },
 		},
 		{
@@ -158,14 +163,14 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 		{
 			Name: "disk",
 			Do: func(ctx context.Context) error {
-				d, err := disk.NewOverlay(ctx, base, filepath.Join(sb.dir, "rootfs.qcow2"), r.DiskMB)
+				d, err := disk.NewOverlay(ctx, base, overlayPath(sb.dir), r.DiskMB)
 				if err != nil {
 					return err
 				}
 				r.Disk = d.Path
 				return nil
 			},
-			Undo: func(context.Context) error { return disk.Remove(filepath.Join(sb.dir, "rootfs.qcow2")) },
+			Undo: func(context.Context) error { return disk.Remove(overlayPath(sb.dir)) },
 		},
 		{
 			Name: "network",
@@ -181,6 +186,21 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 				return nil
 			},
 			Undo: func(ctx context.Context) error { return m.releaseSlot(ctx, sb) },
+		},
+		{
+			// The VMM's identity follows from the slot; from here on only
+			// it (and root) can open the VM's files and TAP.
+			Name: "confine",
+			Do: func(ctx context.Context) error {
+				uid, gid := m.vmmIdentity(r.Slot)
+				if err := m.cfg.Network.SetTAPOwner(ctx, sb.slot, uid, gid); err != nil {
+					return err
+				}
+				return confineDirs(sb.dir, overlayPath(sb.dir), uid, gid)
+			},
+			// The next sandbox in this slot gets the same identity: its
+			// files go before the slot is free again.
+			Undo: func(context.Context) error { return os.RemoveAll(vmDir(sb.dir)) },
 		},
 		{
 			Name: "cgroup",
@@ -213,7 +233,7 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 				readyCtx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
 				defer cancel()
 				if err := sb.envd.WaitReady(readyCtx); err != nil {
-					return fmt.Errorf("wait for envd at %s: %w (console tail: %q)", sb.slot.HostIP(), err, consoleTail(sb.dir, 2048))
+					return fmt.Errorf("wait for envd at %s: %w (console tail: %q)", sb.slot.HostIP(), err, consoleTail(vmDir(sb.dir), 2048))
 				}
 				return sb.envd.Init(ctx, envdclient.InitRequest{
 					EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: defaultUser,
@@ -240,16 +260,17 @@ func (m *Manager) vmSpec(sb *sandbox, kernelPath string) vmm.Spec {
 	r := sb.rec
 	spec := vmm.Spec{
 		ID:         r.ID,
-		Dir:        sb.dir,
+		Dir:        vmDir(sb.dir),
 		Kernel:     kernelPath,
 		KernelArgs: "root=/dev/vda rw init=/usr/local/sbin/wrenn-init quiet wrenn.hostname=" + r.ID + " " + m.cfg.KernelArgs,
-		RootDisk:   vmm.Disk{Path: filepath.Join(sb.dir, "rootfs.qcow2"), Format: string(disk.QCOW2)},
+		RootDisk:   vmm.Disk{Path: overlayPath(sb.dir), Format: string(disk.QCOW2)},
 		VCPUs:      r.VCPUs,
 		MemoryMB:   r.MemoryMB,
 		// Every guest has the same MAC as it has the same IP: the slot's
 		// namespace isolates them, and a snapshot resumes anywhere.
 		Net: &vmm.NetDevice{TAP: network.TapName, MAC: "02:77:72:6e:00:01"},
 	}
+	spec.UID, spec.GID = m.vmmIdentity(r.Slot)
 	if sb.slot != nil {
 		spec.NetNS = sb.slot.NetNSPath()
 	}
@@ -258,6 +279,9 @@ func (m *Manager) vmSpec(sb *sandbox, kernelPath string) vmm.Spec {
 	}
 	return spec
 }
+
+// overlayPath is the sandbox's root disk, in the VMM's directory.
+func overlayPath(sandboxDir string) string { return filepath.Join(vmDir(sandboxDir), "rootfs.qcow2") }
 
 // envdClient reaches the guest through its slot's host address.
 func (m *Manager) envdClient(sb *sandbox) *envdclient.Client {

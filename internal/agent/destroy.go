@@ -54,11 +54,13 @@ func (m *Manager) teardown(ctx context.Context, sb *sandbox) error {
 	errs := []error{
 		m.stopMachine(ctx, sb),
 		m.removeGroup(ctx, sb),
-		m.releaseSlot(ctx, sb),
 	}
+	// The files go before the slot: the next sandbox in the slot runs as
+	// the same VMM identity (see confine.go).
 	if err := os.RemoveAll(sb.dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove sandbox dir: %w", err))
 	}
+	errs = append(errs, m.releaseSlot(ctx, sb))
 	return errors.Join(errs...)
 }
 

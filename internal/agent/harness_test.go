@@ -37,7 +37,15 @@ type harness struct {
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
-	h := newHarnessIn(t, t.TempDir(), fmt.Sprintf("wrenn-agent-test-%d", os.Getpid()))
+	dir := t.TempDir()
+	// VMMs run unprivileged and must pass through WRENN_DIR's parents;
+	// TempDir makes them 0700.
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := newHarnessIn(t, dir, fmt.Sprintf("wrenn-agent-test-%d", os.Getpid()))
 	t.Cleanup(h.assertNoLeftovers)
 	return h
 }

@@ -55,6 +55,10 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// KernelArgs are appended to every guest's command line.
 	KernelArgs string
+	// VMMUIDBase is the first unprivileged uid/gid VMMs run as: a sandbox
+	// in network slot i runs as VMMUIDBase+i (see confine.go).
+	// DefaultVMMUIDBase when zero; VMMs never run as root.
+	VMMUIDBase uint32
 }
 
 // Defaults for zero Config and CreateRequest fields.
@@ -120,8 +124,14 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = DefaultReadyTimeout
 	}
-	if err := os.MkdirAll(filepath.Join(cfg.Dir, "sandboxes"), 0o700); err != nil {
+	if cfg.VMMUIDBase == 0 {
+		cfg.VMMUIDBase = DefaultVMMUIDBase
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "sandboxes"), 0o711); err != nil {
 		return nil, fmt.Errorf("create sandboxes dir: %w", err)
+	}
+	if err := prepareVMMAccess(cfg.Dir, cfg.Logger); err != nil {
+		return nil, err
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*sandbox{}}, nil
 }

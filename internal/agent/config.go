@@ -1,0 +1,331 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/vmm/drivers"
+)
+
+// DaemonConfig is wrenn-agent's configuration. ParseDaemonConfig builds it
+// once in main from flags, the environment and an optional env file; it is
+// the only place the agent reads its environment.
+type DaemonConfig struct {
+	// Dir is WRENN_DIR: kernels/, images/ and sandboxes/ live under it.
+	Dir string
+	// VMM is WRENN_VMM: "auto", "qemu" or "firecracker" (see vmm/drivers).
+	VMM string
+	// ListenAddr is WRENN_HOST_LISTEN_ADDR, where the control plane will
+	// reach the agent. Nothing listens yet: the agent's RPC server comes
+	// with the control-plane issue. It is parsed and checked now so that
+	// deployments can set it once.
+	ListenAddr string
+	// VMMUIDBase is WRENN_AGENT_VMM_UID_BASE, the first unprivileged uid/gid
+	// VMMs run as (Config.VMMUIDBase).
+	VMMUIDBase uint32
+	// ReaperInterval is WRENN_AGENT_REAPER_INTERVAL: how often idle
+	// sandboxes are looked for.
+	ReaperInterval time.Duration
+	// LogLevel is WRENN_LOG_LEVEL: debug, info, warn or error.
+	LogLevel slog.Level
+	// EnvFile is the --env-file read, if any.
+	EnvFile string
+	// ShowVersion is --version: print the version and exit.
+	ShowVersion bool
+
+	// sources says where each setting came from, by variable name.
+	sources map[string]string
+}
+
+// Defaults of the daemon's settings.
+const (
+	DefaultDir            = "/var/lib/wrenn"
+	DefaultListenAddr     = ":50051"
+	DefaultReaperInterval = 10 * time.Second
+)
+
+// maxDirLen keeps every VMM socket path within sun_path (107 bytes):
+// <dir>/sandboxes/<id of up to 40>/vm/console.sock.
+const maxDirLen = 107 - len("/sandboxes/") - 40 - len("/vm/console.sock")
+
+// setting is one knob: its variable, its flag, its default and how to
+// check and store it.
+type setting struct {
+	env, flag, def, help string
+	// secret settings are logged as "<redacted>".
+	secret bool
+	set    func(c *DaemonConfig, v string) error
+}
+
+func settings() []setting {
+	return []setting{
+		{env: "WRENN_DIR", flag: "dir", def: DefaultDir, help: "state directory (kernels/, images/, sandboxes/)",
+			set: func(c *DaemonConfig, v string) error {
+				switch {
+				case !filepath.IsAbs(v):
+					return errors.New("want an absolute path")
+				case len(filepath.Clean(v)) > maxDirLen:
+					return fmt.Errorf("%d bytes; at most %d, or VMM socket paths exceed the unix socket limit", len(filepath.Clean(v)), maxDirLen)
+				}
+				c.Dir = filepath.Clean(v)
+				return nil
+			}},
+		{env: "WRENN_VMM", flag: "vmm", def: drivers.Auto, help: "VMM driver: auto, qemu or firecracker",
+			set: func(c *DaemonConfig, v string) error {
+				if !drivers.Known(v) {
+					return errors.New("want auto, qemu or firecracker")
+				}
+				c.VMM = v
+				return nil
+			}},
+		{env: "WRENN_HOST_LISTEN_ADDR", flag: "listen", def: DefaultListenAddr,
+			help: "address the control plane will reach the agent at (not served yet: no RPC server exists)",
+			set: func(c *DaemonConfig, v string) error {
+				_, port, err := net.SplitHostPort(v)
+				if err != nil {
+					return fmt.Errorf("want host:port: %v", err)
+				}
+				if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+					return fmt.Errorf("port %q: want 0-65535", port)
+				}
+				c.ListenAddr = v
+				return nil
+			}},
+		{env: "WRENN_AGENT_VMM_UID_BASE", flag: "vmm-uid-base", def: strconv.Itoa(DefaultVMMUIDBase),
+			help: "first uid/gid VMMs run as (one per network slot above it)",
+			set: func(c *DaemonConfig, v string) error {
+				// Below 1000 are system accounts; the top must stay below
+				// 2^31 for tools that store ids signed.
+				const lo, hi = 1000, math.MaxInt32 - network.DefaultSlots
+				n, err := strconv.ParseUint(v, 10, 32)
+				if err != nil || n < lo || n > hi {
+					return fmt.Errorf("want an integer in %d-%d", lo, hi)
+				}
+				c.VMMUIDBase = uint32(n)
+				return nil
+			}},
+		{env: "WRENN_AGENT_REAPER_INTERVAL", flag: "reaper-interval", def: DefaultReaperInterval.String(),
+			help: "how often idle sandboxes are looked for (Go duration)",
+			set: func(c *DaemonConfig, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < time.Second || d > time.Hour {
+					return errors.New("want a duration from 1s to 1h, like 10s")
+				}
+				c.ReaperInterval = d
+				return nil
+			}},
+		{env: "WRENN_LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
+			set: func(c *DaemonConfig, v string) error {
+				switch strings.ToLower(v) {
+				case "debug":
+					c.LogLevel = slog.LevelDebug
+				case "info":
+					c.LogLevel = slog.LevelInfo
+				case "warn":
+					c.LogLevel = slog.LevelWarn
+				case "error":
+					c.LogLevel = slog.LevelError
+				default:
+					return errors.New("want debug, info, warn or error")
+				}
+				return nil
+			}},
+	}
+}
+
+// ParseDaemonConfig reads args (without the program name), then environ
+// (os.Environ() form), then the --env-file if given, then the defaults;
+// the first that sets a value wins. It checks every value and returns one
+// errdefs.ErrInvalidArgument error naming each bad variable. Unknown
+// WRENN_AGENT_* variables are errors too: a misspelt knob must not be
+// silently ignored. -h prints usage to out and returns flag.ErrHelp.
+func ParseDaemonConfig(args, environ []string, out io.Writer) (DaemonConfig, error) {
+	all := settings()
+	fs := flag.NewFlagSet("wrenn-agent", flag.ContinueOnError)
+	fs.SetOutput(out)
+	flags := map[string]*string{}
+	for _, s := range all {
+		flags[s.env] = fs.String(s.flag, "", fmt.Sprintf("%s (env %s, default %q)", s.help, s.env, s.def))
+	}
+	var c DaemonConfig
+	fs.StringVar(&c.EnvFile, "env-file", "", "read KEY=VALUE lines from this file; the environment and flags override it")
+	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return c, err
+		}
+		return c, errdefs.New(errdefs.ErrInvalidArgument, "wrenn-agent flags: %v", err)
+	}
+	if fs.NArg() > 0 {
+		return c, errdefs.New(errdefs.ErrInvalidArgument, "wrenn-agent takes no arguments, got %q", fs.Args())
+	}
+	flagSet := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { flagSet[f.Name] = true })
+
+	env := parseEnviron(environ)
+	var file map[string]string
+	if c.EnvFile != "" {
+		var err error
+		if file, err = readEnvFile(c.EnvFile); err != nil {
+			return c, err
+		}
+	}
+
+	var errs []error
+	c.sources = map[string]string{}
+	for _, s := range all {
+		v, src := s.def, "default"
+		if fv, ok := file[s.env]; ok {
+			v, src = fv, "env file"
+		}
+		if ev, ok := env[s.env]; ok {
+			v, src = ev, "environment"
+		}
+		if flagSet[s.flag] {
+			v, src = *flags[s.env], "flag --"+s.flag
+		}
+		c.sources[s.env] = src
+		if err := s.set(&c, v); err != nil {
+			shown := strconv.Quote(v)
+			if s.secret {
+				shown = "<redacted>"
+			}
+			errs = append(errs, fmt.Errorf("%s=%s (from %s): %v", s.env, shown, src, err))
+		}
+	}
+	for _, src := range []struct {
+		name string
+		vars map[string]string
+	}{{"environment", env}, {"env file " + c.EnvFile, file}} {
+		for _, k := range sortedKeys(src.vars) {
+			if strings.HasPrefix(k, "WRENN_AGENT_") && !slices.ContainsFunc(all, func(s setting) bool { return s.env == k }) {
+				errs = append(errs, fmt.Errorf("%s (in the %s): unknown setting", k, src.name))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return c, errdefs.New(errdefs.ErrInvalidArgument, "wrenn-agent config: %v", errors.Join(errs...))
+	}
+	return c, nil
+}
+
+// LogValue lists every setting with where it came from, secrets redacted.
+func (c DaemonConfig) LogValue() slog.Value {
+	values := map[string]string{
+		"WRENN_DIR":                   c.Dir,
+		"WRENN_VMM":                   c.VMM,
+		"WRENN_HOST_LISTEN_ADDR":      c.ListenAddr,
+		"WRENN_AGENT_VMM_UID_BASE":    strconv.FormatUint(uint64(c.VMMUIDBase), 10),
+		"WRENN_AGENT_REAPER_INTERVAL": c.ReaperInterval.String(),
+		"WRENN_LOG_LEVEL":             strings.ToLower(c.LogLevel.String()),
+	}
+	var attrs []slog.Attr
+	for _, s := range settings() {
+		v := values[s.env]
+		if s.secret {
+			v = "<redacted>"
+		}
+		attrs = append(attrs, slog.Group(s.env, "value", v, "source", c.sources[s.env]))
+	}
+	if c.EnvFile != "" {
+		attrs = append(attrs, slog.String("env_file", c.EnvFile))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// parseEnviron turns KEY=VALUE entries into a map; later entries win, as
+// in os.Getenv.
+func parseEnviron(environ []string) map[string]string {
+	m := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// maxEnvFile bounds the env file: it is configuration, not data.
+const maxEnvFile = 1 << 20
+
+// readEnvFile reads a .env file: KEY=VALUE lines, optionally prefixed by
+// "export ", with blank lines and #-comments, and values optionally in
+// single or double quotes (taken literally; no escapes or expansion).
+func readEnvFile(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file: %v", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxEnvFile+1))
+	if err != nil {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: %v", path, err)
+	}
+	if len(b) > maxEnvFile {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: larger than %d bytes", path, maxEnvFile)
+	}
+	m := map[string]string{}
+	var errs []error
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 4096), maxEnvFile)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, v, ok := strings.Cut(line, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || !validEnvName(k) {
+			errs = append(errs, fmt.Errorf("line %d: want KEY=VALUE", n))
+			continue
+		}
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		m[k] = v
+	}
+	if err := sc.Err(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: %v", path, errors.Join(errs...))
+	}
+	return m, nil
+}
+
+func validEnvName(k string) bool {
+	if k == "" || k[0] >= '0' && k[0] <= '9' {
+		return false
+	}
+	for _, c := range k {
+		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
