@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/testenv"
 )
 
 // BenchmarkBootToEnvdReady measures a cold boot: from asking the driver to
@@ -16,12 +17,13 @@ import (
 // namespace and overlay creation, and teardown, are outside the timing. Run
 // with -benchtime=5x (or more): each op is a whole VM.
 func BenchmarkBootToEnvdReady(b *testing.B) {
-	kernel := requireVM(b)
-	b.Logf("accelerator %s (%s)", accel().Accel, accel().Reason)
+	images := testenv.RequireVM(b)
+	accel := testenv.Accel(images.Kernel.Path)
+	b.Logf("accelerator %s (%s)", accel.Accel, accel.Reason)
 	samples := make([]time.Duration, 0, b.N)
 	b.StopTimer()
 	for range b.N {
-		g := prepareGuest(b, kernel)
+		g := prepareGuest(b, images)
 		b.StartTimer()
 		g.boot(b)
 		ctx, cancel := context.WithTimeout(b.Context(), readyTimeout)
@@ -43,8 +45,7 @@ func BenchmarkBootToEnvdReady(b *testing.B) {
 // BenchmarkExecRoundTrip measures one `true` on a running guest: process
 // Start until its End event arrives.
 func BenchmarkExecRoundTrip(b *testing.B) {
-	kernel := requireVM(b)
-	g := bootGuest(b, kernel)
+	g := bootGuest(b, testenv.RequireVM(b))
 	g.waitReady(b)
 	ctx := b.Context()
 	// Warm the connection so the first op does not pay for the TCP dial.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/testenv"
 )
 
 const accessToken = "guest-test-token"
@@ -28,9 +29,10 @@ const accessToken = "guest-test-token"
 // sandbox network: exec, a large ordered output stream, a 100 MiB file
 // round trip, a PTY resize, and access-token enforcement.
 func TestGuest(t *testing.T) {
-	kernel := requireVM(t)
-	t.Logf("accelerator %s (%s)", accel().Accel, accel().Reason)
-	g := bootGuest(t, kernel)
+	images := testenv.RequireVM(t)
+	accel := testenv.Accel(images.Kernel.Path)
+	t.Logf("accelerator %s (%s)", accel.Accel, accel.Reason)
+	g := bootGuest(t, images)
 	t.Logf("envd ready %s after QEMU start", g.waitReady(t).Round(time.Millisecond))
 
 	ctx := func(t *testing.T, d time.Duration) context.Context {

@@ -9,8 +9,9 @@
 //	go test -v ./tests/guest/
 //	go test -run '^$' -bench . -benchtime 5x ./tests/guest/
 //
-// Without root, /dev/net/tun, QEMU, the kernel or the rootfs the tests skip
-// and say which; WRENN_TEST_REQUIRE_VM=1 makes that a failure.
+// internal/testenv checks for root, /dev/net/tun, QEMU, the kernel and the
+// rootfs (under $WRENN_DIR, default /var/lib/wrenn): without one the tests
+// skip and say which; WRENN_TEST_REQUIRE_VM=1 makes that a failure.
 // WRENN_TEST_ACCEL=tcg|kvm skips the accelerator probe.
 package guest_test
 
@@ -23,10 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,13 +33,12 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/internal/vmm"
 	"github.com/wrenn/wrenn/internal/vmm/qemu"
 )
 
 const (
-	kernelDir  = "/var/lib/wrenn/kernels"
-	rootfsPath = "/var/lib/wrenn/images/minimal/rootfs.ext4"
 	kernelArgs = "root=/dev/vda rw init=/usr/local/sbin/wrenn-init"
 
 	guestIP  = "169.254.0.21"
@@ -55,68 +52,6 @@ const (
 )
 
 var envdURL = "http://" + net.JoinHostPort(guestIP, strconv.Itoa(envdclient.Port))
-
-// requireVM skips tb naming what is missing, or fails it when
-// WRENN_TEST_REQUIRE_VM=1 says a VM must run here.
-func requireVM(tb testing.TB) (kernel string) {
-	tb.Helper()
-	missing := func(what string) {
-		if os.Getenv("WRENN_TEST_REQUIRE_VM") == "1" {
-			tb.Fatalf("WRENN_TEST_REQUIRE_VM=1 but %s", what)
-		}
-		tb.Skip(what)
-	}
-	if os.Geteuid() != 0 {
-		missing("needs root (network namespace, TAP device)")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		missing("needs /dev/net/tun: " + err.Error())
-	}
-	if _, err := exec.LookPath(qemu.DefaultBinary); err != nil {
-		missing("needs " + qemu.DefaultBinary + " in PATH (apt-get install qemu-system-x86)")
-	}
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		missing("needs qemu-img in PATH (apt-get install qemu-utils)")
-	}
-	kernel = newestKernel()
-	if kernel == "" {
-		missing("needs a guest kernel at " + kernelDir + "/vmlinux-<semver> (images/kernel/build.sh)")
-	}
-	if _, err := os.Stat(rootfsPath); err != nil {
-		missing("needs the guest rootfs " + rootfsPath + " (images/rootfs/build.sh)")
-	}
-	return kernel
-}
-
-// newestKernel returns the highest-semver vmlinux-* in kernelDir, or "".
-func newestKernel() string {
-	paths, _ := filepath.Glob(filepath.Join(kernelDir, "vmlinux-*"))
-	version := func(p string) []int {
-		var v []int
-		for part := range strings.SplitSeq(strings.TrimPrefix(filepath.Base(p), "vmlinux-"), ".") {
-			n, err := strconv.Atoi(part)
-			if err != nil {
-				break
-			}
-			v = append(v, n)
-		}
-		return v
-	}
-	slices.SortFunc(paths, func(a, b string) int { return slices.Compare(version(a), version(b)) })
-	if len(paths) == 0 {
-		return ""
-	}
-	return paths[len(paths)-1]
-}
-
-// accel is probed once per test binary: the probe boots a guest under KVM
-// and takes seconds when KVM cannot run it (PVM hosts).
-var accel = sync.OnceValue(func() qemu.AccelChoice {
-	if a := os.Getenv("WRENN_TEST_ACCEL"); a != "" {
-		return qemu.AccelChoice{Accel: qemu.Accel(a), Reason: "WRENN_TEST_ACCEL"}
-	}
-	return qemu.Probe(context.Background(), qemu.DefaultBinary, newestKernel())
-})
 
 // guest is one booted VM and a client to its envd.
 type guest struct {
@@ -247,7 +182,7 @@ func dialIn(ns netns.NsHandle) func(ctx context.Context, network, addr string) (
 // shared raw rootfs (the base is never written or copied). g.close, also
 // registered with tb.Cleanup, undoes everything in reverse: client
 // connections, VM, overlay, netns and TAP.
-func prepareGuest(tb testing.TB, kernel string) *guest {
+func prepareGuest(tb testing.TB, images testenv.Images) *guest {
 	tb.Helper()
 	g := &guest{}
 	tb.Cleanup(func() {
@@ -289,7 +224,7 @@ func prepareGuest(tb testing.TB, kernel string) *guest {
 	g.undo(func() error { return os.RemoveAll(dir) })
 
 	overlay := filepath.Join(dir, "overlay.qcow2")
-	out, err := exec.CommandContext(tb.Context(), "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", rootfsPath, overlay, "2G").CombinedOutput()
+	out, err := exec.CommandContext(tb.Context(), "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", images.Rootfs, overlay, "2G").CombinedOutput()
 	if err != nil {
 		return fail("qemu-img create overlay: %w: %s", err, out)
 	}
@@ -297,7 +232,7 @@ func prepareGuest(tb testing.TB, kernel string) *guest {
 	spec := vmm.Spec{
 		ID:         name,
 		Dir:        dir,
-		Kernel:     kernel,
+		Kernel:     images.Kernel.Path,
 		KernelArgs: kernelArgs,
 		RootDisk:   vmm.Disk{Path: overlay, Format: "qcow2"},
 		VCPUs:      1,
@@ -322,11 +257,12 @@ func prepareGuest(tb testing.TB, kernel string) *guest {
 // boot starts QEMU and returns once it runs (not once envd is ready).
 func (g *guest) boot(tb testing.TB) {
 	tb.Helper()
-	drv := qemu.New(qemu.Config{Accel: accel().Accel})
+	accel := testenv.Accel(g.spec.Kernel)
+	drv := qemu.New(qemu.Config{Accel: accel.Accel})
 	g.bootStart = time.Now()
 	m, err := drv.Boot(tb.Context(), g.spec)
 	if err != nil {
-		err = fmt.Errorf("boot guest (accel %s: %s): %w", accel().Accel, accel().Reason, err)
+		err = fmt.Errorf("boot guest (accel %s: %s): %w", accel.Accel, accel.Reason, err)
 		tb.Fatal(errors.Join(err, g.close()))
 	}
 	g.m = m
@@ -341,9 +277,9 @@ func (g *guest) boot(tb testing.TB) {
 }
 
 // bootGuest prepares and boots a guest.
-func bootGuest(tb testing.TB, kernel string) *guest {
+func bootGuest(tb testing.TB, images testenv.Images) *guest {
 	tb.Helper()
-	g := prepareGuest(tb, kernel)
+	g := prepareGuest(tb, images)
 	g.boot(tb)
 	return g
 }
