@@ -30,6 +30,7 @@ type harness struct {
 	t      testing.TB
 	dir    string
 	pcfg   network.PoolConfig
+	run    int
 	cgroup string
 	images testenv.Images
 	accel  qemu.Accel
@@ -45,15 +46,19 @@ func newHarness(t testing.TB) *harness {
 			t.Fatal(err)
 		}
 	}
-	h := newHarnessIn(t, dir, fmt.Sprintf("wrenn-agent-test-%d", os.Getpid()))
+	h := newHarnessIn(t, dir, os.Getpid())
 	t.Cleanup(h.assertNoLeftovers)
 	return h
 }
 
-// newHarnessIn builds a harness over an existing directory and cgroup
-// parent: a second "agent process" uses it to share the first one's world.
-func newHarnessIn(t testing.TB, dir, cgroupParent string) *harness {
+// newHarnessIn builds a harness over an existing directory. Names, address
+// ranges and the cgroup parent derive from run (the test process's pid), so
+// that test processes running at the same time (two packages, two
+// checkouts) never reclaim each other's slots; a second "agent process" of
+// the same test passes the same run to share the first one's world.
+func newHarnessIn(t testing.TB, dir string, run int) *harness {
 	t.Helper()
+	n := run % 50
 	images := testenv.RequireVM(t)
 	for _, sub := range []string{"kernels", "images"} {
 		link := filepath.Join(dir, sub)
@@ -68,13 +73,14 @@ func newHarnessIn(t testing.TB, dir, cgroupParent string) *harness {
 		t:   t,
 		dir: dir,
 		pcfg: network.PoolConfig{
-			Prefix:   "wat-",
+			Prefix:   fmt.Sprintf("wa%d-", n),
 			Slots:    32,
-			HostCIDR: netip.MustParsePrefix("10.211.0.0/16"),
-			VethCIDR: netip.MustParsePrefix("10.212.0.0/16"),
-			Table:    "wrenn_agent_test",
+			HostCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + 2*n), 0, 0}), 16),
+			VethCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(101 + 2*n), 0, 0}), 16),
+			Table:    fmt.Sprintf("wrenn_agent_test_%d", n),
 		},
-		cgroup: cgroupParent,
+		run:    run,
+		cgroup: fmt.Sprintf("wrenn-agent-test-%d", run),
 		images: images,
 	}
 	choice := testenv.Accel(images.Kernel.Path)

@@ -32,9 +32,10 @@ type internet struct {
 	metadata string
 }
 
-func newInternet(t *testing.T) *internet {
+func newInternet(t *testing.T, run int) *internet {
 	t.Helper()
-	in := &internet{ns: "tinet-agent", public: "203.0.113.2", metadata: "169.254.169.254"}
+	veth := fmt.Sprintf("tinet%d", run%50)
+	in := &internet{ns: veth, public: "203.0.113.2", metadata: "169.254.169.254"}
 	sh := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -42,16 +43,16 @@ func newInternet(t *testing.T) *internet {
 		}
 	}
 	_ = exec.Command("ip", "netns", "del", in.ns).Run()
-	_ = exec.Command("ip", "link", "del", "tinet-h").Run()
+	_ = exec.Command("ip", "link", "del", veth).Run()
 	sh("ip", "netns", "add", in.ns)
 	t.Cleanup(func() {
-		_ = exec.Command("ip", "link", "del", "tinet-h").Run()
+		_ = exec.Command("ip", "link", "del", veth).Run()
 		_ = exec.Command("ip", "netns", "del", in.ns).Run()
 		_ = exec.Command("ip", "route", "del", in.metadata+"/32").Run()
 	})
-	sh("ip", "link", "add", "tinet-h", "type", "veth", "peer", "name", "eth0", "netns", in.ns)
-	sh("ip", "addr", "add", "203.0.113.1/30", "dev", "tinet-h")
-	sh("ip", "link", "set", "tinet-h", "up")
+	sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", in.ns)
+	sh("ip", "addr", "add", "203.0.113.1/30", "dev", veth)
+	sh("ip", "link", "set", veth, "up")
 	sh("ip", "route", "replace", in.metadata+"/32", "via", "203.0.113.2")
 	sh("ip", "-n", in.ns, "link", "set", "lo", "up")
 	sh("ip", "-n", in.ns, "addr", "add", "203.0.113.2/30", "dev", "eth0")
@@ -121,7 +122,7 @@ func TestIsolation(t *testing.T) {
 	h := newHarness(t)
 	ctx := ctxFor(t, 10*time.Minute)
 	m := h.agent(ctx)
-	in := newInternet(t)
+	in := newInternet(t, h.run)
 
 	// Every blocked destination answers the host directly, so a failure
 	// from inside a sandbox is the policy at work, not a missing route.

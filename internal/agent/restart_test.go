@@ -22,10 +22,10 @@ import (
 )
 
 const (
-	helperDirEnv    = "WRENN_AGENT_HELPER_DIR"
-	helperCgroupEnv = "WRENN_AGENT_HELPER_CGROUP"
-	idsFile         = "ids.txt"
-	restartCount    = 3
+	helperDirEnv = "WRENN_AGENT_HELPER_DIR"
+	helperRunEnv = "WRENN_AGENT_HELPER_RUN"
+	idsFile      = "ids.txt"
+	restartCount = 3
 )
 
 // TestAgentProcessHelper is the "first agent" of TestRestartAdopts, run in
@@ -37,7 +37,11 @@ func TestAgentProcessHelper(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process: runs only when started by TestRestartAdopts")
 	}
-	h := newHarnessIn(t, dir, os.Getenv(helperCgroupEnv))
+	run, err := strconv.Atoi(os.Getenv(helperRunEnv))
+	if err != nil {
+		t.Fatalf("%s: %v", helperRunEnv, err)
+	}
+	h := newHarnessIn(t, dir, run)
 	ctx := context.Background()
 	m := h.agent(ctx)
 	ids := make([]string, restartCount)
@@ -81,7 +85,7 @@ func TestRestartAdopts(t *testing.T) {
 	ctx := ctxFor(t, 10*time.Minute)
 
 	child := exec.Command(os.Args[0], "-test.run=^TestAgentProcessHelper$", "-test.v")
-	child.Env = append(os.Environ(), helperDirEnv+"="+h.dir, helperCgroupEnv+"="+h.cgroup)
+	child.Env = append(os.Environ(), helperDirEnv+"="+h.dir, helperRunEnv+"="+strconv.Itoa(h.run))
 	var out bytes.Buffer
 	child.Stdout, child.Stderr = &out, &out
 	if err := child.Start(); err != nil {
