@@ -30,6 +30,7 @@ type harness struct {
 	t      testing.TB
 	dir    string
 	pcfg   network.PoolConfig
+	clock  agent.Clock // nil: the system clock
 	run    int
 	cgroup string
 	images testenv.Images
@@ -118,6 +119,7 @@ func (h *harness) newManager() (*agent.Manager, error) {
 		Network: pool,
 		Cgroups: cg,
 		Logger:  logger,
+		Clock:   h.clock,
 	})
 }
 
