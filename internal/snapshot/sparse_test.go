@@ -381,6 +381,33 @@ func TestSample(t *testing.T) {
 			t.Errorf("Sample of %d bytes missed a change to the last byte", size)
 		}
 	}
+	t.Run("more extents than it hashes", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "f")
+		sparseFile(t, p, (sampleMaxExtents+8)*2*pageSize)
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page := make([]byte, pageSize)
+		page[0] = 1
+		for i := int64(0); i < sampleMaxExtents+8; i++ {
+			if _, err := f.WriteAt(page, i*2*pageSize); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.Close()
+		s1, err := Sample(ctx, p)
+		if err != nil {
+			t.Fatalf("Sample: %v", err)
+		}
+		// Filling a hole among the first extents is still seen: 2 MiB +
+		// 12 KiB is an odd page (a hole), past the first MiB, and none of
+		// the spaced sample pages, so only the map can see it.
+		fillRandom(t, p, 2*mib+3*pageSize, pageSize, 5)
+		if s2, _ := Sample(ctx, p); s2 == s1 {
+			t.Error("Sample missed a hole filled within the hashed part of the map")
+		}
+	})
 	if _, err := Sample(ctx, filepath.Join(t.TempDir(), "absent")); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Sample(missing) = %v, want NotFound", err)
 	}
@@ -426,6 +453,45 @@ func BenchmarkCopySparse(b *testing.B) {
 				}
 				os.Remove(dst)
 				b.StartTimer()
+			}
+		})
+	}
+}
+
+// BenchmarkSample measures what Open pays per memory file: a 512 MiB file
+// with 512 scattered 64 KiB pieces, and a worst case whose allocation map
+// has as many extents as Sample hashes (a 4 KiB page every 32 KiB).
+func BenchmarkSample(b *testing.B) {
+	for _, bc := range []struct {
+		name   string
+		pieces int64 // data pieces, evenly spaced
+		piece  int64
+	}{
+		{"512-extents", 512, 64 * kib},
+		{"max-extents", sampleMaxExtents, 4 * kib},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			p := filepath.Join(b.TempDir(), "memory")
+			sparseFile(b, p, 512*mib)
+			f, err := os.OpenFile(p, os.O_WRONLY, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			page := make([]byte, bc.piece)
+			for i := range page {
+				page[i] = 0xa5
+			}
+			stride := 512 * mib / bc.pieces
+			for i := int64(0); i < bc.pieces; i++ {
+				if _, err := f.WriteAt(page, i*stride); err != nil {
+					b.Fatal(err)
+				}
+			}
+			f.Close()
+			for b.Loop() {
+				if _, err := Sample(context.Background(), p); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}
