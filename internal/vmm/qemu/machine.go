@@ -17,10 +17,6 @@ import (
 	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
 )
 
-// killWait bounds the wait for a SIGKILLed QEMU to disappear. Only a process
-// stuck in uninterruptible I/O takes longer.
-const killWait = 10 * time.Second
-
 // consoleDrain bounds how long Stop waits for the console copy to catch up
 // with a QEMU that has already exited.
 const consoleDrain = 2 * time.Second
@@ -285,7 +281,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 
 // sigkill kills QEMU and waits (bounded) until it is gone.
 func (m *Machine) sigkill() error {
-	if err := m.proc.Kill(killWait); err != nil {
+	if err := m.proc.Kill(); err != nil {
 		return fmt.Errorf("stop vm %s: %w", m.spec.ID, err)
 	}
 	return nil

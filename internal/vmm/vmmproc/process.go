@@ -202,19 +202,22 @@ func (p *Process) signal(sig syscall.Signal) error {
 	return nil
 }
 
-// Kill sends SIGKILL and waits up to wait for the process to be gone; only
-// one stuck in uninterruptible I/O takes long.
-func (p *Process) Kill(wait time.Duration) error {
+// KillWait bounds Kill's wait for a SIGKILLed process to disappear. Only a
+// process stuck in uninterruptible I/O takes longer.
+const KillWait = 10 * time.Second
+
+// Kill sends SIGKILL and waits, up to KillWait, for the process to be gone.
+func (p *Process) Kill() error {
 	if err := p.signal(syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill pid %d: %w", p.pid, err)
 	}
-	t := time.NewTimer(wait)
+	t := time.NewTimer(KillWait)
 	defer t.Stop()
 	select {
 	case <-p.exited:
 		return nil
 	case <-t.C:
-		return fmt.Errorf("pid %d still alive %s after SIGKILL", p.pid, wait)
+		return fmt.Errorf("pid %d still alive %s after SIGKILL", p.pid, KillWait)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -96,7 +97,7 @@ func startHelper(t *testing.T, c func(*Command)) (*Process, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		err := p.Kill(10 * time.Second)
+		err := p.Kill()
 		if errors.Is(err, errdefs.ErrFailedPrecondition) {
 			// Released by the test: kill by pid, if it is still ours.
 			if Matches(p.PID(), matchSandbox(dir)) {
@@ -168,7 +169,7 @@ func TestStartDetached(t *testing.T) {
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("signal after exit: %v", err)
 	}
-	if err := p.Kill(time.Second); err != nil {
+	if err := p.Kill(); err != nil {
 		t.Fatalf("kill after exit: %v", err)
 	}
 }
@@ -187,7 +188,7 @@ func TestStartErrors(t *testing.T) {
 			p, err := Start(tt.cmd, testLog(t))
 			if !errors.Is(err, tt.want) {
 				if p != nil {
-					_ = p.Kill(time.Second)
+					_ = p.Kill()
 				}
 				t.Fatalf("Start = %v, want %v", err, tt.want)
 			}
@@ -229,7 +230,7 @@ func TestAdopt(t *testing.T) {
 	if err := p.Wait(t.Context()); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("Wait after Release = %v, want FailedPrecondition", err)
 	}
-	if err := p.Kill(time.Second); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+	if err := p.Kill(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("Kill after Release = %v, want FailedPrecondition (its pidfd is closed)", err)
 	}
 	a, err := Adopt(pidFile, match, testLog(t))
@@ -240,7 +241,7 @@ func TestAdopt(t *testing.T) {
 	if a.PID() != p.PID() {
 		t.Fatalf("adopted pid %d, started %d", a.PID(), p.PID())
 	}
-	if err := a.Kill(10 * time.Second); err != nil {
+	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Wait(t.Context()); err != nil {
@@ -270,7 +271,7 @@ func TestAdoptOrphan(t *testing.T) {
 	if ppid := parentOf(t, p.PID()); ppid == os.Getpid() {
 		t.Fatalf("pid %d is our child; the test needs an orphan", p.PID())
 	}
-	if err := p.Kill(10 * time.Second); err != nil {
+	if err := p.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Wait(t.Context()); err != nil {
@@ -313,32 +314,59 @@ func TestStartInNetNS(t *testing.T) {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	path := "/run/netns/" + name
-	p, _ := startHelper(t, func(c *Command) { c.NetNS = path })
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	p, _ := startHelper(t, func(c *Command) { c.NetNS = "/run/netns/" + name })
 
-	var want, got, self syscall.Stat_t
-	if err := syscall.Stat(path, &want); err != nil {
+	in, err := netns.GetFromPid(p.PID())
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Stat("/proc/"+strconv.Itoa(p.PID())+"/ns/net", &got); err != nil {
+	defer in.Close()
+	if !in.Equal(target) {
+		t.Fatalf("vmm runs in %s, want %s", in, target)
+	}
+	// Start's locked thread went back: no thread of ours stays inside.
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Ino != want.Ino {
-		t.Fatalf("vmm runs in netns inode %d, want %d", got.Ino, want.Ino)
+	for _, task := range tasks {
+		h, err := netns.GetFromPath("/proc/self/task/" + task.Name() + "/ns/net")
+		if err != nil {
+			continue // the thread has gone meanwhile
+		}
+		inside := h.Equal(target)
+		h.Close()
+		if inside {
+			t.Fatalf("thread %s of the test process was left inside the netns", task.Name())
+		}
 	}
-	// The agent's own threads must be back in the host namespace.
-	if err := syscall.Stat("/proc/self/ns/net", &self); err != nil {
+}
+
+// procStatus is the value of field in /proc/<pid>/status.
+func procStatus(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if self.Ino == want.Ino {
-		t.Fatal("the test process was left inside the netns")
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
 	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
 }
 
 func TestStartAsUser(t *testing.T) {
 	requireRoot(t)
 	const nobody = 65534
-	// nobody must be able to execute the helper: copy it somewhere it can.
+	// nobody must be able to execute the helper: copy it where it can.
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -360,18 +388,14 @@ func TestStartAsUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, _ := startHelper(t, func(c *Command) { c.Path, c.UID, c.GID, c.Dir = exe, nobody, nobody, "/" })
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID()) + "/status")
-	if err != nil {
-		t.Fatal(err)
+	ids := strconv.Itoa(nobody)
+	ids = strings.Join([]string{ids, ids, ids, ids}, " ") // real, effective, saved, fs
+	tests := []struct{ field, want string }{
+		{"Uid", ids}, {"Gid", ids}, {"Groups", ""},
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "Uid:") || strings.HasPrefix(l, "Gid:") {
-			if f := strings.Fields(l); len(f) < 5 || f[1] != "65534" || f[2] != "65534" || f[3] != "65534" {
-				t.Fatalf("vmm runs with %q, want nobody", l)
-			}
-		}
-		if strings.HasPrefix(l, "Groups:") && strings.TrimSpace(strings.TrimPrefix(l, "Groups:")) != "" {
-			t.Fatalf("vmm kept supplementary groups: %q", l)
+	for _, tt := range tests {
+		if got := procStatus(t, p.PID(), tt.field); got != tt.want {
+			t.Errorf("vmm %s = %q, want %q", tt.field, got, tt.want)
 		}
 	}
 }
