@@ -45,6 +45,18 @@
 //
 // Guest memory files are mostly zero. CopySparse and MoveMemory keep them
 // cheap: they copy only allocated extents and leave all-zero pages as
-// holes. Usage and DirUsage report allocated bytes (st_blocks), not
-// apparent sizes.
+// holes; Sparsify punches the zero pages of a file a VMM wrote whole.
+// Usage and DirUsage report allocated bytes (st_blocks), not apparent
+// sizes.
+//
+// # Use
+//
+// Hibernate a paused sandbox whose RAM is in a /dev/shm memory file:
+// Machine.Snapshot(ctx, dir); Machine.Stop; MoveMemory(ctx, memoryFile,
+// dir/memory) (a sparse copy to disk, then the RAM is freed); put the
+// disk in dir (or name it in DiskRef); Write(ctx, dir, Manifest{Kind:
+// KindHibernate, ...}). To wake it: Open, Compatible, CopySparse the
+// memory back to /dev/shm (copy, not move, so a failed restore can be
+// retried), Driver.Restore, and Remove(dir) once it runs. Rewriting a
+// snapshot in place starts with Invalidate.
 package snapshot

@@ -499,6 +499,9 @@ func List(root string) ([]Info, error) {
 			info.Kind, info.Created = m.Kind, m.Created
 		}
 		if info.Usage, err = DirUsage(dir); err != nil {
+			if errors.Is(err, errdefs.ErrNotFound) {
+				continue // removed while we listed
+			}
 			return nil, fmt.Errorf("list snapshots in %s: %w", root, err)
 		}
 		out = append(out, info)

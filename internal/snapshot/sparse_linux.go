@@ -229,6 +229,80 @@ func reflinkUnsupported(err error) bool {
 	return false
 }
 
+// Sparsify punches a hole in place for every all-zero 4 KiB page of the
+// file at path that is allocated, keeping its size and content. It is for
+// memory files a VMM wrote whole (Firecracker writes every page of guest
+// RAM), so zero pages stop costing disk; it reads the file's data extents
+// once. The file must not be in use. Filesystems without hole punching
+// fail with the error from fallocate.
+func Sparsify(ctx context.Context, path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("sparsify %s: %w", path, errdefs.FromOS(err))
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("sparsify %s: %w", path, errdefs.FromOS(err))
+	}
+	if !fi.Mode().IsRegular() {
+		return errdefs.New(errdefs.ErrInvalidArgument, "sparsify %s: not a regular file", path)
+	}
+	buf := make([]byte, copyBuf)
+	punch := func(off, n int64) error {
+		if n == 0 {
+			return nil
+		}
+		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+		if err != nil {
+			return fmt.Errorf("punch hole at %d: %w", off, err)
+		}
+		return nil
+	}
+	err = forEachData(ctx, f, fi.Size(), func(start, end int64) error {
+		for off := start &^ (pageSize - 1); off < end; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			b := buf[:min(end-off, copyBuf)]
+			if _, err := f.ReadAt(b, off); err != nil {
+				return fmt.Errorf("read at %d: %w", off, err)
+			}
+			// Only whole zero pages are punched; a partial page at the end
+			// of an extent stays as it is.
+			zeroFrom := int64(-1)
+			for i := 0; i+pageSize <= len(b); i += pageSize {
+				if bytes.Equal(b[i:i+pageSize], zeroPage[:]) {
+					if zeroFrom < 0 {
+						zeroFrom = int64(i)
+					}
+					continue
+				}
+				if zeroFrom >= 0 {
+					if err := punch(off+zeroFrom, int64(i)-zeroFrom); err != nil {
+						return err
+					}
+					zeroFrom = -1
+				}
+			}
+			if zeroFrom >= 0 {
+				if err := punch(off+zeroFrom, int64(len(b)/pageSize*pageSize)-zeroFrom); err != nil {
+					return err
+				}
+			}
+			off += int64(len(b))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errNoExtentMap) {
+		return fmt.Errorf("sparsify %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sparsify %s: %w", path, errdefs.FromOS(err))
+	}
+	return nil
+}
+
 // MoveMemory moves the file src to dst, a new path (an existing dst is
 // refused with ErrAlreadyExists). On one filesystem it is a rename, O(1)
 // and atomic. Across filesystems (a guest's memory file in /dev/shm

@@ -26,6 +26,11 @@ func MoveMemory(ctx context.Context, src, dst string) error {
 	return errdefs.New(errdefs.ErrUnavailable, "move %s: implemented on Linux only", src)
 }
 
+// Sparsify needs Linux (SEEK_DATA, FALLOC_FL_PUNCH_HOLE).
+func Sparsify(ctx context.Context, path string) error {
+	return errdefs.New(errdefs.ErrUnavailable, "sparsify %s: implemented on Linux only", path)
+}
+
 // forEachData has no allocation map off Linux: fn sees the whole file.
 func forEachData(ctx context.Context, f *os.File, size int64, fn func(start, end int64) error) error {
 	if err := fn(0, size); err != nil {

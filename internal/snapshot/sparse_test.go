@@ -1,3 +1,5 @@
+//go:build linux
+
 package snapshot
 
 import (
@@ -14,13 +16,6 @@ import (
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
-
-func punchHole(t testing.TB, f *os.File, off, n int64) {
-	t.Helper()
-	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
-		t.Skipf("needs hole punching on %s: %v", f.Name(), err)
-	}
-}
 
 func TestCopySparse512MiB(t *testing.T) {
 	dir := t.TempDir()
@@ -91,6 +86,44 @@ func TestCopySparseZeroPagesBecomeHoles(t *testing.T) {
 	}
 	if fi, _ := os.Stat(dst); fi.Mode().Perm() != 0o640 {
 		t.Errorf("copy has mode %v, want 0640", fi.Mode().Perm())
+	}
+}
+
+func TestSparsify(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "memory")
+	// Written zeros with data pages among them, a tail that is not a
+	// whole page, and a real hole in the middle.
+	if err := os.WriteFile(p, make([]byte, 8*mib), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, 64*mib+100); err != nil {
+		t.Fatal(err)
+	}
+	fillRandom(t, p, 32*mib, 8*mib, 1)
+	fillRandom(t, p, 64*mib, 100, 2)
+	fillRandom(t, p, 3*mib+4*kib, 4*kib, 3)
+	f, _ := os.Open(p)
+	f.Sync()
+	f.Close()
+	sum, before := fileHash(t, p), usage(t, p)
+	if before < 16*mib {
+		t.Fatalf("file allocates %d bytes; the test needs its zeros allocated", before)
+	}
+	if err := Sparsify(context.Background(), p); err != nil {
+		t.Fatalf("Sparsify: %v", err)
+	}
+	if fileHash(t, p) != sum {
+		t.Fatal("Sparsify changed the content")
+	}
+	if fi, _ := os.Stat(p); fi.Size() != 64*mib+100 {
+		t.Errorf("size %d after Sparsify, want %d", fi.Size(), 64*mib+100)
+	}
+	want := int64(8*mib + 4*kib + 4*kib) // data, one page, the tail's page
+	if got := usage(t, p); got < want || got > want+128*kib {
+		t.Errorf("allocates %d bytes after Sparsify, want about %d", got, want)
+	}
+	if err := Sparsify(context.Background(), filepath.Join(t.TempDir(), "absent")); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Sparsify(missing) = %v, want NotFound", err)
 	}
 }
 
