@@ -179,7 +179,7 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 	if r, err := openConsoleReader(filepath.Join(spec.Dir, ConsoleFIFOName)); err != nil {
 		// The guest is fine without a console copy; do not fail adoption.
 		m.log.Warn("console not attached", "err", err)
-	} else if m.console, err = vmmproc.StartConsole(r, m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
+	} else if err := m.proc.StartConsole(r, m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
 		m.log.Warn("console not attached", "err", err)
 	}
 	d.log.Info("vm attached", "sandbox_id", spec.ID, "pid", pid, "state", st)
@@ -234,7 +234,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (*Machine, error) {
 	m := d.newMachine(spec, proc, log)
 	fail := func(err error) (*Machine, error) { return nil, errors.Join(err, m.kill()) }
 	// Nothing can be lost by starting the copy now: no guest runs yet.
-	if m.console, err = vmmproc.StartConsole(r, m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
+	if err := m.proc.StartConsole(r, m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
 		return fail(err)
 	}
 	if err := vmmproc.WritePIDFile(pidFile, pid); err != nil {

@@ -17,10 +17,6 @@ import (
 	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
 )
 
-// consoleDrain bounds how long Stop waits for the console copy to catch up
-// with a firecracker that has already exited.
-const consoleDrain = 2 * time.Second
-
 // stateWait bounds the GET / that Stop asks before choosing how to stop.
 const stateWait = 2 * time.Second
 
@@ -32,8 +28,7 @@ type Machine struct {
 	log   *slog.Logger
 	grace time.Duration
 
-	api     *Client
-	console *vmmproc.Console // nil if the console could not be attached
+	api *Client
 
 	mu       sync.Mutex // serialises Stop, Close and Snapshot
 	released bool       // host-side handles let go (Stop or Close)
@@ -273,18 +268,8 @@ func (m *Machine) release() error {
 		return nil
 	}
 	m.released = true
-	var err error
-	if m.console != nil {
-		select {
-		case <-m.proc.Exited():
-			err = m.console.Drain(consoleDrain)
-		default:
-			err = m.console.Close()
-		}
-	}
 	m.api.Close()
-	m.proc.Release()
-	return err
+	return m.proc.Release()
 }
 
 func syncFile(path string) error {

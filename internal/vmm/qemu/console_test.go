@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
 )
 
 func TestConsoleCopies(t *testing.T) {
@@ -29,7 +31,11 @@ func TestConsoleCopies(t *testing.T) {
 		}
 	}()
 	logPath := filepath.Join(dir, "console.log")
-	c, err := startConsole(sock, logPath, 1<<20)
+	conn, err := dialConsole(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := vmmproc.StartConsole(conn, logPath, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -167,8 +167,7 @@ func (d *Driver) Attach(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 	if _, err := m.Status(ctx); err != nil {
 		return nil, errors.Join(fmt.Errorf("attach vm %s: %w", spec.ID, err), m.Close())
 	}
-	m.console, err = startConsole(filepath.Join(spec.Dir, ConsoleSocketName), m.ConsoleLogPath(), d.cfg.ConsoleLogMax)
-	if err != nil {
+	if err := m.startConsole(d.cfg.ConsoleLogMax); err != nil {
 		// The guest is fine without a console copy; do not fail adoption.
 		m.log.Warn("console not attached", "err", err)
 	}
@@ -228,7 +227,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, args []string) (*Mac
 		return fail(err)
 	}
 	// The guest has not run yet: no console output is lost by connecting now.
-	if m.console, err = startConsole(filepath.Join(spec.Dir, ConsoleSocketName), m.ConsoleLogPath(), d.cfg.ConsoleLogMax); err != nil {
+	if err := m.startConsole(d.cfg.ConsoleLogMax); err != nil {
 		return fail(err)
 	}
 	if spec.Confine != nil {

@@ -17,10 +17,6 @@ import (
 	"github.com/wrenn/wrenn/internal/vmm/vmmproc"
 )
 
-// consoleDrain bounds how long Stop waits for the console copy to catch up
-// with a QEMU that has already exited.
-const consoleDrain = 2 * time.Second
-
 // quitWait bounds the QMP "quit" request itself during Stop.
 const quitWait = 2 * time.Second
 
@@ -31,8 +27,7 @@ type Machine struct {
 	proc *vmmproc.Process
 	log  *slog.Logger
 
-	qmp     *QMP
-	console *vmmproc.Console // nil if the console could not be attached
+	qmp *QMP
 
 	mu       sync.Mutex // serialises Stop, Close and Snapshot
 	released bool       // host-side handles let go (Stop or Close)
@@ -345,20 +340,10 @@ func (m *Machine) release() error {
 	}
 	m.released = true
 	var errs []error
-	if m.console != nil {
-		select {
-		case <-m.proc.Exited():
-			errs = append(errs, m.console.Drain(consoleDrain))
-		default:
-			errs = append(errs, m.console.Close())
-		}
-	}
 	if m.qmp != nil {
-		if err := m.qmp.Close(); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, m.qmp.Close())
 	}
-	m.proc.Release()
+	errs = append(errs, m.proc.Release())
 	return errors.Join(errs...)
 }
 

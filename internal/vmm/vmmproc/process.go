@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -48,9 +49,14 @@ type Process struct {
 	wakeW     *os.File      // closing it wakes the watcher
 	watchDone chan struct{}
 
-	mu       sync.Mutex // guards pidfd against use after Release
+	mu       sync.Mutex // guards pidfd against use after Release, and console
 	released bool
+	console  *Console // nil until StartConsole
 }
+
+// ConsoleDrain bounds how long Release waits for the console copy to catch
+// up with a process that has already exited.
+const ConsoleDrain = 2 * time.Second
 
 // Start starts c detached from the agent: in its own session (a signal to
 // the agent's process group does not reach it) and with no Pdeathsig, so it
@@ -240,17 +246,46 @@ func (p *Process) Wait(ctx context.Context) error {
 	}
 }
 
-// Release lets go of the process without stopping it: it stops the watcher
-// and closes the pidfd. A later Adopt can take the process over again.
-// Releasing twice is a no-op.
-func (p *Process) Release() {
+// StartConsole copies the process's console output from src into logPath
+// (see the package-level StartConsole) until the process closes it or the
+// Process is released. It takes ownership of src.
+func (p *Process) StartConsole(src io.ReadCloser, logPath string, max int64) error {
+	c, err := StartConsole(src, logPath, max)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.released || p.console != nil {
+		return errors.Join(errdefs.New(errdefs.ErrFailedPrecondition, "console of pid %d: already attached or released", p.pid), c.Close())
+	}
+	p.console = c
+	return nil
+}
+
+// Release lets go of the process without stopping it: it ends the console
+// copy (after draining it, up to ConsoleDrain, if the process has exited),
+// stops the watcher and closes the pidfd. A later Adopt can take the
+// process over again. Releasing twice is a no-op. The error is the console
+// copy's.
+func (p *Process) Release() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.released {
-		return
+		return nil
 	}
 	p.released = true
+	var err error
+	if p.console != nil {
+		select {
+		case <-p.exited:
+			err = p.console.Drain(ConsoleDrain)
+		default:
+			err = p.console.Close()
+		}
+	}
 	p.wakeW.Close()
 	<-p.watchDone
 	closeFD(p.pidfd)
+	return err
 }

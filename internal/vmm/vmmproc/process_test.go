@@ -108,7 +108,9 @@ func startHelper(t *testing.T, c func(*Command)) (*Process, string) {
 		if err != nil {
 			t.Errorf("cleanup kill: %v", err)
 		}
-		p.Release()
+		if err := p.Release(); err != nil {
+			t.Errorf("cleanup release: %v", err)
+		}
 	})
 	return p, dir
 }
@@ -397,5 +399,39 @@ func TestStartAsUser(t *testing.T) {
 		if got := procStatus(t, p.PID(), tt.field); got != tt.want {
 			t.Errorf("vmm %s = %q, want %q", tt.field, got, tt.want)
 		}
+	}
+}
+
+// TestProcessConsole checks that Release, after the process has exited,
+// drains what it printed last into the log before letting go.
+func TestProcessConsole(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	workDir := t.TempDir()
+	p, _ := startHelper(t, func(c *Command) { c.Output, c.Dir = w, workDir })
+	w.Close() // the process holds its own copy
+	logPath := filepath.Join(t.TempDir(), "console.log")
+	if err := p.StartConsole(r, logPath, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	r2, w2, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Close()
+	if err := p.StartConsole(r2, logPath, 1<<20); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("second console: err = %v, want FailedPrecondition", err)
+	}
+	waitFile(t, logPath, "cwd="+workDir)
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Release(); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if b, _ := os.ReadFile(logPath); !strings.HasPrefix(string(b), "cwd="+workDir+" x=\n") {
+		t.Fatalf("console.log = %q", b)
 	}
 }
