@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -83,9 +84,14 @@ func NewOverlay(ctx context.Context, base, path string, sizeMB int) (Disk, error
 }
 
 // Freeze copies src, the qcow2 overlay of a sandbox that is about to be
-// forked, to frozen and makes the copy read-only. The copy keeps src's
-// backing file, so it costs what the sandbox wrote, not the base's size; it
-// is a reflink where the filesystem allows.
+// forked or turned into a template, to frozen and makes the copy read-only.
+// The copy is always one layer over a raw base: when src's backing file is
+// itself a qcow2 layer (src is a fork, or was created from a template), that
+// layer is copied and src's data committed into the copy, so the frozen
+// file never depends on another sandbox's files and chains never grow past
+// overlay -> frozen -> raw base, however deep forks of forks go. It costs
+// what the sandbox and its ancestors wrote, never the base's size; copies
+// are reflinks where the filesystem allows.
 //
 // src must be quiescent for the duration: the VM paused (QEMU's stop
 // flushes its caches to the file) or its VMM gone. Afterwards the source
@@ -97,17 +103,75 @@ func Freeze(ctx context.Context, src, frozen string) (Disk, CopyMethod, error) {
 	if err != nil {
 		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
 	}
-	method, err := copyTo(ctx, src, frozen, -1, 0o444)
-	if err != nil {
-		return Disk{}, "", fmt.Errorf("freeze %s to %s: %w", src, frozen, err)
-	}
 	abs, err := filepath.Abs(frozen)
 	if err != nil {
 		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
 	}
+	if info.BackingFormat != QCOW2 {
+		method, err := copyTo(ctx, src, abs, -1, 0o444)
+		if err != nil {
+			return Disk{}, "", fmt.Errorf("freeze %s to %s: %w", src, frozen, err)
+		}
+		return Disk{
+			Path: abs, Format: QCOW2, SizeBytes: info.VirtualSize,
+			Backing: info.FullBackingFile, BackingFormat: info.BackingFormat,
+		}, method, nil
+	}
+	return mergeFreeze(ctx, src, abs, info)
+}
+
+// mergeFreeze freezes src whose backing file is a qcow2 layer over a raw
+// base: the layer is copied to frozen and src's own clusters committed into
+// the copy.
+func mergeFreeze(ctx context.Context, src, frozen string, info Info) (Disk, CopyMethod, error) {
+	parent, err := Inspect(ctx, info.FullBackingFile, QCOW2)
+	if err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
+	}
+	if parent.BackingFormat == QCOW2 {
+		return Disk{}, "", errdefs.New(errdefs.ErrFailedPrecondition,
+			"freeze %s: backing chain is deeper than overlay -> layer -> raw base", src)
+	}
+	if err := noFileAt(frozen); err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
+	}
+	work, err := tempName(frozen)
+	if err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
+	}
+	top := work + ".top"
+	defer os.Remove(work)
+	defer os.Remove(top)
+	method, err := copyTo(ctx, info.FullBackingFile, work, -1, 0o600)
+	if err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: copy layer: %w", src, err)
+	}
+	if _, err := copyTo(ctx, src, top, -1, 0o600); err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: copy overlay: %w", src, err)
+	}
+	// Point the overlay copy at the layer copy (-u: the content is the
+	// same, only the name changes), then fold it in.
+	if _, err := qemuImg(ctx, "rebase", "-u", "-f", string(QCOW2), "-F", string(QCOW2), "-b", work, top); err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
+	}
+	if _, err := qemuImg(ctx, "commit", "-q", "-f", string(QCOW2), top); err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
+	}
+	// The overlay may be larger than the layer (a bigger disk_mb).
+	if info.VirtualSize > parent.VirtualSize {
+		if _, err := qemuImg(ctx, "resize", "-q", "-f", string(QCOW2), work, strconv.FormatInt(info.VirtualSize, 10)); err != nil {
+			return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
+		}
+	}
+	if err := os.Chmod(work, 0o444); err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, errdefs.FromOS(err))
+	}
+	if err := os.Link(work, frozen); err != nil {
+		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, errdefs.FromOS(err))
+	}
 	return Disk{
-		Path: abs, Format: QCOW2, SizeBytes: info.VirtualSize,
-		Backing: info.FullBackingFile, BackingFormat: info.BackingFormat,
+		Path: frozen, Format: QCOW2, SizeBytes: info.VirtualSize,
+		Backing: parent.FullBackingFile, BackingFormat: parent.BackingFormat,
 	}, method, nil
 }
 

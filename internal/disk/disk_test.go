@@ -417,3 +417,58 @@ func TestNewRaw(t *testing.T) {
 	}
 	assertNoTemp(t, dir)
 }
+
+// TestFreezeForkOfFork: freezing a fork (whose backing is a frozen layer)
+// merges that layer, so the result hangs directly off the raw base and
+// survives the removal of every ancestor's files.
+func TestFreezeForkOfFork(t *testing.T) {
+	requireQemuIO(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := makeBase(t, dir, 10*mib)
+
+	gen0 := filepath.Join(dir, "gen0.qcow2")
+	if _, err := NewOverlay(ctx, base, gen0, 64); err != nil {
+		t.Fatal(err)
+	}
+	if err := qemuIO(t, gen0, "write -P 0xa0 0 1M"); err != nil {
+		t.Fatal(err)
+	}
+	frozen0 := filepath.Join(dir, "frozen0.qcow2")
+	if _, _, err := Freeze(ctx, gen0, frozen0); err != nil {
+		t.Fatal(err)
+	}
+	gen1 := filepath.Join(dir, "gen1.qcow2")
+	if _, err := Clone(ctx, frozen0, gen1); err != nil {
+		t.Fatal(err)
+	}
+	if err := qemuIO(t, gen1, "write -P 0xa1 2M 1M"); err != nil {
+		t.Fatal(err)
+	}
+
+	frozen1 := filepath.Join(dir, "frozen1.qcow2")
+	fd, _, err := Freeze(ctx, gen1, frozen1)
+	if err != nil {
+		t.Fatalf("Freeze of a fork: %v", err)
+	}
+	if fd.Backing != base || fd.BackingFormat != Raw || fd.SizeBytes != 64*mib {
+		t.Fatalf("frozen fork = %+v, want 64 MiB directly over the raw base %s", fd, base)
+	}
+	if fi, err := os.Stat(frozen1); err != nil || fi.Mode().Perm() != 0o444 {
+		t.Fatalf("frozen fork mode = %v, %v; want 0444", fi.Mode().Perm(), err)
+	}
+	// Every ancestor goes away; the grandchild still sees both writes.
+	for _, p := range []string{gen0, frozen0, gen1} {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gen2 := filepath.Join(dir, "gen2.qcow2")
+	if _, err := Clone(ctx, frozen1, gen2); err != nil {
+		t.Fatal(err)
+	}
+	if err := qemuIO(t, gen2, "read -P 0xa0 0 1M", "read -P 0xa1 2M 1M"); err != nil {
+		t.Fatalf("fork of a fork lost data: %v", err)
+	}
+	assertNoTemp(t, dir)
+}
