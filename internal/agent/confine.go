@@ -140,3 +140,19 @@ func searchableByOthers(p string) error {
 		}
 	}
 }
+
+// unconfineDirs gives the VM's directory and everything in it back to root,
+// so that the VMM identity of the slot, soon someone else's, cannot open
+// it. Absent is fine.
+func unconfineDirs(sandboxDir string) error {
+	err := filepath.WalkDir(vmDir(sandboxDir), func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, 0, 0)
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("take back vmm dir: %w", err)
+	}
+	return nil
+}

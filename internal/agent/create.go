@@ -172,48 +172,14 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 			},
 			Undo: func(context.Context) error { return disk.Remove(overlayPath(sb.dir)) },
 		},
+		m.networkStep(sb),
+		m.confineStep(sb),
 		{
-			Name: "network",
-			Do: func(ctx context.Context) error {
-				slot, err := m.cfg.Network.Acquire(ctx)
-				if err != nil {
-					return err
-				}
-				if err := m.cfg.Network.Setup(ctx, slot, r.Network); err != nil {
-					return errors.Join(err, m.cfg.Network.Release(ctx, slot))
-				}
-				sb.slot, r.Slot = slot, slot.Index
-				return nil
-			},
-			Undo: func(ctx context.Context) error { return m.releaseSlot(ctx, sb) },
+			Name: "memory",
+			Do:   func(ctx context.Context) error { return m.prepareMemory(ctx, sb, "") },
+			Undo: func(context.Context) error { return m.removeMemory(r.ID) },
 		},
-		{
-			// The VMM's identity follows from the slot; from here on only
-			// it (and root) can open the VM's files and TAP.
-			Name: "confine",
-			Do: func(ctx context.Context) error {
-				uid, gid := m.vmmIdentity(r.Slot)
-				if err := m.cfg.Network.SetTAPOwner(ctx, sb.slot, uid, gid); err != nil {
-					return err
-				}
-				return confineDirs(sb.dir, overlayPath(sb.dir), uid, gid)
-			},
-			// The next sandbox in this slot gets the same identity: its
-			// files go before the slot is free again.
-			Undo: func(context.Context) error { return os.RemoveAll(vmDir(sb.dir)) },
-		},
-		{
-			Name: "cgroup",
-			Do: func(ctx context.Context) error {
-				g, err := m.cfg.Cgroups.Create(ctx, r.ID, m.limits(r))
-				if err != nil {
-					return err
-				}
-				sb.group = g
-				return nil
-			},
-			Undo: func(ctx context.Context) error { return m.removeGroup(ctx, sb) },
-		},
+		m.cgroupStep(sb),
 		{
 			Name: "boot",
 			Do: func(ctx context.Context) error {
@@ -226,20 +192,7 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 			},
 			Undo: func(ctx context.Context) error { return m.stopMachine(ctx, sb) },
 		},
-		{
-			Name: "envd",
-			Do: func(ctx context.Context) error {
-				sb.envd = m.envdClient(sb)
-				readyCtx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
-				defer cancel()
-				if err := sb.envd.WaitReady(readyCtx); err != nil {
-					return fmt.Errorf("wait for envd at %s: %w (console tail: %q)", sb.slot.HostIP(), err, consoleTail(vmDir(sb.dir), 2048))
-				}
-				return sb.envd.Init(ctx, envdclient.InitRequest{
-					EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: defaultUser,
-				})
-			},
-		},
+		m.envdStep(sb, envdclient.InitRequest{EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: defaultUser}),
 		{
 			Name: "running",
 			Do:   func(context.Context) error { return sb.setState(state.Running) },
@@ -266,6 +219,7 @@ func (m *Manager) vmSpec(sb *sandbox, kernelPath string) vmm.Spec {
 		RootDisk:   vmm.Disk{Path: overlayPath(sb.dir), Format: string(disk.QCOW2)},
 		VCPUs:      r.VCPUs,
 		MemoryMB:   r.MemoryMB,
+		MemoryFile: m.memoryPath(r.ID),
 		// Every guest has the same MAC as it has the same IP: the slot's
 		// namespace isolates them, and a snapshot resumes anywhere.
 		Net: &vmm.NetDevice{TAP: network.TapName, MAC: "02:77:72:6e:00:01"},
@@ -305,4 +259,85 @@ func consoleTail(dir string, n int64) string {
 	}
 	b, _ := io.ReadAll(f)
 	return string(b)
+}
+
+// networkStep takes a network slot and builds its network with the
+// sandbox's egress policy.
+func (m *Manager) networkStep(sb *sandbox) plan.Step {
+	r := sb.rec
+	return plan.Step{
+		Name: "network",
+		Do: func(ctx context.Context) error {
+			slot, err := m.cfg.Network.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			if err := m.cfg.Network.Setup(ctx, slot, r.Network); err != nil {
+				return errors.Join(err, m.cfg.Network.Release(ctx, slot))
+			}
+			sb.slot, r.Slot = slot, slot.Index
+			return nil
+		},
+		Undo: func(ctx context.Context) error { return m.releaseSlot(ctx, sb) },
+	}
+}
+
+// confineStep hands the VM's files and TAP to the VMM identity of the
+// sandbox's slot; from here on only it (and root) can open them. Undone,
+// the files go back to root: the next sandbox in this slot runs as the
+// same identity and must not be able to open them.
+func (m *Manager) confineStep(sb *sandbox) plan.Step {
+	return plan.Step{
+		Name: "confine",
+		Do: func(ctx context.Context) error {
+			if err := resetVMDir(sb.dir); err != nil {
+				return err
+			}
+			uid, gid := m.vmmIdentity(sb.rec.Slot)
+			if err := m.cfg.Network.SetTAPOwner(ctx, sb.slot, uid, gid); err != nil {
+				return err
+			}
+			return confineDirs(sb.dir, overlayPath(sb.dir), uid, gid)
+		},
+		Undo: func(context.Context) error { return unconfineDirs(sb.dir) },
+	}
+}
+
+// cgroupStep puts the sandbox's resource limits in place for its VMM.
+func (m *Manager) cgroupStep(sb *sandbox) plan.Step {
+	return plan.Step{
+		Name: "cgroup",
+		Do: func(ctx context.Context) error {
+			g, err := m.cfg.Cgroups.Create(ctx, sb.rec.ID, m.limits(sb.rec))
+			if err != nil {
+				return err
+			}
+			sb.group = g
+			return nil
+		},
+		Undo: func(ctx context.Context) error { return m.removeGroup(ctx, sb) },
+	}
+}
+
+// envdStep waits for the guest's envd and sends it init. An access token
+// in init replaces the one the client holds once envd accepts it.
+func (m *Manager) envdStep(sb *sandbox, init envdclient.InitRequest) plan.Step {
+	return plan.Step{
+		Name: "envd",
+		Do: func(ctx context.Context) error {
+			sb.envd = m.envdClient(sb)
+			readyCtx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
+			defer cancel()
+			if err := sb.envd.WaitReady(readyCtx); err != nil {
+				return fmt.Errorf("wait for envd at %s: %w (console tail: %q)", sb.slot.HostIP(), err, consoleTail(vmDir(sb.dir), 2048))
+			}
+			if err := sb.envd.Init(ctx, init); err != nil {
+				return err
+			}
+			if init.AccessToken != "" {
+				sb.rec.AccessToken = init.AccessToken
+			}
+			return nil
+		},
+	}
 }

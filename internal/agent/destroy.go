@@ -9,6 +9,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/agent/state"
 	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/snapshot"
 )
 
 // stopTimeout bounds a VMM's graceful stop before it is killed.
@@ -53,7 +54,9 @@ func (m *Manager) destroyLocked(ctx context.Context, sb *sandbox) error {
 func (m *Manager) teardown(ctx context.Context, sb *sandbox) error {
 	errs := []error{
 		m.stopMachine(ctx, sb),
+		m.removeMemory(sb.rec.ID),
 		m.removeGroup(ctx, sb),
+		snapshot.Remove(m.snapshotDir(sb.rec.ID)),
 	}
 	// The files go before the slot: the next sandbox in the slot runs as
 	// the same VMM identity (see confine.go).

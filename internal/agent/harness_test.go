@@ -114,12 +114,13 @@ func (h *harness) newManager() (*agent.Manager, error) {
 		return nil, err
 	}
 	return agent.New(agent.Config{
-		Dir:     h.dir,
-		Driver:  qemu.New(qemu.Config{Accel: h.accel, Logger: logger}),
-		Network: pool,
-		Cgroups: cg,
-		Logger:  logger,
-		Clock:   h.clock,
+		Dir:       h.dir,
+		Driver:    qemu.New(qemu.Config{Accel: h.accel, Logger: logger}),
+		Network:   pool,
+		Cgroups:   cg,
+		Logger:    logger,
+		Clock:     h.clock,
+		MemoryDir: h.memoryDir(),
 	})
 }
 
@@ -175,6 +176,10 @@ func (h *harness) assertNoLeftovers() {
 	if out, _ := exec.Command("nft", "list", "tables").Output(); strings.Contains(string(out), h.pcfg.Table) {
 		t.Errorf("nftables tables left behind:\n%s", out)
 	}
+	if mems, _ := filepath.Glob(filepath.Join(h.memoryDir(), "*")); len(mems) > 0 {
+		t.Errorf("guest memory files left behind: %v", mems)
+	}
+	_ = os.Remove(h.memoryDir())
 	// The cgroup parent itself is ours to remove.
 	for _, c := range []string{"memory", "cpu", "pids", ""} {
 		_ = os.Remove(filepath.Join("/sys/fs/cgroup", c, h.cgroup))
@@ -192,4 +197,9 @@ func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// memoryDir holds this harness's guest RAM files.
+func (h *harness) memoryDir() string {
+	return fmt.Sprintf("/dev/shm/wrenn-agent-test-%d", h.run)
 }

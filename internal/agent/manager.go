@@ -55,6 +55,8 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// KernelArgs are appended to every guest's command line.
 	KernelArgs string
+	// MemoryDir holds guest RAM files while VMMs run (DefaultMemoryDir).
+	MemoryDir string
 	// VMMUIDBase is the first unprivileged uid/gid VMMs run as: a sandbox
 	// in network slot i runs as VMMUIDBase+i (see confine.go).
 	// DefaultVMMUIDBase when zero; VMMs never run as root.
@@ -129,6 +131,19 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.Dir, "sandboxes"), 0o711); err != nil {
 		return nil, fmt.Errorf("create sandboxes dir: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, "snapshots"), 0o700); err != nil {
+		return nil, fmt.Errorf("create snapshots dir: %w", err)
+	}
+	if cfg.MemoryDir == "" {
+		cfg.MemoryDir = DefaultMemoryDir
+	}
+	// VMMs (unprivileged) pass through to their own file only.
+	if err := os.MkdirAll(cfg.MemoryDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create guest memory dir: %w", err)
+	}
+	if err := os.Chmod(cfg.MemoryDir, 0o711); err != nil {
+		return nil, fmt.Errorf("restrict guest memory dir: %w", err)
 	}
 	if err := prepareVMMAccess(cfg.Dir, cfg.Logger); err != nil {
 		return nil, err

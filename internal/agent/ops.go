@@ -47,9 +47,21 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 	return m.transition(ctx, id, state.Paused, pauseMachine)
 }
 
-// Resume continues a paused sandbox.
+// Resume continues a paused sandbox where it stopped, or restores a
+// hibernated one from its snapshot.
 func (m *Manager) Resume(ctx context.Context, id string) error {
-	return m.transition(ctx, id, state.Running, func(ctx context.Context, sb *sandbox) error {
+	sb, err := m.lookup(id)
+	if err != nil {
+		return err
+	}
+	if err := lockCtx(ctx, &sb.mu); err != nil {
+		return err
+	}
+	defer sb.mu.Unlock()
+	if sb.rec.State == state.Hibernated {
+		return m.resumeHibernated(ctx, sb)
+	}
+	return transitionLocked(ctx, sb, state.Running, func(ctx context.Context, sb *sandbox) error {
 		if err := sb.machine.Resume(ctx); err != nil {
 			return err
 		}

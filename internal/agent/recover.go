@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/wrenn/wrenn/internal/agent/state"
 	"github.com/wrenn/wrenn/internal/cgroup"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/kernels"
+	"github.com/wrenn/wrenn/internal/snapshot"
 )
 
 // Recover runs once at agent start, before requests are served. It re-adopts
@@ -38,6 +40,15 @@ func (m *Manager) Recover(ctx context.Context) error {
 		}
 	}
 
+	// Guest memory files of sandboxes that are gone.
+	mems, _ := filepath.Glob(filepath.Join(m.cfg.MemoryDir, "*.mem"))
+	for _, p := range mems {
+		if id := strings.TrimSuffix(filepath.Base(p), ".mem"); !adopted[id] {
+			if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+				errs = append(errs, fmt.Errorf("remove leftover guest memory %s: %w", p, err))
+			}
+		}
+	}
 	// Network leftovers: everything of ours not adopted above.
 	if err := m.cfg.Network.Reclaim(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("reclaim network slots: %w", err))
@@ -71,6 +82,14 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 		return false, os.RemoveAll(dir)
 	}
 	sb := &sandbox{dir: dir, rec: rec}
+	if rec.State == state.Hibernated {
+		// All files: nothing runs, nothing to attach. Resume restores it.
+		m.mu.Lock()
+		m.sandboxes[id] = sb
+		m.mu.Unlock()
+		log.Info("hibernated sandbox re-adopted")
+		return true, nil
+	}
 	// The kernel path only matters for a restore; Attach finds the VMM
 	// through the sandbox dir, so a missing kernel is no reason to fail.
 	kernel, _ := kernels.Find(filepath.Join(m.cfg.Dir, "kernels"), rec.KernelVersion)
@@ -116,7 +135,7 @@ func (m *Manager) cleanupDead(ctx context.Context, sb *sandbox) error {
 			sb.group = g
 		}
 	}
-	errs = append(errs, m.removeGroup(ctx, sb))
+	errs = append(errs, m.removeGroup(ctx, sb), m.removeMemory(sb.rec.ID), snapshot.Remove(m.snapshotDir(sb.rec.ID)))
 	if err := os.RemoveAll(sb.dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove sandbox dir: %w", err))
 	}

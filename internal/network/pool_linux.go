@@ -356,6 +356,9 @@ func (p *Pool) createGuestLink(s *Slot) error {
 			if err := netlink.LinkAdd(tap); err != nil {
 				return fmt.Errorf("create %s: %w", TapName, err)
 			}
+			if err := netlink.LinkSetHardwareAddr(tap, GatewayMAC); err != nil {
+				return fmt.Errorf("set %s address: %w", TapName, err)
+			}
 			if err := netlink.AddrAdd(tap, gw); err != nil {
 				return fmt.Errorf("address %s: %w", TapName, err)
 			}

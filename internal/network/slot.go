@@ -20,6 +20,7 @@
 package network
 
 import (
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strconv"
@@ -32,6 +33,11 @@ var (
 	GuestIP = netip.MustParseAddr("169.254.0.21")
 	// GatewayIP is the TAP's address in the slot netns and the guest's default gateway.
 	GatewayIP = netip.MustParseAddr("169.254.0.22")
+	// GatewayMAC is the TAP's MAC in every slot. A guest restored from a
+	// snapshot into another slot keeps its ARP entry for the gateway; with
+	// the same MAC everywhere that entry stays right, and the guest answers
+	// at once instead of after its neighbour cache times out.
+	GatewayMAC = net.HardwareAddr{0x02, 0x77, 0x72, 0x6e, 0x00, 0xfe}
 )
 
 const (
