@@ -195,4 +195,3 @@ func resetVMDir(sandboxDir string) error {
 	}
 	return nil
 }
-
