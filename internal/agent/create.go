@@ -91,6 +91,15 @@ func (r *CreateRequest) normalize() error {
 // Create boots a sandbox and returns once its envd answers and holds the
 // sandbox's access token and environment.
 func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
+	if req.Template == "" {
+		req.Template = DefaultTemplate
+	}
+	if validID(req.Template) && m.hasSnapshot(req.Template) {
+		if req.ID == "" {
+			req.ID = newID()
+		}
+		return m.createFromTemplate(ctx, req)
+	}
 	if err := req.normalize(); err != nil {
 		return Info{}, err
 	}

@@ -40,7 +40,8 @@ func (m *Manager) Fork(ctx context.Context, id string, n int) ([]Info, error) {
 		return nil, err
 	}
 	start := time.Now()
-	snap, srcRec, err := m.captureForFork(ctx, src)
+	dir := filepath.Join(m.cfg.Dir, "snapshots", "fork-"+id+"-"+newID())
+	snap, srcRec, err := m.capture(ctx, src, dir, snapshot.KindForkSource)
 	if err != nil {
 		return nil, err
 	}
@@ -75,10 +76,11 @@ func (m *Manager) Fork(ctx context.Context, id string, n int) ([]Info, error) {
 	return infos, nil
 }
 
-// captureForFork freezes the source just long enough to save its device
-// state and copy its memory and disk into a fork snapshot, sealed with a
-// manifest, then lets it carry on as it was.
-func (m *Manager) captureForFork(ctx context.Context, src *sandbox) (*snapshot.Snapshot, record, error) {
+// capture freezes a running or paused sandbox just long enough to save its
+// device state and copy its memory and disk into dir (which must not
+// exist), sealed with a manifest of the given kind, then lets it carry on
+// as it was. It returns the verified snapshot and the source's record.
+func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind snapshot.Kind) (*snapshot.Snapshot, record, error) {
 	if err := lockCtx(ctx, &src.mu); err != nil {
 		return nil, record{}, err
 	}
@@ -97,7 +99,6 @@ func (m *Manager) captureForFork(ctx context.Context, src *sandbox) (*snapshot.S
 			}
 		}()
 	}
-	dir := filepath.Join(m.cfg.Dir, "snapshots", "fork-"+r.ID+"-"+newID())
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, record{}, fmt.Errorf("fork %s: %w", r.ID, errdefs.FromOS(err))
 	}
@@ -108,10 +109,10 @@ func (m *Manager) captureForFork(ctx context.Context, src *sandbox) (*snapshot.S
 		if err := snapshot.CopySparse(ctx, m.memoryPath(r.ID), filepath.Join(dir, snapshot.MemoryName)); err != nil {
 			return fmt.Errorf("copy memory: %w", err)
 		}
-		if _, _, err := disk.Freeze(ctx, overlayPath(src.dir), filepath.Join(dir, "disk.qcow2")); err != nil {
+		if _, _, err := disk.Freeze(ctx, overlayPath(src.dir), filepath.Join(dir, snapshotDiskName)); err != nil {
 			return fmt.Errorf("freeze disk: %w", err)
 		}
-		return m.writeManifest(ctx, dir, snapshot.KindForkSource, r, "")
+		return m.writeManifest(ctx, dir, kind, r, "")
 	}()
 	if err != nil {
 		return nil, record{}, errors.Join(fmt.Errorf("fork %s: %w", r.ID, err), snapshot.Remove(dir))
@@ -149,7 +150,7 @@ func (m *Manager) restoreFork(ctx context.Context, snap *snapshot.Snapshot, src 
 	}
 	env[sandboxIDEnv] = id
 	rec.Env = env
-	steps := append(m.diskFromSnapshotSteps(sb, filepath.Join(snap.Dir, "disk.qcow2")),
+	steps := append(m.diskFromSnapshotSteps(sb, filepath.Join(snap.Dir, snapshotDiskName)),
 		m.restoreSteps(sb, snap, envdclient.InitRequest{AccessToken: token, EnvVars: env})...)
 	if err := plan.Run(ctx, m.log.With("sandbox_id", id), steps); err != nil {
 		m.forget(id)
@@ -158,6 +159,9 @@ func (m *Manager) restoreFork(ctx context.Context, snap *snapshot.Snapshot, src 
 	sb.touch(m.cfg.Clock.Now())
 	return sb.info(), nil
 }
+
+// snapshotDiskName is the frozen disk inside a fork or template snapshot.
+const snapshotDiskName = "disk.qcow2"
 
 // sandboxIDEnv tells the guest its own sandbox id.
 const sandboxIDEnv = "WRENN_SANDBOX_ID"

@@ -61,12 +61,20 @@ func newHarnessIn(t testing.TB, dir string, run int) *harness {
 	t.Helper()
 	n := run % 50
 	images := testenv.RequireVM(t)
-	for _, sub := range []string{"kernels", "images"} {
-		link := filepath.Join(dir, sub)
+	// Kernels and base images are shared (read-only); templates a test
+	// makes stay in its own images dir.
+	links := map[string]string{
+		filepath.Join(dir, "kernels"):           filepath.Join(images.Dir, "kernels"),
+		filepath.Join(dir, "images", "minimal"): filepath.Dir(images.Rootfs),
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "images"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for link, target := range links {
 		if _, err := os.Lstat(link); err == nil {
 			continue
 		}
-		if err := os.Symlink(filepath.Join(images.Dir, sub), link); err != nil {
+		if err := os.Symlink(target, link); err != nil {
 			t.Fatal(err)
 		}
 	}

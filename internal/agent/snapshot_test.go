@@ -296,3 +296,75 @@ func logSnapshotUsage(t *testing.T, dir string) {
 		t.Logf("snapshot file %s: %d bytes", e.Name(), fi.Size())
 	}
 }
+
+// TestTemplateSnapshot: a sandbox becomes a template with its memory;
+// sandboxes created from it are restores that carry its processes and
+// files, each independent, and the template cannot be deleted under them.
+func TestTemplateSnapshot(t *testing.T) {
+	h := newHarness(t)
+	ctx := ctxFor(t, 10*time.Minute)
+	m := h.agent(ctx)
+	src, err := m.Create(ctx, agent.CreateRequest{MemoryMB: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startCounter(ctx, t, m, src.ID)
+	if _, _, code := run(ctx, t, m, src.ID, "echo baked > baked"); code != 0 {
+		t.Fatal("write baked")
+	}
+	const tpl = "ready"
+	if err := m.SnapshotTemplate(ctx, src.ID, tpl); err != nil {
+		t.Fatalf("snapshot template: %v", err)
+	}
+	if err := m.SnapshotTemplate(ctx, src.ID, tpl); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("second template of the same name = %v, want AlreadyExists", err)
+	}
+	if err := m.Destroy(ctx, src.ID); err != nil {
+		t.Fatal(err)
+	}
+	logSnapshotUsage(t, filepath.Join(h.dir, "images", tpl, "snapshot"))
+
+	var ids []string
+	for i := range 2 {
+		start := time.Now()
+		sb, err := m.Create(ctx, agent.CreateRequest{Template: tpl, Env: map[string]string{"N": strconv.Itoa(i)}})
+		if err != nil {
+			t.Fatalf("create from template: %v", err)
+		}
+		t.Logf("create from template snapshot: %v", time.Since(start))
+		ids = append(ids, sb.ID)
+		if sb.MemoryMB != 256 || sb.Template != tpl {
+			t.Fatalf("created %+v, want the template's 256 MiB", sb)
+		}
+		out, _, _ := run(ctx, t, m, sb.ID, `cat baked; echo "$N $WRENN_SANDBOX_ID"; echo mine-$N > mine`)
+		if want := fmt.Sprintf("baked\n%d %s\n", i, sb.ID); out != want {
+			t.Fatalf("sandbox from template: %q, want %q", out, want)
+		}
+		if !ping(ctx, t, m, sb.ID) {
+			t.Fatal("the template's server does not answer in its sandbox")
+		}
+		n := readCount(ctx, t, m, sb.ID)
+		pollUntil(t, 10*time.Second, func() bool { return readCount(ctx, t, m, sb.ID) > n })
+	}
+	if out, _, _ := run(ctx, t, m, ids[0], "cat mine"); out != "mine-0\n" {
+		t.Fatalf("sandboxes from one template share a disk: %q", out)
+	}
+
+	if _, err := m.Create(ctx, agent.CreateRequest{Template: tpl, MemoryMB: 512}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("create with other memory than the template's = %v, want InvalidArgument", err)
+	}
+	if err := m.DeleteTemplate(ctx, tpl); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("delete a template in use = %v, want FailedPrecondition", err)
+	}
+	for _, id := range ids {
+		if err := m.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.DeleteTemplate(ctx, tpl); err != nil {
+		t.Fatalf("delete template: %v", err)
+	}
+	if _, err := m.Create(ctx, agent.CreateRequest{Template: tpl}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("create from a deleted template = %v, want NotFound", err)
+	}
+}
