@@ -10,6 +10,7 @@ import (
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/snapshot"
 )
 
 // Envd returns the client of a running sandbox's envd, for exec, background
@@ -154,6 +155,8 @@ type Metrics struct {
 	VMMMemoryBytes int64
 	VMMCPUUsageUS  int64
 	DiskAllocated  int64
+	// SnapshotBytes is the disk a hibernated sandbox's snapshot takes.
+	SnapshotBytes int64
 	// Guest side; zero when the sandbox is not running.
 	Guest envdclient.Metrics
 }
@@ -179,6 +182,11 @@ func (m *Manager) Metrics(ctx context.Context, id string) (Metrics, error) {
 	if sb.rec.Disk != "" {
 		if n, err := disk.Usage(sb.rec.Disk); err == nil {
 			out.DiskAllocated = n
+		}
+	}
+	if sb.rec.State == state.Hibernated {
+		if n, err := snapshot.DirUsage(m.snapshotDir(id)); err == nil {
+			out.SnapshotBytes = n
 		}
 	}
 	if sb.rec.State == state.Running && sb.envd != nil {

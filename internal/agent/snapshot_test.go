@@ -114,6 +114,15 @@ func TestHibernate(t *testing.T) {
 	}
 	snapDir := filepath.Join(h.dir, "snapshots", sb.ID)
 	logSnapshotUsage(t, snapDir)
+	met, err := m.Metrics(ctx, sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sparse: the untouched part of the 256 MiB guest costs no disk.
+	if met.SnapshotBytes <= 0 || met.SnapshotBytes >= 256<<20 {
+		t.Fatalf("hibernation snapshot takes %d bytes on disk, want more than 0 and less than the guest's 256 MiB", met.SnapshotBytes)
+	}
+	t.Logf("hibernation snapshot: %d MiB on disk for a 256 MiB guest", met.SnapshotBytes>>20)
 
 	// A new agent: the hibernated sandbox is still there and resumes.
 	m.Close()
@@ -323,6 +332,20 @@ func TestTemplateSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	logSnapshotUsage(t, filepath.Join(h.dir, "images", tpl, "snapshot"))
+	tpls, err := m.Templates(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]agent.Template{}
+	for _, x := range tpls {
+		got[x.Name] = x
+	}
+	if r := got[tpl]; !r.Snapshot || r.DiskBytes <= 0 || r.DiskBytes >= 256<<20 {
+		t.Fatalf("template %q listed as %+v: want a snapshot whose sparse files take more than 0 and less than the guest's 256 MiB", tpl, r)
+	}
+	if b, ok := got["minimal"]; !ok || b.Snapshot {
+		t.Fatalf("base template minimal listed as %+v, %v", b, ok)
+	}
 
 	var ids []string
 	for i := range 2 {

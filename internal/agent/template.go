@@ -188,3 +188,38 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	log.Info("sandbox created from template snapshot", "duration", time.Since(start), "address", sb.slot.HostIP())
 	return sb.info(), nil
 }
+
+// Template is one template on this host.
+type Template struct {
+	Name string
+	// Snapshot is true when creating from it is a restore, not a boot.
+	Snapshot bool
+	// DiskBytes is what the template takes on the host's disk.
+	DiskBytes int64
+}
+
+// Templates lists the templates on this host: base images and snapshots.
+func (m *Manager) Templates(ctx context.Context) ([]Template, error) {
+	entries, err := os.ReadDir(filepath.Join(m.cfg.Dir, "images"))
+	if err != nil {
+		return nil, fmt.Errorf("list templates: %w", err)
+	}
+	var out []Template
+	for _, e := range entries {
+		name := e.Name()
+		if !validID(name) {
+			continue // in-progress builds (".x.tmp-...") and strays
+		}
+		dir, err := filepath.EvalSymlinks(filepath.Join(m.cfg.Dir, "images", name))
+		if err != nil {
+			continue
+		}
+		t := Template{Name: name, Snapshot: m.hasSnapshot(name)}
+		if _, err := os.Stat(filepath.Join(dir, "rootfs.ext4")); err != nil && !t.Snapshot {
+			continue
+		}
+		t.DiskBytes, _ = snapshot.DirUsage(dir)
+		out = append(out, t)
+	}
+	return out, ctx.Err()
+}
