@@ -129,6 +129,9 @@ func (h *harness) newManager() (*agent.Manager, error) {
 		Logger:    logger,
 		Clock:     h.clock,
 		MemoryDir: h.memoryDir(),
+		// Test processes running at the same time get disjoint VMM
+		// identities too, as they get disjoint slots.
+		VMMUIDBase: agent.DefaultVMMUIDBase + uint32(h.run%50)*64,
 	})
 }
 
