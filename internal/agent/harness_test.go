@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,8 +185,8 @@ func (h *harness) assertNoLeftovers() {
 	// keeps it. The harness is the agent here, so it removes it, and
 	// nothing else of ours may remain in nftables.
 	_ = exec.Command("nft", "delete", "table", "inet", h.pcfg.Table).Run()
-	if out, _ := exec.Command("nft", "list", "tables").Output(); strings.Contains(string(out), h.pcfg.Table) {
-		t.Errorf("nftables tables left behind:\n%s", out)
+	if out, _ := exec.Command("nft", "list", "tables").Output(); slices.Contains(strings.Split(string(out), "\n"), "table inet "+h.pcfg.Table) {
+		t.Errorf("nftables table %s left behind", h.pcfg.Table)
 	}
 	if mems, _ := filepath.Glob(filepath.Join(h.memoryDir(), "*")); len(mems) > 0 {
 		t.Errorf("guest memory files left behind: %v", mems)
