@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -205,7 +206,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, args []string) (*Mac
 		}
 	}
 	logPath := filepath.Join(spec.Dir, QEMULogName)
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("open qemu log: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
@@ -13,7 +14,18 @@ import (
 // name and renames it, so a reader never sees half a pid.
 func WritePIDFile(path string, pid int) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+	_ = os.Remove(tmp)
+	// The directory may be writable by the VMM's own identity: never
+	// follow a link it planted, never write through an existing file.
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("write pid file: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

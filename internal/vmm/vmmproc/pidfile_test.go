@@ -2,8 +2,10 @@ package vmmproc
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -66,5 +68,30 @@ func TestHasFlag(t *testing.T) {
 				t.Fatalf("HasFlag(%q) = %t, want %t", tt.argv, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestNoFollow: the VMM's directory is writable by the VMM's own identity;
+// a link it plants where root writes the pid file or the console log must
+// not redirect root's writes elsewhere.
+func TestNoFollow(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "precious")
+	if err := os.WriteFile(target, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"vmm.pid.tmp", "console.log"} {
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := WritePIDFile(filepath.Join(dir, "vmm.pid"), 42); err != nil {
+		t.Fatalf("pid file with a planted link at its temporary name: %v", err)
+	}
+	if _, err := StartConsole(io.NopCloser(strings.NewReader("guest output")), filepath.Join(dir, "console.log"), 1<<20); err == nil {
+		t.Fatal("console log opened through a symlink")
+	}
+	if b, _ := os.ReadFile(target); string(b) != "keep" {
+		t.Fatalf("the link's target was written: %q", b)
 	}
 }
