@@ -172,14 +172,29 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 		{
 			Name: "disk",
 			Do: func(ctx context.Context) error {
+				if m.rawDisks() {
+					// Firecracker reads raw files only: a reflink where
+					// the filesystem has them, else a sparse copy.
+					d, _, err := disk.NewRaw(ctx, base, filepath.Join(vmDir(sb.dir), "rootfs.raw"), r.DiskMB)
+					if err != nil {
+						return err
+					}
+					r.Disk, r.DiskFormat = d.Path, string(disk.Raw)
+					return nil
+				}
 				d, err := disk.NewOverlay(ctx, base, overlayPath(sb.dir), r.DiskMB)
 				if err != nil {
 					return err
 				}
-				r.Disk = d.Path
+				r.Disk, r.DiskFormat = d.Path, string(disk.QCOW2)
 				return nil
 			},
-			Undo: func(context.Context) error { return disk.Remove(overlayPath(sb.dir)) },
+			Undo: func(context.Context) error {
+				if r.Disk == "" {
+					return nil
+				}
+				return disk.Remove(r.Disk)
+			},
 		},
 		m.networkStep(sb),
 		m.confineStep(sb),
@@ -225,7 +240,7 @@ func (m *Manager) vmSpec(sb *sandbox, kernelPath string) vmm.Spec {
 		Dir:        vmDir(sb.dir),
 		Kernel:     kernelPath,
 		KernelArgs: "root=/dev/vda rw init=/usr/local/sbin/wrenn-init quiet wrenn.hostname=" + r.ID + " " + m.cfg.KernelArgs,
-		RootDisk:   vmm.Disk{Path: overlayPath(sb.dir), Format: string(disk.QCOW2)},
+		RootDisk:   rootDisk(r),
 		VCPUs:      r.VCPUs,
 		MemoryMB:   r.MemoryMB,
 		MemoryFile: m.memoryPath(r.ID),
@@ -243,7 +258,19 @@ func (m *Manager) vmSpec(sb *sandbox, kernelPath string) vmm.Spec {
 	return spec
 }
 
-// overlayPath is the sandbox's root disk, in the VMM's directory.
+// rootDisk is the sandbox's root disk as the VMM sees it.
+func rootDisk(r *record) vmm.Disk {
+	format := r.DiskFormat
+	if format == "" {
+		format = string(disk.QCOW2)
+	}
+	return vmm.Disk{Path: r.Disk, Format: format}
+}
+
+// rawDisks reports whether the VMM driver needs raw disk files.
+func (m *Manager) rawDisks() bool { return m.cfg.Driver.Name() == "firecracker" }
+
+// overlayPath is the sandbox's qcow2 root disk, in the VMM's directory.
 func overlayPath(sandboxDir string) string { return filepath.Join(vmDir(sandboxDir), "rootfs.qcow2") }
 
 // envdClient reaches the guest through its slot's host address.
@@ -306,7 +333,7 @@ func (m *Manager) confineStep(sb *sandbox) plan.Step {
 			if err := m.cfg.Network.SetTAPOwner(ctx, sb.slot, uid, gid); err != nil {
 				return err
 			}
-			return confineDirs(sb.dir, overlayPath(sb.dir), uid, gid)
+			return confineDirs(sb.dir, sb.rec.Disk, uid, gid)
 		},
 		Undo: func(context.Context) error { return unconfineDirs(sb.dir) },
 	}

@@ -87,7 +87,10 @@ func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind sn
 	defer src.mu.Unlock()
 	r := src.rec
 	if r.State != state.Running && r.State != state.Paused {
-		return nil, record{}, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s: only a running or paused sandbox can be forked", r.ID, r.State)
+		return nil, record{}, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s: only a running or paused sandbox can be forked or snapshotted", r.ID, r.State)
+	}
+	if rootDisk(r).Format != string(disk.QCOW2) {
+		return nil, record{}, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s has a raw disk: forks and template snapshots need qcow2 disks (the qemu driver)", r.ID)
 	}
 	if r.State == state.Running {
 		if err := src.machine.Pause(ctx); err != nil {
@@ -109,7 +112,7 @@ func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind sn
 		if err := snapshot.CopySparse(ctx, m.memoryPath(r.ID), filepath.Join(dir, snapshot.MemoryName)); err != nil {
 			return fmt.Errorf("copy memory: %w", err)
 		}
-		if _, _, err := disk.Freeze(ctx, overlayPath(src.dir), filepath.Join(dir, snapshotDiskName)); err != nil {
+		if _, _, err := disk.Freeze(ctx, r.Disk, filepath.Join(dir, snapshotDiskName)); err != nil {
 			return fmt.Errorf("freeze disk: %w", err)
 		}
 		return m.writeManifest(ctx, dir, kind, r, "")
@@ -211,7 +214,7 @@ func (m *Manager) diskFromSnapshotSteps(sb *sandbox, frozen string) []plan.Step 
 				if err != nil {
 					return err
 				}
-				r.Disk = d.Path
+				r.Disk, r.DiskFormat = d.Path, string(disk.QCOW2)
 				return nil
 			},
 		},

@@ -33,8 +33,10 @@ type record struct {
 	Slot          int         `json:"slot"`
 	KernelVersion string      `json:"kernel_version"`
 	Disk          string      `json:"disk"`
-	AccessToken   string      `json:"access_token"`
-	CreatedAt     time.Time   `json:"created_at"`
+	// DiskFormat is "qcow2" (an overlay, QEMU) or "raw" (Firecracker).
+	DiskFormat  string    `json:"disk_format"`
+	AccessToken string    `json:"access_token"`
+	CreatedAt   time.Time `json:"created_at"`
 }
 
 func writeRecord(dir string, r *record) error {

@@ -64,7 +64,7 @@ func (m *Manager) Hibernate(ctx context.Context, id string) error {
 	if err := snapshot.MoveMemory(ctx, m.memoryPath(id), filepath.Join(dir, snapshot.MemoryName)); err != nil {
 		return fail(fmt.Errorf("move guest memory to disk: %w", err))
 	}
-	if err := m.writeManifest(ctx, dir, snapshot.KindHibernate, r, overlayPath(sb.dir)); err != nil {
+	if err := m.writeManifest(ctx, dir, snapshot.KindHibernate, r, r.Disk); err != nil {
 		return fail(err)
 	}
 	if err := errors.Join(m.removeGroup(ctx, sb), m.releaseSlot(ctx, sb)); err != nil {
@@ -186,7 +186,7 @@ func resetVMDir(sandboxDir string) error {
 		return fmt.Errorf("list vmm dir: %w", err)
 	}
 	for _, e := range entries {
-		if filepath.Ext(e.Name()) == ".qcow2" {
+		if ext := filepath.Ext(e.Name()); ext == ".qcow2" || ext == ".raw" {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(vmDir(sandboxDir), e.Name())); err != nil {

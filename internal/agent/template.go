@@ -174,7 +174,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 				if err != nil {
 					return err
 				}
-				sb.rec.Disk = d.Path
+				sb.rec.Disk, sb.rec.DiskFormat = d.Path, string(disk.QCOW2)
 				return nil
 			},
 		},
