@@ -1,0 +1,435 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/wrenn/wrenn/internal/agent"
+	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/vmm/qemu"
+)
+
+// templateName is the template snapshot the Wrenn figures restore from.
+// It lives in the benchmark's own WRENN_DIR.
+const templateName = "snapbench"
+
+// destroyParallelism bounds concurrent destroys between samples (off the
+// clock), so that tearing down 20 VMMs does not starve the next sample.
+const destroyParallelism = 4
+
+// baselines are the bare-QEMU figures Wrenn's are compared with.
+type baselines struct {
+	boot, restore, stop, cont *Figure
+}
+
+// bench drives one Manager through the Wrenn figures.
+type bench struct {
+	w   *world
+	cfg Config
+	m   *agent.Manager
+	src string // the running 512 MiB sandbox the template, pause and fork figures use
+	// end, when set by a sample, is where its phases end: what follows
+	// (destroying what the sample made) is off the clock.
+	end int
+}
+
+// wrenn measures every Wrenn figure and adds them to rep, in the order of
+// the issue. A figure that cannot be measured carries its error; the ones
+// after it that need the same sandbox fail too.
+func (w *world) wrenn(ctx context.Context, cfg Config, rep *Report, base baselines) error {
+	cg, err := cgroup.Detect("", w.cgroup)
+	if err != nil {
+		return err
+	}
+	m, err := agent.New(agent.Config{
+		Dir:          w.dir,
+		Driver:       qemu.New(qemu.Config{Accel: w.accel.Accel, Logger: w.log}),
+		Network:      w.pool,
+		Cgroups:      cg,
+		Logger:       w.log,
+		MemoryDir:    w.memDir,
+		ReadyTimeout: cfg.ReadyTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	w.onClose("wrenn sandboxes and template", func(ctx context.Context) error { return destroyAll(ctx, m) })
+	if err := m.Recover(ctx); err != nil {
+		return err
+	}
+	b := &bench{w: w, cfg: cfg, m: m}
+
+	boot, tpl := b.prepare(ctx)
+	boot.against(base.boot, 0)
+	create := b.createFromTemplate(ctx).against(base.restore, 1.2)
+	pause, resume := b.pauseResume(ctx)
+	pause.atMost(20).against(base.stop, 0)
+	resume.against(base.cont, 1.2)
+	hib, unhib := b.hibernate(ctx)
+	unhib.against(base.restore, 1.2)
+	fork := b.fork(ctx).atMost(2000)
+	many, mem := b.concurrent(ctx)
+	many.atMost(2000)
+	mem.atMost(40)
+	rep.add(boot, tpl, create, pause, resume, hib, unhib, fork, many, mem)
+	return nil
+}
+
+// measure runs one figure's samples, collecting the phases logged while
+// each ran, up to its call of stopClock if it makes one.
+func (b *bench) measure(ctx context.Context, f *Figure, n int, sample func(ctx context.Context) (time.Duration, error)) *Figure {
+	var d []time.Duration
+	var ph []phase
+	for range n {
+		if ctx.Err() != nil {
+			f.failed(errors.New("interrupted"))
+			break
+		}
+		mark := b.w.phases.mark()
+		b.end = -1
+		x, err := sample(ctx)
+		end := b.end
+		if end < 0 {
+			end = b.w.phases.mark()
+		}
+		ph = append(ph, b.w.phases.between(mark, end)...)
+		if err != nil {
+			f.failed(err)
+			break
+		}
+		d = append(d, x)
+	}
+	r := durations(f.Key, f.Name, d)
+	r.Error, r.Notes, r.Breakdown = f.Error, f.Notes, stepStats(ph)
+	*f = *r
+	return f
+}
+
+// stopClock marks the end of a sample's phases.
+func (b *bench) stopClock() { b.end = b.w.phases.mark() }
+
+// prepare cold-boots the source sandbox and snapshots it as the template.
+func (b *bench) prepare(ctx context.Context) (boot, tpl *Figure) {
+	boot = &Figure{Key: "wrenn-boot", Name: fmt.Sprintf("Wrenn cold create (boot, %d MiB) → ready", b.cfg.MemoryMB)}
+	tpl = &Figure{Key: "wrenn-template", Name: "Wrenn snapshot sandbox as template"}
+	b.measure(ctx, boot, 1, func(ctx context.Context) (time.Duration, error) {
+		t := time.Now()
+		info, err := b.m.Create(ctx, agent.CreateRequest{MemoryMB: b.cfg.MemoryMB, VCPUs: b.cfg.VCPUs, DiskMB: b.cfg.DiskMB})
+		if err != nil {
+			return 0, err
+		}
+		b.src = info.ID
+		return time.Since(t), execTrue(ctx, b.m, info.ID)
+	})
+	if b.src == "" {
+		tpl.failed(errors.New("no source sandbox"))
+		return boot, b.measure(ctx, tpl, 0, nil)
+	}
+	b.measure(ctx, tpl, 1, func(ctx context.Context) (time.Duration, error) {
+		t := time.Now()
+		err := b.m.SnapshotTemplate(ctx, b.src, templateName)
+		return time.Since(t), err
+	})
+	if n, err := allocated(filepath.Join(b.w.dir, "images", templateName, "snapshot", "memory")); err == nil {
+		tpl.note("template memory file holds %d MiB of %d", n>>20, b.cfg.MemoryMB)
+	}
+	return boot, tpl
+}
+
+// createFromTemplate: Create from the template snapshot, then the first
+// exec of `true` through envd; the sandbox is destroyed off the clock.
+func (b *bench) createFromTemplate(ctx context.Context) *Figure {
+	f := &Figure{Key: "create", Name: "Wrenn create from template → first exec `true`"}
+	return b.measure(ctx, f, b.cfg.Samples, func(ctx context.Context) (time.Duration, error) {
+		t := time.Now()
+		info, err := b.m.Create(ctx, agent.CreateRequest{Template: templateName})
+		if err != nil {
+			return 0, err
+		}
+		created := time.Since(t)
+		err = execTrue(ctx, b.m, info.ID)
+		d := time.Since(t)
+		b.w.phases.add("Create returned", created)
+		b.w.phases.add("first exec `true`", d-created)
+		if err == nil {
+			t2 := time.Now()
+			err = execTrue(ctx, b.m, info.ID)
+			b.w.phases.add("second exec `true` (not in the figure)", time.Since(t2))
+		}
+		b.stopClock()
+		return d, errors.Join(err, b.m.Destroy(context.WithoutCancel(ctx), info.ID))
+	})
+}
+
+// pauseResume pauses and resumes the source sandbox; it answers an exec
+// between samples, so every pause catches a running guest.
+func (b *bench) pauseResume(ctx context.Context) (pause, resume *Figure) {
+	pause = &Figure{Key: "pause", Name: fmt.Sprintf("Wrenn pause (%d MiB sandbox)", b.cfg.MemoryMB)}
+	resume = &Figure{Key: "resume", Name: "Wrenn resume of a paused sandbox"}
+	var resumes []time.Duration
+	var ph []phase
+	b.measure(ctx, pause, b.cfg.Samples, func(ctx context.Context) (time.Duration, error) {
+		if b.src == "" {
+			return 0, errors.New("no source sandbox")
+		}
+		t := time.Now()
+		if err := b.m.Pause(ctx, b.src); err != nil {
+			return 0, err
+		}
+		d := time.Since(t)
+		mark := b.w.phases.mark()
+		t = time.Now()
+		if err := b.m.Resume(ctx, b.src); err != nil {
+			return d, err
+		}
+		resumes = append(resumes, time.Since(t))
+		// What Resume does besides QMP cont: persist the sandbox record
+		// (JSON, write, rename) in the sandbox directory.
+		t = time.Now()
+		if err := writeRename(b.w.dir, 1024); err != nil {
+			return d, err
+		}
+		b.w.phases.add("write+rename of a 1 KiB file in the work dir (diagnostic)", time.Since(t))
+		ph = append(ph, b.w.phases.since(mark)...)
+		return d, execTrue(ctx, b.m, b.src)
+	})
+	r := durations(resume.Key, resume.Name, resumes)
+	r.Breakdown = stepStats(ph)
+	r.note("Resume returns when QMP cont has been answered and the new state recorded; the first exec after it is not timed")
+	return pause, r
+}
+
+// hibernate: Hibernate a paused sandbox (memory to disk, VMM, network and
+// cgroup freed), then Resume it (restore into a new slot, envd answers and
+// is re-initialised).
+func (b *bench) hibernate(ctx context.Context) (hib, unhib *Figure) {
+	hib = &Figure{Key: "hibernate", Name: "Wrenn hibernate (paused → on disk)"}
+	unhib = &Figure{Key: "resume-hib", Name: "Wrenn resume from hibernation → envd ready"}
+	var resumes []time.Duration
+	var ph []phase
+	b.measure(ctx, hib, b.cfg.Samples, func(ctx context.Context) (time.Duration, error) {
+		if b.src == "" {
+			return 0, errors.New("no source sandbox")
+		}
+		if err := b.m.Pause(ctx, b.src); err != nil {
+			return 0, err
+		}
+		t := time.Now()
+		if err := b.m.Hibernate(ctx, b.src); err != nil {
+			return 0, err
+		}
+		d := time.Since(t)
+		mark := b.w.phases.mark()
+		t = time.Now()
+		if err := b.m.Resume(ctx, b.src); err != nil {
+			return d, err
+		}
+		resumes = append(resumes, time.Since(t))
+		ph = append(ph, b.w.phases.since(mark)...)
+		return d, execTrue(ctx, b.m, b.src)
+	})
+	r := durations(unhib.Key, unhib.Name, resumes)
+	r.Breakdown = stepStats(ph)
+	r.note("the snapshot directory (memory file included) is on %s's disk, not tmpfs", b.w.dir)
+	if hib.Error != "" {
+		r.Error = "stopped with hibernate: " + hib.Error
+	}
+	return hib, r
+}
+
+// fork: Fork the running source sandbox n ways; the clock stops when
+// every fork has answered an exec of `true`.
+func (b *bench) fork(ctx context.Context) *Figure {
+	n := b.cfg.Forks
+	f := &Figure{Key: fmt.Sprintf("fork%d", n), Name: fmt.Sprintf("Wrenn fork ×%d of a running sandbox → all answer exec", n)}
+	return b.measure(ctx, f, b.cfg.ForkSamples, func(ctx context.Context) (time.Duration, error) {
+		if b.src == "" {
+			return 0, errors.New("no source sandbox")
+		}
+		t := time.Now()
+		infos, err := b.m.Fork(ctx, b.src, n)
+		if err != nil {
+			return 0, err
+		}
+		forked := time.Since(t)
+		ids := make([]string, len(infos))
+		for i, in := range infos {
+			ids[i] = in.ID
+		}
+		err = execAll(ctx, b.m, ids)
+		d := time.Since(t)
+		b.w.phases.add("Fork returned", forked)
+		b.w.phases.add("execs after Fork", d-forked)
+		b.stopClock()
+		return d, errors.Join(err, destroyIDs(context.WithoutCancel(ctx), b.m, ids))
+	})
+}
+
+// concurrent: n creates from the template at once; the clock stops when
+// the last one is ready. After the last sample the sandboxes stay idle a
+// moment and the memory figure is read off their VMMs.
+func (b *bench) concurrent(ctx context.Context) (many, mem *Figure) {
+	n := b.cfg.Concurrent
+	many = &Figure{Key: fmt.Sprintf("create%d", n), Name: fmt.Sprintf("Wrenn %d concurrent creates from one template → all ready", n)}
+	mem = &Figure{Key: fmt.Sprintf("mem%d", n), Name: fmt.Sprintf("memory of %d idle sandboxes: Σ VMM PSS / (%d × guest RAM)", n, n), Unit: "%"}
+	var memNotes []string
+	var memVals []float64
+	samples := b.cfg.ConcurrentSamples
+	i := 0
+	b.measure(ctx, many, samples, func(ctx context.Context) (time.Duration, error) {
+		i++
+		ids := make([]string, n)
+		each := make([]time.Duration, n)
+		g, gctx := errgroup.WithContext(ctx)
+		t := time.Now()
+		for k := range n {
+			g.Go(func() error {
+				t := time.Now()
+				info, err := b.m.Create(gctx, agent.CreateRequest{Template: templateName})
+				ids[k], each[k] = info.ID, time.Since(t)
+				return err
+			})
+		}
+		err := g.Wait()
+		d := time.Since(t)
+		for _, e := range each {
+			b.w.phases.add("one Create call", e)
+		}
+		b.stopClock()
+		if err == nil && i == samples {
+			v, notes, merr := b.memory(ctx, ids)
+			if merr != nil {
+				mem.failed(merr)
+			} else {
+				memVals, memNotes = append(memVals, v), notes
+			}
+		}
+		var live []string
+		for _, id := range ids {
+			if id != "" {
+				live = append(live, id)
+			}
+		}
+		return d, errors.Join(err, destroyIDs(context.WithoutCancel(ctx), b.m, live))
+	})
+	r := values(mem.Key, mem.Name, "%", memVals)
+	r.Error, r.Notes = mem.Error, memNotes
+	if many.Error != "" && len(memVals) == 0 && r.Error == "" {
+		r.Error = "see " + many.Key + ": " + many.Error
+	}
+	return many, r
+}
+
+// memory reads the VMMs' proportional set size once the sandboxes have
+// answered an exec and stayed idle for cfg.Settle. It returns Σ PSS as a
+// percentage of n × guest RAM, and notes with what PSS leaves out.
+func (b *bench) memory(ctx context.Context, ids []string) (float64, []string, error) {
+	if err := execAll(ctx, b.m, ids); err != nil {
+		return 0, nil, err
+	}
+	select {
+	case <-ctx.Done():
+		return 0, nil, ctx.Err()
+	case <-time.After(b.cfg.Settle):
+	}
+	var pss, shmem, files int64
+	for _, id := range ids {
+		info, err := b.m.Get(ctx, id)
+		if err != nil {
+			return 0, nil, err
+		}
+		p, err := readPss(info.PID)
+		if err != nil {
+			return 0, nil, err
+		}
+		pss, shmem = pss+p.Total, shmem+p.Shmem
+		n, err := allocated(filepath.Join(b.w.memDir, id+".mem"))
+		if err != nil {
+			return 0, nil, err
+		}
+		files += n
+	}
+	guest := int64(len(ids)) * int64(b.cfg.MemoryMB) << 20
+	pct := func(x int64) float64 { return 100 * float64(x) / float64(guest) }
+	notes := []string{
+		fmt.Sprintf("Σ PSS %d MiB (%.1f%%) of %d MiB guest RAM, measured %s after every sandbox answered an exec; of it guest RAM pages mapped from the tmpfs files (Pss_Shmem) %d MiB, VMM's own memory %d MiB",
+			pss>>20, pct(pss), guest>>20, b.cfg.Settle, shmem>>20, (pss-shmem)>>20),
+		fmt.Sprintf("PSS counts only the pages a VMM has mapped: the guest RAM files in %s hold %d MiB (%.1f%%), the copy each create makes of the template's memory, mapped or not; host memory held = VMM own + RAM files = %d MiB (%.1f%%)",
+			b.w.memDir, files>>20, pct(files), (pss-shmem+files)>>20, pct(pss-shmem+files)),
+	}
+	return pct(pss), notes, nil
+}
+
+// writeRename writes n bytes to a temporary file in dir and renames it
+// over another, the way the agent persists a sandbox record.
+func writeRename(dir string, n int) error {
+	tmp := filepath.Join(dir, ".diag.tmp")
+	if err := os.WriteFile(tmp, make([]byte, n), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, "diag"))
+}
+
+// execTrue runs /bin/true in a sandbox through envd.
+func execTrue(ctx context.Context, m *agent.Manager, id string) error {
+	c, err := m.Envd(ctx, id)
+	if err != nil {
+		return err
+	}
+	res, err := c.Run(ctx, envdclient.RunRequest{Cmd: "/bin/true"})
+	if err != nil {
+		return fmt.Errorf("exec true in %s: %w", id, err)
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("exec true in %s: %s", id, res.Status)
+	}
+	return nil
+}
+
+// execAll runs /bin/true in every sandbox at once.
+func execAll(ctx context.Context, m *agent.Manager, ids []string) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, id := range ids {
+		g.Go(func() error { return execTrue(gctx, m, id) })
+	}
+	return g.Wait()
+}
+
+// destroyIDs destroys sandboxes, a few at a time.
+func destroyIDs(ctx context.Context, m *agent.Manager, ids []string) error {
+	var g errgroup.Group
+	g.SetLimit(destroyParallelism)
+	errs := make([]error, len(ids))
+	for i, id := range ids {
+		g.Go(func() error { errs[i] = m.Destroy(ctx, id); return nil })
+	}
+	_ = g.Wait()
+	return errors.Join(errs...)
+}
+
+// destroyAll destroys every sandbox the manager has, then the template,
+// then lets go of the manager.
+func destroyAll(ctx context.Context, m *agent.Manager) error {
+	list, err := m.List(ctx)
+	if err != nil {
+		return err
+	}
+	ids := make([]string, 0, len(list))
+	for _, in := range list {
+		ids = append(ids, in.ID)
+	}
+	errs := []error{destroyIDs(ctx, m, ids)}
+	if err := m.DeleteTemplate(ctx, templateName); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		errs = append(errs, err)
+	}
+	errs = append(errs, m.Close())
+	return errors.Join(errs...)
+}
