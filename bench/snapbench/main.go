@@ -235,10 +235,13 @@ func measureAll(ctx context.Context, w *world, cfg Config, rep *Report, progress
 		// baseline say so.
 		restore.failed(fmt.Errorf("baseline: %w", err))
 	}
-	base := baselines{restore: restore, stop: stop, cont: cont, boot: &Figure{Key: "bare-boot"}}
+	base := baselines{restore: restore, stop: stop, cont: cont, boot: &Figure{Key: "bare-boot"}, restoreEnvd: &Figure{Key: "bare-restore-envd"}}
 	for _, f := range info {
-		if f.Key == "bare-boot" {
+		switch f.Key {
+		case "bare-boot":
 			base.boot = f
+		case "bare-restore-envd":
+			base.restoreEnvd = f
 		}
 	}
 	progress("wrenn: %d samples, fork ×%d (%d), %d concurrent creates (%d)", cfg.Samples, cfg.Forks, cfg.ForkSamples, cfg.Concurrent, cfg.ConcurrentSamples)

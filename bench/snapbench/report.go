@@ -41,6 +41,8 @@ type Figure struct {
 	BaselineP50 float64 `json:"baseline_p50,omitempty"`
 	Ratio       float64 `json:"ratio,omitempty"`
 	baseline    *Figure
+	// also is a second figure worth comparing with (no goal attached).
+	also *Figure
 
 	Result string   `json:"result"`
 	Error  string   `json:"error,omitempty"`
@@ -118,6 +120,9 @@ func (f *Figure) judge() {
 		if f.goalFactor > 0 {
 			f.GoalMax = f.goalFactor * b.P50
 		}
+	}
+	if a := f.also; a != nil && a.N > 0 && a.P50 > 0 && f.N > 0 {
+		f.note("against %s (p50 %s %s): %.2f×", a.Key, num(a.P50), a.Unit, f.P50/a.P50)
 	}
 	switch {
 	case f.Error != "" || (f.N == 0 && f.Goal != ""):

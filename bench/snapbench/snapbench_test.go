@@ -261,3 +261,15 @@ func TestCopySparse(t *testing.T) {
 		t.Fatal("copy over an existing file succeeded")
 	}
 }
+
+func TestOutsideSteps(t *testing.T) {
+	ms := time.Millisecond
+	ps := []phase{{"step network", 10 * ms}, {"vm restored", 99 * ms}, {"step restore", 100 * ms}, {"sandbox resumed", 150 * ms}}
+	got := outsideSteps(ps, "sandbox resumed", 170*ms)
+	if len(got) != 2 || got[0].d != 20*ms || got[1].d != 40*ms {
+		t.Fatalf("outsideSteps = %+v, want before 20ms, after 40ms", got)
+	}
+	if got := outsideSteps(ps[:3], "sandbox resumed", 170*ms); got != nil {
+		t.Fatalf("without the logged total: %+v, want nothing", got)
+	}
+}

@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/wrenn/wrenn/internal/agent"
 	"github.com/wrenn/wrenn/internal/cgroup"
@@ -28,6 +32,9 @@ const destroyParallelism = 4
 // baselines are the bare-QEMU figures Wrenn's are compared with.
 type baselines struct {
 	boot, restore, stop, cont *Figure
+	// restoreEnvd is the baseline reached through the envd client, as the
+	// agent reaches a guest (diagnostic).
+	restoreEnvd *Figure
 }
 
 // bench drives one Manager through the Wrenn figures.
@@ -70,6 +77,7 @@ func (w *world) wrenn(ctx context.Context, cfg Config, rep *Report, base baselin
 	boot, tpl := b.prepare(ctx)
 	boot.against(base.boot, 0)
 	create := b.createFromTemplate(ctx).against(base.restore, 1.2)
+	create.also = base.restoreEnvd
 	pause, resume := b.pauseResume(ctx)
 	pause.atMost(20).against(base.stop, 0)
 	resume.against(base.cont, 1.2)
@@ -185,6 +193,7 @@ func (b *bench) pauseResume(ctx context.Context) (pause, resume *Figure) {
 			return 0, err
 		}
 		d := time.Since(t)
+		b.stopClock()
 		mark := b.w.phases.mark()
 		t = time.Now()
 		if err := b.m.Resume(ctx, b.src); err != nil {
@@ -227,13 +236,17 @@ func (b *bench) hibernate(ctx context.Context) (hib, unhib *Figure) {
 			return 0, err
 		}
 		d := time.Since(t)
+		b.stopClock()
 		mark := b.w.phases.mark()
 		t = time.Now()
 		if err := b.m.Resume(ctx, b.src); err != nil {
 			return d, err
 		}
-		resumes = append(resumes, time.Since(t))
-		ph = append(ph, b.w.phases.since(mark)...)
+		total := time.Since(t)
+		resumes = append(resumes, total)
+		got := b.w.phases.since(mark)
+		ph = append(ph, got...)
+		ph = append(ph, outsideSteps(got, "sandbox resumed from hibernation", total)...)
 		return d, execTrue(ctx, b.m, b.src)
 	})
 	r := durations(unhib.Key, unhib.Name, resumes)
@@ -254,6 +267,8 @@ func (b *bench) fork(ctx context.Context) *Figure {
 		if b.src == "" {
 			return 0, errors.New("no source sandbox")
 		}
+		srcPID := b.pid(ctx, b.src)
+		cpu0, srcCPU0 := selfCPU(), pidCPU(srcPID)
 		t := time.Now()
 		infos, err := b.m.Fork(ctx, b.src, n)
 		if err != nil {
@@ -261,13 +276,15 @@ func (b *bench) fork(ctx context.Context) *Figure {
 		}
 		forked := time.Since(t)
 		ids := make([]string, len(infos))
+		pids := make([]int, len(infos))
 		for i, in := range infos {
-			ids[i] = in.ID
+			ids[i], pids[i] = in.ID, in.PID
 		}
 		err = execAll(ctx, b.m, ids)
 		d := time.Since(t)
 		b.w.phases.add("Fork returned", forked)
 		b.w.phases.add("execs after Fork", d-forked)
+		b.cpuDemand(f, d, selfCPU()-cpu0, sumCPU(pids)+pidCPU(srcPID)-srcCPU0)
 		b.stopClock()
 		return d, errors.Join(err, destroyIDs(context.WithoutCancel(ctx), b.m, ids))
 	})
@@ -289,6 +306,7 @@ func (b *bench) concurrent(ctx context.Context) (many, mem *Figure) {
 		ids := make([]string, n)
 		each := make([]time.Duration, n)
 		g, gctx := errgroup.WithContext(ctx)
+		cpu0 := selfCPU()
 		t := time.Now()
 		for k := range n {
 			g.Go(func() error {
@@ -303,6 +321,13 @@ func (b *bench) concurrent(ctx context.Context) (many, mem *Figure) {
 		for _, e := range each {
 			b.w.phases.add("one Create call", e)
 		}
+		var pids []int
+		for _, id := range ids {
+			if id != "" {
+				pids = append(pids, b.pid(ctx, id))
+			}
+		}
+		b.cpuDemand(many, d, selfCPU()-cpu0, sumCPU(pids))
 		b.stopClock()
 		if err == nil && i == samples {
 			v, notes, merr := b.memory(ctx, ids)
@@ -376,6 +401,82 @@ func writeRename(dir string, n int) error {
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(dir, "diag"))
+}
+
+// outsideSteps derives, from the phases of one resume from hibernation,
+// the time spent outside its plan steps. The agent logs its total from
+// after it has opened (verified) the snapshot until after it has removed
+// the used snapshot; the plan logs each step. So: Resume's wall time −
+// logged total = opening the snapshot; logged total − Σ steps = removing it.
+func outsideSteps(ps []phase, totalKey string, wall time.Duration) []phase {
+	var steps, logged time.Duration
+	for _, p := range ps {
+		switch {
+		case p.key == totalKey:
+			logged = p.d
+		case strings.HasPrefix(p.key, "step "):
+			steps += p.d
+		}
+	}
+	if logged == 0 {
+		return nil
+	}
+	return []phase{
+		{"before the plan: open + verify the snapshot (derived)", wall - logged},
+		{"after the plan: remove the used snapshot (derived)", logged - steps},
+	}
+}
+
+// cpuDemand notes how much CPU a sample used against what the host had
+// in the same wall time: a sample near 100% is CPU-bound, so its time is
+// set by the work every VMM does (TCG) divided by the cores, not by
+// waiting on anything.
+func (b *bench) cpuDemand(f *Figure, wall, agent, vmms time.Duration) {
+	avail := wall * time.Duration(runtime.NumCPU())
+	f.note("sample of %s: the VMMs used %.2f s CPU, this process (agent, incl. qemu-img children) %.2f s: %.0f%% of the %.2f s the %d cores had",
+		wall.Round(time.Millisecond), vmms.Seconds(), agent.Seconds(), 100*(vmms+agent).Seconds()/avail.Seconds(), avail.Seconds(), runtime.NumCPU())
+}
+
+// pid is a sandbox's VMM pid, 0 when unknown.
+func (b *bench) pid(ctx context.Context, id string) int {
+	in, err := b.m.Get(ctx, id)
+	if err != nil {
+		return 0
+	}
+	return in.PID
+}
+
+// selfCPU is this process's CPU time, its reaped children's (qemu-img)
+// included.
+func selfCPU() time.Duration {
+	var total time.Duration
+	for _, who := range []int{unix.RUSAGE_SELF, unix.RUSAGE_CHILDREN} {
+		var ru unix.Rusage
+		if unix.Getrusage(who, &ru) == nil {
+			total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
+	}
+	return total
+}
+
+// pidCPU is a process's CPU time so far, 0 when unreadable.
+func pidCPU(pid int) time.Duration {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	return parseCPUTime(b)
+}
+
+func sumCPU(pids []int) time.Duration {
+	var t time.Duration
+	for _, p := range pids {
+		t += pidCPU(p)
+	}
+	return t
 }
 
 // execTrue runs /bin/true in a sandbox through envd.
