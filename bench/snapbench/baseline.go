@@ -128,7 +128,7 @@ func (w *world) baseline(ctx context.Context, cfg Config) (restore, stop, cont *
 	}
 	snap := durations("bare-snapshot", "bare QEMU stop + save device state", []time.Duration{time.Since(t0)})
 	if st, err := os.Stat(state); err == nil {
-		snap.note("device state %d KiB; memory file holds %d MiB of %d", st.Size()>>10, mustAllocated(spec.MemoryFile)>>20, cfg.MemoryMB)
+		snap.note("device state %d KiB; memory file holds %d MiB of %d", st.Size()>>10, allocatedOrZero(spec.MemoryFile)>>20, cfg.MemoryMB)
 	}
 	info = append(info, snap)
 	if err := vm.quit(ctx); err != nil {
@@ -609,7 +609,8 @@ func copySparse(src, dst string) error {
 	return out.Close()
 }
 
-func mustAllocated(path string) int64 {
+// allocatedOrZero is allocated for a note: 0 when unknown.
+func allocatedOrZero(path string) int64 {
 	n, _ := allocated(path)
 	return n
 }

@@ -53,11 +53,13 @@ type Config struct {
 	Net int
 }
 
-// Sample counts of the two modes; flags override them.
-var (
-	fullCounts  = Config{Samples: 10, Forks: 10, ForkSamples: 3, Concurrent: 20, ConcurrentSamples: 2}
-	quickCounts = Config{Samples: 3, Forks: 4, ForkSamples: 1, Concurrent: 4, ConcurrentSamples: 1}
-)
+// modeCounts are the sample counts of a mode; flags override them.
+func modeCounts(quick bool) Config {
+	if quick {
+		return Config{Samples: 3, Forks: 4, ForkSamples: 1, Concurrent: 4, ConcurrentSamples: 1}
+	}
+	return Config{Samples: 10, Forks: 10, ForkSamples: 3, Concurrent: 20, ConcurrentSamples: 2}
+}
 
 // parseFlags builds the Config from args (without the program name).
 func parseFlags(args []string, out io.Writer) (Config, error) {
@@ -86,10 +88,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("snapbench takes no arguments, got %q", fs.Args())
 	}
-	counts := fullCounts
-	if c.Quick {
-		counts = quickCounts
-	}
+	counts := modeCounts(c.Quick)
 	for _, f := range []struct {
 		name string
 		v    *int
