@@ -51,7 +51,7 @@ type PoolConfig struct {
 	NetNSDir string
 	// HostNetNS is the path of the namespace treated as "the host" (veths,
 	// routes, host nftables table, ip_forward). Default: the agent's own
-	// (/proc/self/ns/net). Tests point it at a namespace of their own so the
+	// (pinned by NewPool from the calling thread). Tests point it at a namespace of their own so the
 	// machine's real routes and rules stay untouched.
 	HostNetNS string
 	// EmulateGuest is for tests without a VM: Setup creates, instead of the
@@ -89,9 +89,6 @@ func (c PoolConfig) layout() (*layout, error) {
 	}
 	if l.netnsDir == "" {
 		l.netnsDir = DefaultNetNSDir
-	}
-	if l.hostNetNS == "" {
-		l.hostNetNS = "/proc/self/ns/net"
 	}
 
 	var errs []error

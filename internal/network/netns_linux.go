@@ -136,3 +136,22 @@ func setSysctls(nsPath string, kv [][2]string) error {
 		return nil
 	})
 }
+
+// pinCurrentNetNS opens the network namespace of the calling thread and
+// returns a path to the open handle, valid for the life of the process.
+//
+// Not /proc/self/ns/net: that names the namespace of the process's main
+// thread, and a goroutine that switched namespaces on a throwaway thread
+// (onThrowawayThread) may have run on the main thread, which Go parks for
+// good instead of destroying, leaving it in a slot's namespace. Unlocked
+// threads are always in the host namespace: every switch either restores
+// or kills its thread.
+func pinCurrentNetNS() (string, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("open own netns: %w", err)
+	}
+	return "/proc/" + strconv.Itoa(os.Getpid()) + "/fd/" + strconv.Itoa(fd), nil
+}

@@ -50,6 +50,11 @@ func NewPool(cfg PoolConfig, logger *slog.Logger) (*Pool, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if l.hostNetNS == "" {
+		if l.hostNetNS, err = pinCurrentNetNS(); err != nil {
+			return nil, err
+		}
+	}
 	return &Pool{l: l, log: logger, inUse: map[int]*Slot{}, next: 1}, nil
 }
 
