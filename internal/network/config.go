@@ -50,9 +50,10 @@ type PoolConfig struct {
 	// `ip netns exec wrenn-7 ...` works for debugging.
 	NetNSDir string
 	// HostNetNS is the path of the namespace treated as "the host" (veths,
-	// routes, host nftables table, ip_forward). Default: the agent's own
-	// (pinned by NewPool from the calling thread). Tests point it at a namespace of their own so the
-	// machine's real routes and rules stay untouched.
+	// routes, host nftables table, ip_forward). Default: the agent's own,
+	// pinned by NewPool from the calling thread. Tests point it at a
+	// namespace of their own so the machine's real routes and rules stay
+	// untouched.
 	HostNetNS string
 	// EmulateGuest is for tests without a VM: Setup creates, instead of the
 	// TAP, a veth named tap0 whose peer "eth0" sits in a namespace
