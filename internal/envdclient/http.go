@@ -55,7 +55,9 @@ func (c *Client) Health(ctx context.Context) error {
 func (c *Client) WaitReady(ctx context.Context) error {
 	const (
 		first   = 5 * time.Millisecond
-		ceiling = 100 * time.Millisecond
+		// ceiling stays low: right after a restore envd answers within
+		// milliseconds, and each probe is one cheap local round trip.
+		ceiling = 20 * time.Millisecond
 		// attempt bounds one probe so a connection the guest never answers
 		// (still booting, no ARP reply yet) cannot eat the whole deadline.
 		attempt = 2 * time.Second
