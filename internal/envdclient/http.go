@@ -54,7 +54,7 @@ func (c *Client) Health(ctx context.Context) error {
 // ends, returning the last health error with ctx's.
 func (c *Client) WaitReady(ctx context.Context) error {
 	const (
-		first   = 5 * time.Millisecond
+		first = 5 * time.Millisecond
 		// ceiling stays low: right after a restore envd answers within
 		// milliseconds, and each probe is one cheap local round trip.
 		ceiling = 20 * time.Millisecond
