@@ -19,11 +19,8 @@ const stopTimeout = 10 * time.Second
 // VMM, network slot, cgroup, disk, directory. Destroying a sandbox that is
 // already gone is NotFound; a half-destroyed one can be destroyed again.
 func (m *Manager) Destroy(ctx context.Context, id string) error {
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return err
 	}
 	defer sb.mu.Unlock()

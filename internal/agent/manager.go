@@ -207,11 +207,8 @@ func (sb *sandbox) info() Info {
 
 // Get returns one sandbox's description.
 func (m *Manager) Get(ctx context.Context, id string) (Info, error) {
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return Info{}, err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return Info{}, err
 	}
 	defer sb.mu.Unlock()
@@ -236,6 +233,19 @@ func (m *Manager) List(ctx context.Context) ([]Info, error) {
 	}
 	slices.SortFunc(out, func(a, b Info) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return out, nil
+}
+
+// acquire looks a sandbox up and takes its lock, giving up when ctx ends;
+// the caller unlocks sb.mu.
+func (m *Manager) acquire(ctx context.Context, id string) (*sandbox, error) {
+	sb, err := m.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := lockCtx(ctx, &sb.mu); err != nil {
+		return nil, err
+	}
+	return sb, nil
 }
 
 // lockCtx takes mu unless ctx ends first. A sandbox lock can be held for the

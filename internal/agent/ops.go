@@ -17,11 +17,8 @@ import (
 // processes, PTY and files, and counts the call as use of the sandbox (it
 // resets the idle timer). The client carries the sandbox's access token.
 func (m *Manager) Envd(ctx context.Context, id string) (*envdclient.Client, error) {
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return nil, err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return nil, err
 	}
 	defer sb.mu.Unlock()
@@ -51,11 +48,8 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 // Resume continues a paused sandbox where it stopped, or restores a
 // hibernated one from its snapshot.
 func (m *Manager) Resume(ctx context.Context, id string) error {
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return err
 	}
 	defer sb.mu.Unlock()
@@ -74,11 +68,8 @@ func (m *Manager) Resume(ctx context.Context, id string) error {
 // transition runs do under the sandbox's lock if the move to `to` is legal,
 // then records the new state.
 func (m *Manager) transition(ctx context.Context, id string, to state.State, do func(context.Context, *sandbox) error) error {
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return err
 	}
 	defer sb.mu.Unlock()
@@ -109,11 +100,8 @@ func (m *Manager) SetTimeout(ctx context.Context, id string, timeout time.Durati
 	if on != "" && on != OnTimeoutKill && on != OnTimeoutPause {
 		return errdefs.New(errdefs.ErrInvalidArgument, "on_timeout %q: must be kill or pause", on)
 	}
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return err
 	}
 	defer sb.mu.Unlock()
@@ -130,11 +118,8 @@ func (m *Manager) SetNetwork(ctx context.Context, id string, pol network.Policy)
 	if err := pol.Validate(); err != nil {
 		return err
 	}
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return err
 	}
 	defer sb.mu.Unlock()
@@ -163,11 +148,8 @@ type Metrics struct {
 
 // Metrics samples a sandbox's usage.
 func (m *Manager) Metrics(ctx context.Context, id string) (Metrics, error) {
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return Metrics{}, err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return Metrics{}, err
 	}
 	defer sb.mu.Unlock()

@@ -28,11 +28,8 @@ func (m *Manager) snapshotDir(id string) string {
 // agent restart or a host reboot (it is all files). The memory file is
 // sparse: pages the guest never touched cost no disk.
 func (m *Manager) Hibernate(ctx context.Context, id string) error {
-	sb, err := m.lookup(id)
+	sb, err := m.acquire(ctx, id)
 	if err != nil {
-		return err
-	}
-	if err := lockCtx(ctx, &sb.mu); err != nil {
 		return err
 	}
 	defer sb.mu.Unlock()
