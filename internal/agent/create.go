@@ -246,7 +246,7 @@ func (m *Manager) vmSpec(sb *sandbox, kernelPath string) vmm.Spec {
 		MemoryFile: m.memoryPath(r.ID),
 		// Every guest has the same MAC as it has the same IP: the slot's
 		// namespace isolates them, and a snapshot resumes anywhere.
-		Net: &vmm.NetDevice{TAP: network.TapName, MAC: "02:77:72:6e:00:01"},
+		Net: &vmm.NetDevice{TAP: network.TapName, MAC: network.GuestMAC.String()},
 	}
 	spec.UID, spec.GID = m.vmmIdentity(r.Slot)
 	if sb.slot != nil {

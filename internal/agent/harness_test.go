@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wrenn/wrenn/internal/agent"
 	"github.com/wrenn/wrenn/internal/cgroup"
 	"github.com/wrenn/wrenn/internal/envdclient"
@@ -113,7 +115,11 @@ func (h *harness) agent(ctx context.Context) *agent.Manager {
 }
 
 func (h *harness) newManager() (*agent.Manager, error) {
-	logger := slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	level := slog.LevelInfo
+	if os.Getenv("WRENN_TEST_LOG") == "debug" {
+		level = slog.LevelDebug // step timings of every plan
+	}
+	logger := slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: level}))
 	pool, err := network.NewPool(h.pcfg, logger)
 	if err != nil {
 		return nil, err
@@ -191,6 +197,8 @@ func (h *harness) assertNoLeftovers() {
 	if mems, _ := filepath.Glob(filepath.Join(h.memoryDir(), "*")); len(mems) > 0 {
 		t.Errorf("guest memory files left behind: %v", mems)
 	}
+	// The agent mounted a tmpfs there; a real agent keeps it.
+	_ = unix.Unmount(h.memoryDir(), unix.MNT_DETACH)
 	_ = os.Remove(h.memoryDir())
 	// The cgroup parent itself is ours to remove.
 	for _, c := range []string{"memory", "cpu", "pids", ""} {

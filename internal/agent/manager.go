@@ -138,6 +138,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MemoryDir == "" {
 		cfg.MemoryDir = DefaultMemoryDir
 	}
+	if err := mountMemoryDir(cfg.MemoryDir); err != nil {
+		cfg.Logger.Warn("guest memory without huge pages", "err", err)
+	}
 	// VMMs (unprivileged) pass through to their own file only.
 	if err := os.MkdirAll(cfg.MemoryDir, 0o711); err != nil {
 		return nil, fmt.Errorf("create guest memory dir: %w", err)

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/snapshot"
 )
@@ -15,6 +17,32 @@ import (
 // maps the file shared and migrates with x-ignore-shared), and pages a
 // guest never touched cost nothing.
 const DefaultMemoryDir = "/dev/shm/wrenn"
+
+// mountMemoryDir makes dir a tmpfs of its own with transparent huge pages
+// (huge=within_size), unless something is mounted there already. Guest RAM
+// in a plain /dev/shm file is faulted in 4 KiB at a time, which measured
+// ~0.5 s slower per boot under TCG than anonymous memory (which QEMU backs
+// with huge pages); a huge-page tmpfs recovers most of it. Without the
+// mount (no privilege, no THP) the plain directory still works.
+func mountMemoryDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return fmt.Errorf("create guest memory dir: %w", err)
+	}
+	var st, parent unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("stat guest memory dir: %w", err)
+	}
+	if err := unix.Stat(filepath.Dir(dir), &parent); err != nil {
+		return fmt.Errorf("stat guest memory dir: %w", err)
+	}
+	if st.Dev != parent.Dev {
+		return nil // already a mount of its own
+	}
+	if err := unix.Mount("wrenn-memory", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "huge=within_size,mode=0711"); err != nil {
+		return fmt.Errorf("mount huge-page tmpfs on %s: %w", dir, err)
+	}
+	return nil
+}
 
 // memoryPath is a sandbox's guest RAM file.
 func (m *Manager) memoryPath(id string) string {

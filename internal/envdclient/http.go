@@ -58,11 +58,14 @@ func (c *Client) WaitReady(ctx context.Context) error {
 		// ceiling stays low: right after a restore envd answers within
 		// milliseconds, and each probe is one cheap local round trip.
 		ceiling = 20 * time.Millisecond
-		// attempt bounds one probe so a connection the guest never answers
-		// (still booting, no ARP reply yet) cannot eat the whole deadline.
-		attempt = 2 * time.Second
+		// A probe sent before the guest's network is up is lost, and TCP
+		// would retry it only after a second; a short first attempt starts
+		// a fresh connection sooner. Attempts grow so a slow but live
+		// guest still gets through.
+		firstAttempt = 100 * time.Millisecond
+		maxAttempt   = 2 * time.Second
 	)
-	delay := first
+	delay, attempt := first, firstAttempt
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	var last error
@@ -83,6 +86,7 @@ func (c *Client) WaitReady(ctx context.Context) error {
 		}
 		timer.Reset(delay)
 		delay = min(delay*2, ceiling)
+		attempt = min(attempt*2, maxAttempt)
 	}
 }
 

@@ -370,6 +370,16 @@ func (p *Pool) createGuestLink(s *Slot) error {
 			if err := netlink.LinkSetUp(tap); err != nil {
 				return fmt.Errorf("set %s up: %w", TapName, err)
 			}
+			// A permanent entry: the host probes a booting guest before
+			// its eth0 is up, and a failed ARP resolution would hold the
+			// first connection back by a second of TCP retransmission.
+			neigh := &netlink.Neigh{
+				LinkIndex: tap.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+				IP: GuestIP.AsSlice(), HardwareAddr: GuestMAC,
+			}
+			if err := netlink.NeighSet(neigh); err != nil {
+				return fmt.Errorf("pin guest neighbour on %s: %w", TapName, err)
+			}
 			return nil
 		})
 	}

@@ -38,6 +38,10 @@ var (
 	// the same MAC everywhere that entry stays right, and the guest answers
 	// at once instead of after its neighbour cache times out.
 	GatewayMAC = net.HardwareAddr{0x02, 0x77, 0x72, 0x6e, 0x00, 0xfe}
+	// GuestMAC is the guest NIC's MAC in every slot, as GuestIP is its
+	// address. The slot netns holds a permanent neighbour entry for it, so
+	// the first packet to a booting guest is never held up by ARP.
+	GuestMAC = net.HardwareAddr{0x02, 0x77, 0x72, 0x6e, 0x00, 0x01}
 )
 
 const (
