@@ -16,6 +16,8 @@ else
 	echo "test: not root: VM, network and cgroup tests will skip (each prints why)" >&2
 fi
 
-# -p 2: two packages at a time on a 2-core machine keeps VM tests (TCG) from
-# starving each other.
-go test -race -p 2 -timeout 45m -count=1 "$@" ./...
+# -p 1: one package at a time. Several packages boot VMs (TCG: CPU-bound),
+# and on a 2-core machine running them side by side starves guests of CPU;
+# the agent's fork test has failed only under such load (see the snapshot
+# issue's note).
+go test -race -p 1 -timeout 60m -count=1 "$@" ./...

@@ -60,6 +60,8 @@ func (m *Manager) Resume(ctx context.Context, id string) error {
 		if err := sb.machine.Resume(ctx); err != nil {
 			return err
 		}
+		// Connections pooled before the pause may have died meanwhile.
+		sb.envd.CloseIdleConnections()
 		sb.touch(m.cfg.Clock.Now())
 		return nil
 	})

@@ -124,6 +124,11 @@ func newTransport(cfg config) *http.Transport {
 		// Responses can be large file downloads; never ask for gzip so the
 		// body streams through untouched.
 		DisableCompression: true,
+		// A guest that was paused, restored or forked may leave a pooled
+		// connection dead without a word; a connection silent for 10 s is
+		// pinged and dropped if the ping goes unanswered, instead of
+		// holding requests until TCP gives up minutes later.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 10 * time.Second, PingTimeout: 5 * time.Second},
 	}
 	var p http.Protocols
 	if cfg.http1 {
