@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wrenn/wrenn/internal/atomicfile"
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
@@ -22,7 +23,7 @@ const copyChunk = 16 * mib
 // made under a temporary name, synced, and linked into place, so dst either
 // does not exist or is complete.
 func copyTo(ctx context.Context, src, dst string, size int64, mode os.FileMode) (CopyMethod, error) {
-	if err := noFileAt(dst); err != nil {
+	if err := atomicfile.CheckFree(dst); err != nil {
 		return "", err
 	}
 	in, err := os.Open(src)
@@ -40,7 +41,7 @@ func copyTo(ctx context.Context, src, dst string, size int64, mode os.FileMode) 
 	if size < fi.Size() {
 		return "", errdefs.New(errdefs.ErrInvalidArgument, "copy %s: target size %d is smaller than the source (%d)", src, size, fi.Size())
 	}
-	tmp, err := tempName(dst)
+	tmp, err := atomicfile.TempName(dst)
 	if err != nil {
 		return "", err
 	}

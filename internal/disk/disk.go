@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/wrenn/wrenn/internal/atomicfile"
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
@@ -132,10 +133,10 @@ func mergeFreeze(ctx context.Context, src, frozen string, info Info) (Disk, Copy
 		return Disk{}, "", errdefs.New(errdefs.ErrFailedPrecondition,
 			"freeze %s: backing chain is deeper than overlay -> layer -> raw base", src)
 	}
-	if err := noFileAt(frozen); err != nil {
+	if err := atomicfile.CheckFree(frozen); err != nil {
 		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
 	}
-	work, err := tempName(frozen)
+	work, err := atomicfile.TempName(frozen)
 	if err != nil {
 		return Disk{}, "", fmt.Errorf("freeze %s: %w", src, err)
 	}

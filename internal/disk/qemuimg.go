@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/wrenn/wrenn/internal/atomicfile"
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
@@ -55,10 +56,10 @@ func createOverlay(ctx context.Context, backing string, backingFormat Format, pa
 	if err != nil {
 		return Disk{}, fmt.Errorf("create overlay %s: %w", path, err)
 	}
-	if err := noFileAt(abs); err != nil {
+	if err := atomicfile.CheckFree(abs); err != nil {
 		return Disk{}, fmt.Errorf("create overlay: %w", err)
 	}
-	tmp, err := tempName(abs)
+	tmp, err := atomicfile.TempName(abs)
 	if err != nil {
 		return Disk{}, fmt.Errorf("create overlay %s: %w", abs, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wrenn/wrenn/internal/atomicfile"
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
@@ -275,7 +276,7 @@ func openRegular(path string, follow bool) (*os.File, os.FileInfo, error) {
 // fsynced and renamed over path, then fsyncs the directory: a reader sees
 // the old file, no file, or all of the new one.
 func writeAtomic(path string, data []byte) error {
-	tmp, err := tempName(path)
+	tmp, err := atomicfile.TempName(path)
 	if err != nil {
 		return err
 	}
@@ -297,7 +298,7 @@ func writeAtomic(path string, data []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s: %w", path, errdefs.FromOS(err))
 	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.SyncDir(filepath.Dir(path))
 }
 
 // Open reads and verifies the snapshot in dir (see the package doc for
@@ -416,7 +417,7 @@ func Invalidate(dir string) error {
 	if err != nil {
 		return fmt.Errorf("invalidate snapshot %s: %w", dir, errdefs.FromOS(err))
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return fmt.Errorf("invalidate snapshot %s: %w", dir, err)
 	}
 	return nil

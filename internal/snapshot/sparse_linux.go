@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wrenn/wrenn/internal/atomicfile"
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
@@ -64,10 +65,10 @@ func copySparse(ctx context.Context, src, dst string) (copyMethod, error) {
 	if !fi.Mode().IsRegular() {
 		return "", errdefs.New(errdefs.ErrInvalidArgument, "copy %s: not a regular file", src)
 	}
-	if err := noFileAt(dst); err != nil {
+	if err := atomicfile.CheckFree(dst); err != nil {
 		return "", fmt.Errorf("copy %s: %w", src, err)
 	}
-	tmp, err := tempName(dst)
+	tmp, err := atomicfile.TempName(dst)
 	if err != nil {
 		return "", err
 	}
@@ -102,7 +103,7 @@ func copySparse(ctx context.Context, src, dst string) (copyMethod, error) {
 	if err := os.Link(tmp, dst); err != nil {
 		return "", fmt.Errorf("copy %s: %w", src, errdefs.FromOS(err))
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
 		return "", fmt.Errorf("copy %s: %w", src, err)
 	}
 	return method, nil
@@ -327,7 +328,7 @@ func MoveMemory(ctx context.Context, src, dst string) error {
 		// This filesystem has no RENAME_NOREPLACE: check, then rename.
 		// Only a racing creator of dst could be overwritten, and dst is a
 		// path the caller owns.
-		if err := noFileAt(dst); err != nil {
+		if err := atomicfile.CheckFree(dst); err != nil {
 			return fmt.Errorf("move %s: %w", src, err)
 		}
 		err = os.Rename(src, dst)
@@ -346,10 +347,10 @@ func MoveMemory(ctx context.Context, src, dst string) error {
 	default:
 		return fmt.Errorf("move %s to %s: %w", src, dst, errdefs.FromOS(err))
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
 		return fmt.Errorf("move %s: %w", src, err)
 	}
-	if err := syncDir(filepath.Dir(src)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(src)); err != nil {
 		return fmt.Errorf("move %s: %w", src, err)
 	}
 	return nil

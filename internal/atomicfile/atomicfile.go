@@ -1,4 +1,7 @@
-package snapshot
+// Package atomicfile helps build a file under a temporary name and put it in
+// place only once complete, so a reader never sees half a file and a crash
+// never leaves one under the final name.
+package atomicfile
 
 import (
 	"crypto/rand"
@@ -11,9 +14,10 @@ import (
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
-// noFileAt checks that path is free and its directory exists, so callers
-// get AlreadyExists or NotFound up front rather than from deep in a copy.
-func noFileAt(path string) error {
+// CheckFree checks that path is free and its directory exists, so callers
+// get AlreadyExists or NotFound up front rather than from deep in a copy or
+// an external tool.
+func CheckFree(path string) error {
 	if _, err := os.Lstat(path); err == nil {
 		return errdefs.New(errdefs.ErrAlreadyExists, "%s already exists", path)
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -30,11 +34,10 @@ func noFileAt(path string) error {
 	return nil
 }
 
-// tempName returns a hidden, unused-looking name beside path, for a file
-// that becomes path only once complete. Write's directory listing skips
-// hidden names, so a leftover from a crash is never taken for part of a
-// snapshot.
-func tempName(path string) (string, error) {
+// TempName returns a hidden, unused-looking name beside path, for a file
+// that becomes path only once complete. Hidden, so that directory listings
+// that skip dot files never take a crash's leftover for a real file.
+func TempName(path string) (string, error) {
 	var b [6]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", fmt.Errorf("temporary name for %s: %w", path, err)
@@ -42,9 +45,9 @@ func tempName(path string) (string, error) {
 	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(b[:])), nil
 }
 
-// syncDir fsyncs a directory so that names created, renamed or removed
-// in it survive a crash.
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory so that names created, renamed or removed in
+// it survive a crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("sync directory %s: %w", dir, errdefs.FromOS(err))
