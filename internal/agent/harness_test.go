@@ -223,3 +223,34 @@ func ctxFor(t testing.TB, d time.Duration) context.Context {
 func (h *harness) memoryDir() string {
 	return fmt.Sprintf("/dev/shm/wrenn-agent-test-%d", h.run)
 }
+
+// diagnose logs what the host sees of a sandbox that stopped answering: its
+// VMM process, its console, the host's route to it, and whether envd answers
+// from inside its slot's namespace (bypassing the host side).
+func (h *harness) diagnose(t testing.TB, m *agent.Manager, id string) {
+	t.Helper()
+	info, err := m.Get(context.Background(), id)
+	if err != nil {
+		t.Logf("diagnose %s: %v", id, err)
+		return
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", info.PID))
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "State:") {
+			t.Logf("diagnose %s: vmm pid %d %s", id, info.PID, l)
+		}
+	}
+	console, _ := os.ReadFile(filepath.Join(h.dir, "sandboxes", id, "vm", "console.log"))
+	if len(console) > 1500 {
+		console = console[len(console)-1500:]
+	}
+	t.Logf("diagnose %s: console tail:\n%s", id, console)
+	route, _ := exec.Command("ip", "route", "get", info.Address).CombinedOutput()
+	t.Logf("diagnose %s: host route: %s", id, route)
+	last := info.Address[strings.LastIndex(info.Address, ".")+1:]
+	ns := h.pcfg.Prefix + last
+	inside, err := exec.Command("ip", "netns", "exec", ns, "curl", "-sS", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", "http://169.254.0.21:49983/health").CombinedOutput()
+	t.Logf("diagnose %s: envd from inside %s: %s %v", id, ns, inside, err)
+	neigh, _ := exec.Command("ip", "-n", ns, "neigh").CombinedOutput()
+	t.Logf("diagnose %s: neighbours in %s: %s", id, ns, neigh)
+}
