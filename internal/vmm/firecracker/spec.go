@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -43,7 +42,6 @@ const (
 var (
 	// Firecracker's --id: alphanumerics and hyphens, at most 64.
 	fcIDRe = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
-	tapRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$`)
 )
 
 // call is one API request of a lifecycle step.
@@ -129,25 +127,5 @@ func validateSpec(spec vmm.Spec) error {
 	if spec.MemoryMB < 16 || spec.MemoryMB > 1<<20 {
 		return bad("memory %d MiB: want 16-1048576", spec.MemoryMB)
 	}
-	if n := spec.Net; n != nil {
-		if !tapRe.MatchString(n.TAP) {
-			return bad("tap %q: want an interface name of 1-15 of [A-Za-z0-9._-]", n.TAP)
-		}
-		hw, err := net.ParseMAC(n.MAC)
-		if err != nil || len(hw) != 6 {
-			return bad("mac %q: want a 48-bit MAC like 02:fc:00:00:00:01", n.MAC)
-		}
-		if hw[0]&1 == 1 {
-			return bad("mac %q: a multicast address cannot name a NIC", n.MAC)
-		}
-	}
-	if strings.ContainsAny(spec.KernelArgs, "\x00\n") {
-		return bad("kernel args contain a NUL or newline")
-	}
-	// Firecracker appends its virtio-mmio device list to the command line;
-	// past a "--" those would go to init instead of the kernel.
-	if slices.Contains(strings.Fields(spec.KernelArgs), "--") {
-		return bad("kernel args contain \"--\"")
-	}
-	return nil
+	return spec.ValidateCommon()
 }

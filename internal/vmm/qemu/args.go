@@ -5,7 +5,6 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -47,8 +46,7 @@ const baseKernelArgs = "console=ttyS0 reboot=k panic=1"
 const sandboxArgs = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 var (
-	idRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-	tapRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$`)
+	idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 )
 
 // Args returns QEMU's argv (without argv[0]) for spec. With incoming set,
@@ -170,26 +168,5 @@ func validateSpec(spec vmm.Spec) error {
 			return bad("root disk format %q: want raw or qcow2", spec.RootDisk.Format)
 		}
 	}
-	if n := spec.Net; n != nil {
-		if !tapRe.MatchString(n.TAP) {
-			return bad("tap %q: want an interface name of 1-15 of [A-Za-z0-9._-]", n.TAP)
-		}
-		hw, err := net.ParseMAC(n.MAC)
-		if err != nil || len(hw) != 6 {
-			return bad("mac %q: want a 48-bit MAC like 02:fc:00:00:00:01", n.MAC)
-		}
-		if hw[0]&1 == 1 {
-			return bad("mac %q: a multicast address cannot name a NIC", n.MAC)
-		}
-	}
-	if strings.ContainsAny(spec.KernelArgs, "\x00\n") {
-		return bad("kernel args contain a NUL or newline")
-	}
-	// microvm appends its virtio_mmio.device= parameters to the end of the
-	// command line; after a "--" they would go to init and the guest would
-	// find no disk or NIC.
-	if slices.Contains(strings.Fields(spec.KernelArgs), "--") {
-		return bad(`kernel args contain "--": QEMU microvm appends device parameters that must stay before it`)
-	}
-	return nil
+	return spec.ValidateCommon()
 }
