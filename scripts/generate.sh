@@ -13,3 +13,9 @@ protoc -I proto -I /usr/include \
 	--go_out=. --go_opt=module=github.com/wrenn/wrenn \
 	--connect-go_out=. --connect-go_opt=module=github.com/wrenn/wrenn \
 	$protos
+
+# REST types from the OpenAPI document.
+go tool oapi-codegen -config api/oapi-codegen.yaml api/openapi.yaml
+
+# Typed queries from db/queries over the schema in db/migrations.
+(cd db && go tool sqlc generate)

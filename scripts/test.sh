@@ -12,6 +12,9 @@ if [ "$(id -u)" = 0 ]; then
 	scripts/deps.sh
 	make --no-print-directory images
 	export WRENN_TEST_REQUIRE_VM=${WRENN_TEST_REQUIRE_VM:-1}
+	# Control-plane tests start a private PostgreSQL cluster (internal/pgtest)
+	# with the server deps.sh installed; missing, it is a failure, not a skip.
+	export WRENN_TEST_REQUIRE_DB=${WRENN_TEST_REQUIRE_DB:-1}
 else
 	echo "test: not root: VM, network and cgroup tests will skip (each prints why)" >&2
 fi

@@ -26,6 +26,10 @@ var (
 	ErrUnauthenticated    = errors.New("unauthenticated")
 	ErrResourceExhausted  = errors.New("resource exhausted")
 	ErrUnavailable        = errors.New("unavailable")
+	// ErrRateLimited: the caller sent too many requests; retry later.
+	ErrRateLimited = errors.New("rate limited")
+	// ErrTooLarge: a request body or upload exceeds its cap.
+	ErrTooLarge = errors.New("payload too large")
 )
 
 // kindError carries a message for users and the kind for classification.
@@ -100,6 +104,8 @@ func ConnectCode(err error) connect.Code {
 		return connect.CodeResourceExhausted
 	case errors.Is(err, ErrUnavailable):
 		return connect.CodeUnavailable
+	case errors.Is(err, ErrRateLimited), errors.Is(err, ErrTooLarge):
+		return connect.CodeResourceExhausted
 	case errors.Is(err, context.Canceled):
 		return connect.CodeCanceled
 	case errors.Is(err, context.DeadlineExceeded):
@@ -170,6 +176,12 @@ func HTTPStatus(err error) int {
 		return http.StatusInsufficientStorage
 	case errors.Is(err, ErrUnavailable):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrRateLimited):
+		return http.StatusTooManyRequests
+	case errors.Is(err, ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
 	}
 	return http.StatusInternalServerError
 }
@@ -194,6 +206,12 @@ func Code(err error) string {
 		return "resource_exhausted"
 	case errors.Is(err, ErrUnavailable):
 		return "unavailable"
+	case errors.Is(err, ErrRateLimited):
+		return "rate_limited"
+	case errors.Is(err, ErrTooLarge):
+		return "payload_too_large"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline_exceeded"
 	}
 	return "internal"
 }

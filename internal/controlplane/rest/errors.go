@@ -1,0 +1,91 @@
+package rest
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/wrenn/wrenn/internal/errdefs"
+)
+
+var (
+	errNotFoundRoute    = errdefs.New(errdefs.ErrNotFound, "no such route")
+	errMethodNotAllowed = errdefs.New(errdefs.ErrInvalidArgument, "method not allowed on this route")
+)
+
+// maxJSONBody caps JSON request bodies (uploads are streamed separately).
+const maxJSONBody = 1 << 20
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// writeError answers with the error's HTTP status and machine-readable
+// code. Internal errors are logged and their text is not shown.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status := errdefs.HTTPStatus(err)
+	var b errorBody
+	b.Error.Code = errdefs.Code(err)
+	b.Error.Message = err.Error()
+	if status >= 500 && status != http.StatusServiceUnavailable && status != http.StatusGatewayTimeout {
+		loggerFrom(r).Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		b.Error.Message = "internal error"
+	}
+	if status == http.StatusMethodNotAllowed {
+		status = http.StatusMethodNotAllowed
+	}
+	if errors.Is(err, errMethodNotAllowed) {
+		status = http.StatusMethodNotAllowed
+	}
+	writeJSON(w, status, b)
+}
+
+// writeJSON answers with v as JSON.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decodeJSON reads a JSON body into v: at most maxJSONBody bytes, no
+// unknown fields, exactly one value. An empty body decodes as {} when
+// optional is true.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return errdefs.New(errdefs.ErrInvalidArgument, "content type %q: send application/json", ct)
+	}
+	body := http.MaxBytesReader(w, r.Body, maxJSONBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooBig):
+			return errdefs.New(errdefs.ErrTooLarge, "request body over %d bytes", maxJSONBody)
+		case errors.Is(err, io.EOF) && optional:
+			return nil
+		case errors.Is(err, io.EOF):
+			return errdefs.New(errdefs.ErrInvalidArgument, "request body required")
+		}
+		return errdefs.New(errdefs.ErrInvalidArgument, "invalid JSON body: %v", err)
+	}
+	if dec.More() {
+		return errdefs.New(errdefs.ErrInvalidArgument, "invalid JSON body: more than one value")
+	}
+	return nil
+}
+
+// invalid is a shorthand for an invalid-argument error.
+func invalid(format string, args ...any) error {
+	return errdefs.New(errdefs.ErrInvalidArgument, format, args...)
+}
+
+// notFound is what every missing or other-team resource answers.
+func notFound(kind, id string) error {
+	return errdefs.New(errdefs.ErrNotFound, "%s %q not found", kind, id)
+}

@@ -1,0 +1,112 @@
+// Package rest is the control plane's REST and WebSocket API (api/openapi.yaml):
+// routing, authentication, per-team authorization, and the handlers that
+// turn requests into store queries and host-agent calls.
+//
+// Every handler authorizes against the caller's team (Principal.TeamID):
+// another team's resource answers 404 exactly like a missing one.
+package rest
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wrenn/wrenn/internal/store"
+	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
+)
+
+// Clock tells the time; tests inject a fake one.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Agents reaches the host agents (mTLS between hosts).
+type Agents interface {
+	// RPC returns a client for the agent on host hostID.
+	RPC(ctx context.Context, hostID string) (hostagentv1connect.HostAgentServiceClient, error)
+	// HTTP returns a client and base URL for the agent's guest proxy:
+	// {base}/sandboxes/{id}/envd/... reaches the sandbox's envd (the agent
+	// adds envd's access token) and {base}/sandboxes/{id}/ports/{port}/...
+	// a guest port. See internal/agent/rpc.
+	HTTP(ctx context.Context, hostID string) (*http.Client, string, error)
+}
+
+// Deps is what the API needs from the rest of the control plane.
+type Deps struct {
+	Pool    *pgxpool.Pool
+	Logger  *slog.Logger
+	Clock   Clock
+	Metrics *prometheus.Registry
+	Agents  Agents
+	// JWTSecret signs session tokens (WRENN_JWT_SECRET).
+	JWTSecret []byte
+	// Domain serves the sandbox proxy at {port}-{sandboxID}.{Domain}.
+	Domain string
+	// AllowedOrigins for WebSocket upgrades; empty: same host only.
+	AllowedOrigins []string
+	// RateLimit is requests per second per API key or user (burst 2x); 0: default.
+	RateLimit float64
+	// Registry serves HostRegistryService (agents register and heartbeat).
+	Registry http.Handler
+	// RegistryPath is where Registry is mounted.
+	RegistryPath string
+}
+
+// Server is the REST API.
+type Server struct {
+	deps Deps
+	q    *store.Queries
+	log  *slog.Logger
+	clk  Clock
+}
+
+// New returns a Server.
+func New(d Deps) *Server {
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Clock == nil {
+		d.Clock = systemClock{}
+	}
+	if d.Metrics == nil {
+		d.Metrics = prometheus.NewRegistry()
+	}
+	return &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock}
+}
+
+// Handler returns the HTTP handler for every route.
+func (s *Server) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(s.recoverPanics, s.logRequests)
+	s.mountMeta(r)
+	if s.deps.Registry != nil {
+		r.Mount(s.deps.RegistryPath, s.deps.Registry)
+	}
+	r.Route("/v1", func(r chi.Router) {
+		s.mountPublicAuth(r)
+		s.mountPortProxy(r)
+		r.Group(func(r chi.Router) {
+			r.Use(s.authenticate, s.rateLimit)
+			s.mountIdentity(r)
+			s.mountHosts(r)
+			s.mountSandboxes(r)
+			s.mountProcesses(r)
+			s.mountFiles(r)
+			s.mountTemplates(r)
+		})
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, errNotFoundRoute)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, errMethodNotAllowed)
+	})
+	return s.hostProxy(r)
+}
