@@ -422,7 +422,7 @@ type ExecRequest struct {
 	// Background Return at once with the pid; reattach with processes/{selector}/stream.
 	Background *bool `json:"background,omitempty"`
 
-	// Cmd Program; run through /bin/bash -c when args is empty and cmd has spaces.
+	// Cmd Without args: a shell command line, run by /bin/bash -l -c. With args: the program to run.
 	Cmd string             `json:"cmd"`
 	Cwd *string            `json:"cwd,omitempty"`
 	Env *map[string]string `json:"env,omitempty"`

@@ -1005,11 +1005,9 @@ func (*HibernateSandboxResponse) Descriptor() ([]byte, []int) {
 }
 
 type ForkSandboxRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Count int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
-	// Ids for the forks, chosen by the control plane; len == count when set.
-	Ids           []string `protobuf:"bytes,3,rep,name=ids,proto3" json:"ids,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Count         int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1056,13 +1054,6 @@ func (x *ForkSandboxRequest) GetCount() int32 {
 		return x.Count
 	}
 	return 0
-}
-
-func (x *ForkSandboxRequest) GetIds() []string {
-	if x != nil {
-		return x.Ids
-	}
-	return nil
 }
 
 type ForkSandboxResponse struct {
@@ -2610,11 +2601,10 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x15ResumeSandboxResponse\")\n" +
 	"\x17HibernateSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x1a\n" +
-	"\x18HibernateSandboxResponse\"L\n" +
+	"\x18HibernateSandboxResponse\":\n" +
 	"\x12ForkSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x05R\x05count\x12\x10\n" +
-	"\x03ids\x18\x03 \x03(\tR\x03ids\"J\n" +
+	"\x05count\x18\x02 \x01(\x05R\x05count\"J\n" +
 	"\x13ForkSandboxResponse\x123\n" +
 	"\tsandboxes\x18\x01 \x03(\v2\x15.hostagent.v1.SandboxR\tsandboxes\"\x81\x01\n" +
 	"\x18SetSandboxTimeoutRequest\x12\x0e\n" +
