@@ -13,11 +13,14 @@ BUILDS  := builds
 
 # Guest binaries must be static: the rootfs has no matching libc guarantees.
 GUEST_BINS := envd wrenn-init
-HOST_BINS  := wrenn-cp wrenn-agent wrenn
+HOST_BINS  := wrenn-cp wrenn-agent wrenn wrenn-up
 
-.PHONY: help build generate check lint test test-short images kernel rootfs deps clean
+.PHONY: help build generate check lint test test-short images kernel rootfs deps clean up dev dev-agent
 
 help:
+	@echo "make up         one-box Wrenn: deps, build, images, PostgreSQL, control plane, agent (as root)"
+	@echo "make dev        PostgreSQL + migrations + control plane only"
+	@echo "make dev-agent  the host agent alone, as root (REGISTER=<token> on first run)"
 	@echo "make build      build $(HOST_BINS) $(GUEST_BINS) into $(BUILDS)/"
 	@echo "make images     build the guest kernel and the minimal rootfs (cached under $(WRENN_CACHE))"
 	@echo "make test       install what is missing, build images, run every test (VM tests included)"
@@ -33,6 +36,15 @@ $(addprefix $(BUILDS)/,$(HOST_BINS)): $(BUILDS)/%: FORCE
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
 
 FORCE:
+
+up: deps build images
+	$(BUILDS)/wrenn-up --dir $(WRENN_DIR)
+
+dev: build
+	$(BUILDS)/wrenn-up --dir $(WRENN_DIR) --no-agent
+
+dev-agent: build
+	WRENN_DIR=$(WRENN_DIR) $(BUILDS)/wrenn-agent $(if $(REGISTER),--register $(REGISTER) --address $${WRENN_HOST_LISTEN_ADDR:-127.0.0.1:50051})
 
 generate:
 	scripts/generate.sh

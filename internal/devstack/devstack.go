@@ -1,0 +1,487 @@
+// Package devstack brings up a single-node Wrenn on this machine: a private
+// PostgreSQL cluster, wrenn-cp and wrenn-agent as child processes, the local
+// host registered, and on first run an admin user, a team and an API key.
+// `make up` runs it through cmd/wrenn-up; the end-to-end tests use it to
+// start the same stack in a temporary WRENN_DIR.
+//
+// State lives under Dir and is reused by the next run: pg/ (the cluster),
+// cp.env (the JWT secret), admin.json (the bootstrap user and API key),
+// the agent's host credentials, logs/.
+package devstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/atomicfile"
+	"github.com/wrenn/wrenn/internal/pgcluster"
+)
+
+// Config says where and how to run the stack. Zero fields take defaults.
+type Config struct {
+	// Dir is WRENN_DIR. Default /var/lib/wrenn.
+	Dir string
+	// BinDir holds wrenn-cp and wrenn-agent. Default ./builds.
+	BinDir string
+	// CPAddr is the control plane's listen address. Default 127.0.0.1:8000.
+	CPAddr string
+	// AgentAddr is where the agent listens and the control plane dials it.
+	// Default 127.0.0.1:50051.
+	AgentAddr string
+	// DatabaseURL, when set, is used instead of the private cluster.
+	DatabaseURL string
+	// PGPort names the private cluster's Unix socket. Default 5432.
+	PGPort int
+	// AgentEnv is extra environment for the agent (e.g. network prefixes
+	// so a test agent does not collide with another on the same host).
+	AgentEnv []string
+	// CPEnv is extra environment for the control plane.
+	CPEnv []string
+	// Out receives progress lines. Default os.Stdout.
+	Out io.Writer
+	// NoAgent starts PostgreSQL and the control plane only (make dev).
+	NoAgent bool
+	// ReadyTimeout bounds each wait (control plane healthy, host online).
+	// Default 2 minutes.
+	ReadyTimeout time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.Dir == "" {
+		c.Dir = "/var/lib/wrenn"
+	}
+	if c.BinDir == "" {
+		c.BinDir = "builds"
+	}
+	if c.CPAddr == "" {
+		c.CPAddr = "127.0.0.1:8000"
+	}
+	if c.AgentAddr == "" {
+		c.AgentAddr = "127.0.0.1:50051"
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.ReadyTimeout == 0 {
+		c.ReadyTimeout = 2 * time.Minute
+	}
+}
+
+// Admin is the bootstrap account, saved in Dir/admin.json (0600).
+type Admin struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+	TeamID   string `json:"team_id"`
+	APIKey   string `json:"api_key"`
+}
+
+// Stack is a running single-node Wrenn.
+type Stack struct {
+	cfg     Config
+	URL     string
+	Admin   Admin
+	HostID  string
+	cluster *pgcluster.Cluster
+	cp      *child
+	agent   *child
+	log     *slog.Logger
+}
+
+// Up starts everything and returns once the local host is online.
+func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
+	cfg.defaults()
+	s := &Stack{cfg: cfg, URL: "http://" + cfg.CPAddr}
+	defer func() {
+		if err != nil {
+			s.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	for _, d := range []string{cfg.Dir, filepath.Join(cfg.Dir, "logs")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	for _, b := range []string{"wrenn-cp", "wrenn-agent"} {
+		if _, err := os.Stat(filepath.Join(cfg.BinDir, b)); err != nil {
+			return nil, fmt.Errorf("%s not built (run make build): %w", b, err)
+		}
+	}
+
+	dsn := cfg.DatabaseURL
+	if dsn == "" {
+		start := time.Now()
+		s.cluster = &pgcluster.Cluster{Dir: filepath.Join(cfg.Dir, "pg"), Port: cfg.PGPort}
+		if err := s.cluster.Start(ctx); err != nil {
+			return nil, fmt.Errorf("start postgresql: %w", err)
+		}
+		dsn = s.cluster.DSN("wrenn")
+		s.step("postgresql ready (%s)", since(start))
+	}
+
+	secret, err := loadOrCreateSecret(filepath.Join(cfg.Dir, "cp.env"))
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	cpEnv := append([]string{
+		"DATABASE_URL=" + dsn,
+		"WRENN_JWT_SECRET=" + secret,
+		"WRENN_CP_LISTEN_ADDR=" + cfg.CPAddr,
+		"WRENN_CP_URL=" + s.URL,
+	}, cfg.CPEnv...)
+	s.cp, err = startChild(filepath.Join(cfg.BinDir, "wrenn-cp"), nil, cpEnv, filepath.Join(cfg.Dir, "logs", "cp.log"))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitHealthy(ctx); err != nil {
+		return nil, err
+	}
+	s.step("control plane ready at %s (%s)", s.URL, since(start))
+
+	if err := s.bootstrapAdmin(ctx); err != nil {
+		return nil, err
+	}
+
+	if cfg.NoAgent {
+		return s, nil
+	}
+	start = time.Now()
+	args := []string{}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, "host-token")); errors.Is(err, os.ErrNotExist) {
+		token, hostID, err := s.addHost(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.HostID = hostID
+		args = append(args, "--register", token, "--address", cfg.AgentAddr)
+	}
+	agentEnv := append([]string{
+		"WRENN_DIR=" + cfg.Dir,
+		"WRENN_CP_URL=" + s.URL,
+		"WRENN_HOST_LISTEN_ADDR=" + cfg.AgentAddr,
+	}, cfg.AgentEnv...)
+	s.agent, err = startChild(filepath.Join(cfg.BinDir, "wrenn-agent"), args, agentEnv, filepath.Join(cfg.Dir, "logs", "agent.log"))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitHostOnline(ctx); err != nil {
+		return nil, err
+	}
+	s.step("host agent online (%s)", since(start))
+	return s, nil
+}
+
+// Wait returns when ctx ends or a daemon exits (with its error).
+func (s *Stack) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-s.cp.done:
+		return fmt.Errorf("wrenn-cp exited: %v (see %s)", s.cp.err, s.cp.logPath)
+	case <-s.agentDone():
+		return fmt.Errorf("wrenn-agent exited: %v (see %s)", s.agent.err, s.agent.logPath)
+	}
+}
+
+// agentDone is the agent's exit, or never when there is no agent.
+func (s *Stack) agentDone() <-chan struct{} {
+	if s.agent == nil {
+		return nil
+	}
+	return s.agent.done
+}
+
+// DestroySandboxes deletes the admin team's live sandboxes, so that
+// stopping the stack leaves no VM behind.
+func (s *Stack) DestroySandboxes(ctx context.Context) (int, error) {
+	var list struct {
+		Sandboxes []struct {
+			ID string `json:"id"`
+		} `json:"sandboxes"`
+	}
+	if err := s.call(ctx, http.MethodGet, "/v1/sandboxes?limit=1000", s.Admin.APIKey, nil, http.StatusOK, &list); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, sb := range list.Sandboxes {
+		if err := s.call(ctx, http.MethodDelete, "/v1/sandboxes/"+sb.ID, s.Admin.APIKey, nil, http.StatusNoContent, nil); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Close stops the agent, then the control plane, then the private
+// PostgreSQL cluster. Sandboxes still running are left to the agent's next
+// start (call DestroySandboxes first to remove them).
+func (s *Stack) Close(ctx context.Context) error {
+	var errs []error
+	for _, c := range []*child{s.agent, s.cp} {
+		if c != nil {
+			errs = append(errs, c.stop(30*time.Second))
+		}
+	}
+	if s.cluster != nil {
+		errs = append(errs, s.cluster.Stop(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Stack) step(format string, args ...any) {
+	fmt.Fprintf(s.cfg.Out, "==> "+format+"\n", args...)
+}
+
+func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecond).String() }
+
+// loadOrCreateSecret keeps the JWT secret across runs (sessions survive a
+// restart) in a KEY=VALUE file readable by root only.
+func loadOrCreateSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "WRENN_JWT_SECRET="); ok && len(v) >= 32 {
+				return v, nil
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	secret := randomHex(32)
+	if err := atomicfile.WriteFile(path, []byte("WRENN_JWT_SECRET="+secret+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("save %s: %w", path, err)
+	}
+	return secret, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	return hex.EncodeToString(b)
+}
+
+// bootstrapAdmin signs up the admin user and creates an API key on the
+// first run; later runs load admin.json.
+func (s *Stack) bootstrapAdmin(ctx context.Context) error {
+	path := filepath.Join(s.cfg.Dir, "admin.json")
+	if b, err := os.ReadFile(path); err == nil {
+		if err := json.Unmarshal(b, &s.Admin); err != nil {
+			return fmt.Errorf("parse %s: %w", path, err)
+		}
+		return nil
+	}
+	a := Admin{Email: "admin@wrenn.local", Password: randomHex(12)}
+	var sess struct {
+		Token string `json:"token"`
+		Team  struct {
+			ID string `json:"id"`
+		} `json:"team"`
+	}
+	body := map[string]string{"email": a.Email, "password": a.Password, "name": "Admin", "team_name": "default"}
+	if err := s.call(ctx, http.MethodPost, "/v1/auth/signup", "", body, http.StatusCreated, &sess); err != nil {
+		return fmt.Errorf("create admin user: %w", err)
+	}
+	a.TeamID = sess.Team.ID
+	var key struct {
+		Key string `json:"key"`
+	}
+	if err := s.call(ctx, http.MethodPost, "/v1/api-keys", sess.Token, map[string]string{"name": "make up"}, http.StatusCreated, &key); err != nil {
+		return fmt.Errorf("create admin api key: %w", err)
+	}
+	a.APIKey = key.Key
+	b, _ := json.MarshalIndent(a, "", "  ")
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("save %s: %w", path, err)
+	}
+	s.Admin = a
+	s.step("created admin user %s, team \"default\" and an API key (saved in %s)", a.Email, path)
+	return nil
+}
+
+// addHost creates the host record for this machine and returns its
+// one-time registration token.
+func (s *Stack) addHost(ctx context.Context) (token, id string, err error) {
+	var out struct {
+		Host struct {
+			ID string `json:"id"`
+		} `json:"host"`
+		Token string `json:"registration_token"`
+	}
+	if err := s.call(ctx, http.MethodPost, "/v1/hosts", s.Admin.APIKey, map[string]string{"type": "regular"}, http.StatusCreated, &out); err != nil {
+		return "", "", fmt.Errorf("add local host: %w", err)
+	}
+	return out.Token, out.Host.ID, nil
+}
+
+func (s *Stack) waitHealthy(ctx context.Context) error {
+	return s.poll(ctx, "control plane healthy", s.cp, func(ctx context.Context) (bool, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/healthz", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+}
+
+func (s *Stack) waitHostOnline(ctx context.Context) error {
+	return s.poll(ctx, "host online", s.agent, func(ctx context.Context) (bool, error) {
+		var list struct {
+			Hosts []struct {
+				ID     string `json:"id"`
+				Status string `json:"status"`
+			} `json:"hosts"`
+		}
+		if err := s.call(ctx, http.MethodGet, "/v1/hosts", s.Admin.APIKey, nil, http.StatusOK, &list); err != nil {
+			return false, err
+		}
+		for _, h := range list.Hosts {
+			if h.Status == "online" && (s.HostID == "" || h.ID == s.HostID) {
+				s.HostID = h.ID
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+}
+
+// poll calls ok every 200 ms until it reports true, the child exits, or
+// the ready timeout passes.
+func (s *Stack) poll(ctx context.Context, what string, c *child, ok func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
+	defer cancel()
+	for {
+		done, err := ok(ctx)
+		if err != nil {
+			return fmt.Errorf("wait for %s: %w", what, err)
+		}
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w (see %s)", what, ctx.Err(), c.logPath)
+		case <-c.done:
+			return fmt.Errorf("wait for %s: %s exited: %v; last log lines:\n%s", what, filepath.Base(c.path), c.err, tail(c.logPath, 2048))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// call does one JSON request against the control plane.
+func (s *Stack) call(ctx context.Context, method, path, cred string, body any, want int, out any) error {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, s.URL+path, r)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if cred != "" {
+		req.Header.Set("Authorization", "Bearer "+cred)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != want {
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// child is a daemon we started; its output goes to a log file.
+type child struct {
+	path    string
+	logPath string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	err     error
+}
+
+func startChild(path string, args, env []string, logPath string) (*child, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", logPath, err)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group: the terminal's Ctrl-C reaches us, and we stop
+	// the daemons in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", path, err)
+	}
+	c := &child{path: path, logPath: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		c.err = cmd.Wait()
+		logf.Close()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// stop sends SIGTERM and waits up to grace before SIGKILL.
+func (c *child) stop(grace time.Duration) error {
+	select {
+	case <-c.done:
+		return nil
+	default:
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+		return nil
+	case <-time.After(grace):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+		return fmt.Errorf("%s did not stop within %s; killed", filepath.Base(c.path), grace)
+	}
+}
+
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > n {
+		_, _ = f.Seek(-n, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
+}
