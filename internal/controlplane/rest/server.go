@@ -82,7 +82,10 @@ func New(d Deps) *Server {
 }
 
 // Handler returns the HTTP handler for every route.
-func (s *Server) Handler() http.Handler {
+func (s *Server) Handler() http.Handler { return s.hostProxy(s.routes()) }
+
+// routes builds the router (tests walk it to enumerate every route).
+func (s *Server) routes() *chi.Mux {
 	r := chi.NewRouter()
 	r.Use(s.recoverPanics, s.logRequests)
 	s.mountMeta(r)
@@ -108,5 +111,5 @@ func (s *Server) Handler() http.Handler {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, errMethodNotAllowed)
 	})
-	return s.hostProxy(r)
+	return r
 }
