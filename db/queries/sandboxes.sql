@@ -1,0 +1,106 @@
+-- Sandboxes: the REST resource and what the scheduler needs. Every state
+-- change is one statement with the states it may leave in its WHERE
+-- clause, so concurrent requests and control-plane replicas cannot move a
+-- sandbox along an illegal edge.
+
+-- name: InsertSandbox :one
+INSERT INTO sandboxes (id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb,
+                       timeout_sec, on_timeout, metadata, network, public_ports,
+                       access_token_hash, forked_from, created_at, updated_at)
+VALUES (@id, @team_id, @host_id, @template, @state, @vcpus, @memory_mb, @disk_mb,
+        @timeout_sec, @on_timeout, @metadata, @network, @public_ports,
+        @access_token_hash, @forked_from, @now::timestamptz, @now::timestamptz)
+RETURNING *;
+
+-- name: GetTeamSandbox :one
+SELECT * FROM sandboxes WHERE id = @id AND team_id = @team_id;
+
+-- name: GetProxySandbox :one
+-- What the port proxy checks before any credentials are known.
+SELECT id, team_id, host_id, state, public_ports, access_token_hash
+FROM sandboxes WHERE id = @id;
+
+-- name: ListTeamSandboxes :many
+-- The first page, newest first. metadata '{}' matches every row.
+SELECT * FROM sandboxes
+WHERE team_id = @team_id
+  AND state = ANY(@states::text[])
+  AND metadata @> @metadata::jsonb
+ORDER BY created_at DESC, id DESC
+LIMIT @max_rows;
+
+-- name: ListTeamSandboxesAfter :many
+-- A later page: rows strictly after the cursor (created_at, id) in
+-- newest-first order (keyset pagination: stable under inserts).
+SELECT * FROM sandboxes
+WHERE team_id = @team_id
+  AND state = ANY(@states::text[])
+  AND metadata @> @metadata::jsonb
+  AND created_at <= @after_created_at::timestamptz
+  AND (created_at < @after_created_at::timestamptz OR id < @after_id::text)
+ORDER BY created_at DESC, id DESC
+LIMIT @max_rows;
+
+-- name: SetSandboxHost :exec
+-- A create moving on to the next host.
+UPDATE sandboxes SET host_id = @host_id, updated_at = @now::timestamptz
+WHERE id = @id AND state = 'starting';
+
+-- name: MarkSandboxRunning :one
+-- A create finished. No row: the sandbox was deleted meanwhile.
+UPDATE sandboxes
+SET state = 'running', access_token_hash = @access_token_hash, updated_at = @now::timestamptz
+WHERE id = @id AND state = 'starting'
+RETURNING *;
+
+-- name: MarkSandboxFailed :exec
+UPDATE sandboxes
+SET state = 'error', error = @error, updated_at = @now::timestamptz
+WHERE id = @id AND state = 'starting';
+
+-- name: TransitionSandbox :one
+-- Moves a sandbox to state `to` only from one of `from`. No row: it was not
+-- in any of them (any more).
+UPDATE sandboxes
+SET state = @to_state, updated_at = @now::timestamptz
+WHERE id = @id AND team_id = @team_id AND state = ANY(@from_states::text[])
+RETURNING *;
+
+-- name: StopSandbox :one
+UPDATE sandboxes
+SET state = 'stopped', stopped_at = @now::timestamptz, updated_at = @now::timestamptz
+WHERE id = @id AND team_id = @team_id AND state <> 'stopped'
+RETURNING *;
+
+-- name: SetSandboxTimeout :one
+UPDATE sandboxes
+SET timeout_sec = @timeout_sec, on_timeout = @on_timeout, updated_at = @now::timestamptz
+WHERE id = @id AND team_id = @team_id
+RETURNING *;
+
+-- name: SetSandboxNetwork :one
+UPDATE sandboxes
+SET network = @network, updated_at = @now::timestamptz
+WHERE id = @id AND team_id = @team_id
+RETURNING *;
+
+-- name: SchedulableHosts :many
+-- Online hosts the team may use, with what the store reserves on each:
+-- every live sandbox holds its vCPUs; a hibernated one's memory is on disk.
+SELECT h.id, h.team_id, h.type, h.status, h.cpus, h.memory_bytes,
+       h.memory_available_bytes, h.load1, h.images, h.templates, h.snapshot_templates,
+       coalesce(r.vcpus, 0)::int AS reserved_vcpus,
+       coalesce(r.memory_mb, 0)::bigint AS reserved_memory_mb
+FROM hosts h
+LEFT JOIN (
+    SELECT s.host_id,
+           sum(s.vcpus) AS vcpus,
+           sum(s.memory_mb) FILTER (WHERE s.state <> 'hibernated') AS memory_mb
+    FROM sandboxes s
+    WHERE s.host_id IS NOT NULL
+      AND s.state IN ('starting', 'running', 'paused', 'hibernated', 'missing')
+    GROUP BY s.host_id
+) r ON r.host_id = h.id
+WHERE h.status = 'online'
+  AND (h.type = 'regular' OR h.team_id = @team_id)
+ORDER BY h.id;

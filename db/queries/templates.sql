@@ -1,0 +1,32 @@
+-- Templates: built-in ones are the base images online hosts report; a
+-- team's own are rows here (agent_name is the name on the host).
+
+-- name: BuiltinTemplates :many
+-- Base images on the online hosts the team may use.
+SELECT img::text AS name, min(h.created_at)::timestamptz AS created_at
+FROM hosts h, unnest(h.images) AS img
+WHERE h.status = 'online'
+  AND (h.type = 'regular' OR h.team_id = @team_id)
+GROUP BY img
+ORDER BY img;
+
+-- name: InsertTemplate :one
+-- No row: the team already has a template of that name.
+INSERT INTO templates (team_id, name, agent_name, host_id, source_sandbox_id, snapshot,
+                       vcpus, memory_mb, created_at)
+VALUES (@team_id, @name, @agent_name, @host_id, @source_sandbox_id, @snapshot,
+        @vcpus, @memory_mb, @now::timestamptz)
+ON CONFLICT DO NOTHING
+RETURNING *;
+
+-- name: SetTemplateDiskBytes :exec
+UPDATE templates SET disk_bytes = @disk_bytes WHERE id = @id;
+
+-- name: GetTeamTemplate :one
+SELECT * FROM templates WHERE team_id = @team_id::uuid AND name = @name;
+
+-- name: ListTeamTemplates :many
+SELECT * FROM templates WHERE team_id = @team_id::uuid ORDER BY name;
+
+-- name: DeleteTemplate :exec
+DELETE FROM templates WHERE id = @id;
