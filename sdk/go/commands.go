@@ -105,10 +105,12 @@ func (c *Commands) Run(ctx context.Context, cmd string, o RunOptions) (*CommandR
 		s.pumpStdin(sctx, o.Stdin)
 	}
 	res, err := s.follow(sctx)
+	if ctx.Err() != nil {
+		// The exit frame of the kill may have won the race; the caller
+		// gave up either way.
+		err = ctx.Err()
+	}
 	if err != nil {
-		if ctx.Err() != nil {
-			err = ctx.Err()
-		}
 		return nil, fmt.Errorf("run in sandbox %s: %w", c.sb.ID, err)
 	}
 	return res, nil
@@ -347,8 +349,10 @@ func (s *procStream) send(ctx context.Context, v any) error {
 	return s.conn.Write(ctx, websocket.MessageText, b)
 }
 
-// stdinChunk is how much stdin one frame carries.
-const stdinChunk = 32 << 10
+// stdinChunk is how much stdin one frame carries: 16 KiB is about 22 KiB
+// of base64, under the 32 KiB message limit WebSocket servers built on
+// github.com/coder/websocket apply by default.
+const stdinChunk = 16 << 10
 
 // pumpStdin copies r into stdin frames, then sends eof. It stops at the
 // first failed write (the stream ended) or when the stream is closed.
