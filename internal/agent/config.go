@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,11 +31,29 @@ type DaemonConfig struct {
 	Dir string
 	// VMM is WRENN_VMM: "auto", "qemu" or "firecracker" (see vmm/drivers).
 	VMM string
-	// ListenAddr is WRENN_HOST_LISTEN_ADDR, where the control plane will
-	// reach the agent. Nothing listens yet: the agent's RPC server comes
-	// with the control-plane issue. It is parsed and checked now so that
-	// deployments can set it once.
+	// ListenAddr is WRENN_HOST_LISTEN_ADDR, where the agent serves the
+	// control plane (Connect RPC and the guest proxy, mTLS) once registered.
 	ListenAddr string
+	// Address is WRENN_AGENT_ADDRESS (--address): the host:port the
+	// control plane dials, sent at registration and put in the host
+	// certificate. Empty means the one saved at registration.
+	Address string
+	// CPURL is WRENN_CP_URL (--cp-url): the control plane's base URL, for
+	// registration and heartbeats. Empty means the one saved at
+	// registration.
+	CPURL string
+	// RegistrationToken is WRENN_AGENT_REGISTRATION_TOKEN (--register): a
+	// one-time token from POST /v1/hosts; when set, the agent registers
+	// (again) before serving.
+	RegistrationToken string
+	// HeartbeatInterval is WRENN_AGENT_HEARTBEAT_INTERVAL; zero means
+	// DefaultHeartbeatInterval (see HeartbeatEvery).
+	HeartbeatInterval time.Duration
+	// MetricsAddr is WRENN_AGENT_METRICS_ADDR, a plain-HTTP listener for
+	// Prometheus' /metrics (the RPC listener demands the control plane's
+	// client certificate, which a scraper does not have). Empty means
+	// DefaultMetricsAddr (see MetricsListenAddr).
+	MetricsAddr string
 	// VMMUIDBase is WRENN_AGENT_VMM_UID_BASE, the first unprivileged uid/gid
 	// VMMs run as (Config.VMMUIDBase).
 	VMMUIDBase uint32
@@ -57,7 +76,28 @@ const (
 	DefaultDir            = "/var/lib/wrenn"
 	DefaultListenAddr     = ":50051"
 	DefaultReaperInterval = 10 * time.Second
+	// DefaultHeartbeatInterval is how often the agent reports to the
+	// control plane.
+	DefaultHeartbeatInterval = 30 * time.Second
+	// DefaultMetricsAddr keeps /metrics on loopback: it is unauthenticated.
+	DefaultMetricsAddr = "127.0.0.1:50052"
 )
+
+// HeartbeatEvery is the heartbeat interval in force.
+func (c DaemonConfig) HeartbeatEvery() time.Duration {
+	if c.HeartbeatInterval == 0 {
+		return DefaultHeartbeatInterval
+	}
+	return c.HeartbeatInterval
+}
+
+// MetricsListenAddr is the /metrics listen address in force.
+func (c DaemonConfig) MetricsListenAddr() string {
+	if c.MetricsAddr == "" {
+		return DefaultMetricsAddr
+	}
+	return c.MetricsAddr
+}
 
 // maxDirLen keeps every VMM socket path within sun_path (107 bytes):
 // <dir>/sandboxes/<id of up to 40>/vm/console.sock.
@@ -94,16 +134,71 @@ func settings() []setting {
 				return nil
 			}},
 		{env: "WRENN_HOST_LISTEN_ADDR", flag: "listen", def: DefaultListenAddr,
-			help: "address the control plane will reach the agent at (not served yet: no RPC server exists)",
+			help: "address to serve the control plane on (Connect RPC + guest proxy, mTLS)",
 			set: func(c *DaemonConfig, v string) error {
-				_, port, err := net.SplitHostPort(v)
-				if err != nil {
-					return fmt.Errorf("want host:port: %v", err)
-				}
-				if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-					return fmt.Errorf("port %q: want 0-65535", port)
+				if err := checkListenAddr(v); err != nil {
+					return err
 				}
 				c.ListenAddr = v
+				return nil
+			}},
+		{env: "WRENN_AGENT_ADDRESS", flag: "address", def: "",
+			help: "host:port the control plane dials this agent at, sent at registration (empty: the saved one)",
+			set: func(c *DaemonConfig, v string) error {
+				if v == "" {
+					return nil
+				}
+				if err := CheckAdvertisedAddr(v); err != nil {
+					return err
+				}
+				c.Address = v
+				return nil
+			}},
+		{env: "WRENN_CP_URL", flag: "cp-url", def: "",
+			help: "control plane base URL, like http://10.0.0.1:8000 (empty: the one saved at registration)",
+			set: func(c *DaemonConfig, v string) error {
+				if v == "" {
+					return nil
+				}
+				u, err := url.Parse(v)
+				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+					return errors.New("want an http:// or https:// URL with a host and no query")
+				}
+				c.CPURL = strings.TrimSuffix(v, "/")
+				return nil
+			}},
+		{env: "WRENN_AGENT_REGISTRATION_TOKEN", flag: "register", def: "", secret: true,
+			help: "one-time registration token from the control plane (POST /v1/hosts); registers this host, then serves",
+			set: func(c *DaemonConfig, v string) error {
+				if strings.ContainsAny(v, " \t\r\n") {
+					return errors.New("must not contain white space")
+				}
+				c.RegistrationToken = v
+				return nil
+			}},
+		{env: "WRENN_AGENT_HEARTBEAT_INTERVAL", flag: "heartbeat-interval", def: "",
+			help: "how often to heartbeat the control plane (Go duration; empty: " + DefaultHeartbeatInterval.String() + ")",
+			set: func(c *DaemonConfig, v string) error {
+				if v == "" {
+					return nil
+				}
+				d, err := time.ParseDuration(v)
+				if err != nil || d < time.Second || d > 10*time.Minute {
+					return errors.New("want a duration from 1s to 10m, like 30s")
+				}
+				c.HeartbeatInterval = d
+				return nil
+			}},
+		{env: "WRENN_AGENT_METRICS_ADDR", flag: "metrics-listen", def: "",
+			help: "plain-HTTP address for Prometheus /metrics (empty: " + DefaultMetricsAddr + ")",
+			set: func(c *DaemonConfig, v string) error {
+				if v == "" {
+					return nil
+				}
+				if err := checkListenAddr(v); err != nil {
+					return err
+				}
+				c.MetricsAddr = v
 				return nil
 			}},
 		{env: "WRENN_AGENT_VMM_UID_BASE", flag: "vmm-uid-base", def: strconv.Itoa(DefaultVMMUIDBase),
@@ -227,12 +322,16 @@ func ParseDaemonConfig(args, environ []string, out io.Writer) (DaemonConfig, err
 // LogValue lists every setting with where it came from, secrets redacted.
 func (c DaemonConfig) LogValue() slog.Value {
 	values := map[string]string{
-		"WRENN_DIR":                   c.Dir,
-		"WRENN_VMM":                   c.VMM,
-		"WRENN_HOST_LISTEN_ADDR":      c.ListenAddr,
-		"WRENN_AGENT_VMM_UID_BASE":    strconv.FormatUint(uint64(c.VMMUIDBase), 10),
-		"WRENN_AGENT_REAPER_INTERVAL": c.ReaperInterval.String(),
-		"WRENN_LOG_LEVEL":             strings.ToLower(c.LogLevel.String()),
+		"WRENN_DIR":                      c.Dir,
+		"WRENN_VMM":                      c.VMM,
+		"WRENN_HOST_LISTEN_ADDR":         c.ListenAddr,
+		"WRENN_AGENT_ADDRESS":            c.Address,
+		"WRENN_CP_URL":                   c.CPURL,
+		"WRENN_AGENT_HEARTBEAT_INTERVAL": c.HeartbeatEvery().String(),
+		"WRENN_AGENT_METRICS_ADDR":       c.MetricsListenAddr(),
+		"WRENN_AGENT_VMM_UID_BASE":       strconv.FormatUint(uint64(c.VMMUIDBase), 10),
+		"WRENN_AGENT_REAPER_INTERVAL":    c.ReaperInterval.String(),
+		"WRENN_LOG_LEVEL":                strings.ToLower(c.LogLevel.String()),
 	}
 	var attrs []slog.Attr
 	for _, s := range settings() {
@@ -246,6 +345,38 @@ func (c DaemonConfig) LogValue() slog.Value {
 		attrs = append(attrs, slog.String("env_file", c.EnvFile))
 	}
 	return slog.GroupValue(attrs...)
+}
+
+// checkListenAddr accepts host:port with a port in 0-65535 (an empty host
+// listens on every address).
+func checkListenAddr(v string) error {
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("want host:port: %v", err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q: want 0-65535", port)
+	}
+	return nil
+}
+
+// CheckAdvertisedAddr accepts an address others can dial: a host (IP or DNS
+// name, not an unspecified address) and a port in 1-65535.
+func CheckAdvertisedAddr(v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("want host:port: %v", err)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("port %q: want 1-65535", port)
+	}
+	if host == "" {
+		return errors.New("want a host others can dial, not an empty one")
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("host %s: want an address others can dial, not an unspecified one", host)
+	}
+	return nil
 }
 
 // parseEnviron turns KEY=VALUE entries into a map; later entries win, as
