@@ -20,6 +20,8 @@ packages=(
 	protobuf-compiler libprotobuf-dev
 	# control plane state
 	postgresql
+	# benchmark baseline (gVisor)
+	runsc
 )
 
 missing=()
