@@ -1,15 +1,510 @@
 package rest
 
-// STUB (owned by the identity work): authentication, rate limits, signup/login.
+// Authentication (API keys and session tokens), per-principal rate limits,
+// and the public signup and login routes.
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
 	"net/http"
+	"net/mail"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/controlplane/auth"
+	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/store"
 )
 
-func (s *Server) mountPublicAuth(r chi.Router) {}
+const (
+	// teamHeader picks the team a session token acts for.
+	teamHeader = "X-Wrenn-Team"
+	// apiKeyHeader is the alternative to Authorization: Bearer for keys.
+	apiKeyHeader = "X-API-Key"
+	// apiKeyTouchEvery bounds last_used_at writes to one per key per minute.
+	apiKeyTouchEvery = time.Minute
+	// defaultRateLimit is requests per second per principal when
+	// Deps.RateLimit is zero.
+	defaultRateLimit = 50
 
-func (s *Server) authenticate(next http.Handler) http.Handler { return next }
+	minPasswordLen = 8
+	maxPasswordLen = 200
+	maxNameLen     = 100
+	maxEmailLen    = 254
+)
 
-func (s *Server) rateLimit(next http.Handler) http.Handler { return next }
+// sessions signs and checks session tokens with the server's secret.
+func (s *Server) sessions() auth.Sessions {
+	return auth.Sessions{Secret: s.deps.JWTSecret}
+}
+
+func unauthenticated(format string, args ...any) error {
+	return errdefs.New(errdefs.ErrUnauthenticated, format, args...)
+}
+
+func permissionDenied(format string, args ...any) error {
+	return errdefs.New(errdefs.ErrPermissionDenied, format, args...)
+}
+
+// mountPublicAuth mounts signup and login, which need no credentials.
+// They are rate-limited per client address instead (each costs an
+// argon2id hash).
+func (s *Server) mountPublicAuth(r chi.Router) {
+	// Unknown emails are checked against this hash so a login for an
+	// unknown email takes as long as one with a wrong password.
+	dummy, err := auth.HashPassword("wrenn timing equalizer", auth.DefaultParams)
+	if err != nil {
+		s.log.Error("hash dummy password", "err", err)
+	}
+	limit := s.newLimiter("client")
+	byAddr := func(r *http.Request) string {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			host = r.RemoteAddr
+		}
+		return "addr:" + host
+	}
+	r.With(limit.middleware(byAddr)).Post("/auth/signup", s.signup)
+	r.With(limit.middleware(byAddr)).Post("/auth/login", func(w http.ResponseWriter, r *http.Request) {
+		s.login(w, r, dummy)
+	})
+}
+
+type signupRequest struct {
+	Email    string  `json:"email"`
+	Password string  `json:"password"`
+	Name     *string `json:"name"`
+	TeamName *string `json:"team_name"`
+}
+
+// validEmail returns the address trimmed, or an invalid-argument error.
+func validEmail(email string) (string, error) {
+	email = strings.TrimSpace(email)
+	if email == "" {
+		return "", invalid("email is required")
+	}
+	if len(email) > maxEmailLen {
+		return "", invalid("email is longer than %d bytes", maxEmailLen)
+	}
+	a, err := mail.ParseAddress(email)
+	if err != nil || a.Address != email || !strings.Contains(email[strings.LastIndexByte(email, '@')+1:], ".") {
+		return "", invalid("email %q is not a valid address (want name@example.com)", email)
+	}
+	return email, nil
+}
+
+func validName(field string, v *string, def string) (string, error) {
+	if v == nil {
+		return def, nil
+	}
+	n := strings.TrimSpace(*v)
+	if utf8.RuneCountInString(n) > maxNameLen {
+		return "", invalid("%s is longer than %d characters", field, maxNameLen)
+	}
+	if n == "" {
+		return def, nil
+	}
+	return n, nil
+}
+
+func (s *Server) signup(w http.ResponseWriter, r *http.Request) {
+	var req signupRequest
+	if err := decodeJSON(w, r, &req, false); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	email, err := validEmail(req.Email)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if n := utf8.RuneCountInString(req.Password); n < minPasswordLen || n > maxPasswordLen {
+		writeError(w, r, invalid("password must be %d to %d characters", minPasswordLen, maxPasswordLen))
+		return
+	}
+	name, err := validName("name", req.Name, "")
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	teamName, err := validName("team_name", req.TeamName, "Personal")
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	hash, err := auth.HashPassword(req.Password, auth.DefaultParams)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+
+	ctx := r.Context()
+	var user store.User
+	var team store.Team
+	err = s.inTx(ctx, func(q *store.Queries) error {
+		var err error
+		user, err = q.CreateUser(ctx, store.CreateUserParams{Email: email, Name: name, PasswordHash: hash})
+		if isUniqueViolation(err) {
+			return errdefs.New(errdefs.ErrAlreadyExists, "email %q is already registered", email)
+		}
+		if err != nil {
+			return fmt.Errorf("create user: %w", err)
+		}
+		team, err = q.CreateTeam(ctx, teamName)
+		if err != nil {
+			return fmt.Errorf("create team: %w", err)
+		}
+		_, err = q.AddTeamMember(ctx, store.AddTeamMemberParams{TeamID: team.ID, UserID: user.ID, Role: string(RoleOwner)})
+		if err != nil {
+			return fmt.Errorf("add team owner: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	sess, err := s.newSession(user, team, RoleOwner)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	actx := withPrincipal(ctx, Principal{TeamID: team.ID, Role: RoleOwner, UserID: &user.ID})
+	s.audit(actx, "user", user.ID.String(), "signup", nil, map[string]any{"team_id": team.ID.String()})
+	writeJSON(w, http.StatusCreated, sess)
+}
+
+type loginRequest struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request, dummyHash string) {
+	var req loginRequest
+	if err := decodeJSON(w, r, &req, false); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if strings.TrimSpace(req.Email) == "" || req.Password == "" {
+		writeError(w, r, invalid("email and password are required"))
+		return
+	}
+	if len(req.Email) > maxEmailLen || len(req.Password) > 4*maxPasswordLen {
+		writeError(w, r, invalid("email or password too long"))
+		return
+	}
+	// One message for an unknown email and a wrong password, so login
+	// does not tell who has an account.
+	badCreds := unauthenticated("wrong email or password")
+	ctx := r.Context()
+	user, err := s.q.GetUserByEmail(ctx, strings.TrimSpace(req.Email))
+	if errors.Is(err, pgx.ErrNoRows) {
+		_ = auth.VerifyPassword(req.Password, dummyHash)
+		writeError(w, r, badCreds)
+		return
+	}
+	if err != nil {
+		writeError(w, r, fmt.Errorf("look up user: %w", err))
+		return
+	}
+	if err := auth.VerifyPassword(req.Password, user.PasswordHash); err != nil {
+		if !errors.Is(err, auth.ErrMismatch) {
+			writeError(w, r, fmt.Errorf("check password of user %s: %w", user.ID, err))
+			return
+		}
+		writeError(w, r, badCreds)
+		return
+	}
+	// The session's team is the first one joined. A user in no team gets
+	// a token with a zero team: they can still create one.
+	teams, err := s.q.ListUserTeams(ctx, user.ID)
+	if err != nil {
+		writeError(w, r, fmt.Errorf("list teams of user %s: %w", user.ID, err))
+		return
+	}
+	var team store.Team
+	var role Role
+	if len(teams) > 0 {
+		team = store.Team{ID: teams[0].ID, Name: teams[0].Name, CreatedAt: teams[0].CreatedAt}
+		role = Role(teams[0].Role)
+	}
+	sess, err := s.newSession(user, team, role)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sess)
+}
+
+func (s *Server) newSession(user store.User, team store.Team, role Role) (api.Session, error) {
+	tok, exp, err := s.sessions().Issue(user.ID, s.clk.Now())
+	if err != nil {
+		return api.Session{}, err
+	}
+	t := apiTeam(team, role)
+	return api.Session{Token: tok, ExpiresAt: exp, User: apiUser(user), Team: t}, nil
+}
+
+// authenticate resolves the request's credentials to a Principal:
+// Authorization: Bearer <API key | session token>, or X-API-Key.
+//
+// An API key acts as admin of its team. A session token acts as the user
+// for the team in X-Wrenn-Team, or else the team they joined first, with
+// their role there. X-Wrenn-Team naming a team the caller is not in
+// answers 404 not_found, as for any other team's resource. A user in no
+// team may only list and create teams (anything else is 403).
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.resolvePrincipal(r)
+		if err != nil {
+			if errors.Is(err, errdefs.ErrUnauthenticated) {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="wrenn"`)
+			}
+			writeError(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), p)))
+	})
+}
+
+func (s *Server) resolvePrincipal(r *http.Request) (Principal, error) {
+	cred, err := credential(r)
+	if err != nil {
+		return Principal{}, err
+	}
+	var team *uuid.UUID
+	if h := r.Header.Get(teamHeader); h != "" {
+		id, err := uuid.Parse(strings.TrimSpace(h))
+		if err != nil {
+			return Principal{}, invalid("%s %q is not a team id", teamHeader, h)
+		}
+		team = &id
+	}
+	if strings.HasPrefix(cred, auth.APIKeyPrefix) {
+		return s.apiKeyPrincipal(r.Context(), cred, team)
+	}
+	p, err := s.sessionPrincipal(r.Context(), cred, team)
+	if err != nil {
+		return Principal{}, err
+	}
+	if p.TeamID == uuid.Nil && !(r.URL.Path == "/v1/teams" && (r.Method == http.MethodGet || r.Method == http.MethodPost)) {
+		return Principal{}, permissionDenied("you are not a member of any team: create one with POST /v1/teams or ask a team admin to add you")
+	}
+	return p, nil
+}
+
+// credential returns the bearer token or API key the request carries.
+func credential(r *http.Request) (string, error) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		tok = strings.TrimSpace(tok)
+		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+			return "", unauthenticated("Authorization must be \"Bearer <API key or session token>\"")
+		}
+		return tok, nil
+	}
+	if k := strings.TrimSpace(r.Header.Get(apiKeyHeader)); k != "" {
+		if !strings.HasPrefix(k, auth.APIKeyPrefix) {
+			return "", unauthenticated("%s must be an API key (wrn_…)", apiKeyHeader)
+		}
+		return k, nil
+	}
+	return "", unauthenticated("credentials required: send Authorization: Bearer <API key or session token>, or %s", apiKeyHeader)
+}
+
+func (s *Server) apiKeyPrincipal(ctx context.Context, key string, team *uuid.UUID) (Principal, error) {
+	if !auth.IsAPIKey(key) {
+		return Principal{}, unauthenticated("invalid API key")
+	}
+	k, err := s.q.GetAPIKeyByHash(ctx, auth.HashAPIKey(key))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Principal{}, unauthenticated("invalid API key")
+	}
+	if err != nil {
+		return Principal{}, fmt.Errorf("look up api key: %w", err)
+	}
+	if k.RevokedAt != nil {
+		return Principal{}, unauthenticated("API key %s was revoked", k.ID)
+	}
+	if team != nil && *team != k.TeamID {
+		return Principal{}, notFound("team", team.String())
+	}
+	now := s.clk.Now()
+	if k.LastUsedAt == nil || now.Sub(*k.LastUsedAt) >= apiKeyTouchEvery {
+		// Recording use is best effort: never fail the request for it.
+		if err := s.q.TouchAPIKey(ctx, store.TouchAPIKeyParams{Now: now, ID: k.ID}); err != nil {
+			s.log.Warn("record api key use", "api_key_id", k.ID, "err", err)
+		}
+	}
+	return Principal{TeamID: k.TeamID, Role: RoleAdmin, APIKeyID: &k.ID}, nil
+}
+
+func (s *Server) sessionPrincipal(ctx context.Context, tok string, team *uuid.UUID) (Principal, error) {
+	userID, err := s.sessions().Verify(tok, s.clk.Now())
+	if err != nil {
+		return Principal{}, err
+	}
+	rows, err := s.q.GetUserSessionTeam(ctx, store.GetUserSessionTeamParams{TeamID: team, UserID: userID})
+	if err != nil {
+		return Principal{}, fmt.Errorf("look up session user %s: %w", userID, err)
+	}
+	if len(rows) == 0 {
+		return Principal{}, unauthenticated("the session's user no longer exists")
+	}
+	row := rows[0]
+	if row.TeamID == uuid.Nil && team != nil {
+		return Principal{}, notFound("team", team.String())
+	}
+	return Principal{TeamID: row.TeamID, Role: Role(row.Role), UserID: &userID}, nil
+}
+
+// rateLimit allows each principal (API key or user) Deps.RateLimit
+// requests per second with bursts of twice that; beyond, 429 rate_limited
+// with Retry-After.
+func (s *Server) rateLimit(next http.Handler) http.Handler {
+	l := s.newLimiter("principal")
+	return l.middleware(func(r *http.Request) string {
+		p := principal(r.Context())
+		switch {
+		case p.APIKeyID != nil:
+			return "key:" + p.APIKeyID.String()
+		case p.UserID != nil:
+			return "user:" + p.UserID.String()
+		}
+		return "anonymous"
+	})(next)
+}
+
+// newLimiter returns a limiter set at the server's rate; kind labels its
+// rejections in wrenn_api_rate_limited_total.
+func (s *Server) newLimiter(kind string) *limiterSet {
+	rps := s.deps.RateLimit
+	if rps <= 0 {
+		rps = defaultRateLimit
+	}
+	rejected := registerCollector(s.deps.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wrenn_api_rate_limited_total",
+		Help: "Requests refused with 429, by what was limited (principal or client address).",
+	}, []string{"kind"})).WithLabelValues(kind)
+	l := newLimiterSet(rps, s.clk)
+	l.rejected = rejected.Inc
+	return l
+}
+
+// limiterSet holds one token bucket per key. Buckets idle long enough to
+// have refilled are dropped, since a fresh bucket behaves the same; so the
+// map holds only recently active keys.
+type limiterSet struct {
+	rps      rate.Limit
+	burst    int
+	idle     time.Duration
+	clk      Clock
+	rejected func()
+
+	mu        sync.Mutex
+	buckets   map[string]*bucket
+	lastSweep time.Time
+}
+
+type bucket struct {
+	lim  *rate.Limiter
+	last time.Time
+}
+
+func newLimiterSet(rps float64, clk Clock) *limiterSet {
+	burst := max(1, int(math.Ceil(2*rps)))
+	// A bucket is full again after burst/rps; keep at least a minute so
+	// sweeps stay rare.
+	idle := max(time.Minute, time.Duration(float64(burst)/rps*float64(time.Second)))
+	return &limiterSet{
+		rps: rate.Limit(rps), burst: burst, idle: idle, clk: clk, rejected: func() {},
+		buckets: map[string]*bucket{}, lastSweep: clk.Now(),
+	}
+}
+
+// allow takes a token for key; when there is none it says how long until
+// there will be.
+func (l *limiterSet) allow(key string) (bool, time.Duration) {
+	now := l.clk.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.lastSweep) >= l.idle {
+		for k, b := range l.buckets {
+			if now.Sub(b.last) >= l.idle {
+				delete(l.buckets, k)
+			}
+		}
+		l.lastSweep = now
+	}
+	b := l.buckets[key]
+	if b == nil {
+		b = &bucket{lim: rate.NewLimiter(l.rps, l.burst)}
+		l.buckets[key] = b
+	}
+	b.last = now
+	if b.lim.AllowN(now, 1) {
+		return true, 0
+	}
+	res := b.lim.ReserveN(now, 1)
+	wait := res.DelayFrom(now)
+	res.CancelAt(now)
+	return false, wait
+}
+
+// size is how many buckets are held (tests check eviction).
+func (l *limiterSet) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.buckets)
+}
+
+func (l *limiterSet) middleware(keyOf func(*http.Request) string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ok, wait := l.allow(keyOf(r))
+			if !ok {
+				l.rejected()
+				secs := max(1, int(math.Ceil(wait.Seconds())))
+				w.Header().Set("Retry-After", strconv.Itoa(secs))
+				writeError(w, r, errdefs.New(errdefs.ErrRateLimited, "too many requests: retry in %d s", secs))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// inTx runs fn in a transaction, committed when fn returns nil.
+func (s *Server) inTx(ctx context.Context, fn func(q *store.Queries) error) error {
+	tx, err := s.deps.Pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := fn(s.q.WithTx(tx)); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
