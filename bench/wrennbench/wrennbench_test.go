@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,7 @@ func TestSummarize(t *testing.T) {
 func TestJudge(t *testing.T) {
 	base := durations("bare", "bare", []time.Duration{100 * time.Millisecond, 100 * time.Millisecond})
 	broken := (&Figure{Key: "broken"}).failed(io.EOF)
+	by := map[string]*Figure{"bare": base, "broken": broken}
 	tests := []struct {
 		name      string
 		fig       *Figure
@@ -50,16 +52,18 @@ func TestJudge(t *testing.T) {
 	}{
 		{"absolute pass", durations("a", "a", []time.Duration{10 * time.Millisecond}).atMost(20), Pass, 0},
 		{"absolute miss", durations("a", "a", []time.Duration{30 * time.Millisecond}).atMost(20), Miss, 0},
-		{"relative pass at the limit", durations("r", "r", []time.Duration{120 * time.Millisecond}).against(base, 1.2), Pass, 1.2},
-		{"relative miss", durations("r", "r", []time.Duration{121 * time.Millisecond}).against(base, 1.2), Miss, 1.21},
-		{"ratio without goal", durations("i", "i", []time.Duration{50 * time.Millisecond}).against(base, 0), NoGoal, 0.5},
+		{"relative pass at the limit", durations("r", "r", []time.Duration{120 * time.Millisecond}).against("bare", 1.2), Pass, 1.2},
+		{"relative miss", durations("r", "r", []time.Duration{121 * time.Millisecond}).against("bare", 1.2), Miss, 1.21},
+		{"ratio without goal", durations("i", "i", []time.Duration{50 * time.Millisecond}).against("bare", 0), NoGoal, 0.5},
 		{"no samples with a goal", durations("e", "e", nil).atMost(20), Failed, 0},
-		{"baseline not measured", durations("r", "r", []time.Duration{time.Millisecond}).against(broken, 1.2), Failed, 0},
+		{"baseline not measured", durations("r", "r", []time.Duration{time.Millisecond}).against("broken", 1.2), Failed, 0},
+		{"baseline absent from the run", durations("r", "r", []time.Duration{time.Millisecond}).against("nowhere", 1.2), Failed, 0},
 		{"percent", values("m", "m", "%", []float64{35}).atMost(40), Pass, 0},
+		{"skipped stays skipped", skipped("s", "s", "no runsc").atMost(20), Skip, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.fig.judge()
+			tt.fig.judge(by)
 			if tt.fig.Result != tt.want {
 				t.Fatalf("result = %s, want %s (%+v)", tt.fig.Result, tt.want, tt.fig)
 			}
@@ -71,12 +75,7 @@ func TestJudge(t *testing.T) {
 }
 
 func TestWriteText(t *testing.T) {
-	base := durations("bare-restore", "bare restore", []time.Duration{200 * time.Millisecond})
-	create := durations("create", "create", []time.Duration{300 * time.Millisecond}).against(base, 1.2)
-	create.Breakdown = []StepStat{{Name: "step restore", N: 1, P50: 250, P95: 250, Max: 250}}
-	pause := durations("pause", "pause", []time.Duration{5 * time.Millisecond}).atMost(20)
-	r := &Report{Mode: "quick", Figures: []*Figure{base, create, pause}, Machine: Machine{Accel: "tcg", AccelReason: "no kvm"}}
-	r.judge()
+	r := fixedReport()
 	var b bytes.Buffer
 	if err := r.WriteText(&b); err != nil {
 		t.Fatal(err)
@@ -85,8 +84,8 @@ func TestWriteText(t *testing.T) {
 	for _, want := range []string{
 		"accelerator tcg (no kvm)",
 		"≤ 1.2× bare-restore = 240 ms", "200 ms (bare-restore)", "1.50×", "MISS",
-		"≤ 20 ms", "PASS",
-		"step restore", "250 ms",
+		"≤ 20 ms", "PASS", "SKIP", "runsc is not installed",
+		"step restore", "250 ms", "1.25× runsc-true",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -202,10 +201,19 @@ func TestParseFlags(t *testing.T) {
 		wantErr bool
 	}{
 		{"full defaults", nil, func(c Config) bool {
-			return c.Samples == 10 && c.Forks == 10 && c.Concurrent == 20 && c.MemoryMB == 512 && c.Net == -1
+			return c.Samples == 10 && c.Forks == 10 && slices.Equal(c.Concurrency, []int{1, 5, 20}) && c.MemoryMB == 512 && c.Net == -1 &&
+				c.DensityBudgetMB == 8192 && c.DensityMax == 64 && c.Stack && c.Only == nil
 		}, false},
-		{"quick", []string{"--quick"}, func(c Config) bool { return c.Samples == 3 && c.Forks == 4 && c.Concurrent == 4 }, false},
-		{"quick with override", []string{"--quick", "--forks", "10"}, func(c Config) bool { return c.Forks == 10 && c.Samples == 3 }, false},
+		{"quick", []string{"--quick"}, func(c Config) bool {
+			return c.Samples == 3 && c.Forks == 3 && slices.Equal(c.Concurrency, []int{1, 4}) && c.DensityMax == 2 && c.RPSDuration == 2*time.Second
+		}, false},
+		{"quick with override", []string{"--quick", "--forks", "10", "--concurrent", "20"}, func(c Config) bool {
+			return c.Forks == 10 && c.Samples == 3 && slices.Equal(c.Concurrency, []int{20})
+		}, false},
+		{"only", []string{"--only", "^(bare-qemu|create)$"}, func(c Config) bool { return c.Only.MatchString("create") && !c.Only.MatchString("fork") }, false},
+		{"bad only", []string{"--only", "("}, nil, true},
+		{"bad concurrency", []string{"--concurrent", "1,x"}, nil, true},
+		{"zero density budget", []string{"--density-budget-mb", "0"}, nil, true},
 		{"too many forks", []string{"--forks", "33"}, nil, true},
 		{"negative samples", []string{"--samples", "-1"}, nil, true},
 		{"bad accel", []string{"--accel", "hvf"}, nil, true},

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -28,6 +29,9 @@ type Machine struct {
 	GuestMemoryMB int    `json:"guest_memory_mb"`
 	GuestVCPUs    int    `json:"guest_vcpus"`
 	LoadAvg       string `json:"load_average_at_start"`
+	Runsc         string `json:"runsc"`
+	GoVersion     string `json:"go_version"`
+	GitCommit     string `json:"git_commit"`
 }
 
 // hostFacts fills in what the host says about itself; errors leave a
@@ -54,7 +58,33 @@ func hostFacts(ctx context.Context, qemuBin string) Machine {
 	} else {
 		m.QEMU, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
 	}
+	m.Runsc = "not installed"
+	if out, err := exec.CommandContext(ctx, "runsc", "--version").Output(); err == nil {
+		m.Runsc, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
+	}
+	m.GoVersion = runtime.Version()
+	m.GitCommit = gitCommit(ctx)
 	return m
+}
+
+// gitCommit is the checkout's commit, "+dirty" when it has changes; the
+// build's VCS stamp when git cannot say (go run stamps none).
+func gitCommit(ctx context.Context) string {
+	if out, err := exec.CommandContext(ctx, "git", "rev-parse", "--short=12", "HEAD").Output(); err == nil {
+		c := strings.TrimSpace(string(out))
+		if st, err := exec.CommandContext(ctx, "git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(bytes.TrimSpace(st)) > 0 {
+			c += "+dirty"
+		}
+		return c
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
 }
 
 // cpuModel is the first "model name" in /proc/cpuinfo.

@@ -94,7 +94,7 @@ func newWorld(ctx context.Context, cfg Config, log *slog.Logger, ph *phases) (*w
 		cgroup: fmt.Sprintf("wrenn-snapbench-%d", run),
 		pcfg: network.PoolConfig{
 			Prefix:   fmt.Sprintf("wsb%d-", n),
-			Slots:    64,
+			Slots:    512,
 			HostCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(200 + 2*n), 0, 0}), 16),
 			VethCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(201 + 2*n), 0, 0}), 16),
 			Table:    fmt.Sprintf("wrenn_snapbench_%d", run),

@@ -1,0 +1,374 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/devstack"
+	"github.com/wrenn/wrenn/internal/pgcluster"
+)
+
+// The control-plane figures run against a real single-node stack
+// (internal/devstack: a private PostgreSQL, wrenn-cp and wrenn-agent as
+// child processes, the host registered, an admin API key), in a WRENN_DIR
+// of the benchmark's own that shares the kernels and the base image. They
+// speak plain HTTP to the REST API (api/openapi.yaml, types from package
+// api) rather than the Go SDK, so that a figure measures the API and not
+// a client library's choices.
+
+// stackTemplate is the template the REST create figure restores from.
+const stackTemplate = "wrennbench-rest"
+
+// rpsWorkers is how many requests the request-rate figures keep in flight.
+const rpsWorkers = 4
+
+// stackFigures are the control-plane figures, made up front so that a
+// stack that does not start skips every one of them with the reason.
+type stackFigures struct {
+	create, exec, upload, download, list, execRPS *Figure
+}
+
+func (s *stackFigures) all() []*Figure {
+	return []*Figure{s.create, s.exec, s.upload, s.download, s.list, s.execRPS}
+}
+
+func (b *bench) stack(ctx context.Context) {
+	figs := &stackFigures{
+		create:   (&Figure{Key: "create-rest", Name: "REST create from template snapshot → first REST exec `true`"}).against("create", 0).also("bare-restore"),
+		exec:     (&Figure{Key: "exec-rest", Name: "exec `true` round trip via REST (wrenn-cp → agent → envd)"}).against("exec-envd", 0),
+		upload:   (&Figure{Key: "upload-1m-rest", Name: "upload 1 MiB via REST", Bytes: 1 << 20}).against("upload-1m", 0),
+		download: (&Figure{Key: "download-1m-rest", Name: "download 1 MiB via REST", Bytes: 1 << 20}).against("download-1m", 0),
+		list:     &Figure{Key: "cp-list-rps", Name: fmt.Sprintf("GET /v1/sandboxes (%d rows) requests per second, %d in flight", b.cfg.ListRows, rpsWorkers), Unit: "req/s"},
+		execRPS:  &Figure{Key: "cp-exec-rps", Name: fmt.Sprintf("POST /v1/sandboxes/{id}/exec `true` requests per second, %d in flight", rpsWorkers), Unit: "req/s"},
+	}
+	defer func() { b.add(GroupCP, figs.all()...) }()
+	skipAll := func(why string) {
+		for _, f := range figs.all() {
+			f.Result, f.Error = Skip, why
+		}
+	}
+	if !b.cfg.Stack {
+		skipAll("--stack=false")
+		return
+	}
+	st, dsn, err := b.startStack(ctx)
+	if err != nil {
+		skipAll("the control-plane stack did not start (wrenn-cp may not serve yet): " + oneLine(err.Error()))
+		return
+	}
+	c := &restClient{base: st.URL, key: st.Admin.APIKey, hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * rpsWorkers}}}
+	b.restFigures(ctx, c, figs)
+	b.rateFigures(ctx, c, dsn, st.Admin.TeamID, figs)
+}
+
+// startStack builds (or finds) the daemons and starts them; the world's
+// cleanup destroys the stack's sandboxes and stops it.
+func (b *bench) startStack(ctx context.Context) (*devstack.Stack, string, error) {
+	root := filepath.Join(b.w.dir, "stack")
+	dir := filepath.Join(root, "wrenn")
+	bin := b.cfg.BinDir
+	if bin == "" {
+		bin = filepath.Join(root, "bin")
+	}
+	for _, d := range []string{bin, filepath.Join(dir, "images")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, "", err
+		}
+	}
+	// PostgreSQL (as postgres) and the VMMs (their own uids) pass through.
+	for _, d := range []string{root, dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			return nil, "", err
+		}
+	}
+	for link, target := range map[string]string{
+		filepath.Join(dir, "kernels"):             filepath.Dir(b.w.kernel.Path),
+		filepath.Join(dir, "images", b.cfg.Image): filepath.Dir(b.w.rootfs),
+	} {
+		if err := os.Symlink(target, link); err != nil {
+			return nil, "", err
+		}
+	}
+	if b.cfg.BinDir == "" {
+		for _, c := range []string{"wrenn-cp", "wrenn-agent"} {
+			out, err := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, c), "./cmd/"+c).CombinedOutput()
+			if err != nil {
+				return nil, "", fmt.Errorf("build %s (run from the repository root): %v: %s", c, err, out)
+			}
+		}
+	}
+	pgPort := 5450 + b.w.run%500
+	var log bytes.Buffer
+	st, err := devstack.Up(ctx, devstack.Config{
+		Dir: dir, BinDir: bin, CPAddr: freeAddr(), AgentAddr: freeAddr(), PGPort: pgPort, Out: &log,
+		CPEnv: []string{"WRENN_DOMAIN=wrenn.test"},
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	b.w.onClose("control-plane stack", func(ctx context.Context) error {
+		_, derr := st.DestroySandboxes(ctx)
+		return errors.Join(derr, st.Close(ctx))
+	})
+	cluster := pgcluster.Cluster{Dir: filepath.Join(dir, "pg"), Port: pgPort}
+	return st, cluster.DSN("wrenn"), nil
+}
+
+// freeAddr is a loopback address nobody listens on (the daemons bind it
+// right after; a race with another process is possible but harmless here:
+// the stack then fails to start and its figures are skipped).
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "127.0.0.1:0"
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// restFigures: a sandbox from the minimal image, snapshotted as a template;
+// then create-from-template → first exec, exec round trips and 1 MiB
+// transfers, all through REST.
+func (b *bench) restFigures(ctx context.Context, c *restClient, figs *stackFigures) {
+	failAll := func(err error) {
+		for _, f := range []*Figure{figs.create, figs.exec, figs.upload, figs.download, figs.execRPS} {
+			f.failed(err)
+		}
+	}
+	var sb api.Sandbox
+	tpl := b.cfg.Image
+	if err := c.json(ctx, http.MethodPost, "/v1/sandboxes", api.CreateSandboxRequest{Template: &tpl}, http.StatusCreated, &sb); err != nil {
+		failAll(err)
+		return
+	}
+	var t api.Template
+	if err := c.json(ctx, http.MethodPost, "/v1/sandboxes/"+sb.Id+"/snapshot", map[string]string{"name": stackTemplate}, http.StatusCreated, &t); err != nil {
+		failAll(err)
+		return
+	}
+	name := stackTemplate
+	b.measure(ctx, figs.create, b.cfg.Samples, func(ctx context.Context) (time.Duration, error) {
+		var nsb api.Sandbox
+		t := time.Now()
+		if err := c.json(ctx, http.MethodPost, "/v1/sandboxes", api.CreateSandboxRequest{Template: &name}, http.StatusCreated, &nsb); err != nil {
+			return 0, err
+		}
+		err := c.execTrue(ctx, nsb.Id)
+		d := time.Since(t)
+		return d, errors.Join(err, c.json(context.WithoutCancel(ctx), http.MethodDelete, "/v1/sandboxes/"+nsb.Id, nil, http.StatusNoContent, nil))
+	})
+	if err := c.execTrue(ctx, sb.Id); err != nil { // untimed: warm path
+		failAll(err)
+		return
+	}
+	b.measure(ctx, figs.exec, b.cfg.ExecSamples, func(ctx context.Context) (time.Duration, error) {
+		t := time.Now()
+		err := c.execTrue(ctx, sb.Id)
+		return time.Since(t), err
+	})
+	files := "/v1/sandboxes/" + sb.Id + "/files?path=" + url.QueryEscape("wrennbench-rest-transfer")
+	b.measure(ctx, figs.upload, b.cfg.FileSamples, func(ctx context.Context) (time.Duration, error) {
+		t := time.Now()
+		err := c.stream(ctx, http.MethodPut, files, &pattern{left: 1 << 20}, http.StatusOK, nil)
+		return time.Since(t), err
+	})
+	b.measure(ctx, figs.download, b.cfg.FileSamples, func(ctx context.Context) (time.Duration, error) {
+		var n countWriter
+		t := time.Now()
+		err := c.stream(ctx, http.MethodGet, files, nil, http.StatusOK, &n)
+		d := time.Since(t)
+		if err == nil && n != 1<<20 {
+			err = fmt.Errorf("download via REST: got %d bytes, want %d", n, 1<<20)
+		}
+		return d, err
+	})
+	b.rateExec(ctx, c, sb.Id, figs.execRPS)
+}
+
+// rateFigures fills the sandboxes table to ListRows rows (filler rows,
+// hibernated, on no host) and measures GET /v1/sandboxes?limit=1000.
+func (b *bench) rateFigures(ctx context.Context, c *restClient, dsn, teamID string, figs *stackFigures) {
+	if err := fillSandboxes(ctx, dsn, teamID, b.cfg.ListRows); err != nil {
+		figs.list.failed(err)
+		return
+	}
+	figs.list.note("%d rows in the team's sandboxes (filler rows written straight into PostgreSQL), page size 1000", b.cfg.ListRows)
+	b.rate(ctx, figs.list, func(ctx context.Context) error {
+		return c.json(ctx, http.MethodGet, "/v1/sandboxes?limit=1000", nil, http.StatusOK, nil)
+	})
+}
+
+// rateExec measures POST exec requests per second on one sandbox.
+func (b *bench) rateExec(ctx context.Context, c *restClient, id string, f *Figure) {
+	b.rate(ctx, f, func(ctx context.Context) error { return c.execTrue(ctx, id) })
+}
+
+// rate runs call from rpsWorkers goroutines for RPSDuration and records
+// the requests completed in each whole second as one sample.
+func (b *bench) rate(ctx context.Context, f *Figure, call func(context.Context) error) {
+	seconds := max(1, int(b.cfg.RPSDuration/time.Second))
+	rctx, cancel := context.WithTimeout(ctx, time.Duration(seconds)*time.Second)
+	defer cancel()
+	var done atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range rpsWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for rctx.Err() == nil {
+				if err := call(rctx); err != nil {
+					if rctx.Err() == nil {
+						once.Do(func() { firstErr = err })
+						cancel()
+					}
+					return
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	var per []float64
+	tick := time.NewTicker(time.Second)
+	last := int64(0)
+	for range seconds {
+		select {
+		case <-rctx.Done():
+		case <-tick.C:
+			n := done.Load()
+			per = append(per, float64(n-last))
+			last = n
+		}
+		if rctx.Err() != nil {
+			break
+		}
+	}
+	tick.Stop()
+	cancel()
+	wg.Wait()
+	*f = *values(f.Key, f.Name, f.Unit, per)
+	f.note("closed loop: %d clients each send the next request when the last one answers; one sample per second", rpsWorkers)
+	if firstErr != nil {
+		f.failed(firstErr)
+	}
+}
+
+// fillSandboxes inserts filler rows until the team has n sandboxes.
+func fillSandboxes(ctx context.Context, dsn, teamID string, n int) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("connect to the stack's database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, `
+INSERT INTO sandboxes (id, team_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata)
+SELECT 'wrennbench-filler-' || g, $1::uuid, 'minimal', 'hibernated', 1, 512, 2048, 300, 'pause', '{"wrennbench": "filler"}'
+FROM generate_series(1, GREATEST(0, $2::int - (SELECT count(*) FROM sandboxes WHERE team_id = $1::uuid))) AS g`, teamID, n)
+	if err != nil {
+		return fmt.Errorf("insert filler sandboxes: %w", err)
+	}
+	return nil
+}
+
+// restClient is a minimal REST client: JSON in and out, API key auth.
+type restClient struct {
+	base, key string
+	hc        *http.Client
+}
+
+func (c *restClient) execTrue(ctx context.Context, id string) error {
+	var res api.ExecResult
+	args := []string{}
+	if err := c.json(ctx, http.MethodPost, "/v1/sandboxes/"+id+"/exec", api.ExecRequest{Cmd: "/bin/true", Args: &args}, http.StatusOK, &res); err != nil {
+		return err
+	}
+	if res.ExitCode == nil || *res.ExitCode != 0 {
+		return fmt.Errorf("exec true via REST: exit %v, error %v", res.ExitCode, res.Error)
+	}
+	return nil
+}
+
+// json sends in as JSON (nil: no body), wants status, decodes into out.
+func (c *restClient) json(ctx context.Context, method, path string, in any, want int, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	var w io.Writer
+	var buf bytes.Buffer
+	if out != nil {
+		w = &buf
+	}
+	if err := c.stream(ctx, method, path, body, want, w); err != nil {
+		return err
+	}
+	if out != nil {
+		if err := json.Unmarshal(buf.Bytes(), out); err != nil {
+			return fmt.Errorf("%s %s: decode: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// stream sends body (JSON when it is a *bytes.Reader, else octet-stream),
+// wants status and copies the response into out (nil: discarded).
+func (c *restClient) stream(ctx context.Context, method, path string, body io.Reader, want int, out io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	switch body.(type) {
+	case nil:
+	case *bytes.Reader:
+		req.Header.Set("Content-Type", "application/json")
+	default:
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != want {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("%s %s: %s: %s", method, strings.Split(path, "?")[0], resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out == nil {
+		out = io.Discard
+	}
+	if _, err := io.Copy(out, resp.Body); err != nil {
+		return fmt.Errorf("%s %s: read response: %w", method, path, err)
+	}
+	return nil
+}
+
+// countWriter counts what is written to it.
+type countWriter int64
+
+func (n *countWriter) Write(p []byte) (int, error) {
+	*n += countWriter(len(p))
+	return len(p), nil
+}
