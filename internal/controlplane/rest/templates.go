@@ -1,0 +1,135 @@
+package rest
+
+// Templates: built-in ones are the base images of the online hosts a team
+// may use (never stored, never deletable: deleting one answers 403
+// permission_denied); a team's own come from snapshots and live in the
+// templates table, their files on the host that took the snapshot.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"connectrpc.com/connect"
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/store"
+	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
+)
+
+func (s *Server) mountTemplates(r chi.Router) {
+	r.Get("/templates", s.sbHandler(s.listTemplates))
+	r.Get("/templates/{templateName}", s.sbHandler(s.getTemplate))
+	r.Delete("/templates/{templateName}", s.sbHandler(s.deleteTemplate))
+}
+
+func templateJSON(t store.Template) api.Template {
+	out := api.Template{Name: t.Name, Snapshot: t.Snapshot, CreatedAt: t.CreatedAt, SourceSandboxId: t.SourceSandboxID}
+	if t.DiskBytes > 0 {
+		out.DiskBytes = &t.DiskBytes
+	}
+	return out
+}
+
+func builtinJSON(b store.BuiltinTemplatesRow) api.Template {
+	return api.Template{Name: b.Name, Builtin: true, CreatedAt: b.CreatedAt}
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	team := principal(ctx).TeamID
+	builtins, err := s.q.BuiltinTemplates(ctx, team)
+	if err != nil {
+		return fmt.Errorf("list built-in templates: %w", err)
+	}
+	own, err := s.q.ListTeamTemplates(ctx, team)
+	if err != nil {
+		return fmt.Errorf("list templates: %w", err)
+	}
+	out := make([]api.Template, 0, len(builtins)+len(own))
+	for _, b := range builtins {
+		out = append(out, builtinJSON(b))
+	}
+	for _, t := range own {
+		out = append(out, templateJSON(t))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"templates": out})
+	return nil
+}
+
+// findTemplate returns the team's template or, failing that, the built-in
+// one of that name.
+func (s *Server) findTemplate(ctx context.Context, name string) (*store.Template, *store.BuiltinTemplatesRow, error) {
+	if !templateNameRE.MatchString(name) {
+		return nil, nil, invalid("template name %q: must match %s", name, templateNameRE)
+	}
+	team := principal(ctx).TeamID
+	t, err := s.q.GetTeamTemplate(ctx, store.GetTeamTemplateParams{TeamID: team, Name: name})
+	switch {
+	case err == nil:
+		return &t, nil, nil
+	case !errors.Is(err, pgx.ErrNoRows):
+		return nil, nil, fmt.Errorf("look up template %s: %w", name, err)
+	}
+	builtins, err := s.q.BuiltinTemplates(ctx, team)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list built-in templates: %w", err)
+	}
+	for _, b := range builtins {
+		if b.Name == name {
+			return nil, &b, nil
+		}
+	}
+	return nil, nil, notFound("template", name)
+}
+
+func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {
+	t, b, err := s.findTemplate(r.Context(), chi.URLParam(r, "templateName"))
+	if err != nil {
+		return err
+	}
+	if b != nil {
+		writeJSON(w, http.StatusOK, builtinJSON(*b))
+		return nil
+	}
+	writeJSON(w, http.StatusOK, templateJSON(*t))
+	return nil
+}
+
+// deleteTemplate removes a team template's files from its host, then its
+// row. A host that no longer holds them is fine; an unreachable one keeps
+// the row (503) so the files are not orphaned unseen.
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) (err error) {
+	ctx := r.Context()
+	name := chi.URLParam(r, "templateName")
+	defer func() { s.audit(ctx, "template", name, "delete", err, nil) }()
+	t, b, err := s.findTemplate(ctx, name)
+	if err != nil {
+		return err
+	}
+	if b != nil {
+		return errdefs.New(errdefs.ErrPermissionDenied, "template %q is built in and cannot be deleted", name)
+	}
+	ctx = context.WithoutCancel(ctx)
+	if t.HostID != nil {
+		actx, cancel := context.WithTimeout(ctx, agentQuickTimeout)
+		defer cancel()
+		ag, err := s.agentFor(actx, t.HostID)
+		if err != nil {
+			return err
+		}
+		_, err = ag.DeleteTemplate(actx, connect.NewRequest(&hostagentv1.DeleteTemplateRequest{Name: t.AgentName}))
+		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+			return agentErr("delete template "+name, err)
+		}
+	}
+	if err := s.q.DeleteTemplate(ctx, t.ID); err != nil {
+		return fmt.Errorf("delete template %s: %w", name, err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
