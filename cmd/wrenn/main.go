@@ -1,25 +1,19 @@
 // Command wrenn is the Wrenn command-line client for sandboxes, templates
-// and hosts.
-//
-// Only --version works today; the commands land with the quick-start
-// issue (see docs/architecture.md for what exists).
+// and hosts. The commands live in internal/cli; `wrenn --help` lists them.
 package main
 
 import (
-	"flag"
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
 
-	"github.com/wrenn/wrenn/internal/version"
+	"github.com/wrenn/wrenn/internal/cli"
 )
 
 func main() {
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	flag.Parse()
-	if *showVersion {
-		fmt.Println("wrenn", version.Version)
-		return
-	}
-	fmt.Fprintln(os.Stderr, "wrenn: the CLI commands are not built yet; see docs/architecture.md")
-	os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Run(ctx, os.Args[1:], cli.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+	stop()
+	os.Exit(code)
 }

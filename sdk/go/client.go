@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/coder/websocket"
+
+	"github.com/wrenn/wrenn/api"
 )
 
 // DefaultBaseURL is the API address used when neither WithBaseURL nor
@@ -225,3 +227,13 @@ func (c *Client) dial(ctx context.Context, path string, q url.Values) (*websocke
 
 // seg escapes one path segment.
 func seg(s string) string { return url.PathEscape(s) }
+
+// Me returns the caller and the team the client acts for; it is the
+// cheapest way to check that the credentials work.
+func (c *Client) Me(ctx context.Context) (*api.Me, error) {
+	var out api.Me
+	if err := c.call(ctx, "GET", "/v1/me", nil, nil, &out); err != nil {
+		return nil, fmt.Errorf("who am I: %w", err)
+	}
+	return &out, nil
+}

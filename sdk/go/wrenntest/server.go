@@ -216,6 +216,7 @@ func (s *Server) addSandboxLocked(info api.Sandbox) *sandbox {
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/me", s.me)
 	mux.HandleFunc("POST /v1/sandboxes", s.createSandbox)
 	mux.HandleFunc("GET /v1/sandboxes", s.listSandboxes)
 	mux.HandleFunc("GET /v1/sandboxes/{id}", s.getSandbox)
@@ -336,6 +337,17 @@ func (s *Server) lookupLocked(w http.ResponseWriter, r *http.Request) *sandbox {
 		return nil
 	}
 	return sb
+}
+
+// TeamName is the name of the fake's one team.
+const TeamName = "fake-team"
+
+func (s *Server) me(w http.ResponseWriter, r *http.Request) {
+	team := api.Team{Name: TeamName, CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	team.Id[15] = 1
+	keyID := team.Id
+	keyID[14] = 1
+	writeJSON(w, http.StatusOK, api.Me{ApiKeyId: &keyID, Role: api.RoleAdmin, Team: team, Teams: []api.Team{team}})
 }
 
 func between(v *int, lo, hi int) bool { return v == nil || (*v >= lo && *v <= hi) }
