@@ -193,6 +193,7 @@ type Registry struct {
 	hostTokens map[string]string
 	hosts      map[string]*Host
 	renewAfter time.Time
+	renewErr   error
 	nextID     int
 }
 
@@ -245,6 +246,13 @@ func (r *Registry) SetRenewAfter(t time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.renewAfter = t
+}
+
+// FailRenewals makes Renew answer err (nil: succeed again).
+func (r *Registry) FailRenewals(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.renewErr = err
 }
 
 // Delete marks a host deleted, as DELETE /v1/hosts/{id} would.
@@ -331,6 +339,9 @@ func (r *Registry) Renew(_ context.Context, req *connect.Request[hostagentv1.Ren
 	h, old, err := r.host(req.Header())
 	if err != nil {
 		return nil, err
+	}
+	if r.renewErr != nil {
+		return nil, r.renewErr
 	}
 	cert, err := r.CA.SignCSR(req.Msg.GetCsrPem(), h.ID, 30*24*time.Hour)
 	if err != nil {
