@@ -1,0 +1,134 @@
+package hostinfo_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wrenn/wrenn/internal/agent"
+	"github.com/wrenn/wrenn/internal/agent/hostinfo"
+	"github.com/wrenn/wrenn/internal/agent/state"
+)
+
+type fakeSandboxes struct {
+	infos     []agent.Info
+	templates []agent.Template
+	listErr   error
+	tmplErr   error
+}
+
+func (f fakeSandboxes) List(context.Context) ([]agent.Info, error) { return f.infos, f.listErr }
+func (f fakeSandboxes) Templates(context.Context) ([]agent.Template, error) {
+	return f.templates, f.tmplErr
+}
+
+func write(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fakeProc(t *testing.T) string {
+	proc := t.TempDir()
+	write(t, proc+"/meminfo", "MemTotal:       2048 kB\nMemFree:  1 kB\nMemAvailable:    1024 kB\nHugePages_Total:   0\n")
+	write(t, proc+"/loadavg", "1.50 0.30 0.20 1/300 12345\n")
+	return proc
+}
+
+func TestCollect(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir+"/kernels/vmlinux-6.1.9", "")
+	write(t, dir+"/kernels/vmlinux-6.12.1", "")
+	sb := func(id string, s state.State) agent.Info {
+		return agent.Info{ID: id, State: s, VCPUs: 2, MemoryMB: 256, DiskMB: 1024}
+	}
+	src := fakeSandboxes{
+		infos: []agent.Info{sb("a", state.Starting), sb("b", state.Running), sb("c", state.Paused),
+			sb("d", state.Hibernated), sb("e", state.Stopping), sb("f", state.Error)},
+		templates: []agent.Template{{Name: "python", Snapshot: true, DiskBytes: 9}, {Name: "minimal", DiskBytes: 7}},
+	}
+	c := hostinfo.New(hostinfo.Config{Dir: dir, VMM: "firecracker", Accelerator: "kvm", Sandboxes: src, ProcDir: fakeProc(t)})
+	st, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, u := st.Specs, st.Usage
+	if sp.GetKernelVersion() != "6.12.1" || sp.GetMemoryBytes() != 2048<<10 || sp.GetVmm() != "firecracker" ||
+		sp.GetAccelerator() != "kvm" || strings.Join(sp.GetImages(), ",") != "minimal,python" || sp.GetDiskBytes() <= 0 {
+		t.Errorf("specs = %v", sp)
+	}
+	// Starting and running count as running; paused and hibernated as
+	// paused; a VMM's vCPUs and memory are held by a, b, c; disk by all
+	// but the stopped.
+	if u.GetSandboxesRunning() != 2 || u.GetSandboxesPaused() != 2 || u.GetReservedVcpus() != 6 ||
+		u.GetReservedMemoryBytes() != 3*256<<20 || u.GetReservedDiskBytes() != 6*1024<<20 ||
+		u.GetMemoryAvailableBytes() != 1024<<10 || u.GetLoad1() != 1.5 || u.GetDiskAvailableBytes() <= 0 {
+		t.Errorf("usage = %v", u)
+	}
+	if strings.Join(st.SandboxIDs, ",") != "a,b,c,d,e,f" || len(st.Templates) != 2 || st.Templates[0].GetDiskBytes() != 9 {
+		t.Errorf("ids %v templates %v", st.SandboxIDs, st.Templates)
+	}
+}
+
+func TestCollectFailures(t *testing.T) {
+	tests := []struct {
+		name  string
+		src   fakeSandboxes
+		proc  func(t *testing.T, proc string)
+		fails bool
+	}{
+		{name: "no images dir is no templates", src: fakeSandboxes{tmplErr: fmt.Errorf("list templates: %w", os.ErrNotExist)}},
+		{name: "sandbox list fails", src: fakeSandboxes{listErr: context.DeadlineExceeded}, fails: true},
+		{name: "template list fails", src: fakeSandboxes{tmplErr: errors.New("EIO")}, fails: true},
+		{name: "no MemAvailable", proc: func(t *testing.T, p string) { write(t, p+"/meminfo", "MemTotal: 1 kB\n") }, fails: true},
+		{name: "garbled loadavg", proc: func(t *testing.T, p string) { write(t, p+"/loadavg", "high\n") }, fails: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			proc := fakeProc(t)
+			if tt.proc != nil {
+				tt.proc(t, proc)
+			}
+			c := hostinfo.New(hostinfo.Config{Dir: t.TempDir(), Sandboxes: tt.src, ProcDir: proc})
+			_, err := c.Collect(context.Background())
+			if (err != nil) != tt.fails {
+				t.Errorf("err = %v, want failure %v", err, tt.fails)
+			}
+		})
+	}
+}
+
+func TestSandboxCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(hostinfo.NewSandboxCollector(fakeSandboxes{infos: []agent.Info{
+		{ID: "a", State: state.Running}, {ID: "b", State: state.Running}, {ID: "c", State: state.Paused}}}))
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+	}
+	if got["running"] != 2 || got["paused"] != 1 || got["hibernated"] != 0 || len(got) != len(state.All) {
+		t.Errorf("wrenn_agent_sandboxes = %v", got)
+	}
+
+	bad := prometheus.NewRegistry()
+	bad.MustRegister(hostinfo.NewSandboxCollector(fakeSandboxes{listErr: context.DeadlineExceeded}))
+	if _, err := bad.Gather(); err == nil {
+		t.Error("a failed listing was reported as zero sandboxes")
+	}
+}
