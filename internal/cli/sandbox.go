@@ -403,4 +403,3 @@ func (a *app) sbxTimeout() *cobra.Command {
 		},
 	}
 }
-
