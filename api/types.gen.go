@@ -409,10 +409,13 @@ type CreatedHost struct {
 
 // Error defines model for Error.
 type Error struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail defines model for ErrorDetail.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
 }
 
 // ExecRequest defines model for ExecRequest.
@@ -456,6 +459,7 @@ type ExecResult struct {
 
 // FileEvent defines model for FileEvent.
 type FileEvent struct {
+	// Name Path relative to the watched directory.
 	Name string        `json:"name"`
 	Type FileEventType `json:"type"`
 }
@@ -557,7 +561,7 @@ type Process struct {
 type ProcessEvent struct {
 	// Data Base64 output (stdout/stderr).
 	Data     *[]byte          `json:"data,omitempty"`
-	Error    *Error           `json:"error,omitempty"`
+	Error    *ErrorDetail     `json:"error,omitempty"`
 	ExitCode *int             `json:"exit_code,omitempty"`
 	Pid      *int             `json:"pid,omitempty"`
 	Type     ProcessEventType `json:"type"`
