@@ -130,11 +130,11 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
 	path := r.URL.Query().Get("path")
-	defer func() { s.audit(ctx, "sandbox", id, "write_file", err, map[string]any{"path": path}) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, "write_file", err, map[string]any{"path": path}) }()
 	if err := checkPath("path", path); err != nil {
 		return err
 	}
@@ -164,8 +164,12 @@ func (s *Server) removeFile(w http.ResponseWriter, r *http.Request) (err error) 
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
 	path := r.URL.Query().Get("path")
+	sb, err := s.teamSandbox(ctx, id)
+	if err != nil {
+		return err
+	}
 	defer func() { s.audit(ctx, "sandbox", id, "remove_file", err, map[string]any{"path": path}) }()
-	_, ec, err := s.runningEnvd(r)
+	ec, err := s.sandboxEnvd(ctx, sb)
 	if err != nil {
 		return err
 	}
@@ -229,11 +233,11 @@ func (s *Server) makeDir(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
 	var body api.MakeDirJSONBody
-	defer func() { s.audit(ctx, "sandbox", id, "make_dir", err, map[string]any{"path": body.Path}) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, "make_dir", err, map[string]any{"path": body.Path}) }()
 	if err := decodeJSON(w, r, &body, false); err != nil {
 		return err
 	}
@@ -256,13 +260,13 @@ func (s *Server) moveFile(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
 	var body api.MoveFileJSONBody
-	defer func() {
-		s.audit(ctx, "sandbox", id, "move_file", err, map[string]any{"from": body.From, "to": body.To})
-	}()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		s.audit(ctx, "sandbox", id, "move_file", err, map[string]any{"from": body.From, "to": body.To})
+	}()
 	if err := decodeJSON(w, r, &body, false); err != nil {
 		return err
 	}

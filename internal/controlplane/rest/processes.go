@@ -214,13 +214,13 @@ func (s *Server) execCommand(w http.ResponseWriter, r *http.Request) (err error)
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
 	var req api.ExecRequest
-	defer func() {
-		s.audit(ctx, "sandbox", id, "exec", err, map[string]any{"background": req.Background != nil && *req.Background})
-	}()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		s.audit(ctx, "sandbox", id, "exec", err, map[string]any{"background": req.Background != nil && *req.Background})
+	}()
 	if err := decodeJSON(w, r, &req, false); err != nil {
 		return err
 	}
@@ -327,11 +327,11 @@ func (s *Server) listProcesses(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) signalProcess(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	id, selector := chi.URLParam(r, "sandboxID"), chi.URLParam(r, "selector")
-	defer func() { s.audit(ctx, "sandbox", id, "signal_process", err, map[string]any{"selector": selector}) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, "signal_process", err, map[string]any{"selector": selector}) }()
 	var body api.SignalProcessJSONBody
 	if err := decodeJSON(w, r, &body, false); err != nil {
 		return err

@@ -11,6 +11,7 @@ package rest
 
 import (
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -165,6 +166,11 @@ func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.Ge
 	if transport == nil {
 		transport = http.DefaultTransport
 	}
+	if isUpgrade(r) {
+		t := http1Transport(transport)
+		defer t.CloseIdleConnections()
+		transport = t
+	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			out := pr.Out
@@ -194,4 +200,33 @@ func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.Ge
 		},
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// isUpgrade reports whether r asks to switch protocols (a WebSocket).
+func isUpgrade(r *http.Request) bool {
+	return r.Header.Get("Upgrade") != "" && strings.Contains(strings.ToLower(r.Header.Get("Connection")), "upgrade")
+}
+
+// http1Transport returns a copy of rt limited to HTTP/1.1: an upgrade
+// cannot travel over HTTP/2, which the agent connection otherwise
+// negotiates. The copy keeps no idle connections (the upgraded one is
+// taken over by the proxy).
+func http1Transport(rt http.RoundTripper) interface {
+	http.RoundTripper
+	CloseIdleConnections()
+} {
+	t, ok := rt.(*http.Transport)
+	if !ok {
+		t = http.DefaultTransport.(*http.Transport)
+	}
+	c := t.Clone()
+	c.ForceAttemptHTTP2 = false
+	c.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	if c.TLSClientConfig != nil {
+		c.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
+	c.Protocols = new(http.Protocols)
+	c.Protocols.SetHTTP1(true)
+	c.DisableKeepAlives = true
+	return c
 }

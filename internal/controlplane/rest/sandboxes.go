@@ -129,6 +129,10 @@ func (s *Server) teamSandbox(ctx context.Context, id string) (store.Sandbox, err
 	return sb, nil
 }
 
+// Audit entries are written only once the resource is known to be the
+// caller's: a failed lookup may name another team's resource, and the
+// caller's audit log must not show it.
+
 // agentFor returns the RPC client of the agent on host id.
 func (s *Server) agentFor(ctx context.Context, host *uuid.UUID) (hostagentv1connect.HostAgentServiceClient, error) {
 	if host == nil {
@@ -273,11 +277,11 @@ func parseSandboxCursor(c string) (time.Time, string, error) {
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
-	defer func() { s.audit(ctx, "sandbox", id, "delete", err, nil) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, "delete", err, nil) }()
 	if sb.State == stStopped {
 		w.WriteHeader(http.StatusNoContent)
 		return nil

@@ -27,11 +27,11 @@ func (s *Server) transition(w http.ResponseWriter, r *http.Request, op, to strin
 	call func(context.Context, store.Sandbox) error) (err error) {
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
-	defer func() { s.audit(ctx, "sandbox", id, op, err, nil) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, op, err, nil) }()
 	if !slices.Contains(from, sb.State) {
 		return wrongState(sb, op, from...)
 	}
@@ -90,11 +90,11 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
-	defer func() { s.audit(ctx, "sandbox", id, "fork", err, nil) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, "fork", err, nil) }()
 	var body api.ForkSandboxJSONBody
 	if err := decodeJSON(w, r, &body, true); err != nil {
 		return err
@@ -177,11 +177,11 @@ var liveStates = []string{stRunning, stPaused, stHibernated}
 func (s *Server) setSandboxTimeout(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
-	defer func() { s.audit(ctx, "sandbox", id, "set_timeout", err, nil) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, "set_timeout", err, nil) }()
 	var body api.SetSandboxTimeoutJSONBody
 	if err := decodeJSON(w, r, &body, false); err != nil {
 		return err
@@ -224,11 +224,11 @@ func (s *Server) setSandboxTimeout(w http.ResponseWriter, r *http.Request) (err 
 func (s *Server) setSandboxNetwork(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
-	defer func() { s.audit(ctx, "sandbox", id, "set_network", err, nil) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, "set_network", err, nil) }()
 	var pol api.NetworkPolicy
 	if err := decodeJSON(w, r, &pol, false); err != nil {
 		return err
@@ -333,11 +333,11 @@ func (s *Server) snapshotSandbox(w http.ResponseWriter, r *http.Request) (err er
 	ctx := r.Context()
 	id := chi.URLParam(r, "sandboxID")
 	var body api.SnapshotSandboxJSONBody
-	defer func() { s.audit(ctx, "sandbox", id, "snapshot", err, map[string]any{"template": body.Name}) }()
 	sb, err := s.teamSandbox(ctx, id)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "sandbox", id, "snapshot", err, map[string]any{"template": body.Name}) }()
 	if err := decodeJSON(w, r, &body, false); err != nil {
 		return err
 	}

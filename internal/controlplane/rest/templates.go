@@ -106,11 +106,11 @@ func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	name := chi.URLParam(r, "templateName")
-	defer func() { s.audit(ctx, "template", name, "delete", err, nil) }()
 	t, b, err := s.findTemplate(ctx, name)
 	if err != nil {
 		return err
 	}
+	defer func() { s.audit(ctx, "template", name, "delete", err, nil) }()
 	if b != nil {
 		return errdefs.New(errdefs.ErrPermissionDenied, "template %q is built in and cannot be deleted", name)
 	}
