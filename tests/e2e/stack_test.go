@@ -31,6 +31,7 @@ import (
 var shared struct {
 	once  sync.Once
 	st    *devstack.Stack
+	cfg   devstack.Config
 	bin   string
 	dir   string
 	err   error
@@ -96,7 +97,7 @@ func startStack(images testenv.Images) error {
 	shared.bin = bin
 	fmt.Fprintf(os.Stderr, "e2e: built binaries in %s\n", time.Since(start).Round(time.Millisecond))
 
-	st, err := devstack.Up(ctx, devstack.Config{
+	shared.cfg = devstack.Config{
 		Dir:       dir,
 		BinDir:    bin,
 		CPAddr:    freeAddr(),
@@ -105,7 +106,8 @@ func startStack(images testenv.Images) error {
 		Out:       os.Stderr,
 		CPEnv:     []string{"WRENN_DOMAIN=wrenn.test", "WRENN_LOG_LEVEL=debug"},
 		AgentEnv:  []string{"WRENN_LOG_LEVEL=debug"},
-	})
+	}
+	st, err := devstack.Up(ctx, shared.cfg)
 	if err != nil {
 		return err
 	}
@@ -113,6 +115,10 @@ func startStack(images testenv.Images) error {
 	shared.close = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
+		st := shared.st
+		if st == nil {
+			return
+		}
 		if n, err := st.DestroySandboxes(ctx); err != nil || n > 0 {
 			fmt.Fprintf(os.Stderr, "e2e: destroyed %d leftover sandboxes (err %v)\n", n, err)
 		}
