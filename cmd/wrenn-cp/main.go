@@ -1,25 +1,188 @@
 // Command wrenn-cp is the Wrenn control plane: REST and WebSocket API, auth,
-// scheduling across hosts, and the sandbox proxy.
+// scheduling across hosts, the sandbox proxy, the registry agents register
+// and heartbeat with, and the host monitor.
 //
-// Only --version works today; the API server lands with the control-plane
-// issue (see docs/architecture.md for what exists).
+// Configuration comes from flags, the environment and an optional .env file
+// (see .env.example and internal/controlplane/config). Several replicas may
+// share one database.
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/wrenn/wrenn/internal/controlplane/agentpool"
+	"github.com/wrenn/wrenn/internal/controlplane/config"
+	"github.com/wrenn/wrenn/internal/controlplane/hostmon"
+	"github.com/wrenn/wrenn/internal/controlplane/hostreg"
+	"github.com/wrenn/wrenn/internal/controlplane/rest"
+	"github.com/wrenn/wrenn/internal/dbmigrate"
+	"github.com/wrenn/wrenn/internal/store"
 	"github.com/wrenn/wrenn/internal/version"
 )
 
 func main() {
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	flag.Parse()
-	if *showVersion {
+	cfg, err := config.Parse(os.Args[1:], os.Environ(), os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if cfg.ShowVersion {
 		fmt.Println("wrenn-cp", version.Version)
 		return
 	}
-	fmt.Fprintln(os.Stderr, "wrenn-cp: the control plane is not built yet; see docs/architecture.md")
-	os.Exit(2)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log, nil); err != nil {
+		log.Error("wrenn-cp failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+// Bounds on start-up and shutdown.
+const (
+	// dbWait is how long start-up waits for PostgreSQL to accept
+	// connections (it may be starting next to us).
+	dbWait = time.Minute
+	// drainTimeout is how long in-flight requests get after SIGTERM.
+	drainTimeout = 30 * time.Second
+)
+
+// run serves until ctx ends, then drains. ready, if set, is told the
+// address the API listens on once it does.
+func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(addr string)) error {
+	log.Info("wrenn-cp starting", "version", version.Version, "config", cfg)
+
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer pool.Close()
+	if err := waitForDB(ctx, pool, log); err != nil {
+		return err
+	}
+	if err := dbmigrate.Up(ctx, pool); err != nil {
+		return err
+	}
+
+	ca, err := hostreg.LoadOrCreateCA(ctx, store.New(pool), time.Now())
+	if err != nil {
+		return err
+	}
+	registryPath, registry := hostreg.New(pool, ca, nil, log.With("component", "hostreg")).Handler()
+	identity := hostreg.NewClientIdentity(ca, nil)
+	if _, err := identity.Certificate(); err != nil {
+		return err
+	}
+	agents := agentpool.New(pool, identity, log.With("component", "agentpool"))
+	defer agents.Close()
+
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	monitor, err := hostmon.New(pool, hostmon.Options{
+		Timeout: cfg.HostTimeout, Logger: log.With("component", "hostmon"), Metrics: metrics,
+	})
+	if err != nil {
+		return err
+	}
+	api := rest.New(rest.Deps{
+		Pool:           pool,
+		Logger:         log.With("component", "api"),
+		Metrics:        metrics,
+		Agents:         agents,
+		JWTSecret:      cfg.JWTSecret,
+		Domain:         cfg.Domain,
+		AllowedOrigins: cfg.AllowedOrigins,
+		RateLimit:      cfg.RateLimit,
+		Registry:       registry,
+		RegistryPath:   registryPath,
+	})
+
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
+	}
+	// Handlers that outlive Shutdown (hijacked WebSockets) see their base
+	// context cancelled once draining is over.
+	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBase()
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	// h2c: agents and SDKs behind a TLS-terminating proxy multiplex streams.
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler:           api.Handler(),
+		Protocols:         &protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		monitor.Run(gctx)
+		return nil
+	})
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve %s: %w", cfg.ListenAddr, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("wrenn-cp shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		defer cancel()
+		err := srv.Shutdown(sctx)
+		cancelBase()
+		if err != nil {
+			return fmt.Errorf("drain requests: %w", err)
+		}
+		return nil
+	})
+	log.Info("wrenn-cp serving", "addr", ln.Addr().String(), "registry_path", registryPath)
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	return g.Wait()
+}
+
+// waitForDB retries until PostgreSQL answers, for at most dbWait.
+func waitForDB(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, dbWait)
+	defer cancel()
+	for attempt := 1; ; attempt++ {
+		err := pool.Ping(ctx)
+		if err == nil {
+			return nil
+		}
+		if attempt == 1 {
+			log.Warn("database not answering yet; retrying", "err", err, "for", dbWait)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("database did not answer within %v: %w", dbWait, err)
+		case <-time.After(time.Second):
+		}
+	}
 }
