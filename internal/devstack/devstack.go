@@ -178,7 +178,7 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.waitHostOnline(ctx); err != nil {
+	if err := s.waitHostOnline(ctx, start); err != nil {
 		return nil, err
 	}
 	s.step("host agent online (%s)", since(start))
@@ -341,19 +341,23 @@ func (s *Stack) waitHealthy(ctx context.Context) error {
 	})
 }
 
-func (s *Stack) waitHostOnline(ctx context.Context) error {
+// waitHostOnline waits for a heartbeat from the agent started at since:
+// after a restart the host may still look online from the previous run.
+func (s *Stack) waitHostOnline(ctx context.Context, since time.Time) error {
 	return s.poll(ctx, "host online", s.agent, func(ctx context.Context) (bool, error) {
 		var list struct {
 			Hosts []struct {
-				ID     string `json:"id"`
-				Status string `json:"status"`
+				ID              string    `json:"id"`
+				Status          string    `json:"status"`
+				LastHeartbeatAt time.Time `json:"last_heartbeat_at"`
 			} `json:"hosts"`
 		}
 		if err := s.call(ctx, http.MethodGet, "/v1/hosts", s.Admin.APIKey, nil, http.StatusOK, &list); err != nil {
 			return false, err
 		}
 		for _, h := range list.Hosts {
-			if h.Status == "online" && (s.HostID == "" || h.ID == s.HostID) {
+			fresh := h.LastHeartbeatAt.After(since.Add(-time.Second))
+			if h.Status == "online" && fresh && (s.HostID == "" || h.ID == s.HostID) {
 				s.HostID = h.ID
 				return true, nil
 			}
