@@ -1,13 +1,28 @@
 // Command wrenn-agent is the Wrenn host agent: it boots, pauses and
-// destroys microVM sandboxes on one host.
+// destroys microVM sandboxes on one host for the control plane.
 //
-// Today the daemon starts the sandbox manager (VMM driver chosen by
-// WRENN_VMM, network pool, cgroups), re-adopts sandboxes that outlived the
-// previous agent, runs the idle reaper, and on SIGINT or SIGTERM lets go of
-// its sandboxes without stopping them, for the next agent to re-adopt. It
-// has no RPC server yet, so nothing can ask it to create a sandbox:
-// WRENN_HOST_LISTEN_ADDR is parsed but not served until the control-plane
-// issue lands (see docs/architecture.md).
+// The daemon starts the sandbox manager (VMM driver chosen by WRENN_VMM,
+// network pool, cgroups), re-adopts sandboxes that outlived the previous
+// agent, runs the idle reaper and serves Prometheus /metrics on a plain
+// loopback listener (WRENN_AGENT_METRICS_ADDR, default 127.0.0.1:50052;
+// the RPC listener admits only the control plane's certificate, which a
+// scraper does not have).
+//
+// Registered, it serves the control plane on WRENN_HOST_LISTEN_ADDR
+// (default :50051) over mutual TLS: HostAgentService (Connect RPC) and the
+// HTTP proxy to each guest's envd and ports, and heartbeats every 30 s.
+// Register once with
+//
+//	wrenn-agent --register <token> --address <host:port> --cp-url <url>
+//
+// which saves the credentials under WRENN_DIR (host.key, host.crt, ca.crt,
+// host-token, host-id, registration.json); later starts need no flags.
+// Unregistered, the agent serves no RPC and says so in its log. When the
+// control plane deletes the host, the agent stops serving RPC and deletes
+// its credentials.
+//
+// On SIGINT or SIGTERM it lets go of its sandboxes without stopping them,
+// for the next agent to re-adopt.
 //
 // Configuration: wrenn-agent -h lists every flag and the environment
 // variable behind it.
@@ -26,6 +41,7 @@ import (
 	"syscall"
 
 	"github.com/wrenn/wrenn/internal/agent"
+	"github.com/wrenn/wrenn/internal/agent/hostinfo"
 	"github.com/wrenn/wrenn/internal/cgroup"
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/network"
@@ -96,15 +112,24 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 		log.Warn("recovery left errors", "err", err)
 	}
 
-	var wg sync.WaitGroup
-	wg.Go(func() { m.RunReaper(ctx, cfg.ReaperInterval) })
-	log.Info("wrenn-agent running; no RPC server yet", "listen_addr_reserved", cfg.ListenAddr)
-
-	<-ctx.Done()
-	log.Info("shutting down; sandboxes keep running")
-	wg.Wait()
-	if err := m.Close(); err != nil {
-		return fmt.Errorf("release sandboxes: %w", err)
+	accel := string(choice.Accel)
+	if choice.Driver == drivers.Firecracker {
+		accel = "kvm" // Firecracker runs on KVM only
 	}
-	return nil
+	host := hostinfo.New(hostinfo.Config{Dir: cfg.Dir, VMM: choice.Driver, Accelerator: accel, Sandboxes: m})
+	svc, err := newServices(cfg, m, host, log)
+	if err == nil {
+		// The reaper stops with the services, also when they fail.
+		ctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { m.RunReaper(ctx, cfg.ReaperInterval) })
+		err = svc.run(ctx)
+		cancel()
+		wg.Wait()
+	}
+	log.Info("shutting down; sandboxes keep running")
+	if cerr := m.Close(); cerr != nil {
+		return errors.Join(err, fmt.Errorf("release sandboxes: %w", cerr))
+	}
+	return err
 }
