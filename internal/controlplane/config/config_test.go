@@ -242,3 +242,25 @@ func TestLogValueRedacts(t *testing.T) {
 		t.Errorf("password parameter shown: %q", got)
 	}
 }
+
+// .env.example documents every setting and is itself a valid env file.
+func TestEnvExample(t *testing.T) {
+	path, err := filepath.Abs("../../../.env.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars, err := readEnvFile(path)
+	if err != nil {
+		t.Fatalf(".env.example: %v", err)
+	}
+	for _, s := range settings() {
+		if _, ok := vars[s.env]; !ok {
+			t.Errorf(".env.example does not document %s", s.env)
+		}
+	}
+	// With the secret filled in, it is a working configuration.
+	inEmptyDir(t)
+	if _, err := Parse([]string{"--env-file", path}, []string{"WRENN_JWT_SECRET=" + secret}, &bytes.Buffer{}); err != nil {
+		t.Errorf(".env.example with a secret: %v", err)
+	}
+}
