@@ -29,7 +29,9 @@ const accessTokenHeader = "X-Access-Token"
 // proxy forwards plain HTTP (streams and WebSocket upgrades included) to a
 // sandbox's envd or to one of its ports. The control plane authenticates
 // callers; the agent only routes, adds envd's token and counts the traffic
-// as use of the sandbox.
+// as use of the sandbox. Only the control plane can connect (mTLS), so the
+// Host and X-Forwarded-* headers it sets describe the real client and are
+// passed on as they are.
 type proxy struct {
 	cfg Config
 }
@@ -78,9 +80,16 @@ func (p *proxy) forward(w http.ResponseWriter, r *http.Request, kind, id string,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.URL.Path, pr.Out.URL.RawPath = guestPath(pr.In, prefix)
-			pr.SetXForwarded()
+			for _, h := range forwardedHeaders {
+				if v := pr.In.Header.Values(h); len(v) > 0 {
+					pr.Out.Header[h] = v
+				}
+			}
 			if withToken {
 				pr.Out.Header.Set(accessTokenHeader, info.AccessToken)
+			} else {
+				// A guest's own server sees the name its client used.
+				pr.Out.Host = pr.In.Host
 			}
 		},
 		Transport: p.cfg.Transport,
@@ -98,6 +107,10 @@ func (p *proxy) forward(w http.ResponseWriter, r *http.Request, kind, id string,
 	rp.ServeHTTP(rec, r)
 	p.cfg.Metrics.proxied(kind, rec.status())
 }
+
+// forwardedHeaders are the control plane's account of the client, which
+// the reverse proxy would otherwise drop.
+var forwardedHeaders = []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 // guestPath strips prefix from the request's path, keeping its escaping
 // (an encoded slash in a file name must stay encoded).

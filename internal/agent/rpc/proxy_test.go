@@ -60,7 +60,7 @@ func newFakeGuest(t *testing.T) *fakeGuest {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]string{
 			"path": r.URL.EscapedPath(), "query": r.URL.RawQuery, "token": r.Header.Get("X-Access-Token"),
-			"method": r.Method,
+			"method": r.Method, "host": r.Host, "xff": r.Header.Get("X-Forwarded-For"),
 		})
 	})
 	g.srv = httptest.NewServer(mux)
@@ -77,7 +77,7 @@ func (g *fakeGuest) port(t *testing.T) int {
 	return n
 }
 
-type echoed struct{ Path, Query, Token, Method string }
+type echoed struct{ Path, Query, Token, Method, Host, XFF string }
 
 func getJSON(t *testing.T, c *http.Client, url string, v any) int {
 	t.Helper()
@@ -121,6 +121,9 @@ func TestProxyEnvd(t *testing.T) {
 	if got.Token != "secret-sb1" || got.Path != "/" || got.Method != "POST" {
 		t.Errorf("guest saw %+v", got)
 	}
+	if code := getJSON(t, s.client, s.url+"/sandboxes/sb1/envd?x=1", &got); code != 200 || got.Path != "/" || got.Query != "x=1" {
+		t.Errorf("no trailing slash: guest saw %+v (status %d)", got, code)
+	}
 }
 
 func TestProxyPort(t *testing.T) {
@@ -131,8 +134,25 @@ func TestProxyPort(t *testing.T) {
 
 	var got echoed
 	url := fmt.Sprintf("%s/sandboxes/sb1/ports/%d/api/v1?q=1", s.url, g.port(t))
-	if code := getJSON(t, s.client, url, &got); code != 200 || got.Path != "/api/v1" || got.Query != "q=1" || got.Token != "" {
-		t.Errorf("guest saw %+v (status %d), want /api/v1?q=1 and no envd token", got, code)
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Host = "8080-sb1.wrenn.example"
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	res, err := s.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if err := json.NewDecoder(res.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Path != "/api/v1" || got.Query != "q=1" || got.Token != "" || got.Host != req.Host || got.XFF != "203.0.113.9" {
+		t.Errorf("guest saw %+v, want /api/v1?q=1, no envd token, and the control plane's Host and X-Forwarded-For", got)
+	}
+
+	// Without a trailing slash: the guest's root, not a redirect.
+	bare := fmt.Sprintf("%s/sandboxes/sb1/ports/%d", s.url, g.port(t))
+	if code := getJSON(t, s.client, bare, &got); code != 200 || got.Path != "/" {
+		t.Errorf("GET %s: guest saw %+v (status %d), want /", bare, got, code)
 	}
 	if m.touchCount("sb1") == 0 {
 		t.Error("port traffic did not count as use of the sandbox")

@@ -81,7 +81,7 @@ type Config struct {
 
 // NewHandler returns the agent's one handler: HostAgentService under its
 // Connect path and the guest proxy under /sandboxes/{id}/envd/ and
-// /sandboxes/{id}/ports/{port}/.
+// /sandboxes/{id}/ports/{port}/ (see proxy).
 func NewHandler(cfg Config) http.Handler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -108,7 +108,12 @@ func NewHandler(cfg Config) http.Handler {
 	path, h := hostagentv1connect.NewHostAgentServiceHandler(s, opts...)
 	mux.Handle(path, h)
 	p := &proxy{cfg: cfg}
+	// Each route also without its trailing slash: the mux would answer that
+	// with a redirect to this agent's own URL, which means nothing to the
+	// client on the far side of the control plane's proxy.
+	mux.HandleFunc("/sandboxes/{id}/envd", p.envd)
 	mux.HandleFunc("/sandboxes/{id}/envd/{rest...}", p.envd)
+	mux.HandleFunc("/sandboxes/{id}/ports/{port}", p.port)
 	mux.HandleFunc("/sandboxes/{id}/ports/{port}/{rest...}", p.port)
 	return mux
 }
