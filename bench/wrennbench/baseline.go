@@ -76,8 +76,8 @@ func (w *world) baseline(ctx context.Context, cfg Config) (restore, stop, cont *
 	dir := filepath.Join(w.dir, "baseline")
 	health := "http://" + net.JoinHostPort(slot.HostIP().String(), strconv.Itoa(envdclient.Port)) + "/health"
 	spec := vmm.Spec{
-		ID: "snapbench-baseline", Dir: dir, Kernel: w.kernel.Path,
-		KernelArgs: guestKernelArgs + "snapbench-baseline",
+		ID: "wrennbench-baseline", Dir: dir, Kernel: w.kernel.Path,
+		KernelArgs: guestKernelArgs + "wrennbench-baseline",
 		RootDisk:   vmm.Disk{Path: filepath.Join(dir, "rootfs.qcow2"), Format: "qcow2"},
 		VCPUs:      cfg.VCPUs, MemoryMB: cfg.MemoryMB,
 		MemoryFile: filepath.Join(w.memDir, "baseline.mem"),
@@ -290,7 +290,7 @@ func (w *world) envdAfterRestore(ctx context.Context, vm *bareVM, base string, t
 		return 0, err
 	}
 	t1 := time.Now()
-	if err := c.Init(ctx, envdclient.InitRequest{AccessToken: "snapbench-baseline-token", DefaultUser: "user"}); err != nil {
+	if err := c.Init(ctx, envdclient.InitRequest{AccessToken: "wrennbench-baseline-token", DefaultUser: "user"}); err != nil {
 		return 0, err
 	}
 	cpu0, tb0 := vm.cpuTime(), vm.tbCount(ctx)

@@ -374,7 +374,12 @@ func Run(ctx context.Context, cfg Config, argv []string, stopSignals func()) (*R
 			}
 			t := time.Now()
 			progress("%s: %s", m.name, m.about)
-			m.run(ctx, b)
+			// Labels and a trace task per measurement, so that one profile
+			// of the whole run splits by figure: go tool pprof
+			// -tagfocus measurement=create, or the trace viewer's tasks.
+			tctx, task := trace.NewTask(ctx, m.name)
+			pprof.Do(tctx, pprof.Labels("measurement", m.name), func(ctx context.Context) { m.run(ctx, b) })
+			task.End()
 			progress("%s done in %s", m.name, time.Since(t).Round(100*time.Millisecond))
 		}
 	} else {

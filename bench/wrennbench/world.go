@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wrenn/wrenn/internal/cgroup"
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/network"
@@ -55,7 +57,7 @@ type cleanup struct {
 // directories. Nothing on the host changes until then.
 func newWorld(ctx context.Context, cfg Config, log *slog.Logger, ph *phases) (*world, error) {
 	if os.Geteuid() != 0 {
-		return nil, errors.New("snapbench needs root (network namespaces, TAP devices, cgroups)")
+		return nil, errors.New("wrennbench needs root (network namespaces, TAP devices, cgroups)")
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		return nil, fmt.Errorf("needs /dev/net/tun: %w", err)
@@ -89,15 +91,15 @@ func newWorld(ctx context.Context, cfg Config, log *slog.Logger, ph *phases) (*w
 		run: run,
 		// Short and on disk: VMM socket paths must fit in 107 bytes, and
 		// hibernation must really write to disk, not to a tmpfs.
-		dir:    fmt.Sprintf("/var/tmp/wsb-%d", run),
-		memDir: fmt.Sprintf("/dev/shm/wrenn-snapbench-%d", run),
-		cgroup: fmt.Sprintf("wrenn-snapbench-%d", run),
+		dir:    fmt.Sprintf("/var/tmp/wrb-%d", run),
+		memDir: fmt.Sprintf("/dev/shm/wrennbench-%d", run),
+		cgroup: fmt.Sprintf("wrennbench-%d", run),
 		pcfg: network.PoolConfig{
-			Prefix:   fmt.Sprintf("wsb%d-", n),
+			Prefix:   fmt.Sprintf("wrb%d-", n),
 			Slots:    512,
 			HostCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(200 + 2*n), 0, 0}), 16),
 			VethCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(201 + 2*n), 0, 0}), 16),
-			Table:    fmt.Sprintf("wrenn_snapbench_%d", run),
+			Table:    fmt.Sprintf("wrennbench_%d", run),
 		},
 		kernel:  kernel,
 		rootfs:  rootfs,
@@ -209,6 +211,11 @@ func (w *world) sweep(ctx context.Context) error {
 	if out, err := exec.CommandContext(ctx, "nft", "delete", "table", "inet", w.pcfg.Table).CombinedOutput(); err != nil &&
 		!strings.Contains(string(out), "No such file") {
 		errs = append(errs, fmt.Errorf("delete nftables table %s: %v: %s", w.pcfg.Table, err, out))
+	}
+	// The agent mounts a huge-page tmpfs on the memory dir; a mount
+	// point cannot be removed.
+	if err := unix.Unmount(w.memDir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		errs = append(errs, fmt.Errorf("unmount %s: %w", w.memDir, err))
 	}
 	for _, d := range []string{w.memDir, w.dir} {
 		if err := os.RemoveAll(d); err != nil {

@@ -239,7 +239,11 @@ func (b *bench) fork(ctx context.Context, f *Figure, n int) {
 func (b *bench) concurrent(ctx context.Context) {
 	largest := slices.Max(b.cfg.Concurrency)
 	for _, n := range b.cfg.Concurrency {
-		many := &Figure{Key: fmt.Sprintf("create-c%d", n), Name: fmt.Sprintf("Wrenn %d concurrent creates from one template → all ready", n)}
+		name := fmt.Sprintf("Wrenn %d concurrent creates from one template → all ready", n)
+		if n == 1 {
+			name = "Wrenn 1 create from the template → ready (the concurrent figures' unit)"
+		}
+		many := &Figure{Key: fmt.Sprintf("create-c%d", n), Name: name}
 		if n == 20 {
 			many.atMost(2000)
 		} else if n > 1 {
