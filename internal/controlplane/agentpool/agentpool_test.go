@@ -11,6 +11,8 @@ import (
 	"errors"
 	"io"
 	"log"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -21,6 +23,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wrenn/wrenn/internal/agent/rpc"
 	"github.com/wrenn/wrenn/internal/controlplane/agentpool"
 	"github.com/wrenn/wrenn/internal/controlplane/hostreg"
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -270,5 +273,41 @@ func TestUnavailableHosts(t *testing.T) {
 				t.Errorf("HTTP: %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// certSource is the agent's view of its credentials (rpc.CertSource).
+type certSource struct {
+	cert tls.Certificate
+	cas  *x509.CertPool
+}
+
+func (c certSource) Certificate() *tls.Certificate { return &c.cert }
+func (c certSource) ClientCAs() *x509.CertPool     { return c.cas }
+
+// The pool and the agent's real TLS listener (internal/agent/rpc) accept
+// each other: the agent admits the control plane's client certificate and
+// the pool the certificate the CA issued the agent.
+func TestInteropWithAgentListener(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := e.addHost(t, "online", ln.Addr().String())
+	mux := http.NewServeMux()
+	mux.Handle(hostagentv1connect.NewHostAgentServiceHandler(&fakeAgent{name: "real-tls"}))
+	src := certSource{cert: hostCert(t, e.ca, id, ln.Addr().String()), cas: e.ca.Pool()}
+	srv := rpc.NewServer(mux, rpc.ServerTLSConfig(src), slog.New(slog.DiscardHandler))
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { srv.Close() })
+
+	name, err := agentName(ctx, e.pool, id)
+	if err != nil {
+		t.Fatalf("RPC through the agent's TLS listener: %v", err)
+	}
+	if name != "real-tls" {
+		t.Errorf("reached %q", name)
 	}
 }
