@@ -389,20 +389,26 @@ func (s *Server) rateLimit(next http.Handler) http.Handler {
 	})(next)
 }
 
-// newLimiter returns a limiter set at the server's rate; kind labels its
-// rejections in wrenn_api_rate_limited_total.
+// newLimiter returns the server's limiter set for kind, at the server's
+// rate. chi builds a group's middleware once per route, so rateLimit runs
+// once per route and routes() may run more than once: the set must be
+// found again, not made anew. It is registered on the server's metrics
+// registry (as the gauge of buckets it holds), which hands back the set
+// already there.
 func (s *Server) newLimiter(kind string) *limiterSet {
 	rps := s.deps.RateLimit
 	if rps <= 0 {
 		rps = defaultRateLimit
 	}
-	rejected := registerCollector(s.deps.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+	l := newLimiterSet(rps, s.clk)
+	l.desc = prometheus.NewDesc("wrenn_api_rate_limit_buckets",
+		"Token buckets the rate limiter holds (recently active principals or client addresses).",
+		nil, prometheus.Labels{"kind": kind})
+	l.rejected = registerCollector(s.deps.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wrenn_api_rate_limited_total",
 		Help: "Requests refused with 429, by what was limited (principal or client address).",
-	}, []string{"kind"})).WithLabelValues(kind)
-	l := newLimiterSet(rps, s.clk)
-	l.rejected = rejected.Inc
-	return l
+	}, []string{"kind"})).WithLabelValues(kind).Inc
+	return registerCollector(s.deps.Metrics, l)
 }
 
 // limiterSet holds one token bucket per key. Buckets idle long enough to
@@ -414,10 +420,18 @@ type limiterSet struct {
 	idle     time.Duration
 	clk      Clock
 	rejected func()
+	desc     *prometheus.Desc
 
 	mu        sync.Mutex
 	buckets   map[string]*bucket
 	lastSweep time.Time
+}
+
+// Describe and Collect export the number of buckets held.
+func (l *limiterSet) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
+
+func (l *limiterSet) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, float64(l.size()))
 }
 
 type bucket struct {

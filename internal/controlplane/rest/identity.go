@@ -63,6 +63,10 @@ func (s *Server) mountIdentity(r chi.Router) {
 // team's log: err nil is a success, otherwise a failure. detail is
 // optional. A failed write is logged, never returned: auditing must not
 // fail the request it describes.
+//
+// Not-found failures are not recorded: nothing was touched, and the id
+// the caller named may be another team's, which this team's log must not
+// show (tenant isolation covers the audit log too).
 func (s *Server) audit(ctx context.Context, resourceType, resourceID, action string, err error, detail map[string]any) {
 	s.auditIn(ctx, principal(ctx).TeamID, resourceType, resourceID, action, err, detail)
 }
@@ -72,6 +76,9 @@ func (s *Server) audit(ctx context.Context, resourceType, resourceID, action str
 func (s *Server) auditIn(ctx context.Context, teamID uuid.UUID, resourceType, resourceID, action string, err error, detail map[string]any) {
 	p := principal(ctx)
 	log := s.log.With("resource_type", resourceType, "resource_id", resourceID, "action", action)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return
+	}
 	if teamID == uuid.Nil {
 		// Nothing to attribute it to (e.g. a user in no team).
 		log.Debug("audit entry without a team dropped")

@@ -193,8 +193,8 @@ type oaOperation struct {
 		Description string             `yaml:"description"`
 		Content     map[string]oaMedia `yaml:"content"`
 	} `yaml:"requestBody"`
-	Responses yaml.Node  `yaml:"responses"`
-	Security  *yaml.Node `yaml:"security"`
+	Responses yaml.Node `yaml:"responses"`
+	Security  yaml.Node `yaml:"security"`
 }
 
 // What the template renders.
@@ -323,7 +323,7 @@ func (d *oaDoc) operation(path, method string, op oaOperation, shared []oaParam)
 		Method: strings.ToUpper(method), Path: path, ID: op.OperationID,
 		Summary: op.Summary, Description: op.Description,
 		// security: [] on an operation means no credentials.
-		Public: op.Security != nil && op.Security.Kind == yaml.SequenceNode && len(op.Security.Content) == 0,
+		Public: op.Security.Kind == yaml.SequenceNode && len(op.Security.Content) == 0,
 	}
 	for _, p := range append(append([]oaParam{}, shared...), op.Parameters...) {
 		if p.Ref != "" {
