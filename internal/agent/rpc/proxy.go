@@ -3,7 +3,7 @@ package rpc
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -34,6 +34,9 @@ const accessTokenHeader = "X-Access-Token"
 // passed on as they are.
 type proxy struct {
 	cfg Config
+	// errLog takes the reverse proxy's own complaints (a guest hanging up
+	// mid-stream), which are routine.
+	errLog *log.Logger
 }
 
 // envd serves /sandboxes/{id}/envd/{rest...}.
@@ -102,7 +105,7 @@ func (p *proxy) forward(w http.ResponseWriter, r *http.Request, kind, id string,
 			}
 			writeProxyError(w, http.StatusBadGateway, "unavailable", fmt.Sprintf("sandbox %s port %d: %v", id, port, err))
 		},
-		ErrorLog: slog.NewLogLogger(p.cfg.Logger.Handler(), slog.LevelDebug),
+		ErrorLog: p.errLog,
 	}
 	rp.ServeHTTP(rec, r)
 	p.cfg.Metrics.proxied(kind, rec.status())
