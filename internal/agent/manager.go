@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/agent/state"
@@ -107,6 +108,10 @@ type sandbox struct {
 	// never waits behind a long operation on it.
 	activeMu   sync.Mutex
 	lastActive time.Time
+
+	// seen is the description last taken under mu, for List to report
+	// while a long operation (boot, fork copy, hibernation) holds mu.
+	seen atomic.Pointer[Info]
 }
 
 // New returns a Manager. Call Recover before serving requests.
@@ -205,6 +210,7 @@ func (sb *sandbox) info() Info {
 	if sb.machine != nil {
 		in.PID = sb.machine.PID()
 	}
+	sb.seen.Store(&in)
 	return in
 }
 
@@ -218,21 +224,32 @@ func (m *Manager) Get(ctx context.Context, id string) (Info, error) {
 	return sb.info(), nil
 }
 
-// List describes every sandbox, sorted by creation time.
+// List describes every sandbox, sorted by creation time. It never waits
+// for a sandbox's lock: one busy with a long operation is described as it
+// was last seen (a sandbox still booting for the first time as starting),
+// so heartbeats and metrics are not held up by a boot or a fork.
 func (m *Manager) List(ctx context.Context) ([]Info, error) {
 	m.mu.Lock()
-	all := make([]*sandbox, 0, len(m.sandboxes))
-	for _, sb := range m.sandboxes {
-		all = append(all, sb)
+	ids := make(map[*sandbox]string, len(m.sandboxes))
+	for id, sb := range m.sandboxes {
+		ids[sb] = id
 	}
 	m.mu.Unlock()
-	out := make([]Info, 0, len(all))
-	for _, sb := range all {
-		if err := lockCtx(ctx, &sb.mu); err != nil {
+	out := make([]Info, 0, len(ids))
+	for sb, id := range ids {
+		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		out = append(out, sb.info())
-		sb.mu.Unlock()
+		if sb.mu.TryLock() {
+			out = append(out, sb.info())
+			sb.mu.Unlock()
+			continue
+		}
+		if seen := sb.seen.Load(); seen != nil {
+			out = append(out, *seen)
+			continue
+		}
+		out = append(out, Info{ID: id, State: state.Starting})
 	}
 	slices.SortFunc(out, func(a, b Info) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return out, nil
