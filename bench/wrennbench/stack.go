@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,18 +19,18 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/wrenn/wrenn/api"
 	"github.com/wrenn/wrenn/internal/devstack"
 	"github.com/wrenn/wrenn/internal/pgcluster"
+	wrenn "github.com/wrenn/wrenn/sdk/go"
 )
 
 // The control-plane figures run against a real single-node stack
 // (internal/devstack: a private PostgreSQL, wrenn-cp and wrenn-agent as
 // child processes, the host registered, an admin API key), in a WRENN_DIR
 // of the benchmark's own that shares the kernels and the base image. They
-// speak plain HTTP to the REST API (api/openapi.yaml, types from package
-// api) rather than the Go SDK, so that a figure measures the API and not
-// a client library's choices.
+// go through the Go SDK (sdk/go), as a user's program would, except the
+// list rate, which sends the one raw request it counts (the SDK's List
+// follows cursors).
 
 // stackTemplate is the template the REST create figure restores from.
 const stackTemplate = "wrennbench-rest"
@@ -73,9 +72,15 @@ func (b *bench) stack(ctx context.Context) {
 		skipAll("the control-plane stack did not start (wrenn-cp may not serve yet): " + oneLine(err.Error()))
 		return
 	}
-	c := &restClient{base: st.URL, key: st.Admin.APIKey, hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * rpsWorkers}}}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * rpsWorkers}}
+	c, err := wrenn.NewClient(wrenn.WithBaseURL(st.URL), wrenn.WithAPIKey(st.Admin.APIKey), wrenn.WithHTTPClient(hc),
+		wrenn.WithEnv(func(string) string { return "" }), wrenn.WithUserAgent("wrennbench"))
+	if err != nil {
+		skipAll("Go SDK client: " + err.Error())
+		return
+	}
 	b.restFigures(ctx, c, figs)
-	b.rateFigures(ctx, c, dsn, st.Admin.TeamID, figs)
+	b.rateFigures(ctx, &restClient{base: st.URL, key: st.Admin.APIKey, hc: hc}, dsn, st.Admin.TeamID, figs)
 }
 
 // startStack builds (or finds) the daemons and starts them; the world's
@@ -149,63 +154,87 @@ func freeAddr() string {
 	return l.Addr().String()
 }
 
-// restFigures: a sandbox from the minimal image, snapshotted as a template;
-// then create-from-template → first exec, exec round trips and 1 MiB
-// transfers, all through REST.
-func (b *bench) restFigures(ctx context.Context, c *restClient, figs *stackFigures) {
+// restFigures, through the Go SDK as a user would: a sandbox from the
+// base image, snapshotted as a template; then create-from-template →
+// first exec, exec round trips, 1 MiB transfers and the exec rate.
+func (b *bench) restFigures(ctx context.Context, c *wrenn.Client, figs *stackFigures) {
 	failAll := func(err error) {
 		for _, f := range []*Figure{figs.create, figs.exec, figs.upload, figs.download, figs.execRPS} {
 			f.failed(err)
 		}
 	}
-	var sb api.Sandbox
-	tpl := b.cfg.Image
-	if err := c.json(ctx, http.MethodPost, "/v1/sandboxes", api.CreateSandboxRequest{Template: &tpl}, http.StatusCreated, &sb); err != nil {
+	sb, err := c.Sandboxes.Create(ctx, wrenn.CreateOptions{Template: b.cfg.Image})
+	if err != nil {
 		failAll(err)
 		return
 	}
-	var t api.Template
-	if err := c.json(ctx, http.MethodPost, "/v1/sandboxes/"+sb.Id+"/snapshot", map[string]string{"name": stackTemplate}, http.StatusCreated, &t); err != nil {
+	if _, err := sb.Snapshot(ctx, stackTemplate); err != nil {
 		failAll(err)
 		return
 	}
-	name := stackTemplate
 	b.measure(ctx, figs.create, b.cfg.Samples, func(ctx context.Context) (time.Duration, error) {
-		var nsb api.Sandbox
 		t := time.Now()
-		if err := c.json(ctx, http.MethodPost, "/v1/sandboxes", api.CreateSandboxRequest{Template: &name}, http.StatusCreated, &nsb); err != nil {
+		nsb, err := c.Sandboxes.Create(ctx, wrenn.CreateOptions{Template: stackTemplate})
+		if err != nil {
 			return 0, err
 		}
-		err := c.execTrue(ctx, nsb.Id)
+		err = sdkTrue(ctx, nsb)
 		d := time.Since(t)
-		return d, errors.Join(err, c.json(context.WithoutCancel(ctx), http.MethodDelete, "/v1/sandboxes/"+nsb.Id, nil, http.StatusNoContent, nil))
+		return d, errors.Join(err, nsb.Kill(context.WithoutCancel(ctx)))
 	})
-	if err := c.execTrue(ctx, sb.Id); err != nil { // untimed: warm path
-		failAll(err)
-		return
+	// Untimed: the warm-up exec on the snapshotted source. A failure is
+	// reported and retried once, so that one transient error does not
+	// hide the figures after it.
+	if err := sdkTrue(ctx, sb); err != nil {
+		figs.exec.note("the first exec on the source sandbox after its snapshot failed (untimed, retried once): %v", err)
+		if err := sdkTrue(ctx, sb); err != nil {
+			for _, f := range []*Figure{figs.exec, figs.upload, figs.download, figs.execRPS} {
+				f.failed(err)
+			}
+			return
+		}
 	}
 	b.measure(ctx, figs.exec, b.cfg.ExecSamples, func(ctx context.Context) (time.Duration, error) {
 		t := time.Now()
-		err := c.execTrue(ctx, sb.Id)
+		err := sdkTrue(ctx, sb)
 		return time.Since(t), err
 	})
-	files := "/v1/sandboxes/" + sb.Id + "/files?path=" + url.QueryEscape("wrennbench-rest-transfer")
+	const path = "wrennbench-rest-transfer"
 	b.measure(ctx, figs.upload, b.cfg.FileSamples, func(ctx context.Context) (time.Duration, error) {
 		t := time.Now()
-		err := c.stream(ctx, http.MethodPut, files, &pattern{left: 1 << 20}, http.StatusOK, nil)
+		_, err := sb.Files.Write(ctx, path, &pattern{left: 1 << 20})
 		return time.Since(t), err
 	})
 	b.measure(ctx, figs.download, b.cfg.FileSamples, func(ctx context.Context) (time.Duration, error) {
-		var n countWriter
 		t := time.Now()
-		err := c.stream(ctx, http.MethodGet, files, nil, http.StatusOK, &n)
+		rc, err := sb.Files.Read(ctx, path)
+		if err != nil {
+			return 0, err
+		}
+		n, err := io.Copy(io.Discard, rc)
+		rc.Close()
 		d := time.Since(t)
 		if err == nil && n != 1<<20 {
 			err = fmt.Errorf("download via REST: got %d bytes, want %d", n, 1<<20)
 		}
 		return d, err
 	})
-	b.rateExec(ctx, c, sb.Id, figs.execRPS)
+	b.rate(ctx, figs.execRPS, func(ctx context.Context) error { return sdkTrue(ctx, sb) })
+}
+
+// sdkTrue runs /bin/true through the SDK. Without Args a command is a
+// shell line for `bash -l -c`, a login shell that costs hundreds of ms
+// under TCG; with Args it is the program itself. There is no way to say
+// "this program, no arguments", so /bin/true gets one it ignores.
+func sdkTrue(ctx context.Context, sb *wrenn.Sandbox) error {
+	res, err := sb.Commands.Run(ctx, "/bin/true", wrenn.RunOptions{Args: []string{"wrennbench"}})
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("exec true via REST: exit %d %s", res.ExitCode, res.Error)
+	}
+	return nil
 }
 
 // rateFigures fills the sandboxes table to ListRows rows (filler rows,
@@ -219,11 +248,6 @@ func (b *bench) rateFigures(ctx context.Context, c *restClient, dsn, teamID stri
 	b.rate(ctx, figs.list, func(ctx context.Context) error {
 		return c.json(ctx, http.MethodGet, "/v1/sandboxes?limit=1000", nil, http.StatusOK, nil)
 	})
-}
-
-// rateExec measures POST exec requests per second on one sandbox.
-func (b *bench) rateExec(ctx context.Context, c *restClient, id string, f *Figure) {
-	b.rate(ctx, f, func(ctx context.Context) error { return c.execTrue(ctx, id) })
 }
 
 // rate runs call from rpsWorkers goroutines for RPSDuration and records
@@ -310,22 +334,6 @@ type restClient struct {
 	hc        *http.Client
 }
 
-func (c *restClient) execTrue(ctx context.Context, id string) error {
-	var res api.ExecResult
-	// Without args, cmd is a shell command line run by `bash -l -c`,
-	// which costs a login shell (hundreds of ms under TCG); with args it
-	// is the program itself. There is no way to say "this program, no
-	// arguments", so /bin/true gets one it ignores.
-	args := []string{"wrennbench"}
-	if err := c.json(ctx, http.MethodPost, "/v1/sandboxes/"+id+"/exec", api.ExecRequest{Cmd: "/bin/true", Args: &args}, http.StatusOK, &res); err != nil {
-		return err
-	}
-	if res.ExitCode == nil || *res.ExitCode != 0 {
-		return fmt.Errorf("exec true via REST: exit %v, error %v", res.ExitCode, res.Error)
-	}
-	return nil
-}
-
 // json sends in as JSON (nil: no body), wants status, decodes into out.
 func (c *restClient) json(ctx context.Context, method, path string, in any, want int, out any) error {
 	var body io.Reader
@@ -383,12 +391,4 @@ func (c *restClient) stream(ctx context.Context, method, path string, body io.Re
 		return fmt.Errorf("%s %s: read response: %w", method, path, err)
 	}
 	return nil
-}
-
-// countWriter counts what is written to it.
-type countWriter int64
-
-func (n *countWriter) Write(p []byte) (int, error) {
-	*n += countWriter(len(p))
-	return len(p), nil
 }
