@@ -115,12 +115,12 @@ func (s *Server) createHost(w http.ResponseWriter, r *http.Request) {
 // its first heartbeat reconciles them.
 func (s *Server) regenerateHostToken(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	id, err := hostIDParam(r)
-	defer func() { s.audit(ctx, "host", chi.URLParam(r, "hostID"), "regenerate_token", err, nil) }()
+	id, err := s.ownHost(r)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
+	defer func() { s.audit(ctx, "host", id.String(), "regenerate_token", err, nil) }()
 	if err = needAdmin(ctx, "issuing a host registration token"); err != nil {
 		writeError(w, r, err)
 		return
@@ -166,15 +166,15 @@ func (s *Server) deleteHost(w http.ResponseWriter, r *http.Request) {
 		force   bool
 		stopped []string
 	)
-	id, err := hostIDParam(r)
-	defer func() {
-		s.audit(ctx, "host", chi.URLParam(r, "hostID"), "delete", err,
-			map[string]any{"force": force, "sandboxes_stopped": len(stopped)})
-	}()
+	id, err := s.ownHost(r)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
+	defer func() {
+		s.audit(ctx, "host", id.String(), "delete", err,
+			map[string]any{"force": force, "sandboxes_stopped": len(stopped)})
+	}()
 	if err = needAdmin(ctx, "removing a host"); err != nil {
 		writeError(w, r, err)
 		return
@@ -224,6 +224,24 @@ func (s *Server) deleteHost(w http.ResponseWriter, r *http.Request) {
 		loggerFrom(r).Info("host deleted with force; its sandboxes marked stopped", "host_id", id, "sandbox_ids", stopped)
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// ownHost returns the id in the path once it names one of the caller's
+// hosts. Only then are refusals audited: an id that is another team's
+// must not appear in this team's audit log.
+func (s *Server) ownHost(r *http.Request) (uuid.UUID, error) {
+	id, err := hostIDParam(r)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	_, err = s.q.GetTeamHost(r.Context(), store.GetTeamHostParams{ID: id, TeamID: principal(r.Context()).TeamID})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return uuid.Nil, notFound("host", id.String())
+	}
+	if err != nil {
+		return uuid.Nil, fmt.Errorf("get host %s: %w", id, err)
+	}
+	return id, nil
 }
 
 // hostIDParam: an id that is not a UUID names no host, so it answers like
