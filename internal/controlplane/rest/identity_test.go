@@ -297,6 +297,8 @@ func TestAuditLog(t *testing.T) {
 	if resp := env.do(t, "DELETE", "/v1/teams/"+a.ID.String()+"/members/"+other.UserID.String(), a.JWT, nil); resp.StatusCode != 204 {
 		t.Fatalf("remove: %d", resp.StatusCode)
 	}
+	// Misses are not audited (the id named may be another team's).
+	wantError(t, env.do(t, "DELETE", "/v1/api-keys/"+uuid.NewString(), a.JWT, nil), 404, "not_found")
 	// Reads are not audited.
 	env.doJSON(t, "GET", "/v1/teams", a.JWT, nil, http.StatusOK, nil)
 
