@@ -323,6 +323,17 @@ func startGuest(t testing.TB) *guestEnv {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// A clean home: login shells must not run this machine's profile
+	// (which may be slow or wait on its stdin).
+	initBody := fmt.Sprintf(`{"envVars":{"HOME":%q}}`, t.TempDir())
+	resp, err := http.Post(eu.String()+"/init", "application/json", strings.NewReader(initBody))
+	if err != nil {
+		t.Fatalf("envd init: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("envd init: %s", resp.Status)
+	}
 	web := httptest.NewServer(http.HandlerFunc(guestWeb))
 	t.Cleanup(web.Close)
 	return &guestEnv{envdURL: eu, web: web, user: u.Username}

@@ -236,7 +236,9 @@ func (s *Server) execCommand(w http.ResponseWriter, r *http.Request) (err error)
 		if spec.stdin != nil {
 			return invalid("stdin is for a synchronous exec; stream a background process's input with exec/stream")
 		}
-		// The attachment ends at once; the process keeps running.
+		// The attachment ends at once; the process keeps running, its
+		// stdin open for a reattached client (which sends eof to end it).
+		spec.run.OpenStdin = true
 		p, err := ec.Start(ctx, spec.run)
 		if err != nil {
 			return err
@@ -275,8 +277,9 @@ func (s *Server) execCommand(w http.ResponseWriter, r *http.Request) (err error)
 		} else if !res.Exited && res.Status != "" {
 			out.Error = &res.Status
 		}
-	case rctx.Err() != nil:
-		// Timed out, or the client left: do not leave the command running.
+	case rctx.Err() != nil || errors.Is(werr, context.DeadlineExceeded):
+		// Timed out (envd may notice the deadline it was sent first), or
+		// the client left: do not leave the command running.
 		kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), killTimeout)
 		defer kcancel()
 		_ = p.Kill(kctx)
