@@ -4,7 +4,11 @@ VALUES ($1, $2, $3, $4, $5)
 RETURNING *;
 
 -- name: GetAPIKeyByHash :one
-SELECT id, team_id, last_used_at, revoked_at FROM api_keys WHERE key_hash = $1;
+-- A key is a platform admin's when the user who created it is one.
+SELECT k.id, k.team_id, k.last_used_at, k.revoked_at,
+       coalesce(u.platform_admin, false)::boolean AS platform_admin
+FROM api_keys k LEFT JOIN users u ON u.id = k.created_by
+WHERE k.key_hash = $1;
 
 -- name: TouchAPIKey :exec
 -- Records use at most once a minute per key, so authenticating is not a

@@ -1,6 +1,13 @@
 -- name: CreateUser :one
-INSERT INTO users (email, name, password_hash) VALUES ($1, $2, $3)
+-- The first user of an installation is its platform admin (ADR 0003).
+-- Callers serialise signups with LockSignups so two first users cannot
+-- both see an empty table.
+INSERT INTO users (email, name, password_hash, platform_admin)
+VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM users))
 RETURNING *;
+
+-- name: LockSignups :exec
+SELECT pg_advisory_xact_lock(7427001);
 
 -- name: GetUser :one
 SELECT * FROM users WHERE id = $1;
@@ -32,6 +39,7 @@ SELECT role FROM team_members WHERE team_id = $1 AND user_id = $2;
 -- given, else the team they joined first. No rows: no such user; a row
 -- with the nil team id: the user is not in that team (or in none).
 SELECT u.id AS user_id,
+       u.platform_admin,
        coalesce(tm.team_id, '00000000-0000-0000-0000-000000000000'::uuid)::uuid AS team_id,
        coalesce(tm.role, '')::text AS role
 FROM users u

@@ -50,16 +50,21 @@ func (q *Queries) CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) (Api
 }
 
 const getAPIKeyByHash = `-- name: GetAPIKeyByHash :one
-SELECT id, team_id, last_used_at, revoked_at FROM api_keys WHERE key_hash = $1
+SELECT k.id, k.team_id, k.last_used_at, k.revoked_at,
+       coalesce(u.platform_admin, false)::boolean AS platform_admin
+FROM api_keys k LEFT JOIN users u ON u.id = k.created_by
+WHERE k.key_hash = $1
 `
 
 type GetAPIKeyByHashRow struct {
-	ID         uuid.UUID
-	TeamID     uuid.UUID
-	LastUsedAt *time.Time
-	RevokedAt  *time.Time
+	ID            uuid.UUID
+	TeamID        uuid.UUID
+	LastUsedAt    *time.Time
+	RevokedAt     *time.Time
+	PlatformAdmin bool
 }
 
+// A key is a platform admin's when the user who created it is one.
 func (q *Queries) GetAPIKeyByHash(ctx context.Context, keyHash []byte) (GetAPIKeyByHashRow, error) {
 	row := q.db.QueryRow(ctx, getAPIKeyByHash, keyHash)
 	var i GetAPIKeyByHashRow
@@ -68,6 +73,7 @@ func (q *Queries) GetAPIKeyByHash(ctx context.Context, keyHash []byte) (GetAPIKe
 		&i.TeamID,
 		&i.LastUsedAt,
 		&i.RevokedAt,
+		&i.PlatformAdmin,
 	)
 	return i, err
 }

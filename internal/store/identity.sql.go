@@ -59,8 +59,9 @@ func (q *Queries) CreateTeam(ctx context.Context, name string) (Team, error) {
 }
 
 const createUser = `-- name: CreateUser :one
-INSERT INTO users (email, name, password_hash) VALUES ($1, $2, $3)
-RETURNING id, email, name, password_hash, created_at
+INSERT INTO users (email, name, password_hash, platform_admin)
+VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM users))
+RETURNING id, email, name, password_hash, created_at, platform_admin
 `
 
 type CreateUserParams struct {
@@ -69,6 +70,9 @@ type CreateUserParams struct {
 	PasswordHash string
 }
 
+// The first user of an installation is its platform admin (ADR 0003).
+// Callers serialise signups with LockSignups so two first users cannot
+// both see an empty table.
 func (q *Queries) CreateUser(ctx context.Context, arg CreateUserParams) (User, error) {
 	row := q.db.QueryRow(ctx, createUser, arg.Email, arg.Name, arg.PasswordHash)
 	var i User
@@ -78,6 +82,7 @@ func (q *Queries) CreateUser(ctx context.Context, arg CreateUserParams) (User, e
 		&i.Name,
 		&i.PasswordHash,
 		&i.CreatedAt,
+		&i.PlatformAdmin,
 	)
 	return i, err
 }
@@ -156,7 +161,7 @@ func (q *Queries) GetTeamMember(ctx context.Context, arg GetTeamMemberParams) (G
 }
 
 const getUser = `-- name: GetUser :one
-SELECT id, email, name, password_hash, created_at FROM users WHERE id = $1
+SELECT id, email, name, password_hash, created_at, platform_admin FROM users WHERE id = $1
 `
 
 func (q *Queries) GetUser(ctx context.Context, id uuid.UUID) (User, error) {
@@ -168,12 +173,13 @@ func (q *Queries) GetUser(ctx context.Context, id uuid.UUID) (User, error) {
 		&i.Name,
 		&i.PasswordHash,
 		&i.CreatedAt,
+		&i.PlatformAdmin,
 	)
 	return i, err
 }
 
 const getUserByEmail = `-- name: GetUserByEmail :one
-SELECT id, email, name, password_hash, created_at FROM users WHERE lower(email) = lower($1::text)
+SELECT id, email, name, password_hash, created_at, platform_admin FROM users WHERE lower(email) = lower($1::text)
 `
 
 // Emails compare case-insensitively (users_email_key is on lower(email)).
@@ -186,12 +192,14 @@ func (q *Queries) GetUserByEmail(ctx context.Context, email string) (User, error
 		&i.Name,
 		&i.PasswordHash,
 		&i.CreatedAt,
+		&i.PlatformAdmin,
 	)
 	return i, err
 }
 
 const getUserSessionTeam = `-- name: GetUserSessionTeam :many
 SELECT u.id AS user_id,
+       u.platform_admin,
        coalesce(tm.team_id, '00000000-0000-0000-0000-000000000000'::uuid)::uuid AS team_id,
        coalesce(tm.role, '')::text AS role
 FROM users u
@@ -211,9 +219,10 @@ type GetUserSessionTeamParams struct {
 }
 
 type GetUserSessionTeamRow struct {
-	UserID uuid.UUID
-	TeamID uuid.UUID
-	Role   string
+	UserID        uuid.UUID
+	PlatformAdmin bool
+	TeamID        uuid.UUID
+	Role          string
 }
 
 // The user (if they exist) and the team a session acts for: team_id when
@@ -228,7 +237,12 @@ func (q *Queries) GetUserSessionTeam(ctx context.Context, arg GetUserSessionTeam
 	items := []GetUserSessionTeamRow{}
 	for rows.Next() {
 		var i GetUserSessionTeamRow
-		if err := rows.Scan(&i.UserID, &i.TeamID, &i.Role); err != nil {
+		if err := rows.Scan(
+			&i.UserID,
+			&i.PlatformAdmin,
+			&i.TeamID,
+			&i.Role,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -318,6 +332,15 @@ func (q *Queries) ListUserTeams(ctx context.Context, userID uuid.UUID) ([]ListUs
 		return nil, err
 	}
 	return items, nil
+}
+
+const lockSignups = `-- name: LockSignups :exec
+SELECT pg_advisory_xact_lock(7427001)
+`
+
+func (q *Queries) LockSignups(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, lockSignups)
+	return err
 }
 
 const lockTeam = `-- name: LockTeam :one

@@ -126,9 +126,10 @@ type Template struct {
 }
 
 type User struct {
-	ID           uuid.UUID
-	Email        string
-	Name         string
-	PasswordHash string
-	CreatedAt    time.Time
+	ID            uuid.UUID
+	Email         string
+	Name          string
+	PasswordHash  string
+	CreatedAt     time.Time
+	PlatformAdmin bool
 }

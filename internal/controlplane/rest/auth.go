@@ -157,6 +157,9 @@ func (s *Server) signup(w http.ResponseWriter, r *http.Request) {
 	var team store.Team
 	err = s.inTx(ctx, func(q *store.Queries) error {
 		var err error
+		if err := q.LockSignups(ctx); err != nil {
+			return fmt.Errorf("serialise signups: %w", err)
+		}
 		user, err = q.CreateUser(ctx, store.CreateUserParams{Email: email, Name: name, PasswordHash: hash})
 		if isUniqueViolation(err) {
 			return errdefs.New(errdefs.ErrAlreadyExists, "email %q is already registered", email)
@@ -350,7 +353,7 @@ func (s *Server) apiKeyPrincipal(ctx context.Context, key string, team *uuid.UUI
 			s.log.Warn("record api key use", "api_key_id", k.ID, "err", err)
 		}
 	}
-	return Principal{TeamID: k.TeamID, Role: RoleAdmin, APIKeyID: &k.ID}, nil
+	return Principal{TeamID: k.TeamID, Role: RoleAdmin, APIKeyID: &k.ID, PlatformAdmin: k.PlatformAdmin}, nil
 }
 
 func (s *Server) sessionPrincipal(ctx context.Context, tok string, team *uuid.UUID) (Principal, error) {
@@ -369,7 +372,7 @@ func (s *Server) sessionPrincipal(ctx context.Context, tok string, team *uuid.UU
 	if row.TeamID == uuid.Nil && team != nil {
 		return Principal{}, notFound("team", team.String())
 	}
-	return Principal{TeamID: row.TeamID, Role: Role(row.Role), UserID: &userID}, nil
+	return Principal{TeamID: row.TeamID, Role: Role(row.Role), UserID: &userID, PlatformAdmin: row.PlatformAdmin}, nil
 }
 
 // rateLimit allows each principal (API key or user) Deps.RateLimit

@@ -91,6 +91,12 @@ func (s *Server) createHost(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
+	// Root on a regular host can read every team's sandboxes (ADR 0003).
+	if body.Type == api.CreateHostRequestTypeRegular && !principal(ctx).PlatformAdmin {
+		err = permissionDenied("only a platform admin may add a regular host (it runs every team's sandboxes); add a byoc host for your own team")
+		writeError(w, r, err)
+		return
+	}
 	tok, hash := hostreg.NewRegistrationToken()
 	expires := s.clk.Now().Add(hostreg.RegistrationTokenTTL)
 	h, err = s.q.CreateHost(ctx, store.CreateHostParams{

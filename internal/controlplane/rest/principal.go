@@ -29,6 +29,9 @@ type Principal struct {
 	// Exactly one of UserID and APIKeyID is set.
 	UserID   *uuid.UUID
 	APIKeyID *uuid.UUID
+	// PlatformAdmin may add regular hosts (ADR 0003): the installation's
+	// first user, and API keys that user created.
+	PlatformAdmin bool
 }
 
 // ActorType and ActorID name the principal in the audit log.
