@@ -624,10 +624,10 @@ type SandboxMetrics struct {
 // SandboxState defines model for SandboxState.
 type SandboxState string
 
-// Session defines model for Session.
+// Session `team` is absent for a user who belongs to no team.
 type Session struct {
 	ExpiresAt time.Time `json:"expires_at"`
-	Team      Team      `json:"team"`
+	Team      *Team     `json:"team,omitempty"`
 
 	// Token Session JWT.
 	Token string `json:"token"`

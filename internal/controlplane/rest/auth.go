@@ -258,8 +258,12 @@ func (s *Server) newSession(user store.User, team store.Team, role Role) (api.Se
 	if err != nil {
 		return api.Session{}, err
 	}
-	t := apiTeam(team, role)
-	return api.Session{Token: tok, ExpiresAt: exp, User: apiUser(user), Team: t}, nil
+	sess := api.Session{Token: tok, ExpiresAt: exp, User: apiUser(user)}
+	if team.ID != uuid.Nil { // a user in no team has none
+		t := apiTeam(team, role)
+		sess.Team = &t
+	}
+	return sess, nil
 }
 
 // authenticate resolves the request's credentials to a Principal:
