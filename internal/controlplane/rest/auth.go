@@ -398,11 +398,15 @@ func (s *Server) rateLimit(next http.Handler) http.Handler {
 
 // newLimiter returns the server's limiter set for kind, at the server's
 // rate. chi builds a group's middleware once per route, so rateLimit runs
-// once per route and routes() may run more than once: the set must be
-// found again, not made anew. It is registered on the server's metrics
-// registry (as the gauge of buckets it holds), which hands back the set
-// already there.
+// once per route and routes() may run more than once: the set is made on
+// first use and found again after. It exports the number of buckets it
+// holds on the server's metrics registry.
 func (s *Server) newLimiter(kind string) *limiterSet {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	if l, ok := s.limiters[kind]; ok {
+		return l
+	}
 	rps := s.deps.RateLimit
 	if rps <= 0 {
 		rps = defaultRateLimit
@@ -415,7 +419,9 @@ func (s *Server) newLimiter(kind string) *limiterSet {
 		Name: "wrenn_api_rate_limited_total",
 		Help: "Requests refused with 429, by what was limited (principal or client address).",
 	}, []string{"kind"})).WithLabelValues(kind).Inc
-	return registerCollector(s.deps.Metrics, l)
+	l = registerCollector(s.deps.Metrics, l)
+	s.limiters[kind] = l
+	return l
 }
 
 // limiterSet holds one token bucket per key. Buckets idle long enough to

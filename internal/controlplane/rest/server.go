@@ -10,6 +10,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -65,6 +66,11 @@ type Server struct {
 	q    *store.Queries
 	log  *slog.Logger
 	clk  Clock
+
+	// limiters are the rate limiters by kind (see newLimiter): made once
+	// per server, however often the router is built.
+	limMu    sync.Mutex
+	limiters map[string]*limiterSet
 }
 
 // New returns a Server.
@@ -78,7 +84,7 @@ func New(d Deps) *Server {
 	if d.Metrics == nil {
 		d.Metrics = prometheus.NewRegistry()
 	}
-	return &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock}
+	return &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiterSet{}}
 }
 
 // Handler returns the HTTP handler for every route.
