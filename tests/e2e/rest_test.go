@@ -41,7 +41,7 @@ func TestRESTJourney(t *testing.T) {
 	if sb.State != api.SandboxStateRunning || sb.AccessToken == nil || *sb.AccessToken == "" {
 		t.Fatalf("created sandbox: %+v", sb)
 	}
-	defer c.do(t, "DELETE", "/v1/sandboxes/"+sb.Id, nil).Body.Close()
+	defer func() { c.do(t, "DELETE", "/v1/sandboxes/"+sb.Id, nil).Body.Close() }()
 	path := "/v1/sandboxes/" + sb.Id
 
 	// exec: stdout, stderr and the exit code.
