@@ -13,8 +13,9 @@ package rest
 // {"type":"signal","signal":"SIGTERM"|"SIGKILL"}. A failure is
 // {"type":"error","error":{"code":..,"message":..}}, then a close with 1008
 // (the client's fault) or 1011. A process started by exec/stream is killed
-// when its client goes away, unless the request set background; a
-// reattached one keeps running.
+// when its client goes away before it exits (background is ignored there:
+// start with POST exec and reattach instead); a reattached one keeps
+// running.
 
 import (
 	"bytes"
@@ -628,7 +629,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) error {
 			run.Stdout, run.Stderr = stdout, stderr
 			return ec.Start(ctx, run)
 		},
-		killOnLeave: !spec.background,
+		killOnLeave: true,
 		timeout:     spec.timeout,
 	})
 	return nil
