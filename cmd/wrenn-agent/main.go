@@ -89,11 +89,13 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 	}
 	log.Info("vmm driver chosen", "vmm", choice)
 
-	pool, err := network.NewPool(network.PoolConfig{}, log)
+	pool, err := network.NewPool(network.PoolConfig{
+		Prefix: cfg.Name + "-", Table: cfg.Name, HostCIDR: cfg.HostCIDR, VethCIDR: cfg.VethCIDR,
+	}, log)
 	if err != nil {
 		return fmt.Errorf("network pool: %w", err)
 	}
-	groups, err := cgroup.Detect("", "")
+	groups, err := cgroup.Detect("", cfg.Name)
 	if err != nil {
 		return fmt.Errorf("detect cgroups: %w", err)
 	}
@@ -101,7 +103,7 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 
 	m, err := agent.New(agent.Config{
 		Dir: cfg.Dir, Driver: driver, Network: pool, Cgroups: groups, Logger: log,
-		VMMUIDBase: cfg.VMMUIDBase,
+		VMMUIDBase: cfg.VMMUIDBase, MemoryDir: filepath.Join("/dev/shm", cfg.Name),
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox manager: %w", err)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -60,6 +61,15 @@ type DaemonConfig struct {
 	// ReaperInterval is WRENN_AGENT_REAPER_INTERVAL: how often idle
 	// sandboxes are looked for.
 	ReaperInterval time.Duration
+	// Name is WRENN_AGENT_NAME: it names everything the agent creates
+	// outside WRENN_DIR (network namespaces and host links "<Name>-<i>",
+	// the nftables table, the cgroup parent, the guest memory directory
+	// /dev/shm/<Name>), so two agents on one machine (a test stack beside
+	// a real one) never touch each other's.
+	Name string
+	// HostCIDR and VethCIDR are WRENN_AGENT_HOST_CIDR and
+	// WRENN_AGENT_VETH_CIDR: the per-slot address ranges (network.PoolConfig).
+	HostCIDR, VethCIDR netip.Prefix
 	// LogLevel is WRENN_LOG_LEVEL: debug, info, warn or error.
 	LogLevel slog.Level
 	// EnvFile is the --env-file read, if any.
@@ -224,6 +234,22 @@ func settings() []setting {
 				c.ReaperInterval = d
 				return nil
 			}},
+		{env: "WRENN_AGENT_NAME", flag: "name", def: "wrenn",
+			help: "names the agent's network namespaces, nftables table, cgroup parent and /dev/shm/<name>; 1-9 of a-z, 0-9",
+			set: func(c *DaemonConfig, v string) error {
+				// "<name>-<slot>" must fit the 15-byte interface name limit.
+				if len(v) < 1 || len(v) > 9 || strings.Trim(v, "abcdefghijklmnopqrstuvwxyz0123456789") != "" {
+					return errors.New("want 1-9 of a-z and 0-9")
+				}
+				c.Name = v
+				return nil
+			}},
+		{env: "WRENN_AGENT_HOST_CIDR", flag: "host-cidr", def: "10.11.0.0/16",
+			help: "IPv4 range of the per-slot addresses the host dials guests at",
+			set:  func(c *DaemonConfig, v string) error { return parseCIDR(v, &c.HostCIDR) }},
+		{env: "WRENN_AGENT_VETH_CIDR", flag: "veth-cidr", def: "10.12.0.0/16",
+			help: "IPv4 range of the per-slot veth pairs (disjoint from the host range)",
+			set:  func(c *DaemonConfig, v string) error { return parseCIDR(v, &c.VethCIDR) }},
 		{env: "WRENN_LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
 			set: func(c *DaemonConfig, v string) error {
 				switch strings.ToLower(v) {
@@ -459,4 +485,14 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// parseCIDR parses an IPv4 prefix of at least a /24 (room for slots).
+func parseCIDR(v string, out *netip.Prefix) error {
+	p, err := netip.ParsePrefix(v)
+	if err != nil || !p.Addr().Is4() || p.Bits() > 24 {
+		return errors.New("want an IPv4 CIDR of /24 or larger, like 10.11.0.0/16")
+	}
+	*out = p.Masked()
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -29,7 +30,8 @@ WRENN_CP_TOKEN=not-ours
 		t.Fatal(err)
 	}
 	defaults := DaemonConfig{Dir: DefaultDir, VMM: "auto", ListenAddr: ":50051", VMMUIDBase: DefaultVMMUIDBase,
-		ReaperInterval: DefaultReaperInterval, LogLevel: slog.LevelInfo}
+		ReaperInterval: DefaultReaperInterval, LogLevel: slog.LevelInfo, Name: "wrenn",
+		HostCIDR: netip.MustParsePrefix("10.11.0.0/16"), VethCIDR: netip.MustParsePrefix("10.12.0.0/16")}
 	with := func(f func(*DaemonConfig)) DaemonConfig { c := defaults; f(&c); return c }
 
 	tests := []struct {
@@ -43,8 +45,9 @@ WRENN_CP_TOKEN=not-ours
 			sources: map[string]string{"WRENN_DIR": "default", "WRENN_VMM": "default"}},
 		{name: "environment", env: []string{"WRENN_DIR=/data/wrenn/", "WRENN_VMM=firecracker", "WRENN_HOST_LISTEN_ADDR=10.0.0.2:7000",
 			"WRENN_AGENT_VMM_UID_BASE=300000", "WRENN_AGENT_REAPER_INTERVAL=1m", "WRENN_LOG_LEVEL=DEBUG", "PATH=/bin"},
-			want: DaemonConfig{Dir: "/data/wrenn", VMM: "firecracker", ListenAddr: "10.0.0.2:7000", VMMUIDBase: 300000,
-				ReaperInterval: time.Minute, LogLevel: slog.LevelDebug},
+			want: with(func(c *DaemonConfig) {
+				c.Dir, c.VMM, c.ListenAddr, c.VMMUIDBase, c.ReaperInterval, c.LogLevel = "/data/wrenn", "firecracker", "10.0.0.2:7000", 300000, time.Minute, slog.LevelDebug
+			}),
 			sources: map[string]string{"WRENN_DIR": "environment", "WRENN_LOG_LEVEL": "environment"}},
 		{name: "flags beat the environment", args: []string{"--dir=/flag", "-vmm", "qemu", "--log-level=error"},
 			env:     []string{"WRENN_DIR=/env", "WRENN_VMM=firecracker"},
@@ -56,6 +59,10 @@ WRENN_CP_TOKEN=not-ours
 			}),
 			sources: map[string]string{"WRENN_DIR": "env file", "WRENN_VMM": "environment", "WRENN_AGENT_REAPER_INTERVAL": "env file"}},
 		{name: "version", args: []string{"--version"}, want: with(func(c *DaemonConfig) { c.ShowVersion = true })},
+		{name: "a second agent beside the first", env: []string{"WRENN_AGENT_NAME=wtest", "WRENN_AGENT_HOST_CIDR=10.40.0.0/16", "WRENN_AGENT_VETH_CIDR=10.41.0.0/16"},
+			want: with(func(c *DaemonConfig) {
+				c.Name, c.HostCIDR, c.VethCIDR = "wtest", netip.MustParsePrefix("10.40.0.0/16"), netip.MustParsePrefix("10.41.0.0/16")
+			})},
 		{name: "listen on any host", env: []string{"WRENN_HOST_LISTEN_ADDR=[::]:0"}, want: with(func(c *DaemonConfig) { c.ListenAddr = "[::]:0" })},
 	}
 	for _, tt := range tests {
@@ -103,6 +110,10 @@ func TestParseDaemonConfigRejects(t *testing.T) {
 		{name: "reaper interval unparsable", env: []string{"WRENN_AGENT_REAPER_INTERVAL=often"}, want: []string{"WRENN_AGENT_REAPER_INTERVAL="}},
 		{name: "reaper interval too short", args: []string{"--reaper-interval=1ms"}, want: []string{"WRENN_AGENT_REAPER_INTERVAL=\"1ms\" (from flag --reaper-interval)"}},
 		{name: "log level", env: []string{"WRENN_LOG_LEVEL=loud"}, want: []string{`WRENN_LOG_LEVEL="loud"`}},
+		{name: "agent name too long for interface names", env: []string{"WRENN_AGENT_NAME=averylongname"}, want: []string{"WRENN_AGENT_NAME="}},
+		{name: "agent name with a dash", env: []string{"WRENN_AGENT_NAME=a-b"}, want: []string{"WRENN_AGENT_NAME="}},
+		{name: "host range not IPv4", env: []string{"WRENN_AGENT_HOST_CIDR=fd00::/64"}, want: []string{"WRENN_AGENT_HOST_CIDR="}},
+		{name: "veth range too small", env: []string{"WRENN_AGENT_VETH_CIDR=10.12.0.0/28"}, want: []string{"WRENN_AGENT_VETH_CIDR="}},
 		{name: "misspelt agent knob", env: []string{"WRENN_AGENT_VMM_UID_BSE=1"}, want: []string{"WRENN_AGENT_VMM_UID_BSE", "unknown setting"}},
 		{name: "every bad variable named at once", env: []string{"WRENN_DIR=rel", "WRENN_VMM=x", "WRENN_LOG_LEVEL=y"},
 			want: []string{"WRENN_DIR=", "WRENN_VMM=", "WRENN_LOG_LEVEL="}},
