@@ -71,7 +71,7 @@ func TestRESTJourney(t *testing.T) {
 
 	// A guest HTTP server, reached through the proxy.
 	c.json(t, "POST", path+"/exec", map[string]any{
-		"cmd": "mkdir -p /tmp/www && echo hello-from-guest > /tmp/www/index.txt && cd /tmp/www && python3 -m http.server 8080 >/dev/null 2>&1",
+		"cmd":        "mkdir -p /tmp/www && echo hello-from-guest > /tmp/www/index.txt && cd /tmp/www && python3 -m http.server 8080 >/dev/null 2>&1",
 		"background": true, "tag": "web"}, http.StatusOK, &res)
 	token := *sb.AccessToken
 	portPath := path + "/ports/8080/index.txt"
