@@ -25,11 +25,13 @@ func (b *bench) execs(ctx context.Context) {
 	viaAgent := (&Figure{Key: "exec-agent", Name: "exec `true` round trip, through the in-process agent (Manager.Envd)"}).against("exec-envd", 0)
 	rpc := skipped("exec-agent-rpc", "exec `true` round trip, through the agent's RPC guest proxy",
 		"the agent's guest proxy (internal/agent/rpc) has no client in the benchmark yet; the REST figure exec-rest goes through it when the stack runs")
-	defer func() { b.add(GroupWrenn, direct, viaAgent, rpc) }()
+	rate := &Figure{Key: "exec-envd-rps", Name: fmt.Sprintf("exec `true` requests per second, envd direct, %d in flight", rpsWorkers), Unit: "req/s"}
+	defer func() { b.add(GroupWrenn, direct, viaAgent, rpc, rate) }()
 	c, err := b.directClient(ctx)
 	if err != nil {
 		direct.failed(err)
 		viaAgent.failed(err)
+		rate.failed(err)
 		return
 	}
 	defer c.CloseIdleConnections()
@@ -38,6 +40,7 @@ func (b *bench) execs(ctx context.Context) {
 	if err := runTrue(ctx, c); err != nil {
 		direct.failed(err)
 		viaAgent.failed(err)
+		rate.failed(err)
 		return
 	}
 	b.measure(ctx, direct, b.cfg.ExecSamples, func(ctx context.Context) (time.Duration, error) {
@@ -51,6 +54,9 @@ func (b *bench) execs(ctx context.Context) {
 		return time.Since(t), err
 	})
 	direct.note("one untimed exec first on each path; a warm HTTP/2 connection")
+	// What one guest (1 vCPU) can take: the floor under the control
+	// plane's exec rate.
+	b.rate(ctx, rate, func(ctx context.Context) error { return runTrue(ctx, c) })
 }
 
 // directClient is an envd client of the benchmark's own for the source

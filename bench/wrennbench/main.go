@@ -46,7 +46,10 @@ type Config struct {
 	// Analysis is a hand-written Markdown file about the profiles, copied
 	// into the report ("" or missing: no such section).
 	Analysis string
-	Only     *regexp.Regexp
+	// Render, when set, is a JSON report to render again as Markdown
+	// (after editing the analysis, say) instead of measuring.
+	Render string
+	Only   *regexp.Regexp
 	// Samples is N for the per-operation figures, BootSamples for cold
 	// boots (bare and Wrenn).
 	Samples, BootSamples int
@@ -105,6 +108,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.OutDir, "out-dir", "bench/results", "directory for the JSON report <date>-<host>.json (empty: none)")
 	fs.StringVar(&c.ReportPath, "report", "docs/benchmarks.md", "Markdown report; plots go to the same path without .md (empty: none)")
 	fs.StringVar(&c.Analysis, "analysis", "bench/analysis.md", "hand-written notes on the profiles, copied into the report")
+	fs.StringVar(&c.Render, "render", "", "measure nothing: render this JSON report (bench/results/…) to --report again")
 	fs.StringVar(&only, "only", "", "run only the measurements whose name matches this regexp (-h lists them)")
 	fs.IntVar(&c.Samples, "samples", 0, "samples per lifecycle figure (default 10, quick 3)")
 	fs.IntVar(&c.BootSamples, "boot-samples", 0, "cold boots, bare and Wrenn (default 3, quick 1)")
@@ -223,6 +227,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	if cfg.Render != "" {
+		if err := render(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "wrennbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	// The first ctrl-C stops the measurements and cleans up; a second one,
 	// once cleanup has begun, kills the process the default way.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -253,6 +264,19 @@ func writeOutputs(rep *Report, cfg Config, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "wrote", cfg.ReportPath)
 	}
 	return errors.Join(errs...)
+}
+
+// render writes the Markdown report of a saved run.
+func render(cfg Config) error {
+	if cfg.ReportPath == "" {
+		return errors.New("--render needs --report")
+	}
+	rep, err := ReadJSON(cfg.Render)
+	if err != nil {
+		return err
+	}
+	rep.judge()
+	return writeMarkdownFile(rep, cfg.ReportPath, cfg.Analysis)
 }
 
 // writeMarkdownFile writes the report and its plots (in path without .md).

@@ -60,7 +60,7 @@ type Figure struct {
 	Baseline    string       `json:"baseline,omitempty"`
 	BaselineP50 float64      `json:"baseline_p50,omitempty"`
 	Ratio       float64      `json:"ratio,omitempty"`
-	Compare     []string     `json:"-"`
+	Compare     []string     `json:"compare,omitempty"`
 	Comparisons []Comparison `json:"comparisons,omitempty"`
 
 	Result string   `json:"result"`
@@ -227,6 +227,19 @@ func (r *Report) judge() {
 	for _, f := range r.Figures {
 		f.judge(by)
 	}
+}
+
+// ReadJSON reads a report WriteJSON wrote.
+func ReadJSON(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read report: %w", err)
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("read report %s: %w", path, err)
+	}
+	return &r, nil
 }
 
 // WriteJSON writes the report to path, making its directory.

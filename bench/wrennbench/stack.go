@@ -55,7 +55,7 @@ func (b *bench) stack(ctx context.Context) {
 		upload:   (&Figure{Key: "upload-1m-rest", Name: "upload 1 MiB via REST", Bytes: 1 << 20}).against("upload-1m", 0),
 		download: (&Figure{Key: "download-1m-rest", Name: "download 1 MiB via REST", Bytes: 1 << 20}).against("download-1m", 0),
 		list:     &Figure{Key: "cp-list-rps", Name: fmt.Sprintf("GET /v1/sandboxes (%d rows) requests per second, %d in flight", b.cfg.ListRows, rpsWorkers), Unit: "req/s"},
-		execRPS:  &Figure{Key: "cp-exec-rps", Name: fmt.Sprintf("POST /v1/sandboxes/{id}/exec `true` requests per second, %d in flight", rpsWorkers), Unit: "req/s"},
+		execRPS:  (&Figure{Key: "cp-exec-rps", Name: fmt.Sprintf("POST /v1/sandboxes/{id}/exec `true` requests per second, %d in flight", rpsWorkers), Unit: "req/s"}).against("exec-envd-rps", 0),
 	}
 	defer func() { b.add(GroupCP, figs.all()...) }()
 	skipAll := func(why string) {
@@ -257,6 +257,8 @@ func (b *bench) rate(ctx context.Context, f *Figure, call func(context.Context) 
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var done atomic.Int64
+	var latMu sync.Mutex
+	var lat []time.Duration
 	var firstErr error
 	var once sync.Once
 	var wg sync.WaitGroup
@@ -265,7 +267,14 @@ func (b *bench) rate(ctx context.Context, f *Figure, call func(context.Context) 
 		go func() {
 			defer wg.Done()
 			for rctx.Err() == nil {
-				if err := call(rctx); err != nil {
+				t := time.Now()
+				err := call(rctx)
+				if err == nil {
+					latMu.Lock()
+					lat = append(lat, time.Since(t))
+					latMu.Unlock()
+				}
+				if err != nil {
 					if rctx.Err() == nil {
 						once.Do(func() { firstErr = err })
 						cancel()
@@ -291,8 +300,14 @@ func (b *bench) rate(ctx context.Context, f *Figure, call func(context.Context) 
 	}
 	cancel()
 	wg.Wait()
-	*f = *values(f.Key, f.Name, f.Unit, per)
+	r := values(f.Key, f.Name, f.Unit, per)
+	r.Group, r.Baseline, r.Compare, r.Notes = f.Group, f.Baseline, f.Compare, f.Notes
+	*f = *r
 	f.note("closed loop: %d clients each send the next request when the last one answers; one sample per second", rpsWorkers)
+	latMu.Lock()
+	ls := summarize(lat)
+	latMu.Unlock()
+	f.note("latency of the %d requests that completed: p50 %s ms, p95 %s ms, max %s ms", ls.N, num(ms(ls.P50)), num(ms(ls.P95)), num(ms(ls.Max)))
 	if firstErr != nil {
 		f.failed(firstErr)
 	}
