@@ -74,7 +74,7 @@ func BenchmarkListSandboxes(b *testing.B) {
 			b.Fatal(err)
 		}
 		_, err := env.Pool.Exec(context.Background(), `INSERT INTO sandboxes (id, team_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout)
-			SELECT 'noise-' || $2 || '-' || g, $1, 'minimal', 'running', 1, 512, 2048, 300, 'kill' FROM generate_series(1, 1000) g`, other, t)
+			SELECT 'noise-' || $2::text || '-' || g, $1, 'minimal', 'running', 1, 512, 2048, 300, 'kill' FROM generate_series(1, 1000) g`, other, fmt.Sprint(t))
 		if err != nil {
 			b.Fatal(err)
 		}

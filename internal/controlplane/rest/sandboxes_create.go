@@ -250,11 +250,12 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 		if err == nil {
 			row, err := s.q.MarkSandboxRunning(ctx, store.MarkSandboxRunningParams{ID: id, AccessTokenHash: hashToken(token), Now: s.clk.Now()})
 			if errors.Is(err, pgx.ErrNoRows) {
-				// Deleted while it started: do not leave it running.
+				// Deleted (or its host declared lost) while it started: the
+				// store no longer expects it, so do not leave it running.
 				dctx, cancel := detached(r, agentDestroyTimeout)
 				defer cancel()
 				_ = s.destroyOnHost(dctx, h.ID, id)
-				return errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s was deleted while it started", id)
+				return errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s was deleted or lost while it started", id)
 			}
 			if err != nil {
 				return fmt.Errorf("record sandbox %s running: %w", id, err)
