@@ -15,11 +15,12 @@ BUILDS  := builds
 GUEST_BINS := envd wrenn-init
 HOST_BINS  := wrenn-cp wrenn-agent wrenn wrenn-up
 
-.PHONY: help build generate check lint test test-short images kernel rootfs deps clean up dev dev-agent
+.PHONY: help build generate check lint test test-short images kernel rootfs deps clean up dev dev-agent bench
 
 help:
 	@echo "make up         one-box Wrenn: deps, build, images, PostgreSQL, control plane, agent (as root)"
 	@echo "make dev        PostgreSQL + migrations + control plane only"
+	@echo "make bench      performance report vs bare QEMU and gVisor (as root; BENCH_FLAGS=--quick for the short run)"
 	@echo "make dev-agent  the host agent alone, as root (REGISTER=<token> on first run)"
 	@echo "make build      build $(HOST_BINS) $(GUEST_BINS) into $(BUILDS)/"
 	@echo "make images     build the guest kernel and the minimal rootfs (cached under $(WRENN_CACHE))"
@@ -39,6 +40,9 @@ FORCE:
 
 up: deps build images
 	$(BUILDS)/wrenn-up --dir $(WRENN_DIR)
+
+bench: deps build images
+	$(GO) run ./bench/wrennbench --bin-dir $(BUILDS) $(BENCH_FLAGS)
 
 dev: build
 	$(BUILDS)/wrenn-up --dir $(WRENN_DIR) --no-agent
