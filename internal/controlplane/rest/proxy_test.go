@@ -13,7 +13,12 @@ import (
 
 func TestPortProxy(t *testing.T) {
 	env := newSandboxEnv(t)
-	env.addHost(t)
+	agent := env.addHost(t)
+	// Like the real agent pool, speak HTTP/2 to the agent: WebSocket
+	// upgrades must still get through (over an HTTP/1.1 side connection).
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	agent.Client = &http.Client{Transport: &http.Transport{Protocols: h2c}}
 	sb := env.create(t, map[string]any{"public_ports": []int{9000}})
 	token := *sb.AccessToken
 	base := "/v1/sandboxes/" + sb.Id + "/ports/"
