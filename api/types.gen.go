@@ -425,7 +425,7 @@ type ExecRequest struct {
 	// Background Return at once with the pid; reattach with processes/{selector}/stream.
 	Background *bool `json:"background,omitempty"`
 
-	// Cmd Without args: a shell command line, run by /bin/bash -l -c. With args: the program to run.
+	// Cmd Without args: a shell command line, run by /bin/bash -l -c. With args (even an empty list): the program to run, without a shell.
 	Cmd string             `json:"cmd"`
 	Cwd *string            `json:"cwd,omitempty"`
 	Env *map[string]string `json:"env,omitempty"`

@@ -18,7 +18,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
-	defer os.Remove(tmp) // no-op after the rename
+	defer os.Remove(tmp)                  // no-op after the rename
 	if err := f.Chmod(perm); err != nil { // umask may have narrowed it
 		f.Close()
 		return fmt.Errorf("chmod %s: %w", tmp, err)

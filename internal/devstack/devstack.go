@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -98,7 +97,6 @@ type Stack struct {
 	cluster *pgcluster.Cluster
 	cp      *child
 	agent   *child
-	log     *slog.Logger
 }
 
 // Up starts everything and returns once the local host is online.

@@ -20,9 +20,9 @@ type Commands struct{ sb *Sandbox }
 
 // RunOptions describes a command.
 type RunOptions struct {
-	// Args, when set, makes the command string the program and these its
-	// arguments, run without a shell. Without Args the command string is a
-	// shell line run by /bin/bash -l -c.
+	// Args, when non-nil (even empty), makes the command string the
+	// program and these its arguments, run without a shell. With nil Args
+	// the command string is a shell line run by /bin/bash -l -c.
 	Args []string
 	// Env adds to the sandbox's environment for this command.
 	Env map[string]string
@@ -192,7 +192,7 @@ func (c *Commands) Signal(ctx context.Context, pidOrTag string, sig api.SignalPr
 
 func (c *Commands) execRequest(cmd string, o RunOptions) api.ExecRequest {
 	req := api.ExecRequest{Cmd: cmd, Cwd: nonZero(o.Cwd), User: nonZero(o.User), Tag: nonZero(o.Tag)}
-	if len(o.Args) > 0 {
+	if o.Args != nil {
 		req.Args = &o.Args
 	}
 	if len(o.Env) > 0 {

@@ -116,8 +116,9 @@ func parseExec(req api.ExecRequest) (execSpec, error) {
 	if strings.ContainsRune(req.Cmd, 0) {
 		return e, invalid("cmd contains NUL")
 	}
-	if req.Args == nil || len(*req.Args) == 0 {
-		// Without args cmd is a shell command line.
+	if req.Args == nil {
+		// Without args cmd is a shell command line; with args, even an
+		// empty list, it is the program (no shell: cheaper, no quoting).
 		e.run.Cmd, e.run.Args = "/bin/bash", []string{"-l", "-c", req.Cmd}
 	} else {
 		for _, a := range *req.Args {

@@ -110,6 +110,9 @@ func TestExec(t *testing.T) {
 	if orZero(res.Stdout) != "a b $HOME\n" {
 		t.Errorf("args are not passed verbatim: %q", orZero(res.Stdout))
 	}
+	// An empty args list still means "this program, no shell": no program
+	// is called "echo hi" (a shell would have printed hi).
+	wantError(t, env.do(t, "POST", path+"/exec", key, map[string]any{"cmd": "echo hi", "args": []string{}}), http.StatusNotFound, "not_found")
 	env.doJSON(t, "POST", path+"/exec", key, map[string]any{"cmd": "tr a-z A-Z", "stdin": "hello"}, http.StatusOK, &res)
 	if orZero(res.Stdout) != "HELLO" {
 		t.Errorf("stdin: %q", orZero(res.Stdout))
