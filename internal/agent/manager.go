@@ -90,6 +90,9 @@ type Manager struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
+
+	// bg tracks background clean-up (used snapshots); Close waits for it.
+	bg sync.WaitGroup
 }
 
 // sandbox is one VM and what it holds on the host.
@@ -342,6 +345,7 @@ func validID(id string) bool {
 // Close lets go of every sandbox without stopping it: a graceful agent
 // shutdown leaves guests running for the next agent to re-adopt.
 func (m *Manager) Close() error {
+	m.bg.Wait()
 	m.mu.Lock()
 	all := make([]*sandbox, 0, len(m.sandboxes))
 	for _, sb := range m.sandboxes {

@@ -111,12 +111,46 @@ func (m *Manager) resumeHibernated(ctx context.Context, sb *sandbox) error {
 		r.State = state.Hibernated
 		return errors.Join(fmt.Errorf("resume %s: %w", r.ID, err), writeRecord(sb.dir, r))
 	}
-	if err := snapshot.Remove(snap.Dir); err != nil {
-		m.log.Warn("remove used snapshot", "sandbox_id", r.ID, "err", err)
-	}
+	m.retireSnapshot(snap.Dir, r.ID)
 	sb.touch(m.cfg.Clock.Now())
 	m.log.Info("sandbox resumed from hibernation", "sandbox_id", r.ID, "duration", time.Since(start))
 	return nil
+}
+
+// trashPrefix names used snapshots waiting to be deleted (Recover deletes
+// any a crash left behind).
+const trashPrefix = ".trash-"
+
+// retireSnapshot takes a used snapshot out of service at once (its manifest
+// removed, durably, then the directory renamed aside so the sandbox can
+// hibernate again under the same name) and deletes its files in the
+// background: freeing a guest's memory file takes a few hundred ms that a
+// resume should not wait for (measured by make bench's profile).
+func (m *Manager) retireSnapshot(dir, id string) {
+	if err := snapshot.Invalidate(dir); err != nil {
+		m.log.Warn("invalidate used snapshot", "sandbox_id", id, "err", err)
+	}
+	trash := filepath.Join(filepath.Dir(dir), trashPrefix+filepath.Base(dir)+"-"+newID())
+	if err := os.Rename(dir, trash); err != nil {
+		m.log.Warn("set used snapshot aside", "sandbox_id", id, "err", err)
+		trash = dir
+	}
+	m.bg.Go(func() {
+		if err := snapshot.Remove(trash); err != nil {
+			m.log.Warn("remove used snapshot", "sandbox_id", id, "err", err)
+		}
+	})
+}
+
+// removeTrash deletes used snapshots a crash left before their background
+// removal finished.
+func (m *Manager) removeTrash() error {
+	trash, _ := filepath.Glob(filepath.Join(m.cfg.Dir, "snapshots", trashPrefix+"*"))
+	var errs []error
+	for _, d := range trash {
+		errs = append(errs, snapshot.Remove(d))
+	}
+	return errors.Join(errs...)
 }
 
 // openSnapshot verifies a snapshot (manifest, sizes, checksums) and that
