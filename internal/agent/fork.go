@@ -207,10 +207,11 @@ func (m *Manager) diskFromSnapshotSteps(sb *sandbox, frozen string) []plan.Step 
 		{
 			Name: "disk",
 			Do: func(ctx context.Context) error {
-				if _, _, err := disk.Freeze(ctx, frozen, base); err != nil {
+				fd, _, err := disk.Freeze(ctx, frozen, base)
+				if err != nil {
 					return err
 				}
-				d, err := disk.Clone(ctx, base, overlayPath(sb.dir))
+				d, err := disk.CloneFrozen(ctx, fd, overlayPath(sb.dir))
 				if err != nil {
 					return err
 				}

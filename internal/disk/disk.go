@@ -191,6 +191,16 @@ func Clone(ctx context.Context, frozen, path string) (Disk, error) {
 	return createOverlay(ctx, abs, QCOW2, path, info.VirtualSize)
 }
 
+// CloneFrozen is Clone for a frozen disk the caller just got from Freeze:
+// its virtual size is known, so no qemu-img info runs (one exec fewer on
+// every create from a snapshot).
+func CloneFrozen(ctx context.Context, frozen Disk, path string) (Disk, error) {
+	if frozen.Format != QCOW2 || frozen.SizeBytes <= 0 || !filepath.IsAbs(frozen.Path) {
+		return Disk{}, errdefs.New(errdefs.ErrInvalidArgument, "clone %s: not a frozen qcow2 disk from Freeze", frozen.Path)
+	}
+	return createOverlay(ctx, frozen.Path, QCOW2, path, frozen.SizeBytes)
+}
+
 // NewRaw creates a raw disk at path holding a copy of the raw base,
 // extended (sparsely) to sizeMB MiB, for VMMs that read raw files only
 // (Firecracker). With a reflink it is O(1) in data; without (ext4, as on

@@ -314,7 +314,11 @@ func TestFreezeAndClone(t *testing.T) {
 	var forks []string
 	for i := range 2 {
 		p := filepath.Join(dir, fmt.Sprintf("fork%d.qcow2", i))
-		d, err := Clone(ctx, frozen, p)
+		clone := func() (Disk, error) { return Clone(ctx, frozen, p) }
+		if i == 1 { // the same disk, from the Disk that Freeze returned
+			clone = func() (Disk, error) { return CloneFrozen(ctx, fd, p) }
+		}
+		d, err := clone()
 		if err != nil {
 			t.Fatalf("Clone #%d: %v", i, err)
 		}
@@ -344,6 +348,9 @@ func TestFreezeAndClone(t *testing.T) {
 	}
 	if _, err := Clone(ctx, filepath.Join(dir, "nope.qcow2"), filepath.Join(dir, "x.qcow2")); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Clone of a missing frozen file = %v, want NotFound", err)
+	}
+	if _, err := CloneFrozen(ctx, Disk{Path: base, Format: Raw, SizeBytes: 10 * mib}, filepath.Join(dir, "z.qcow2")); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("CloneFrozen of a raw disk = %v, want InvalidArgument", err)
 	}
 	if _, _, err := Freeze(ctx, base, filepath.Join(dir, "y.qcow2")); err == nil {
 		t.Error("Freeze of a raw file succeeded, want an error")
