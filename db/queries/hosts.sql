@@ -187,3 +187,16 @@ FROM lost;
 
 -- name: GetHostAddress :one
 SELECT status, address FROM hosts WHERE id = @id;
+
+-- name: StopLostSandboxes :many
+-- DESIGN §6: sandboxes missing on a host that stayed unreachable since
+-- before cutoff are given up (stopped). Paused and hibernated ones keep
+-- their state: their files may come back with the host.
+UPDATE sandboxes s
+SET state = 'stopped', stopped_at = @now::timestamptz, updated_at = @now::timestamptz,
+    error = 'host unreachable since ' || to_char(h.last_heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+FROM hosts h
+WHERE s.host_id = h.id AND s.state = 'missing'
+  AND h.status = 'unreachable'
+  AND coalesce(h.last_heartbeat_at, h.created_at) < @cutoff::timestamptz
+RETURNING s.id, s.host_id;

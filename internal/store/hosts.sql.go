@@ -745,6 +745,50 @@ func (q *Queries) StopActiveHostSandboxes(ctx context.Context, arg StopActiveHos
 	return items, nil
 }
 
+const stopLostSandboxes = `-- name: StopLostSandboxes :many
+UPDATE sandboxes s
+SET state = 'stopped', stopped_at = $1::timestamptz, updated_at = $1::timestamptz,
+    error = 'host unreachable since ' || to_char(h.last_heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+FROM hosts h
+WHERE s.host_id = h.id AND s.state = 'missing'
+  AND h.status = 'unreachable'
+  AND coalesce(h.last_heartbeat_at, h.created_at) < $2::timestamptz
+RETURNING s.id, s.host_id
+`
+
+type StopLostSandboxesParams struct {
+	Now    time.Time
+	Cutoff time.Time
+}
+
+type StopLostSandboxesRow struct {
+	ID     string
+	HostID *uuid.UUID
+}
+
+// DESIGN §6: sandboxes missing on a host that stayed unreachable since
+// before cutoff are given up (stopped). Paused and hibernated ones keep
+// their state: their files may come back with the host.
+func (q *Queries) StopLostSandboxes(ctx context.Context, arg StopLostSandboxesParams) ([]StopLostSandboxesRow, error) {
+	rows, err := q.db.Query(ctx, stopLostSandboxes, arg.Now, arg.Cutoff)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []StopLostSandboxesRow{}
+	for rows.Next() {
+		var i StopLostSandboxesRow
+		if err := rows.Scan(&i.ID, &i.HostID); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const stopVanishedSandboxes = `-- name: StopVanishedSandboxes :many
 UPDATE sandboxes
 SET state = 'stopped', stopped_at = $1::timestamptz, updated_at = $1::timestamptz

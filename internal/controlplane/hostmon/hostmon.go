@@ -1,5 +1,6 @@
 // Package hostmon is the host monitor: it marks hosts that stopped
-// heartbeating unreachable and their running sandboxes missing. Hosts come
+// heartbeating unreachable and their running sandboxes missing, and gives
+// those up (stopped) when the host stays away for an hour. Hosts come
 // back (and their sandboxes are reconciled) through their next heartbeat,
 // in hostreg.
 //
@@ -32,6 +33,9 @@ func (systemClock) Now() time.Time { return time.Now() }
 const (
 	DefaultTimeout  = 90 * time.Second
 	DefaultInterval = 10 * time.Second
+	// DefaultLostAfter is how long a host may stay unreachable before its
+	// missing sandboxes are given up as stopped (DESIGN §6).
+	DefaultLostAfter = time.Hour
 )
 
 // Options configure a Monitor; zero fields take defaults.
@@ -40,6 +44,9 @@ type Options struct {
 	Timeout time.Duration
 	// Interval is how often Run looks.
 	Interval time.Duration
+	// LostAfter is how long after its last heartbeat a host's missing
+	// sandboxes become stopped.
+	LostAfter time.Duration
 	Clock    Clock
 	Logger   *slog.Logger
 	// Metrics, if set, gets wrenn_hosts_unreachable_total and
@@ -50,8 +57,9 @@ type Options struct {
 // Monitor watches host heartbeats.
 type Monitor struct {
 	q        *store.Queries
-	timeout  time.Duration
-	interval time.Duration
+	timeout   time.Duration
+	interval  time.Duration
+	lostAfter time.Duration
 	clk      Clock
 	log      *slog.Logger
 
@@ -61,12 +69,15 @@ type Monitor struct {
 
 // New returns a monitor over the hosts in db.
 func New(db *pgxpool.Pool, o Options) (*Monitor, error) {
-	m := &Monitor{q: store.New(db), timeout: o.Timeout, interval: o.Interval, clk: o.Clock, log: o.Logger}
+	m := &Monitor{q: store.New(db), timeout: o.Timeout, interval: o.Interval, lostAfter: o.LostAfter, clk: o.Clock, log: o.Logger}
 	if m.timeout <= 0 {
 		m.timeout = DefaultTimeout
 	}
 	if m.interval <= 0 {
 		m.interval = DefaultInterval
+	}
+	if m.lostAfter <= 0 {
+		m.lostAfter = DefaultLostAfter
 	}
 	if m.clk == nil {
 		m.clk = systemClock{}
@@ -93,7 +104,8 @@ func New(db *pgxpool.Pool, o Options) (*Monitor, error) {
 // Tick does one pass: online hosts whose last heartbeat is older than the
 // timeout become unreachable, and their running and starting sandboxes
 // missing (paused and hibernated ones live on the host's disk and stay as
-// they are). It returns how many hosts it marked.
+// they are); missing sandboxes of hosts silent for LostAfter become
+// stopped. It returns how many hosts it marked unreachable.
 func (m *Monitor) Tick(ctx context.Context) (int, error) {
 	now := m.clk.Now()
 	rows, err := m.q.MarkHostsUnreachable(ctx, store.MarkHostsUnreachableParams{Cutoff: now.Add(-m.timeout), Now: now})
@@ -105,6 +117,13 @@ func (m *Monitor) Tick(ctx context.Context) (int, error) {
 		m.sandboxesLost.Add(float64(r.SandboxesMissing))
 		m.log.Warn("host unreachable: no heartbeat", "host_id", r.ID, "team_id", r.TeamID,
 			"timeout", m.timeout, "sandboxes_missing", r.SandboxesMissing)
+	}
+	stopped, err := m.q.StopLostSandboxes(ctx, store.StopLostSandboxesParams{Cutoff: now.Add(-m.lostAfter), Now: now})
+	if err != nil {
+		return len(rows), fmt.Errorf("stop sandboxes of lost hosts: %w", err)
+	}
+	for _, sb := range stopped {
+		m.log.Warn("sandbox given up: its host stayed unreachable", "sandbox_id", sb.ID, "host_id", sb.HostID, "after", m.lostAfter)
 	}
 	return len(rows), nil
 }

@@ -335,3 +335,45 @@ func TestRunStops(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// A host that never comes back: its missing sandboxes are given up as
+// stopped once it has been silent for LostAfter, and not before; paused
+// ones keep their state (their files may come back with the host).
+func TestLostHostSandboxesStop(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	mon, err := hostmon.New(e.db, hostmon.Options{Clock: e.clk, LostAfter: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := e.registerHost(t, "127.0.0.1:50051")
+	e.heartbeat(t, h)
+	e.addSandbox(t, "run", h.id, "running")
+	e.addSandbox(t, "nap", h.id, "paused")
+
+	e.clk.Advance(hostmon.DefaultTimeout + time.Second)
+	if _, err := mon.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantStates(t, e.states(t), map[string]string{"run": "missing", "nap": "paused"})
+
+	e.clk.Advance(10*time.Minute - hostmon.DefaultTimeout - 2*time.Second) // just under LostAfter
+	if _, err := mon.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantStates(t, e.states(t), map[string]string{"run": "missing", "nap": "paused"})
+
+	e.clk.Advance(2 * time.Second)
+	if _, err := mon.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantStates(t, e.states(t), map[string]string{"run": "stopped", "nap": "paused"})
+	var stoppedAt *time.Time
+	var why string
+	if err := e.db.QueryRow(ctx, "SELECT stopped_at, error FROM sandboxes WHERE id = 'run'").Scan(&stoppedAt, &why); err != nil {
+		t.Fatal(err)
+	}
+	if stoppedAt == nil || why == "" {
+		t.Errorf("given-up sandbox: stopped_at %v, error %q; want both set", stoppedAt, why)
+	}
+}
