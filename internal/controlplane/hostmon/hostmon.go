@@ -47,8 +47,8 @@ type Options struct {
 	// LostAfter is how long after its last heartbeat a host's missing
 	// sandboxes become stopped.
 	LostAfter time.Duration
-	Clock    Clock
-	Logger   *slog.Logger
+	Clock     Clock
+	Logger    *slog.Logger
 	// Metrics, if set, gets wrenn_hosts_unreachable_total and
 	// wrenn_sandboxes_missing_total.
 	Metrics prometheus.Registerer
@@ -56,12 +56,12 @@ type Options struct {
 
 // Monitor watches host heartbeats.
 type Monitor struct {
-	q        *store.Queries
+	q         *store.Queries
 	timeout   time.Duration
 	interval  time.Duration
 	lostAfter time.Duration
-	clk      Clock
-	log      *slog.Logger
+	clk       Clock
+	log       *slog.Logger
 
 	hostsLost     prometheus.Counter
 	sandboxesLost prometheus.Counter
