@@ -137,11 +137,15 @@ WHERE id = @id
 RETURNING id;
 
 -- name: ReconcileMissingSandboxes :many
--- After a host comes back: its missing sandboxes that it still holds run
--- again, the rest are gone.
+-- After a host comes back: its missing sandboxes that it still holds take
+-- the state the agent reports (states[i] is present[i]'s), the rest are
+-- gone.
 UPDATE sandboxes
-SET state = CASE WHEN id = ANY(@present::text[]) THEN 'running' ELSE 'stopped' END,
-    stopped_at = CASE WHEN id = ANY(@present::text[]) THEN stopped_at ELSE @now::timestamptz END,
+SET state = CASE WHEN array_position(@present::text[], id) IS NULL THEN 'stopped'
+                 ELSE (@states::text[])[array_position(@present::text[], id)] END,
+    stopped_at = CASE WHEN array_position(@present::text[], id) IS NULL
+                        OR (@states::text[])[array_position(@present::text[], id)] IN ('stopped', 'error')
+                      THEN @now::timestamptz ELSE stopped_at END,
     updated_at = @now::timestamptz
 WHERE host_id = @host_id::uuid AND state = 'missing'
 RETURNING id, state;

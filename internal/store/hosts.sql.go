@@ -510,15 +510,19 @@ func (q *Queries) MarkHostsUnreachable(ctx context.Context, arg MarkHostsUnreach
 
 const reconcileMissingSandboxes = `-- name: ReconcileMissingSandboxes :many
 UPDATE sandboxes
-SET state = CASE WHEN id = ANY($1::text[]) THEN 'running' ELSE 'stopped' END,
-    stopped_at = CASE WHEN id = ANY($1::text[]) THEN stopped_at ELSE $2::timestamptz END,
-    updated_at = $2::timestamptz
-WHERE host_id = $3::uuid AND state = 'missing'
+SET state = CASE WHEN array_position($1::text[], id) IS NULL THEN 'stopped'
+                 ELSE ($2::text[])[array_position($1::text[], id)] END,
+    stopped_at = CASE WHEN array_position($1::text[], id) IS NULL
+                        OR ($2::text[])[array_position($1::text[], id)] IN ('stopped', 'error')
+                      THEN $3::timestamptz ELSE stopped_at END,
+    updated_at = $3::timestamptz
+WHERE host_id = $4::uuid AND state = 'missing'
 RETURNING id, state
 `
 
 type ReconcileMissingSandboxesParams struct {
 	Present []string
+	States  []string
 	Now     time.Time
 	HostID  uuid.UUID
 }
@@ -528,10 +532,16 @@ type ReconcileMissingSandboxesRow struct {
 	State string
 }
 
-// After a host comes back: its missing sandboxes that it still holds run
-// again, the rest are gone.
+// After a host comes back: its missing sandboxes that it still holds take
+// the state the agent reports (states[i] is present[i]'s), the rest are
+// gone.
 func (q *Queries) ReconcileMissingSandboxes(ctx context.Context, arg ReconcileMissingSandboxesParams) ([]ReconcileMissingSandboxesRow, error) {
-	rows, err := q.db.Query(ctx, reconcileMissingSandboxes, arg.Present, arg.Now, arg.HostID)
+	rows, err := q.db.Query(ctx, reconcileMissingSandboxes,
+		arg.Present,
+		arg.States,
+		arg.Now,
+		arg.HostID,
+	)
 	if err != nil {
 		return nil, err
 	}

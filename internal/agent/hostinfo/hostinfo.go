@@ -68,6 +68,8 @@ type Status struct {
 	Templates []*hostagentv1.Template
 	// SandboxIDs are every sandbox the agent holds, in creation order.
 	SandboxIDs []string
+	// SandboxStates are their states, by id.
+	SandboxStates map[string]hostagentv1.SandboxState
 }
 
 // Collect reads specs, usage, templates and sandboxes. It fails rather
@@ -121,8 +123,10 @@ func (c *Collector) Collect(ctx context.Context) (Status, error) {
 		out.Specs.Images = append(out.Specs.Images, t.Name)
 	}
 	slices.Sort(out.Specs.Images)
+	out.SandboxStates = make(map[string]hostagentv1.SandboxState, len(infos))
 	for _, in := range infos {
 		out.SandboxIDs = append(out.SandboxIDs, in.ID)
+		out.SandboxStates[in.ID] = SandboxState(in.State)
 		addUsage(out.Usage, in)
 	}
 	return out, nil
@@ -210,4 +214,25 @@ func (c *Collector) load1() (float64, error) {
 		return 0, fmt.Errorf("read %s: %w", path, err)
 	}
 	return v, nil
+}
+
+// SandboxState maps lifecycle states to the wire. Stopping has no wire state: a sandbox
+// being destroyed is reported as stopped, which is where it is going and
+// what the control plane must not schedule onto.
+func SandboxState(s state.State) hostagentv1.SandboxState {
+	switch s {
+	case state.Starting:
+		return hostagentv1.SandboxState_SANDBOX_STATE_STARTING
+	case state.Running:
+		return hostagentv1.SandboxState_SANDBOX_STATE_RUNNING
+	case state.Paused:
+		return hostagentv1.SandboxState_SANDBOX_STATE_PAUSED
+	case state.Hibernated:
+		return hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED
+	case state.Stopping, state.Stopped:
+		return hostagentv1.SandboxState_SANDBOX_STATE_STOPPED
+	case state.Error:
+		return hostagentv1.SandboxState_SANDBOX_STATE_ERROR
+	}
+	return hostagentv1.SandboxState_SANDBOX_STATE_UNSPECIFIED
 }

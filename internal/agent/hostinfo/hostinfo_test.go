@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/wrenn/wrenn/internal/agent"
 	"github.com/wrenn/wrenn/internal/agent/hostinfo"
 	"github.com/wrenn/wrenn/internal/agent/state"
+	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
 
 type fakeSandboxes struct {
@@ -77,6 +79,14 @@ func TestCollect(t *testing.T) {
 	}
 	if strings.Join(st.SandboxIDs, ",") != "a,b,c,d,e,f" || len(st.Templates) != 2 || st.Templates[0].GetDiskBytes() != 9 {
 		t.Errorf("ids %v templates %v", st.SandboxIDs, st.Templates)
+	}
+	wantStates := map[string]hostagentv1.SandboxState{
+		"a": hostagentv1.SandboxState_SANDBOX_STATE_STARTING, "b": hostagentv1.SandboxState_SANDBOX_STATE_RUNNING,
+		"c": hostagentv1.SandboxState_SANDBOX_STATE_PAUSED, "d": hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED,
+		"e": hostagentv1.SandboxState_SANDBOX_STATE_STOPPED, "f": hostagentv1.SandboxState_SANDBOX_STATE_ERROR,
+	}
+	if !maps.Equal(st.SandboxStates, wantStates) {
+		t.Errorf("states %v, want %v", st.SandboxStates, wantStates)
 	}
 }
 

@@ -110,6 +110,7 @@ func (h *Heartbeater) Beat(ctx context.Context) error {
 	}
 	req := connect.NewRequest(&hostagentv1.HeartbeatRequest{
 		Specs: st.Specs, Usage: st.Usage, Templates: st.Templates, SandboxIds: st.SandboxIDs,
+		SandboxStates: st.SandboxStates,
 	})
 	setBearer(req.Header(), creds.Token)
 	res, err := h.cfg.Client.Heartbeat(ctx, req)

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/agent"
-	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/agent/hostinfo"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/network"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
@@ -73,27 +73,6 @@ func onTimeoutToProto(o agent.OnTimeout) hostagentv1.OnTimeout {
 	return hostagentv1.OnTimeout_ON_TIMEOUT_UNSPECIFIED
 }
 
-// stateToProto maps lifecycle states. Stopping has no wire state: a sandbox
-// being destroyed is reported as stopped, which is where it is going and
-// what the control plane must not schedule onto.
-func stateToProto(s state.State) hostagentv1.SandboxState {
-	switch s {
-	case state.Starting:
-		return hostagentv1.SandboxState_SANDBOX_STATE_STARTING
-	case state.Running:
-		return hostagentv1.SandboxState_SANDBOX_STATE_RUNNING
-	case state.Paused:
-		return hostagentv1.SandboxState_SANDBOX_STATE_PAUSED
-	case state.Hibernated:
-		return hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED
-	case state.Stopping, state.Stopped:
-		return hostagentv1.SandboxState_SANDBOX_STATE_STOPPED
-	case state.Error:
-		return hostagentv1.SandboxState_SANDBOX_STATE_ERROR
-	}
-	return hostagentv1.SandboxState_SANDBOX_STATE_UNSPECIFIED
-}
-
 // sandboxToProto describes a sandbox; the access token is included only
 // when withToken (Create and Fork responses), so that listing sandboxes
 // never spreads their credentials.
@@ -101,7 +80,7 @@ func sandboxToProto(in agent.Info, withToken bool) *hostagentv1.Sandbox {
 	out := &hostagentv1.Sandbox{
 		Id:                 in.ID,
 		Template:           in.Template,
-		State:              stateToProto(in.State),
+		State:              hostinfo.SandboxState(in.State),
 		Vcpus:              int32(in.VCPUs),
 		MemoryMb:           int32(in.MemoryMB),
 		DiskMb:             int32(in.DiskMB),

@@ -377,3 +377,39 @@ func TestLostHostSandboxesStop(t *testing.T) {
 		t.Errorf("given-up sandbox: stopped_at %v, error %q; want both set", stoppedAt, why)
 	}
 }
+
+// A host that returns reports its sandboxes' states: one its agent paused
+// while the host was away comes back paused, not running.
+func TestReturningHostReportsStates(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	mon, err := hostmon.New(e.db, hostmon.Options{Clock: e.clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := e.registerHost(t, "127.0.0.1:50051")
+	e.heartbeat(t, h)
+	for _, id := range []string{"napped", "ran", "died", "old-agent"} {
+		e.addSandbox(t, id, h.id, "running")
+	}
+	e.clk.Advance(hostmon.DefaultTimeout + time.Second)
+	if _, err := mon.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantStates(t, e.states(t), map[string]string{"napped": "missing", "ran": "missing", "died": "missing", "old-agent": "missing"})
+
+	req := connect.NewRequest(&hostagentv1.HeartbeatRequest{
+		SandboxIds: []string{"napped", "ran", "died", "old-agent"},
+		SandboxStates: map[string]hostagentv1.SandboxState{
+			"napped": hostagentv1.SandboxState_SANDBOX_STATE_PAUSED,
+			"ran":    hostagentv1.SandboxState_SANDBOX_STATE_RUNNING,
+			"died":   hostagentv1.SandboxState_SANDBOX_STATE_ERROR,
+			// "old-agent": no state reported, as from an older agent.
+		},
+	})
+	req.Header().Set("Authorization", "Bearer "+h.cred)
+	if _, err := e.registry.Heartbeat(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	wantStates(t, e.states(t), map[string]string{"napped": "paused", "ran": "running", "died": "error", "old-agent": "running"})
+}

@@ -222,7 +222,7 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		if err != nil {
 			return fmt.Errorf("record heartbeat: %w", err)
 		}
-		rec, err = reconcile(ctx, q, host.ID, present, now)
+		rec, err = reconcile(ctx, q, host.ID, present, dbStates(present, m.SandboxStates), now)
 		if err != nil {
 			return err
 		}
@@ -263,7 +263,8 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 
 // Reconciled says what a heartbeat changed in a host's sandboxes.
 type Reconciled struct {
-	// Resumed were missing and the host holds them again: running.
+	// Resumed were missing and the host holds them again, in the state it
+	// reports (running unless it says otherwise).
 	Resumed []string
 	// Stopped were missing and the host no longer holds them.
 	Stopped []string
@@ -271,14 +272,14 @@ type Reconciled struct {
 	Vanished []string
 }
 
-func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present []string, now time.Time) (Reconciled, error) {
+func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present, states []string, now time.Time) (Reconciled, error) {
 	var r Reconciled
-	rows, err := q.ReconcileMissingSandboxes(ctx, store.ReconcileMissingSandboxesParams{HostID: hostID, Present: present, Now: now})
+	rows, err := q.ReconcileMissingSandboxes(ctx, store.ReconcileMissingSandboxesParams{HostID: hostID, Present: present, States: states, Now: now})
 	if err != nil {
 		return r, fmt.Errorf("reconcile missing sandboxes of host %s: %w", hostID, err)
 	}
 	for _, row := range rows {
-		if row.State == "running" {
+		if row.State != "stopped" {
 			r.Resumed = append(r.Resumed, row.ID)
 		} else {
 			r.Stopped = append(r.Stopped, row.ID)
@@ -291,6 +292,28 @@ func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present 
 		return r, fmt.Errorf("stop vanished sandboxes of host %s: %w", hostID, err)
 	}
 	return r, nil
+}
+
+// dbStates gives, for each present sandbox, the state the database should
+// record when it comes back from missing: what the agent reports, or
+// running when the agent does not say (an older agent).
+func dbStates(present []string, reported map[string]hostagentv1.SandboxState) []string {
+	out := make([]string, len(present))
+	for i, id := range present {
+		switch reported[id] {
+		case hostagentv1.SandboxState_SANDBOX_STATE_PAUSED:
+			out[i] = "paused"
+		case hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED:
+			out[i] = "hibernated"
+		case hostagentv1.SandboxState_SANDBOX_STATE_STOPPED:
+			out[i] = "stopped"
+		case hostagentv1.SandboxState_SANDBOX_STATE_ERROR:
+			out[i] = "error"
+		default: // running, starting (it was running before it went missing), unknown
+			out[i] = "running"
+		}
+	}
+	return out
 }
 
 // renewAfter is when two thirds of the certificate's or the credential's

@@ -2311,7 +2311,11 @@ type HeartbeatRequest struct {
 	Usage     *HostUsage             `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
 	Templates []*Template            `protobuf:"bytes,3,rep,name=templates,proto3" json:"templates,omitempty"`
 	// Ids of every sandbox the agent holds, for reconciliation.
-	SandboxIds    []string `protobuf:"bytes,4,rep,name=sandbox_ids,json=sandboxIds,proto3" json:"sandbox_ids,omitempty"`
+	SandboxIds []string `protobuf:"bytes,4,rep,name=sandbox_ids,json=sandboxIds,proto3" json:"sandbox_ids,omitempty"`
+	// The state of each sandbox in sandbox_ids, by id, so a sandbox the
+	// agent paused while its host was unreachable comes back paused, not
+	// running. Absent (older agents): running is assumed.
+	SandboxStates map[string]SandboxState `protobuf:"bytes,5,rep,name=sandbox_states,json=sandboxStates,proto3" json:"sandbox_states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value,enum=hostagent.v1.SandboxState"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2370,6 +2374,13 @@ func (x *HeartbeatRequest) GetTemplates() []*Template {
 func (x *HeartbeatRequest) GetSandboxIds() []string {
 	if x != nil {
 		return x.SandboxIds
+	}
+	return nil
+}
+
+func (x *HeartbeatRequest) GetSandboxStates() map[string]SandboxState {
+	if x != nil {
+		return x.SandboxStates
 	}
 	return nil
 }
@@ -2689,13 +2700,17 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"host_token\x18\x02 \x01(\tR\thostToken\x12?\n" +
 	"\x1dhost_token_expires_at_unix_ms\x18\x03 \x01(\x03R\x18hostTokenExpiresAtUnixMs\x12'\n" +
 	"\x0fcertificate_pem\x18\x04 \x01(\fR\x0ecertificatePem\x12\x15\n" +
-	"\x06ca_pem\x18\x05 \x01(\fR\x05caPem\"\xc7\x01\n" +
+	"\x06ca_pem\x18\x05 \x01(\fR\x05caPem\"\xff\x02\n" +
 	"\x10HeartbeatRequest\x12-\n" +
 	"\x05specs\x18\x01 \x01(\v2\x17.hostagent.v1.HostSpecsR\x05specs\x12-\n" +
 	"\x05usage\x18\x02 \x01(\v2\x17.hostagent.v1.HostUsageR\x05usage\x124\n" +
 	"\ttemplates\x18\x03 \x03(\v2\x16.hostagent.v1.TemplateR\ttemplates\x12\x1f\n" +
 	"\vsandbox_ids\x18\x04 \x03(\tR\n" +
-	"sandboxIds\"B\n" +
+	"sandboxIds\x12X\n" +
+	"\x0esandbox_states\x18\x05 \x03(\v21.hostagent.v1.HeartbeatRequest.SandboxStatesEntryR\rsandboxStates\x1a\\\n" +
+	"\x12SandboxStatesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
+	"\x05value\x18\x02 \x01(\x0e2\x1a.hostagent.v1.SandboxStateR\x05value:\x028\x01\"B\n" +
 	"\x11HeartbeatResponse\x12-\n" +
 	"\x13renew_after_unix_ms\x18\x01 \x01(\x03R\x10renewAfterUnixMs\"'\n" +
 	"\fRenewRequest\x12\x17\n" +
@@ -2754,7 +2769,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
 	(OnTimeout)(0),                    // 1: hostagent.v1.OnTimeout
@@ -2804,6 +2819,7 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	nil,                               // 45: hostagent.v1.Sandbox.MetadataEntry
 	nil,                               // 46: hostagent.v1.CreateSandboxRequest.EnvEntry
 	nil,                               // 47: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                               // 48: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
@@ -2829,49 +2845,51 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	35, // 20: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
 	36, // 21: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
 	34, // 22: hostagent.v1.HeartbeatRequest.templates:type_name -> hostagent.v1.Template
-	4,  // 23: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	6,  // 24: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	8,  // 25: hostagent.v1.HostAgentService.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	10, // 26: hostagent.v1.HostAgentService.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	12, // 27: hostagent.v1.HostAgentService.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	14, // 28: hostagent.v1.HostAgentService.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	16, // 29: hostagent.v1.HostAgentService.HibernateSandbox:input_type -> hostagent.v1.HibernateSandboxRequest
-	18, // 30: hostagent.v1.HostAgentService.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
-	20, // 31: hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	22, // 32: hostagent.v1.HostAgentService.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
-	24, // 33: hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	26, // 34: hostagent.v1.HostAgentService.GetSandboxLogs:input_type -> hostagent.v1.GetSandboxLogsRequest
-	28, // 35: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
-	30, // 36: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	32, // 37: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	37, // 38: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
-	39, // 39: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
-	41, // 40: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
-	43, // 41: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
-	5,  // 42: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	7,  // 43: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	9,  // 44: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	11, // 45: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	13, // 46: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	15, // 47: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	17, // 48: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
-	19, // 49: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
-	21, // 50: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	23, // 51: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	25, // 52: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	27, // 53: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
-	29, // 54: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
-	31, // 55: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	33, // 56: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	38, // 57: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
-	40, // 58: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
-	42, // 59: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
-	44, // 60: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
-	42, // [42:61] is the sub-list for method output_type
-	23, // [23:42] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	48, // 23: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	0,  // 24: hostagent.v1.HeartbeatRequest.SandboxStatesEntry.value:type_name -> hostagent.v1.SandboxState
+	4,  // 25: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	6,  // 26: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	8,  // 27: hostagent.v1.HostAgentService.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	10, // 28: hostagent.v1.HostAgentService.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	12, // 29: hostagent.v1.HostAgentService.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	14, // 30: hostagent.v1.HostAgentService.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	16, // 31: hostagent.v1.HostAgentService.HibernateSandbox:input_type -> hostagent.v1.HibernateSandboxRequest
+	18, // 32: hostagent.v1.HostAgentService.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
+	20, // 33: hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	22, // 34: hostagent.v1.HostAgentService.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	24, // 35: hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	26, // 36: hostagent.v1.HostAgentService.GetSandboxLogs:input_type -> hostagent.v1.GetSandboxLogsRequest
+	28, // 37: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
+	30, // 38: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	32, // 39: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	37, // 40: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
+	39, // 41: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
+	41, // 42: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
+	43, // 43: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
+	5,  // 44: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	7,  // 45: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	9,  // 46: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	11, // 47: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	13, // 48: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	15, // 49: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	17, // 50: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
+	19, // 51: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
+	21, // 52: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	23, // 53: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	25, // 54: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	27, // 55: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
+	29, // 56: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
+	31, // 57: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	33, // 58: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	38, // 59: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
+	40, // 60: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
+	42, // 61: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
+	44, // 62: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
+	44, // [44:63] is the sub-list for method output_type
+	25, // [25:44] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -2885,7 +2903,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   46,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
