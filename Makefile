@@ -57,10 +57,10 @@ deps:
 	scripts/deps.sh
 
 kernel: deps
-	images/kernel/build.sh
+	scripts/progress.sh kernel images/kernel/build.sh
 
 rootfs: deps $(BUILDS)/envd $(BUILDS)/wrenn-init
-	ENVD_BIN=$(abspath $(BUILDS)/envd) INIT_BIN=$(abspath $(BUILDS)/wrenn-init) images/rootfs/build.sh
+	ENVD_BIN=$(abspath $(BUILDS)/envd) INIT_BIN=$(abspath $(BUILDS)/wrenn-init) scripts/progress.sh rootfs images/rootfs/build.sh
 
 images: kernel rootfs
 
