@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -251,6 +252,21 @@ func (h *harness) diagnose(t testing.TB, m *agent.Manager, id string) {
 	ns := h.pcfg.Prefix + last
 	inside, err := exec.Command("ip", "netns", "exec", ns, "curl", "-sS", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", "http://169.254.0.21:49983/health").CombinedOutput()
 	t.Logf("diagnose %s: envd from inside %s: %s %v", id, ns, inside, err)
+	// Which layer is gone: the guest kernel's network (the TCP handshake
+	// is the kernel's alone) or only envd's answer (HTTP)?
+	tcp, err := exec.Command("ip", "netns", "exec", ns, "timeout", "3", "bash", "-c", "exec 3<>/dev/tcp/169.254.0.21/49983").CombinedOutput()
+	t.Logf("diagnose %s: TCP handshake to envd from inside %s: %v %s", id, ns, err, tcp)
+	stats, err := exec.Command("ip", "-n", ns, "-s", "link").CombinedOutput()
+	t.Logf("diagnose %s: links in %s (%v):\n%s", id, ns, err, stats)
+	// Is the VMM still in the namespace that carries the slot's name?
+	vmmNS, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", info.PID))
+	var st syscall.Stat_t
+	nsDir := h.pcfg.NetNSDir
+	if nsDir == "" {
+		nsDir = "/run/netns"
+	}
+	_ = syscall.Stat(filepath.Join(nsDir, ns), &st)
+	t.Logf("diagnose %s: vmm netns %s, %s is inode %d", id, vmmNS, ns, st.Ino)
 	neigh, _ := exec.Command("ip", "-n", ns, "neigh").CombinedOutput()
 	t.Logf("diagnose %s: neighbours in %s: %s", id, ns, neigh)
 }

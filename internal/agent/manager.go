@@ -49,7 +49,8 @@ type Config struct {
 	Logger  *slog.Logger
 	// Clock defaults to the system clock.
 	Clock Clock
-	// VMMOverheadMB is added to a sandbox's memory for its cgroup limit:
+	// VMMOverheadMB is added to a sandbox's memory for its cgroup limit
+	// (under TCG it must hold qemu.TCGTranslationCacheMB too):
 	// the VMM's own memory (and, under TCG, its translation cache).
 	VMMOverheadMB int
 	// ReadyTimeout bounds boot-to-envd-ready. Default 90 s (TCG is slow).

@@ -39,6 +39,11 @@ const (
 
 // baseKernelArgs come before vmm.Spec.KernelArgs: the serial console, and a
 // panic or reboot that ends QEMU (with -no-reboot) instead of looping.
+// TCGTranslationCacheMB bounds the translation cache under TCG. The agent's
+// per-sandbox cgroup allows guest RAM plus an overhead (agent
+// DefaultVMMOverheadMB, 256 MiB) that must cover it and QEMU's own memory.
+const TCGTranslationCacheMB = 128
+
 const baseKernelArgs = "console=ttyS0 reboot=k panic=1"
 
 // sandboxArgs is QEMU's seccomp filter. spawn=deny is why snapshots migrate
@@ -74,7 +79,11 @@ func Args(spec vmm.Spec, accel Accel, incoming bool) ([]string, error) {
 		// reject the MSR QEMU would otherwise set, aborting at start.
 		add("-accel", "kvm", "-cpu", "host,-arch-capabilities")
 	case AccelTCG:
-		add("-accel", "tcg", "-cpu", "max")
+		// QEMU's default TCG translation cache is 1 GiB of anonymous memory,
+		// filled as the guest runs new code: a long-lived guest outgrows any
+		// sensible cgroup limit and is OOM-killed (this was the "fork source
+		// stops answering" bug). A bounded cache only costs retranslation.
+		add("-accel", "tcg,tb-size="+strconv.Itoa(TCGTranslationCacheMB), "-cpu", "max")
 	default:
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "qemu args: unknown accelerator %q", accel)
 	}
