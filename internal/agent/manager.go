@@ -49,9 +49,9 @@ type Config struct {
 	Logger  *slog.Logger
 	// Clock defaults to the system clock.
 	Clock Clock
-	// VMMOverheadMB is added to a sandbox's memory for its cgroup limit
-	// (under TCG it must hold qemu.TCGTranslationCacheMB too):
-	// the VMM's own memory (and, under TCG, its translation cache).
+	// VMMOverheadMB is added to a sandbox's memory for its cgroup limit:
+	// the VMM's own memory (and, under TCG, its translation cache, bounded
+	// by qemu.TCGTranslationCacheMB).
 	VMMOverheadMB int
 	// ReadyTimeout bounds boot-to-envd-ready. Default 90 s (TCG is slow).
 	ReadyTimeout time.Duration
