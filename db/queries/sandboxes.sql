@@ -104,3 +104,9 @@ LEFT JOIN (
 WHERE h.status = 'online'
   AND (h.type = 'regular' OR h.team_id = @team_id)
 ORDER BY h.id;
+
+-- name: LockPlacement :exec
+-- Serialises placement (read the hosts' reservations, insert the new
+-- sandbox's row) across requests and replicas, so two creates cannot both
+-- take a host's last room. Held for the transaction only: milliseconds.
+SELECT pg_advisory_xact_lock(7427002);

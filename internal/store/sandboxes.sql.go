@@ -287,6 +287,18 @@ func (q *Queries) ListTeamSandboxesAfter(ctx context.Context, arg ListTeamSandbo
 	return items, nil
 }
 
+const lockPlacement = `-- name: LockPlacement :exec
+SELECT pg_advisory_xact_lock(7427002)
+`
+
+// Serialises placement (read the hosts' reservations, insert the new
+// sandbox's row) across requests and replicas, so two creates cannot both
+// take a host's last room. Held for the transaction only: milliseconds.
+func (q *Queries) LockPlacement(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, lockPlacement)
+	return err
+}
+
 const markSandboxFailed = `-- name: MarkSandboxFailed :exec
 UPDATE sandboxes
 SET state = 'error', error = $1, updated_at = $2::timestamptz

@@ -163,8 +163,8 @@ func (s *Server) resolveTemplate(ctx context.Context, team uuid.UUID, name strin
 
 // schedulerHosts loads the hosts a team may use with the store's view of
 // what is reserved on each.
-func (s *Server) schedulerHosts(ctx context.Context, team uuid.UUID) ([]scheduler.Host, error) {
-	rows, err := s.q.SchedulableHosts(ctx, team)
+func schedulerHosts(ctx context.Context, q *store.Queries, team uuid.UUID) ([]scheduler.Host, error) {
+	rows, err := q.SchedulableHosts(ctx, team)
 	if err != nil {
 		return nil, fmt.Errorf("load hosts: %w", err)
 	}
@@ -198,23 +198,10 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 	if err != nil {
 		return err
 	}
-	hosts, err := s.schedulerHosts(ctx, p.TeamID)
-	if err != nil {
-		return err
-	}
 	sreq := scheduler.Request{
 		TeamID: p.TeamID, VCPUs: spec.vcpus, MemoryBytes: int64(spec.memoryMB) << 20,
 		Template: tmpl.agentName, Builtin: tmpl.builtin, Home: tmpl.home,
 	}
-	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	ranked := scheduler.Rank(hosts, sreq, scheduler.Policy{}, rnd, maxCreateAttempts)
-	if len(ranked) == 0 {
-		return errNoRoom
-	}
-
-	// From here on the store must follow what the hosts do, whether or not
-	// the client waits for the answer.
-	ctx = context.WithoutCancel(ctx)
 	meta, _ := json.Marshal(spec.metadata)
 	netJSON := []byte("{}")
 	if spec.network != nil {
@@ -223,16 +210,44 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 	if spec.publicPorts == nil {
 		spec.publicPorts = []int32{}
 	}
-	first := ranked[0].ID
-	if _, err := s.q.InsertSandbox(ctx, store.InsertSandboxParams{
-		ID: id, TeamID: p.TeamID, HostID: &first, Template: spec.template, State: stStarting,
-		Vcpus: int32(spec.vcpus), MemoryMb: int32(spec.memoryMB), DiskMb: int32(spec.diskMB),
-		TimeoutSec: int32(spec.timeoutSec), OnTimeout: spec.onTimeout,
-		Metadata: meta, Network: netJSON, PublicPorts: spec.publicPorts, Now: s.clk.Now(),
-	}); err != nil {
-		return fmt.Errorf("insert sandbox %s: %w", id, err)
+	// Choose the hosts and reserve room on the first in one transaction
+	// under the placement lock: the new row is what the next create's
+	// reservations count.
+	var ranked []scheduler.Host
+	err = s.inTx(ctx, func(q *store.Queries) error {
+		if err := q.LockPlacement(ctx); err != nil {
+			return fmt.Errorf("lock placement: %w", err)
+		}
+		hosts, err := schedulerHosts(ctx, q, p.TeamID)
+		if err != nil {
+			return err
+		}
+		rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+		ranked = scheduler.Rank(hosts, sreq, scheduler.Policy{}, rnd, maxCreateAttempts)
+		if len(ranked) == 0 {
+			return errNoRoom
+		}
+		if s.placementHook != nil {
+			s.placementHook()
+		}
+		first := ranked[0].ID
+		if _, err := q.InsertSandbox(ctx, store.InsertSandboxParams{
+			ID: id, TeamID: p.TeamID, HostID: &first, Template: spec.template, State: stStarting,
+			Vcpus: int32(spec.vcpus), MemoryMb: int32(spec.memoryMB), DiskMb: int32(spec.diskMB),
+			TimeoutSec: int32(spec.timeoutSec), OnTimeout: spec.onTimeout,
+			Metadata: meta, Network: netJSON, PublicPorts: spec.publicPorts, Now: s.clk.Now(),
+		}); err != nil {
+			return fmt.Errorf("insert sandbox %s: %w", id, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 
+	// From here on the store must follow what the hosts do, whether or not
+	// the client waits for the answer.
+	ctx = context.WithoutCancel(ctx)
 	areq := &hostagentv1.CreateSandboxRequest{
 		Id: id, Template: tmpl.agentName, Vcpus: int32(spec.vcpus), MemoryMb: int32(spec.memoryMB),
 		DiskMb: int32(spec.diskMB), Env: spec.env, Metadata: spec.metadata,

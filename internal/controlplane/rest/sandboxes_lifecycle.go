@@ -156,7 +156,7 @@ func (s *Server) checkRoomOnHost(ctx context.Context, sb store.Sandbox, n int) e
 	if sb.HostID == nil {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s has no host", sb.ID)
 	}
-	hosts, err := s.schedulerHosts(ctx, sb.TeamID)
+	hosts, err := schedulerHosts(ctx, s.q, sb.TeamID)
 	if err != nil {
 		return err
 	}

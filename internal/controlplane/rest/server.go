@@ -71,6 +71,10 @@ type Server struct {
 	// per server, however often the router is built.
 	limMu    sync.Mutex
 	limiters map[string]*limiterSet
+
+	// placementHook, when set (tests only), runs between reading the hosts'
+	// reservations and recording the new sandbox's, to widen that window.
+	placementHook func()
 }
 
 // New returns a Server.
