@@ -1,13 +1,12 @@
 package agent
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/netip"
@@ -19,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wrenn/wrenn/internal/envfile"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/vmm/drivers"
@@ -302,7 +302,11 @@ func ParseDaemonConfig(args, environ []string, out io.Writer) (DaemonConfig, err
 	var file map[string]string
 	if c.EnvFile != "" {
 		var err error
-		if file, err = readEnvFile(c.EnvFile); err != nil {
+		file, err = envfile.Read(c.EnvFile)
+		if errors.Is(err, os.ErrNotExist) {
+			return c, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: no such file", c.EnvFile)
+		}
+		if err != nil {
 			return c, err
 		}
 	}
@@ -333,7 +337,7 @@ func ParseDaemonConfig(args, environ []string, out io.Writer) (DaemonConfig, err
 		name string
 		vars map[string]string
 	}{{"environment", env}, {"env file " + c.EnvFile, file}} {
-		for _, k := range sortedKeys(src.vars) {
+		for _, k := range slices.Sorted(maps.Keys(src.vars)) {
 			if strings.HasPrefix(k, "WRENN_AGENT_") && !slices.ContainsFunc(all, func(s setting) bool { return s.env == k }) {
 				errs = append(errs, fmt.Errorf("%s (in the %s): unknown setting", k, src.name))
 			}
@@ -415,76 +419,6 @@ func parseEnviron(environ []string) map[string]string {
 		}
 	}
 	return m
-}
-
-// maxEnvFile bounds the env file: it is configuration, not data.
-const maxEnvFile = 1 << 20
-
-// readEnvFile reads a .env file: KEY=VALUE lines, optionally prefixed by
-// "export ", with blank lines and #-comments, and values optionally in
-// single or double quotes (taken literally; no escapes or expansion).
-func readEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file: %v", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxEnvFile+1))
-	if err != nil {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: %v", path, err)
-	}
-	if len(b) > maxEnvFile {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: larger than %d bytes", path, maxEnvFile)
-	}
-	m := map[string]string{}
-	var errs []error
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 4096), maxEnvFile)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		line = strings.TrimPrefix(line, "export ")
-		k, v, ok := strings.Cut(line, "=")
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if !ok || !validEnvName(k) {
-			errs = append(errs, fmt.Errorf("line %d: want KEY=VALUE", n))
-			continue
-		}
-		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
-			v = v[1 : len(v)-1]
-		}
-		m[k] = v
-	}
-	if err := sc.Err(); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: %v", path, errors.Join(errs...))
-	}
-	return m, nil
-}
-
-func validEnvName(k string) bool {
-	if k == "" || k[0] >= '0' && k[0] <= '9' {
-		return false
-	}
-	for _, c := range k {
-		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // parseCIDR parses an IPv4 prefix of at least a /24 (room for slots).

@@ -5,18 +5,16 @@
 package config
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wrenn/wrenn/internal/envfile"
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
@@ -272,7 +271,7 @@ func Parse(args, environ []string, out io.Writer) (Config, error) {
 		name string
 		vars map[string]string
 	}{{"environment", env}, {"env file " + c.EnvFile, file}} {
-		for _, k := range sortedKeys(src.vars) {
+		for _, k := range slices.Sorted(maps.Keys(src.vars)) {
 			if strings.HasPrefix(k, "WRENN_CP_") && !slices.ContainsFunc(all, func(s setting) bool { return s.env == k }) {
 				errs = append(errs, fmt.Errorf("%s (in the %s): unknown setting", k, src.name))
 			}
@@ -288,13 +287,13 @@ func Parse(args, environ []string, out io.Writer) (Config, error) {
 // DefaultEnvFile if it exists.
 func loadEnvFile(c *Config) (map[string]string, error) {
 	if c.EnvFile != "" {
-		m, err := readEnvFile(c.EnvFile)
+		m, err := envfile.Read(c.EnvFile)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, errdefs.New(errdefs.ErrInvalidArgument, "--env-file %s: no such file", c.EnvFile)
 		}
 		return m, err
 	}
-	m, err := readEnvFile(DefaultEnvFile)
+	m, err := envfile.Read(DefaultEnvFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -378,77 +377,4 @@ func parseEnviron(environ []string) map[string]string {
 		}
 	}
 	return m
-}
-
-const maxEnvFile = 1 << 20
-
-// readEnvFile reads KEY=VALUE lines, optionally prefixed by "export ",
-// with blank lines and #-comments; a value in matching single or double
-// quotes is taken literally without them (no escapes, no expansion).
-// A missing file's error wraps fs.ErrNotExist.
-func readEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("env file %s: %w", path, err)
-	}
-	if err != nil {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file: %v", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxEnvFile+1))
-	if err != nil {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: %v", path, err)
-	}
-	if len(b) > maxEnvFile {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: larger than %d bytes", path, maxEnvFile)
-	}
-	m := map[string]string{}
-	var errs []error
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 4096), maxEnvFile)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		line = strings.TrimPrefix(line, "export ")
-		k, v, ok := strings.Cut(line, "=")
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if !ok || !validEnvName(k) {
-			errs = append(errs, fmt.Errorf("line %d: want KEY=VALUE", n))
-			continue
-		}
-		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
-			v = v[1 : len(v)-1]
-		}
-		m[k] = v
-	}
-	if err := sc.Err(); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "env file %s: %v", path, errors.Join(errs...))
-	}
-	return m, nil
-}
-
-func validEnvName(k string) bool {
-	if k == "" || k[0] >= '0' && k[0] <= '9' {
-		return false
-	}
-	for _, c := range k {
-		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

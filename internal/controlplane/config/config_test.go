@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"github.com/wrenn/wrenn/internal/envfile"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -249,7 +250,7 @@ func TestEnvExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vars, err := readEnvFile(path)
+	vars, err := envfile.Read(path)
 	if err != nil {
 		t.Fatalf(".env.example: %v", err)
 	}
