@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/plan"
+	"github.com/wrenn/wrenn/internal/tailfile"
 	"github.com/wrenn/wrenn/internal/vmm"
 )
 
@@ -282,21 +282,6 @@ func (m *Manager) envdClient(sb *sandbox) *envdclient.Client {
 	)
 }
 
-// consoleTail returns the end of a sandbox's serial console log, to explain a
-// guest that never became ready (the directory is removed on failure).
-func consoleTail(dir string, n int64) string {
-	f, err := os.Open(filepath.Join(dir, "console.log"))
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > n {
-		_, _ = f.Seek(-n, io.SeekEnd)
-	}
-	b, _ := io.ReadAll(f)
-	return string(b)
-}
-
 // networkStep takes a network slot and builds its network with the
 // sandbox's egress policy.
 func (m *Manager) networkStep(sb *sandbox) plan.Step {
@@ -365,7 +350,9 @@ func (m *Manager) envdStep(sb *sandbox, init envdclient.InitRequest) plan.Step {
 			readyCtx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
 			defer cancel()
 			if err := sb.envd.WaitReady(readyCtx); err != nil {
-				return fmt.Errorf("wait for envd at %s: %w (console tail: %q)", sb.slot.HostIP(), err, consoleTail(vmDir(sb.dir), 2048))
+				// The directory goes on failure: keep what explains it.
+				console, _ := tailfile.Read(filepath.Join(vmDir(sb.dir), "console.log"), 2048)
+				return fmt.Errorf("wait for envd at %s: %w (console tail: %q)", sb.slot.HostIP(), err, console)
 			}
 			if err := sb.envd.Init(ctx, init); err != nil {
 				return err

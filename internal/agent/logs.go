@@ -2,14 +2,10 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
 	"path/filepath"
 
-	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/tailfile"
 )
 
 // Bounds of one ConsoleLog read.
@@ -37,40 +33,16 @@ func (m *Manager) ConsoleLog(ctx context.Context, id string, n int64) ([]byte, e
 		return nil, err
 	}
 	dir := vmDir(sb.dir)
-	cur, err := readTail(filepath.Join(dir, "console.log"), n)
+	cur, err := tailfile.Read(filepath.Join(dir, "console.log"), n)
 	if err != nil {
 		return nil, fmt.Errorf("console log of %s: %w", id, err)
 	}
 	if int64(len(cur)) < n {
-		older, err := readTail(filepath.Join(dir, "console.log.1"), n-int64(len(cur)))
+		older, err := tailfile.Read(filepath.Join(dir, "console.log.1"), n-int64(len(cur)))
 		if err != nil {
 			return nil, fmt.Errorf("console log of %s: %w", id, err)
 		}
 		cur = append(older, cur...)
 	}
 	return cur, ctx.Err()
-}
-
-// readTail returns at most the last n bytes of path; a missing file reads
-// as empty.
-func readTail(path string, n int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, errdefs.FromOS(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, errdefs.FromOS(err)
-	}
-	if st.Size() > n {
-		if _, err := f.Seek(-n, io.SeekEnd); err != nil {
-			return nil, err
-		}
-	}
-	// The VMM may append meanwhile; never return more than asked.
-	return io.ReadAll(io.LimitReader(f, n))
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/atomicfile"
 	"github.com/wrenn/wrenn/internal/pgcluster"
+	"github.com/wrenn/wrenn/internal/tailfile"
 )
 
 // Config says where and how to run the stack. Zero fields take defaults.
@@ -381,7 +382,7 @@ func (s *Stack) poll(ctx context.Context, what string, c *child, ok func(context
 		case <-ctx.Done():
 			return fmt.Errorf("wait for %s: %w (see %s)", what, ctx.Err(), c.logPath)
 		case <-c.done:
-			return fmt.Errorf("wait for %s: %s exited: %v; last log lines:\n%s", what, filepath.Base(c.path), c.err, tail(c.logPath, 2048))
+			return fmt.Errorf("wait for %s: %s exited: %v; last log lines:\n%s", what, filepath.Base(c.path), c.err, tailString(c.logPath, 2048))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -475,15 +476,8 @@ func (c *child) stop(grace time.Duration) error {
 	}
 }
 
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > n {
-		_, _ = f.Seek(-n, io.SeekEnd)
-	}
-	b, _ := io.ReadAll(f)
+// tailString is the end of a daemon's log, to explain why it exited.
+func tailString(path string, n int64) string {
+	b, _ := tailfile.Read(path, n)
 	return string(b)
 }
