@@ -5,7 +5,7 @@ package agent_test
 import (
 	"context"
 	"errors"
-	"sync"
+	"github.com/wrenn/wrenn/internal/clocktest"
 	"testing"
 	"time"
 
@@ -14,29 +14,11 @@ import (
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
-// fakeClock is advanced by the test; the reaper reads it.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // TestReaper: an idle sandbox is killed or paused per its on_timeout once
 // its timeout passes on the (fake) clock; use resets the idle time.
 func TestReaper(t *testing.T) {
 	h := newHarness(t)
-	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	h.clock = clock
 	ctx := ctxFor(t, 5*time.Minute)
 	m := h.agent(ctx)

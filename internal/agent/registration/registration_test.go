@@ -6,13 +6,13 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"github.com/wrenn/wrenn/internal/clocktest"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -190,17 +190,8 @@ func (fakeStatus) Collect(context.Context) (hostinfo.Status, error) {
 	}, nil
 }
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
+// fakeClock moves only when the test says so.
+type fakeClock = clocktest.Clock
 
 // agent is a registered agent serving TLS with its identity, with a
 // heartbeater that closes the server when revoked.
@@ -226,7 +217,7 @@ func startAgent(t *testing.T) *agent {
 	}
 	store, c := register(t, cp, cpURL, ln.Addr().String())
 	a := &agent{store: store, identity: &registration.Identity{}, url: "https://" + ln.Addr().String(),
-		revoked: make(chan error, 1), cp: cp, clock: &fakeClock{now: time.Now()}, cpTLS: cp.CA.ClientTLS(t, rpc.ControlPlaneCN)}
+		revoked: make(chan error, 1), cp: cp, clock: clocktest.New(time.Now()), cpTLS: cp.CA.ClientTLS(t, rpc.ControlPlaneCN)}
 	if err := a.identity.Set(c); err != nil {
 		t.Fatal(err)
 	}

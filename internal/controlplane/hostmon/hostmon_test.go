@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"github.com/wrenn/wrenn/internal/clocktest"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -26,22 +27,8 @@ import (
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+// fakeClock moves only when the test says so.
+type fakeClock = clocktest.Clock
 
 // env is a database, a registry service and a fake clock shared by the
 // registry and the monitors.
@@ -56,7 +43,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
 	db := pgtest.New(t)
-	clk := &fakeClock{now: time.Now().Truncate(time.Second)}
+	clk := clocktest.New(time.Now().Truncate(time.Second))
 	ca, err := hostreg.LoadOrCreateCA(ctx, store.New(db), clk.Now())
 	if err != nil {
 		t.Fatal(err)

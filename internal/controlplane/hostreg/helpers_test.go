@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"github.com/wrenn/wrenn/internal/clocktest"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -26,22 +27,8 @@ import (
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+// fakeClock moves only when the test says so.
+type fakeClock = clocktest.Clock
 
 // logRecorder keeps every log record's message and attributes.
 type logRecorder struct {
@@ -96,7 +83,7 @@ func newEnv(t *testing.T) *env {
 	ctx := context.Background()
 	pool := pgtest.New(t)
 	q := store.New(pool)
-	clk := &fakeClock{now: time.Now().Truncate(time.Millisecond)}
+	clk := clocktest.New(time.Now().Truncate(time.Millisecond))
 	ca, err := hostreg.LoadOrCreateCA(ctx, q, clk.Now())
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"github.com/wrenn/wrenn/internal/clocktest"
 	"net"
 	"slices"
 	"sync"
@@ -467,7 +468,7 @@ func TestLoadOrCreateCAIsShared(t *testing.T) {
 }
 
 func TestClientIdentity(t *testing.T) {
-	clk := &fakeClock{now: time.Now()}
+	clk := clocktest.New(time.Now())
 	ca, err := hostreg.NewCA(clk.Now())
 	if err != nil {
 		t.Fatal(err)
