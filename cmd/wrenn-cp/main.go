@@ -30,6 +30,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/hostmon"
 	"github.com/wrenn/wrenn/internal/controlplane/hostreg"
 	"github.com/wrenn/wrenn/internal/controlplane/rest"
+	"github.com/wrenn/wrenn/internal/controlplane/servetls"
 	"github.com/wrenn/wrenn/internal/dbmigrate"
 	"github.com/wrenn/wrenn/internal/store"
 	"github.com/wrenn/wrenn/internal/version"
@@ -87,6 +88,17 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 	if err != nil {
 		return err
 	}
+	// Registration tokens carry this fingerprint; agents pin it.
+	log.Info("cluster CA", "ca_cert_hash", ca.Fingerprint())
+	tlsOpts := servetls.Options{Mode: cfg.TLSMode, CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, Names: cfg.TLSNames}.
+		WithDefaultNames(cfg.PublicURL, cfg.ListenAddr)
+	tlsConfig, err := servetls.Config(tlsOpts, ca, nil, log.With("component", "tls"))
+	if err != nil {
+		return err
+	}
+	for _, w := range servetls.Warnings(tlsOpts, cfg.PublicURL, cfg.ListenAddr) {
+		log.Warn(w)
+	}
 	registryPath, registry := hostreg.New(pool, ca, nil, log.With("component", "hostreg")).Handler()
 	identity := hostreg.NewClientIdentity(ca, nil)
 	if _, err := identity.Certificate(); err != nil {
@@ -114,6 +126,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		RateLimit:      cfg.RateLimit,
 		Registry:       registry,
 		RegistryPath:   registryPath,
+		CACertHash:     ca.Fingerprint(),
 	})
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
@@ -143,7 +156,13 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		return nil
 	})
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		serve := srv.Serve
+		if tlsConfig != nil {
+			srv.TLSConfig = tlsConfig
+			srv.Protocols.SetHTTP2(true)
+			serve = func(l net.Listener) error { return srv.ServeTLS(l, "", "") }
+		}
+		if err := serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve %s: %w", cfg.ListenAddr, err)
 		}
 		return nil
@@ -160,7 +179,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		}
 		return nil
 	})
-	log.Info("wrenn-cp serving", "addr", ln.Addr().String(), "registry_path", registryPath)
+	log.Info("wrenn-cp serving", "addr", ln.Addr().String(), "registry_path", registryPath, "tls", tlsConfig != nil, "tls_names", tlsOpts.Names)
 	if ready != nil {
 		ready(ln.Addr().String())
 	}

@@ -52,6 +52,16 @@ type Config struct {
 	HostTimeout time.Duration
 	// LogLevel is WRENN_LOG_LEVEL.
 	LogLevel slog.Level
+	// TLSMode is WRENN_TLS: "" (plain HTTP unless TLSCert is set) or
+	// "self-signed" (a serving certificate from the cluster CA).
+	TLSMode string
+	// TLSCert and TLSKey are WRENN_TLS_CERT and WRENN_TLS_KEY: PEM files of
+	// the certificate (chain) and key to serve HTTPS with.
+	TLSCert, TLSKey string
+	// TLSNames is WRENN_TLS_NAMES: DNS names and IPs of the self-signed
+	// serving certificate; empty means the public URL's host, the listen
+	// host, localhost and the loopback addresses.
+	TLSNames []string
 	// EnvFile is the env file read, if any.
 	EnvFile string
 	// ShowVersion is --version.
@@ -171,6 +181,37 @@ func settings() []setting {
 				c.HostTimeout = d
 				return nil
 			}},
+		{env: "WRENN_TLS", flag: "tls", def: "", help: "serve HTTPS with a certificate issued from the cluster CA: self-signed (or set WRENN_TLS_CERT and WRENN_TLS_KEY; empty: plain HTTP)",
+			set: func(c *Config, v string) error {
+				switch strings.ToLower(strings.TrimSpace(v)) {
+				case "", "off":
+					c.TLSMode = ""
+				case "self-signed":
+					c.TLSMode = "self-signed"
+				default:
+					return errors.New("want self-signed, or empty for plain HTTP (certificate files go in WRENN_TLS_CERT and WRENN_TLS_KEY)")
+				}
+				return nil
+			}},
+		{env: "WRENN_TLS_CERT", flag: "tls-cert", def: "", help: "PEM certificate (chain) file to serve HTTPS with; needs WRENN_TLS_KEY",
+			set: func(c *Config, v string) error { c.TLSCert = strings.TrimSpace(v); return nil }},
+		{env: "WRENN_TLS_KEY", flag: "tls-key", def: "", help: "PEM private key file of WRENN_TLS_CERT",
+			set: func(c *Config, v string) error { c.TLSKey = strings.TrimSpace(v); return nil }},
+		{env: "WRENN_TLS_NAMES", flag: "tls-names", def: "", help: "comma-separated DNS names and IPs of the self-signed certificate (default: the WRENN_CP_URL host, the listen host, localhost, 127.0.0.1, ::1)",
+			set: func(c *Config, v string) error {
+				c.TLSNames = nil
+				for _, n := range strings.Split(v, ",") {
+					n = strings.ToLower(strings.TrimSpace(n))
+					if n == "" {
+						continue
+					}
+					if net.ParseIP(strings.Trim(n, "[]")) == nil && !validDNSName(strings.TrimPrefix(n, "*.")) {
+						return fmt.Errorf("%q: want DNS names or IP addresses, comma-separated", n)
+					}
+					c.TLSNames = append(c.TLSNames, strings.Trim(n, "[]"))
+				}
+				return nil
+			}},
 		{env: "WRENN_LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
 			set: func(c *Config, v string) error {
 				switch strings.ToLower(v) {
@@ -277,10 +318,24 @@ func Parse(args, environ []string, out io.Writer) (Config, error) {
 			}
 		}
 	}
+	errs = append(errs, c.checkTLS()...)
 	if len(errs) > 0 {
 		return c, errdefs.New(errdefs.ErrInvalidArgument, "wrenn-cp config: %v", errors.Join(errs...))
 	}
 	return c, nil
+}
+
+// checkTLS checks the TLS settings together: certificate files come in
+// pairs, and they exclude the self-signed mode.
+func (c Config) checkTLS() []error {
+	var errs []error
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("WRENN_TLS_CERT and WRENN_TLS_KEY: set both or neither"))
+	}
+	if c.TLSMode != "" && (c.TLSCert != "" || c.TLSKey != "") {
+		errs = append(errs, errors.New("WRENN_TLS=self-signed and WRENN_TLS_CERT/WRENN_TLS_KEY: choose one"))
+	}
+	return errs
 }
 
 // loadEnvFile reads --env-file (which must exist) or, without it,
@@ -316,6 +371,10 @@ func (c Config) LogValue() slog.Value {
 		"WRENN_ALLOWED_ORIGINS": strings.Join(c.AllowedOrigins, ","),
 		"WRENN_HOST_TIMEOUT":    c.HostTimeout.String(),
 		"WRENN_LOG_LEVEL":       strings.ToLower(c.LogLevel.String()),
+		"WRENN_TLS":             c.TLSMode,
+		"WRENN_TLS_CERT":        c.TLSCert,
+		"WRENN_TLS_KEY":         c.TLSKey,
+		"WRENN_TLS_NAMES":       strings.Join(c.TLSNames, ","),
 	}
 	var attrs []slog.Attr
 	for _, s := range settings() {

@@ -22,6 +22,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 )
@@ -35,6 +36,10 @@ const (
 	// ClientCertTTL is the control plane's own client certificate's
 	// lifetime; each replica issues itself a new one after two thirds.
 	ClientCertTTL = 7 * 24 * time.Hour
+	// ServingCertTTL is the lifetime of the HTTPS certificate a replica
+	// issues itself under WRENN_TLS=self-signed; it re-issues after two
+	// thirds.
+	ServingCertTTL = 30 * 24 * time.Hour
 	// backdate covers clock skew between the control plane and the hosts.
 	backdate = 5 * time.Minute
 )
@@ -156,6 +161,54 @@ func (ca *CA) Pool() *x509.CertPool { return ca.pool }
 
 // Certificate is the CA's certificate.
 func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
+
+// Fingerprint is the CA's pin, "sha256:<hex>" of its SubjectPublicKeyInfo:
+// what registration tokens carry and agents check (see internal/capin).
+func (ca *CA) Fingerprint() string { return capin.Hash(ca.cert) }
+
+// IssueServing makes an HTTPS server certificate for the control plane
+// itself, valid for names (DNS names or IP addresses), with a new key that
+// exists only in this process. The chain carries the CA certificate after
+// the leaf, so that a client holding only the CA's fingerprint (an agent
+// registering with a pinned token) can find the CA in the handshake and
+// verify the leaf against it.
+func (ca *CA) IssueServing(names []string, now time.Time) (*tls.Certificate, error) {
+	if len(names) == 0 {
+		return nil, errors.New("serving certificate: no names")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate serving key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: names[0], Organization: []string{"Wrenn control plane"}},
+		NotBefore:    now.Add(-backdate),
+		NotAfter:     now.Add(ServingCertTTL),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign serving certificate for %v: %w", names, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse serving certificate: %w", err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+}
 
 // ParseCSR decodes a PEM certificate signing request and checks its
 // self-signature, so that the requester holds the key it asks to certify.

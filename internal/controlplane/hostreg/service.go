@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
@@ -80,7 +81,11 @@ var errBadToken = errdefs.New(errdefs.ErrUnauthenticated, "registration token is
 // Register trades a registration token and a CSR for the host's identity.
 func (s *Service) Register(ctx context.Context, req *connect.Request[hostagentv1.RegisterRequest]) (*connect.Response[hostagentv1.RegisterResponse], error) {
 	m := req.Msg
-	if !wellFormed(m.RegistrationToken, RegistrationTokenPrefix, 16) {
+	// A token may carry the CA's fingerprint after a dot (for the agent to
+	// pin; see internal/capin); only the secret before it is ours to check.
+	// Agents send the secret alone, older ones the whole string.
+	secret, _, err := capin.SplitToken(m.RegistrationToken)
+	if err != nil || !wellFormed(secret, RegistrationTokenPrefix, 16) {
 		return nil, s.fail(errBadToken)
 	}
 	if err := checkAddress(m.Address); err != nil {
@@ -94,7 +99,7 @@ func (s *Service) Register(ctx context.Context, req *connect.Request[hostagentv1
 		return nil, s.fail(err)
 	}
 	now := s.clk.Now()
-	tokHash := HashSecret(m.RegistrationToken)
+	tokHash := HashSecret(secret)
 	host, err := s.q.GetHostByRegistrationToken(ctx, store.GetHostByRegistrationTokenParams{RegistrationTokenHash: tokHash, Now: now})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, s.fail(errBadToken)

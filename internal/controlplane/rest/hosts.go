@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/controlplane/hostreg"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
@@ -109,7 +110,7 @@ func (s *Server) createHost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, api.CreatedHost{
-		Host: apiHost(h, 0), RegistrationToken: tok, RegistrationExpiresAt: expires,
+		Host: apiHost(h, 0), RegistrationToken: capin.JoinToken(tok, s.deps.CACertHash), RegistrationExpiresAt: expires,
 	})
 }
 
@@ -158,7 +159,7 @@ func (s *Server) regenerateHostToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, api.CreatedHost{
-		Host: apiHost(h.Host, h.SandboxesRunning), RegistrationToken: tok, RegistrationExpiresAt: expires,
+		Host: apiHost(h.Host, h.SandboxesRunning), RegistrationToken: capin.JoinToken(tok, s.deps.CACertHash), RegistrationExpiresAt: expires,
 	})
 }
 

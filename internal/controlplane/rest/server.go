@@ -58,6 +58,10 @@ type Deps struct {
 	Registry http.Handler
 	// RegistryPath is where Registry is mounted.
 	RegistryPath string
+	// CACertHash is the cluster CA's fingerprint ("sha256:<hex>"): host
+	// registration tokens carry it for the agent to pin (internal/capin).
+	// Empty: tokens without a pin.
+	CACertHash string
 }
 
 // Server is the REST API.
