@@ -2,6 +2,7 @@ package security
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"os"
@@ -38,6 +39,12 @@ func startBareCP(t *testing.T, dsn string, extra ...string) *bareCP {
 	}
 	dir := t.TempDir()
 	addr := freeAddr()
+	scheme := "http"
+	for _, kv := range extra {
+		if kv == "WRENN_TLS=self-signed" {
+			scheme = "https"
+		}
+	}
 	env := []string{}
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "WRENN_") || strings.HasPrefix(kv, "DATABASE_URL=") {
@@ -49,7 +56,7 @@ func startBareCP(t *testing.T, dsn string, extra ...string) *bareCP {
 		"DATABASE_URL="+dsn,
 		"WRENN_JWT_SECRET="+randHex(32),
 		"WRENN_CP_LISTEN_ADDR="+addr,
-		"WRENN_CP_URL=http://"+addr,
+		"WRENN_CP_URL="+scheme+"://"+addr,
 		// The metrics listener's default port may be taken by the stack's
 		// or a make up stack's control plane.
 		"WRENN_METRICS_ADDR="+freeAddr(),
@@ -81,10 +88,13 @@ func startBareCP(t *testing.T, dsn string, extra ...string) *bareCP {
 			<-done
 		}
 	})
-	cp := &bareCP{URL: "http://" + addr, log: logPath}
+	cp := &bareCP{URL: scheme + "://" + addr, log: logPath}
+	// Only to see it is up: tests that care about its certificate check
+	// it themselves.
+	health := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	deadline := time.Now().Add(time.Minute)
 	for {
-		resp, err := http.Get(cp.URL + "/healthz")
+		resp, err := health.Get(cp.URL + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

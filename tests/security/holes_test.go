@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -16,7 +17,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5"
 
+	"github.com/wrenn/wrenn/internal/capin"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -324,6 +327,59 @@ func TestHole7EgressCeiling(t *testing.T) {
 		cb.do(t, "DELETE", "/v1/sandboxes/"+jsonField(r.body, "id"), nil)
 	}
 	wantError(t, "create with allow_out 169.254.169.254/32", r, http.StatusBadRequest, "invalid_argument")
+}
+
+// Hole 9: a control plane can serve TLS with a certificate from the
+// cluster CA, and its registration tokens carry that CA's fingerprint, so
+// an agent's first contact trusts only the right CA (the agent's pinning
+// itself is tested in internal/agent/registration).
+func TestHole9RegistrationTokenPinsTheCA(t *testing.T) {
+	world(t)
+	cp := startBareCP(t, "", "WRENN_TLS=self-signed")
+	var caPEM string
+	withDB(t, func(ctx context.Context, conn *pgx.Conn) {
+		if err := conn.QueryRow(ctx, "SELECT cert_pem FROM cluster_ca").Scan(&caPEM); err != nil {
+			t.Fatalf("read the cluster CA: %v", err)
+		}
+	})
+	block, _ := pem.Decode([]byte(caPEM))
+	if block == nil {
+		t.Fatal("cluster CA: no PEM block")
+	}
+	ca, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	pinned := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	resp, err := pinned.Get(cp.URL + "/healthz")
+	if err != nil {
+		t.Fatalf("HTTPS with only the cluster CA trusted: %v", err)
+	}
+	resp.Body.Close()
+
+	// A tenant's byoc host token, asked for over that TLS connection.
+	mallory := signup(t, "tls-tenant")
+	req, _ := http.NewRequest("POST", cp.URL+"/v1/hosts", strings.NewReader(`{"type":"byoc"}`))
+	req.Header.Set("Authorization", "Bearer "+mallory.key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err = pinned.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct {
+		Token string `json:"registration_token"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&h)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("add a byoc host over TLS: %d %v", resp.StatusCode, err)
+	}
+	_, pin, err := capin.SplitToken(h.Token)
+	if err != nil || pin != capin.Hash(ca) {
+		t.Errorf("registration token %q: pin %q (err %v), want the cluster CA's %s", h.Token, pin, err, capin.Hash(ca))
+	}
 }
 
 // Hole 11: Prometheus metrics are not served on the public API port (they

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -112,6 +113,7 @@ func startStack(images testenv.Images) error {
 	fmt.Fprintf(os.Stderr, "security: built binaries in %s\n", time.Since(start).Round(time.Millisecond))
 
 	shared.metricsAddr = freeAddr()
+	k := mrand.IntN(50)
 	cfg := devstack.Config{
 		Dir:       dir,
 		BinDir:    bin,
@@ -122,11 +124,12 @@ func startStack(images testenv.Images) error {
 		// The metrics listener gets its own port: the default one may be
 		// taken by a make up stack on this machine.
 		CPEnv: []string{"WRENN_DOMAIN=wrenn.test", "WRENN_LOG_LEVEL=debug", "WRENN_METRICS_ADDR=" + shared.metricsAddr},
-		// Its own names, ranges and ports: tests/e2e's stack, a make up
-		// stack or a benchmark may run on the same machine.
-		AgentEnv: []string{"WRENN_LOG_LEVEL=debug", "WRENN_AGENT_NAME=wsec",
-			"WRENN_AGENT_HOST_CIDR=10.92.0.0/16", "WRENN_AGENT_VETH_CIDR=10.93.0.0/16",
-			"WRENN_AGENT_METRICS_ADDR=" + freeAddr(), "WRENN_AGENT_VMM_UID_BASE=410000"},
+		// Its own names, ranges and ports: tests/e2e's stack (10.90-91,
+		// uids from 400000), a make up stack, a benchmark or another run
+		// of this suite may be on the same machine.
+		AgentEnv: []string{"WRENN_LOG_LEVEL=debug", "WRENN_AGENT_NAME=wsec" + randHex(2),
+			fmt.Sprintf("WRENN_AGENT_HOST_CIDR=10.%d.0.0/16", 100+2*k), fmt.Sprintf("WRENN_AGENT_VETH_CIDR=10.%d.0.0/16", 101+2*k),
+			"WRENN_AGENT_METRICS_ADDR=" + freeAddr(), fmt.Sprintf("WRENN_AGENT_VMM_UID_BASE=%d", 410000+1000*k)},
 	}
 	st, err := devstack.Up(ctx, cfg)
 	if err != nil {
