@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -28,6 +29,15 @@ type errorBody struct {
 // writeError answers with the error's HTTP status and machine-readable
 // code. Internal errors are logged and their text is not shown.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if bodyTimedOut(r) || errors.Is(err, errBodyTooSlow) {
+		// Whatever the handler made of the failed read, the client was
+		// too slow; the connection cannot be reused.
+		w.Header().Set("Connection", "close")
+		var b errorBody
+		b.Error.Code, b.Error.Message = "request_timeout", errBodyTooSlow.Error()
+		writeJSON(w, http.StatusRequestTimeout, b)
+		return
+	}
 	status := errdefs.HTTPStatus(err)
 	var b errorBody
 	b.Error.Code = errdefs.Code(err)
@@ -35,9 +45,6 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status >= 500 && status != http.StatusServiceUnavailable && status != http.StatusGatewayTimeout {
 		loggerFrom(r).Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		b.Error.Message = "internal error"
-	}
-	if status == http.StatusMethodNotAllowed {
-		status = http.StatusMethodNotAllowed
 	}
 	if errors.Is(err, errMethodNotAllowed) {
 		status = http.StatusMethodNotAllowed
@@ -53,31 +60,57 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // decodeJSON reads a JSON body into v: at most maxJSONBody bytes, no
-// unknown fields, exactly one value. An empty body decodes as {} when
-// optional is true.
+// unknown fields, exactly one value, and no key or string holding NUL or
+// invalid UTF-8 (checkJSONText names the field). An empty body decodes as
+// {} when optional is true.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return errdefs.New(errdefs.ErrInvalidArgument, "content type %q: send application/json", ct)
 	}
-	body := http.MaxBytesReader(w, r.Body, maxJSONBody)
-	dec := json.NewDecoder(body)
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return errdefs.New(errdefs.ErrTooLarge, "request body over %d bytes", maxJSONBody)
+		}
+		return bodyReadError(err)
+	}
+	return decodeJSONBytes(raw, v, optional)
+}
+
+// decodeJSONBytes is decodeJSON's parsing and checking, on a body already
+// read (the fuzz target drives it directly).
+func decodeJSONBytes(raw []byte, v any, optional bool) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
 		switch {
-		case errors.As(err, &tooBig):
-			return errdefs.New(errdefs.ErrTooLarge, "request body over %d bytes", maxJSONBody)
 		case errors.Is(err, io.EOF) && optional:
 			return nil
 		case errors.Is(err, io.EOF):
 			return errdefs.New(errdefs.ErrInvalidArgument, "request body required")
 		}
-		return errdefs.New(errdefs.ErrInvalidArgument, "invalid JSON body: %v", err)
+		return errdefs.New(errdefs.ErrInvalidArgument, "invalid JSON body: %s", jsonErrorText(err))
 	}
 	if dec.More() {
 		return errdefs.New(errdefs.ErrInvalidArgument, "invalid JSON body: more than one value")
 	}
-	return nil
+	return checkJSONText(raw)
+}
+
+// jsonErrorText is a decode error's text made safe to show: the decoder
+// quotes parts of the input, which may be invalid UTF-8.
+func jsonErrorText(err error) string {
+	return strings.ToValidUTF8(err.Error(), "\ufffd")
+}
+
+// bodyReadError classifies a failure to read a request body: the client
+// went away or was too slow (see bodyTimeout), never a server fault.
+func bodyReadError(err error) error {
+	if errors.Is(err, errBodyTooSlow) {
+		return errBodyTooSlow
+	}
+	return errdefs.New(errdefs.ErrInvalidArgument, "read request body: %v", err)
 }
 
 // invalid is a shorthand for an invalid-argument error.

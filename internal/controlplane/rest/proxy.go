@@ -92,6 +92,12 @@ func sandboxHost(host, suffix string) (id, port string, ok bool) {
 // proxyPort authorizes a request for a sandbox's port and forwards it,
 // with rest (escaped, starting with '/') as the guest path.
 func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id, portStr, rest string) {
+	// The id reaches PostgreSQL; the guest path and query do not, and
+	// belong to the guest.
+	if err := checkText("sandbox id", id); err != nil {
+		writeError(w, r, err)
+		return
+	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil || port < 1 || port > 65535 {
 		writeError(w, r, invalid("port %q: must be 1-65535", portStr))

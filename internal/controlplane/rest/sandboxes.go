@@ -268,7 +268,8 @@ func parseSandboxCursor(c string) (time.Time, string, error) {
 	}
 	us, id, ok := strings.Cut(string(raw), ".")
 	n, err := strconv.ParseInt(us, 10, 64)
-	if !ok || err != nil || id == "" {
+	// The id goes to PostgreSQL: NUL or invalid UTF-8 in it would be a 500.
+	if !ok || err != nil || id == "" || textProblem(id) != "" {
 		return time.Time{}, "", bad
 	}
 	return time.UnixMicro(n).UTC(), id, nil

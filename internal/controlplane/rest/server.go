@@ -62,6 +62,13 @@ type Deps struct {
 	// registration tokens carry it for the agent to pin (internal/capin).
 	// Empty: tokens without a pin.
 	CACertHash string
+	// BodyWindow and BodyMinBytes: a request body must deliver
+	// BodyMinBytes per BodyWindow spent waiting for it, else 408
+	// (defaults 1 KiB per 10 s). WriteTimeout bounds each response write
+	// (default 30 s). Zero: the default; tests shorten them.
+	BodyWindow   time.Duration
+	BodyMinBytes int
+	WriteTimeout time.Duration
 }
 
 // Server is the REST API.
@@ -96,12 +103,14 @@ func New(d Deps) *Server {
 }
 
 // Handler returns the HTTP handler for every route.
-func (s *Server) Handler() http.Handler { return s.hostProxy(s.routes()) }
+// Slow-client deadlines apply to every request, the host-name sandbox
+// proxy included.
+func (s *Server) Handler() http.Handler { return s.slowClients(s.hostProxy(s.routes())) }
 
 // routes builds the router (tests walk it to enumerate every route).
 func (s *Server) routes() *chi.Mux {
 	r := chi.NewRouter()
-	r.Use(s.recoverPanics, s.logRequests)
+	r.Use(s.recoverPanics, s.logRequests, checkRequestText(r))
 	s.mountMeta(r)
 	if s.deps.Registry != nil {
 		r.Mount(s.deps.RegistryPath, s.deps.Registry)
