@@ -18,6 +18,7 @@ import (
 	"github.com/wrenn/wrenn/internal/agent/hostinfo"
 	"github.com/wrenn/wrenn/internal/agent/registration"
 	"github.com/wrenn/wrenn/internal/agent/rpc"
+	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/version"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
@@ -103,8 +104,14 @@ func (n *services) run(ctx context.Context) error {
 	wg.Go(func() { serveUntil(ctx, srv, func() error { return srv.ServeTLS(ln, "", "") }, n.log) })
 	n.log.Info("serving the control plane", "addr", ln.Addr().String(), "host_id", creds.HostID, "cp_url", creds.CPURL)
 
+	// Later calls trust the CA saved at registration (pinned then), beside
+	// the system roots: a control plane serving WRENN_TLS=self-signed.
+	client, err := registration.NewClient(creds.CPURL, capin.Trust{CAPEM: creds.CAPEM})
+	if err != nil {
+		return err
+	}
 	hb := registration.NewHeartbeater(registration.HeartbeatConfig{
-		Client: registration.NewClient(creds.CPURL), Store: registration.NewStore(n.cfg.Dir), Identity: id,
+		Client: client, Store: registration.NewStore(n.cfg.Dir), Identity: id,
 		Status: n.host, Interval: n.cfg.HeartbeatEvery(), Logger: n.log.With("host_id", creds.HostID),
 		// The host is gone at the control plane: nothing may reach the
 		// sandboxes through this agent any more.

@@ -20,10 +20,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -33,15 +35,27 @@ import (
 const requestTimeout = 30 * time.Second
 
 // NewClient returns a HostRegistryService client for the control plane at
-// baseURL (like http://10.0.0.1:8000), over the ordinary HTTP stack
-// (HTTPS verified against the system roots).
-func NewClient(baseURL string) hostagentv1connect.HostRegistryServiceClient {
-	return hostagentv1connect.NewHostRegistryServiceClient(&http.Client{Timeout: requestTimeout}, baseURL)
+// baseURL (like https://cp.example.com or http://127.0.0.1:8000). Over
+// HTTPS the server must present a certificate that verifies against the
+// system roots plus trust.CAPEM (the CA saved at registration), or against
+// the CA in its chain whose fingerprint is trust.Pin (registration with a
+// pinned token); otherwise the handshake fails before anything is sent.
+func NewClient(baseURL string, trust capin.Trust) (hostagentv1connect.HostRegistryServiceClient, error) {
+	hc := &http.Client{Timeout: requestTimeout}
+	if isHTTPS(baseURL) {
+		var err error
+		if hc, err = capin.Client(trust, requestTimeout); err != nil {
+			return nil, fmt.Errorf("control plane TLS: %w", err)
+		}
+	}
+	return hostagentv1connect.NewHostRegistryServiceClient(hc, baseURL), nil
 }
 
-// ClientFunc builds a registry client for a control plane URL; tests
-// substitute one bound to a fake.
-type ClientFunc func(cpURL string) hostagentv1connect.HostRegistryServiceClient
+func isHTTPS(u string) bool { return strings.HasPrefix(strings.ToLower(u), "https://") }
+
+// ClientFunc builds a registry client for a control plane URL and what to
+// trust it by; tests substitute one bound to a fake.
+type ClientFunc func(cpURL string, trust capin.Trust) (hostagentv1connect.HostRegistryServiceClient, error)
 
 // StartConfig is what the agent starts with.
 type StartConfig struct {
@@ -79,7 +93,23 @@ func Start(ctx context.Context, cfg StartConfig) (Credentials, error) {
 				cfg.CPURL = cmp.Or(cfg.CPURL, old.CPURL)
 			}
 		}
-		c, err := Register(ctx, cfg.NewClient(cfg.CPURL), RegisterRequest{Token: cfg.Token, Address: cfg.Address, CPURL: cfg.CPURL, Specs: cfg.Specs})
+		_, pin, err := capin.SplitToken(cfg.Token)
+		if err != nil {
+			return Credentials{}, errdefs.New(errdefs.ErrInvalidArgument, "%v", err)
+		}
+		if pin == "" {
+			cfg.Logger.Warn("the registration token carries no CA fingerprint: the CA the control plane sends is trusted as received; " +
+				"issue a new token from an up-to-date control plane (<secret>.<sha256 hex>) to pin it")
+		}
+		if !isHTTPS(cfg.CPURL) {
+			cfg.Logger.Warn("registering over plain HTTP: the registration token and host credential cross the network unencrypted; serve the control plane over TLS (WRENN_TLS)",
+				"cp_url", cfg.CPURL)
+		}
+		client, err := cfg.NewClient(cfg.CPURL, capin.Trust{Pin: pin})
+		if err != nil {
+			return Credentials{}, err
+		}
+		c, err := Register(ctx, client, RegisterRequest{Token: cfg.Token, Address: cfg.Address, CPURL: cfg.CPURL, Specs: cfg.Specs})
 		if err != nil {
 			return Credentials{}, err
 		}
@@ -119,9 +149,19 @@ type RegisterRequest struct {
 // token, and returns the credentials the control plane issued (checked:
 // the certificate is for this key, for server auth, and chains to the
 // returned CA). It saves nothing.
+//
+// A token "<secret>.<sha256 hex>" pins the control plane's CA: only the
+// secret is sent, and a returned CA with another fingerprint is refused
+// (an error wrapping capin.ErrMismatch and errdefs.ErrPermissionDenied).
+// Over HTTPS, client must also verify the server by the pin (NewClient
+// with capin.Trust{Pin}), so that the secret never reaches an impostor.
 func Register(ctx context.Context, client hostagentv1connect.HostRegistryServiceClient, req RegisterRequest) (Credentials, error) {
 	if req.Token == "" || req.Address == "" || req.CPURL == "" {
 		return Credentials{}, errdefs.New(errdefs.ErrInvalidArgument, "registration needs a token (--register), an address (--address) and a control plane URL (--cp-url)")
+	}
+	secret, pin, err := capin.SplitToken(req.Token)
+	if err != nil {
+		return Credentials{}, errdefs.New(errdefs.ErrInvalidArgument, "%v", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -139,10 +179,23 @@ func Register(ctx context.Context, client hostagentv1connect.HostRegistryService
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	res, err := client.Register(ctx, connect.NewRequest(&hostagentv1.RegisterRequest{
-		RegistrationToken: req.Token, Address: req.Address, Specs: req.Specs, CsrPem: csr,
+		RegistrationToken: secret, Address: req.Address, Specs: req.Specs, CsrPem: csr,
 	}))
 	if err != nil {
+		if errors.Is(err, capin.ErrMismatch) {
+			return Credentials{}, fmt.Errorf("register at %s: refused to send the registration token (%w): %w", req.CPURL, errdefs.ErrPermissionDenied, err)
+		}
+		var unknown x509.UnknownAuthorityError
+		if errors.As(err, &unknown) {
+			return Credentials{}, fmt.Errorf("register at %s: the control plane's certificate is not trusted by this machine; "+
+				"register with a token that carries the CA fingerprint (<secret>.<sha256 hex>, issued by an up-to-date control plane): %w", req.CPURL, errdefs.FromConnect(err))
+		}
 		return Credentials{}, fmt.Errorf("register at %s: %w", req.CPURL, errdefs.FromConnect(err))
+	}
+	if pin != "" {
+		if err := capin.Check(res.Msg.GetCaPem(), pin); err != nil {
+			return Credentials{}, fmt.Errorf("register at %s: refusing the control plane's answer (%w): %w", req.CPURL, errdefs.ErrPermissionDenied, err)
+		}
 	}
 	c := Credentials{
 		HostID: res.Msg.GetHostId(), Token: res.Msg.GetHostToken(),

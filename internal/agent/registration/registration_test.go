@@ -227,7 +227,7 @@ func startAgent(t *testing.T) *agent {
 	go func() { _ = srv.ServeTLS(ln, "", "") }()
 	t.Cleanup(func() { _ = srv.Close() })
 	a.hb = registration.NewHeartbeater(registration.HeartbeatConfig{
-		Client: registration.NewClient(cpURL), Store: store, Identity: a.identity, Status: fakeStatus{},
+		Client: newClient(t, cpURL, c.CAPEM), Store: store, Identity: a.identity, Status: fakeStatus{},
 		Interval: time.Millisecond, Clock: a.clock, Logger: log,
 		OnRevoked: func(reason error) {
 			_ = srv.Close()

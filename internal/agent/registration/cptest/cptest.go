@@ -9,6 +9,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -195,6 +196,9 @@ type Registry struct {
 	renewAfter time.Time
 	renewErr   error
 	nextID     int
+	// received lists every registration token a Register call carried,
+	// accepted or not: a test of pinning checks an impostor saw none.
+	received []string
 }
 
 // Host is what the fake knows of one registered host.
@@ -230,6 +234,56 @@ func (r *Registry) Serve(t testing.TB) string {
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// ServeTLS runs the fake on an HTTPS httptest server whose certificate
+// (for 127.0.0.1 and localhost) is signed by r.CA, the chain carrying the
+// CA after the leaf as wrenn-cp's WRENN_TLS=self-signed does, and returns
+// its URL. Nothing but a pinned client trusts it.
+func (r *Registry) ServeTLS(t testing.TB) string {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle(hostagentv1connect.NewHostRegistryServiceHandler(r))
+	srv := httptest.NewUnstartedServer(mux)
+	certPEM, keyPEM := r.CA.ServerCert(t, "wrenn test control plane")
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert.Certificate = append(cert.Certificate, r.CA.Cert.Raw)
+	srv.EnableHTTP2 = true
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// Fingerprint is the CA's pin, "sha256:<hex>" of its SubjectPublicKeyInfo.
+func (ca *CA) Fingerprint() string {
+	sum := sha256.Sum256(ca.Cert.RawSubjectPublicKeyInfo)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// NewPinnedRegistrationToken returns a one-time registration token that
+// carries r.CA's fingerprint, "<secret>.<sha256 hex>", as wrenn-cp issues
+// them.
+func (r *Registry) NewPinnedRegistrationToken() string {
+	return r.NewRegistrationToken() + "." + strings.TrimPrefix(r.CA.Fingerprint(), "sha256:")
+}
+
+// AcceptToken makes the fake accept secret as a registration token: an
+// impostor relaying a token it intercepted.
+func (r *Registry) AcceptToken(secret string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.regTokens[secret] = true
+}
+
+// ReceivedTokens returns every registration token Register was called with.
+func (r *Registry) ReceivedTokens() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.received...)
 }
 
 // NewRegistrationToken returns a one-time registration token.
@@ -281,6 +335,7 @@ func (r *Registry) Host(id string) (Host, bool) {
 func (r *Registry) Register(_ context.Context, req *connect.Request[hostagentv1.RegisterRequest]) (*connect.Response[hostagentv1.RegisterResponse], error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.received = append(r.received, req.Msg.GetRegistrationToken())
 	if !r.regTokens[req.Msg.GetRegistrationToken()] {
 		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("unknown or used registration token"))
 	}
