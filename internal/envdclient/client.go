@@ -20,12 +20,41 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/rpclimit"
 	"github.com/wrenn/wrenn/proto/envd/filesystem/filesystemconnect"
 	"github.com/wrenn/wrenn/proto/envd/process/processconnect"
 )
 
 // Port is the TCP port envd listens on inside the guest.
 const Port = 49983
+
+// Bounds on what envd may send back. A tenant is root in its guest and can
+// replace envd with anything, so every reply is read under a cap: a
+// hostile guest then costs the host (the agent, and through the agent's
+// proxy the control plane) at most these amounts per call, and the call
+// fails with errdefs.ErrResourceExhausted naming the limit.
+const (
+	// MaxMessageBytes caps one Connect message from envd: a unary reply or
+	// one event of a stream. envd sends process output in 32 KiB chunks;
+	// 8 MiB holds a ListDir reply of some 50,000 entries with long paths.
+	MaxMessageBytes = 8 << 20
+	// MaxListEntries caps the entries of a list reply (ListDir, List).
+	// Counted on the wire before decoding: an empty entry is 2 bytes there
+	// but ~200 bytes decoded, so without it 8 MiB could cost ~1 GiB.
+	MaxListEntries = 100_000
+	// MaxJSONReplyBytes caps the JSON bodies of /envs and /metrics: small
+	// maps and a handful of numbers.
+	MaxJSONReplyBytes = 1 << 20
+	// maxErrorBodyBytes is how much of an error body is read for its
+	// message; the rest is not worth a byte of memory.
+	maxErrorBodyBytes = 64 << 10
+	// MaxResponseHeaderBytes caps envd's response headers (Go's default is
+	// 10 MiB); envd sends a few short ones.
+	MaxResponseHeaderBytes = 64 << 10
+)
+
+// limits is how the Connect clients apply the bounds above.
+var limits = rpclimit.Limits{Peer: "envd", MaxMessageBytes: MaxMessageBytes, MaxRepeated: MaxListEntries}
 
 // Header names envd reads.
 const (
@@ -97,8 +126,8 @@ func New(baseURL string, opts ...Option) *Client {
 		baseURL: baseURL,
 		hc:      hc,
 		doer:    doer,
-		proc:    processconnect.NewProcessClient(doer, baseURL),
-		fs:      filesystemconnect.NewFilesystemClient(doer, baseURL),
+		proc:    processconnect.NewProcessClient(limits.Doer(doer), baseURL, limits.ClientOptions()...),
+		fs:      filesystemconnect.NewFilesystemClient(limits.Doer(doer), baseURL, limits.ClientOptions()...),
 	}
 }
 
@@ -123,7 +152,8 @@ func newTransport(cfg config) *http.Transport {
 		IdleConnTimeout:     90 * time.Second,
 		// Responses can be large file downloads; never ask for gzip so the
 		// body streams through untouched.
-		DisableCompression: true,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 		// A guest that was paused, restored or forked may leave a pooled
 		// connection dead without a word; a connection silent for 10 s is
 		// pinged and dropped if the ping goes unanswered, instead of

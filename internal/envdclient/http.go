@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/rpclimit"
 )
 
 // InitRequest is the body of POST /init: what every later call inherits.
@@ -141,9 +142,17 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 	if resp.StatusCode != http.StatusOK {
 		return httpError(resp)
 	}
-	// Bounded: these bodies are small maps; a runaway one is an error.
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(v); err != nil {
-		return fmt.Errorf("decode response: %w", err)
+	// Bounded: these bodies are small maps; a runaway one is an error,
+	// found after reading one byte past the cap (never to the end).
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxJSONReplyBytes+1))
+	if err != nil {
+		return fmt.Errorf("read response: %w: %w", errdefs.ErrUnavailable, err)
+	}
+	if len(raw) > MaxJSONReplyBytes {
+		return &rpclimit.LimitError{Peer: "envd", What: "JSON reply bytes", Limit: MaxJSONReplyBytes}
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return errdefs.New(errdefs.ErrUnavailable, "decode envd's reply: %v", err)
 	}
 	return nil
 }
@@ -191,7 +200,7 @@ func httpError(resp *http.Response) error {
 		Kind    string `json:"kind"`
 		Message string `json:"message"`
 	}
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBodyBytes))
 	if json.Unmarshal(raw, &body) != nil || body.Message == "" {
 		body.Message = string(bytes.TrimSpace(raw))
 	}
@@ -246,6 +255,6 @@ func kindFromStatus(status int) error {
 // drainClose reads a little of what is left so the connection can be
 // reused, then closes.
 func drainClose(rc io.ReadCloser) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(rc, 64<<10))
+	_, _ = io.Copy(io.Discard, io.LimitReader(rc, maxErrorBodyBytes))
 	_ = rc.Close()
 }
