@@ -91,6 +91,7 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 
 	pool, err := network.NewPool(network.PoolConfig{
 		Prefix: cfg.Name + "-", Table: cfg.Name, HostCIDR: cfg.HostCIDR, VethCIDR: cfg.VethCIDR,
+		EgressDeny: cfg.EgressDeny,
 	}, log)
 	if err != nil {
 		return fmt.Errorf("network pool: %w", err)

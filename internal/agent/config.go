@@ -70,6 +70,11 @@ type DaemonConfig struct {
 	// HostCIDR and VethCIDR are WRENN_AGENT_HOST_CIDR and
 	// WRENN_AGENT_VETH_CIDR: the per-slot address ranges (network.PoolConfig).
 	HostCIDR, VethCIDR netip.Prefix
+	// EgressDeny is WRENN_AGENT_EGRESS_DENY, the operator's egress ceiling
+	// (network.PoolConfig.EgressDeny): CIDRs no sandbox may reach whatever
+	// its policy allows. nil means network.DefaultEgressDeny; "none" gives
+	// an empty, non-nil list.
+	EgressDeny []netip.Prefix
 	// LogLevel is WRENN_LOG_LEVEL: debug, info, warn or error.
 	LogLevel slog.Level
 	// EnvFile is the --env-file read, if any.
@@ -250,6 +255,16 @@ func settings() []setting {
 		{env: "WRENN_AGENT_VETH_CIDR", flag: "veth-cidr", def: "10.12.0.0/16",
 			help: "IPv4 range of the per-slot veth pairs (disjoint from the host range)",
 			set:  func(c *DaemonConfig, v string) error { return parseCIDR(v, &c.VethCIDR) }},
+		{env: "WRENN_AGENT_EGRESS_DENY", flag: "egress-deny", def: "default",
+			help: "CIDRs no sandbox may reach whatever its policy allows, comma-separated; \"default\" stands for private, loopback, link-local, CGNAT, multicast and reserved ranges (and may be combined with more CIDRs); \"none\" for no ceiling beyond loopback, link-local and the host's own addresses",
+			set: func(c *DaemonConfig, v string) error {
+				ps, err := ParseEgressDeny(v)
+				if err != nil {
+					return err
+				}
+				c.EgressDeny = ps
+				return nil
+			}},
 		{env: "WRENN_LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
 			set: func(c *DaemonConfig, v string) error {
 				switch strings.ToLower(v) {
@@ -362,6 +377,7 @@ func (c DaemonConfig) LogValue() slog.Value {
 		"WRENN_AGENT_VMM_UID_BASE":       strconv.FormatUint(uint64(c.VMMUIDBase), 10),
 		"WRENN_AGENT_REAPER_INTERVAL":    c.ReaperInterval.String(),
 		"WRENN_LOG_LEVEL":                strings.ToLower(c.LogLevel.String()),
+		"WRENN_AGENT_EGRESS_DENY":        formatEgressDeny(c.EgressDeny),
 	}
 	var attrs []slog.Attr
 	for _, s := range settings() {
@@ -419,6 +435,60 @@ func parseEnviron(environ []string) map[string]string {
 		}
 	}
 	return m
+}
+
+// ParseEgressDeny parses WRENN_AGENT_EGRESS_DENY: comma-separated CIDRs
+// (IPv4 or IPv6; a bare address is a single host), where the word
+// "default" stands for network.DefaultEgressDeny and "none" alone for an
+// empty ceiling. The result is nil for exactly "default", so the network
+// package's default applies.
+func ParseEgressDeny(v string) ([]netip.Prefix, error) {
+	v = strings.TrimSpace(v)
+	switch v {
+	case "", "default":
+		return nil, nil
+	case "none":
+		return []netip.Prefix{}, nil
+	}
+	out := []netip.Prefix{}
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		switch f {
+		case "default":
+			out = append(out, network.DefaultEgressDeny...)
+			continue
+		case "none", "":
+			return nil, fmt.Errorf("%q: want CIDRs like 10.0.0.0/8, \"default\", or \"none\" alone", f)
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, aerr := netip.ParseAddr(f)
+			if aerr != nil || a.Zone() != "" {
+				return nil, fmt.Errorf("%q: want a CIDR like 10.0.0.0/8 or an address", f)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Is4In6() {
+			return nil, fmt.Errorf("%q: write IPv4-mapped ranges as IPv4", f)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// formatEgressDeny shows the ceiling in force for the start-up log.
+func formatEgressDeny(ps []netip.Prefix) string {
+	if ps == nil {
+		ps = network.DefaultEgressDeny
+	}
+	if len(ps) == 0 {
+		return "none"
+	}
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
 }
 
 // parseCIDR parses an IPv4 prefix of at least a /24 (room for slots).

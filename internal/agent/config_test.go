@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/network"
 )
 
 func TestParseDaemonConfig(t *testing.T) {
@@ -64,6 +65,16 @@ WRENN_CP_TOKEN=not-ours
 				c.Name, c.HostCIDR, c.VethCIDR = "wtest", netip.MustParsePrefix("10.40.0.0/16"), netip.MustParsePrefix("10.41.0.0/16")
 			})},
 		{name: "listen on any host", env: []string{"WRENN_HOST_LISTEN_ADDR=[::]:0"}, want: with(func(c *DaemonConfig) { c.ListenAddr = "[::]:0" })},
+		{name: "egress ceiling", env: []string{"WRENN_AGENT_EGRESS_DENY= 198.51.100.0/24, 203.0.113.7 ,fd00::1/8"},
+			want: with(func(c *DaemonConfig) {
+				c.EgressDeny = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("203.0.113.7/32"), netip.MustParsePrefix("fd00::/8")}
+			})},
+		{name: "egress ceiling extends the default", args: []string{"--egress-deny=default,198.51.100.0/24"},
+			want: with(func(c *DaemonConfig) {
+				c.EgressDeny = append(append([]netip.Prefix{}, network.DefaultEgressDeny...), netip.MustParsePrefix("198.51.100.0/24"))
+			})},
+		{name: "no egress ceiling", env: []string{"WRENN_AGENT_EGRESS_DENY=none"},
+			want: with(func(c *DaemonConfig) { c.EgressDeny = []netip.Prefix{} })},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,6 +125,10 @@ func TestParseDaemonConfigRejects(t *testing.T) {
 		{name: "agent name with a dash", env: []string{"WRENN_AGENT_NAME=a-b"}, want: []string{"WRENN_AGENT_NAME="}},
 		{name: "host range not IPv4", env: []string{"WRENN_AGENT_HOST_CIDR=fd00::/64"}, want: []string{"WRENN_AGENT_HOST_CIDR="}},
 		{name: "veth range too small", env: []string{"WRENN_AGENT_VETH_CIDR=10.12.0.0/28"}, want: []string{"WRENN_AGENT_VETH_CIDR="}},
+		{name: "egress ceiling not a CIDR", env: []string{"WRENN_AGENT_EGRESS_DENY=10.0.0.0/8,intranet"}, want: []string{"WRENN_AGENT_EGRESS_DENY=", `"intranet"`}},
+		{name: "egress ceiling prefix too long", env: []string{"WRENN_AGENT_EGRESS_DENY=10.0.0.0/33"}, want: []string{"WRENN_AGENT_EGRESS_DENY="}},
+		{name: "egress ceiling none among others", env: []string{"WRENN_AGENT_EGRESS_DENY=none,10.0.0.0/8"}, want: []string{"WRENN_AGENT_EGRESS_DENY=", `"none"`}},
+		{name: "egress ceiling empty entry", env: []string{"WRENN_AGENT_EGRESS_DENY=10.0.0.0/8,,"}, want: []string{"WRENN_AGENT_EGRESS_DENY="}},
 		{name: "misspelt agent knob", env: []string{"WRENN_AGENT_VMM_UID_BSE=1"}, want: []string{"WRENN_AGENT_VMM_UID_BSE", "unknown setting"}},
 		{name: "every bad variable named at once", env: []string{"WRENN_DIR=rel", "WRENN_VMM=x", "WRENN_LOG_LEVEL=y"},
 			want: []string{"WRENN_DIR=", "WRENN_VMM=", "WRENN_LOG_LEVEL="}},

@@ -34,8 +34,12 @@ const (
 type CreateRequest struct {
 	// ID, when set, names the sandbox (the control plane chooses ids);
 	// otherwise one is generated.
-	ID        string
-	Template  string
+	ID       string
+	Template string
+	// TeamID is the team the sandbox is for, recorded with it. A snapshot
+	// template owned by a team can only be used by a request for that
+	// team; base images by any.
+	TeamID    string
 	VCPUs     int
 	MemoryMB  int
 	DiskMB    int
@@ -51,6 +55,9 @@ func (r *CreateRequest) normalize() error {
 		r.ID = newID()
 	} else if !validID(r.ID) {
 		return errdefs.New(errdefs.ErrInvalidArgument, "sandbox id %q: use 1-40 of a-z, 0-9 and '-'", r.ID)
+	}
+	if err := checkTeamID(r.TeamID); err != nil {
+		return err
 	}
 	if r.Template == "" {
 		r.Template = DefaultTemplate
@@ -91,6 +98,12 @@ func (r *CreateRequest) normalize() error {
 // Create boots a sandbox and returns once its envd answers and holds the
 // sandbox's access token and environment.
 func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
+	// A tenant's allow_out may not reach past the operator's egress
+	// ceiling: refuse it here, before anything is built (network.Pool.Setup
+	// enforces the ceiling but does not refuse, for recorded policies).
+	if err := m.cfg.Network.CheckPolicy(req.Network); err != nil {
+		return Info{}, err
+	}
 	if req.Template == "" {
 		req.Template = DefaultTemplate
 	}
@@ -115,7 +128,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	sb := &sandbox{
 		dir: m.sandboxDir(req.ID),
 		rec: &record{
-			ID: req.ID, Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB,
+			ID: req.ID, TeamID: req.TeamID, Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB,
 			DiskMB: req.DiskMB, Env: maps.Clone(req.Env), Metadata: maps.Clone(req.Metadata),
 			Network: req.Network, Timeout: req.Timeout, OnTimeout: req.OnTimeout,
 			State: state.Starting, KernelVersion: kernel.Version, AccessToken: newToken(),

@@ -60,6 +60,11 @@ type PoolConfig struct {
 	// "<Prefix><index>g" configured as the guest would be (GuestIP/30 via
 	// GatewayIP). Slot.GuestNetNSPath names it. Never set in production.
 	EmulateGuest bool
+	// EgressDeny is the operator's egress ceiling: destinations no sandbox
+	// may reach whatever its policy says, enforced before the tenant's
+	// rules (see Policy). nil means DefaultEgressDeny; an empty non-nil
+	// slice means no ceiling beyond the always-blocked ranges.
+	EgressDeny []netip.Prefix
 }
 
 func (c PoolConfig) layout() (*layout, error) {
@@ -72,6 +77,10 @@ func (c PoolConfig) layout() (*layout, error) {
 		netnsDir:     c.NetNSDir,
 		hostNetNS:    c.HostNetNS,
 		emulateGuest: c.EmulateGuest,
+		egressDeny:   c.EgressDeny,
+	}
+	if l.egressDeny == nil {
+		l.egressDeny = DefaultEgressDeny
 	}
 	if l.prefix == "" {
 		l.prefix = DefaultPrefix
@@ -123,6 +132,11 @@ func (c PoolConfig) layout() (*layout, error) {
 			bad("%s %s: host bits set (use %s)", p.name, p.p, p.p.Masked())
 		case uint64(1)<<(32-p.p.Bits()) < p.need:
 			bad("%s %s is too small for %d slots", p.name, p.p, l.slots)
+		}
+	}
+	for _, p := range l.egressDeny {
+		if !p.IsValid() || p != p.Masked() {
+			bad("egress deny %s: want a CIDR without host bits", p)
 		}
 	}
 	if l.hostCIDR.Overlaps(l.vethCIDR) {

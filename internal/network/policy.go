@@ -16,17 +16,70 @@ import (
 //     pool's host and veth ranges), the host's own addresses, link-local
 //     169.254.0.0/16 (the cloud metadata service included), and the
 //     unroutable 0/8, 127/8, multicast and 240/4;
-//  2. DenyOut;
-//  3. AllowOut;
-//  4. private ranges (RFC 1918 and CGNAT 100.64.0.0/10), unless allowed in 3;
-//  5. Internet: everything else.
+//  2. the operator's ceiling (PoolConfig.EgressDeny, DefaultEgressDeny
+//     unless configured): what no sandbox on this host may reach;
+//  3. DenyOut;
+//  4. AllowOut;
+//  5. private ranges (RFC 1918 and CGNAT 100.64.0.0/10), unless allowed in 4;
+//  6. Internet: everything else.
 //
-// So DenyOut beats AllowOut beats Internet. Prefixes are IPv4; the guest has
-// no IPv6 and all of its IPv6 is dropped.
+// So the ceiling beats DenyOut beats AllowOut beats Internet: a tenant's
+// policy can only narrow what the operator allows. An AllowOut that
+// overlaps the ceiling is refused (Pool.CheckPolicy) rather than silently
+// cut, so the tenant learns at once that it cannot have it. Prefixes are
+// IPv4; the guest has no IPv6 and all of its IPv6 is dropped.
 type Policy struct {
 	Internet bool
 	AllowOut []netip.Prefix
 	DenyOut  []netip.Prefix
+}
+
+// DefaultEgressDeny is the operator ceiling when none is configured: every
+// range that is not the public Internet. The IPv6 entries matter only to
+// CheckPolicy's overlap test (guest IPv6 is dropped entirely), and keep the
+// documented list honest should the guest ever get IPv6.
+var DefaultEgressDeny = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),      // "this network", unspecified
+	netip.MustParsePrefix("10.0.0.0/8"),     // RFC 1918
+	netip.MustParsePrefix("100.64.0.0/10"),  // CGNAT, RFC 6598
+	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local, cloud metadata
+	netip.MustParsePrefix("172.16.0.0/12"),  // RFC 1918
+	netip.MustParsePrefix("192.168.0.0/16"), // RFC 1918
+	netip.MustParsePrefix("224.0.0.0/4"),    // multicast
+	netip.MustParsePrefix("240.0.0.0/4"),    // reserved, broadcast 255.255.255.255
+	netip.MustParsePrefix("::/128"),         // unspecified
+	netip.MustParsePrefix("::1/128"),        // loopback
+	netip.MustParsePrefix("fc00::/7"),       // unique local
+	netip.MustParsePrefix("fe80::/10"),      // link-local
+	netip.MustParsePrefix("ff00::/8"),       // multicast
+}
+
+// checkCeiling refuses, as InvalidArgument naming both prefixes, an
+// AllowOut entry that overlaps the ceiling: such a rule could never take
+// effect, and accepting it would let the tenant believe it had.
+func checkCeiling(p Policy, ceiling []netip.Prefix) error {
+	for _, a := range p.AllowOut {
+		for _, c := range ceiling {
+			if a.Overlaps(c) {
+				return errdefs.New(errdefs.ErrInvalidArgument,
+					"network policy: allow_out %s overlaps %s, which this host never lets sandboxes reach (operator egress ceiling)", a, c)
+			}
+		}
+	}
+	return nil
+}
+
+// ipv4Only drops the IPv6 prefixes, which the IPv4-only egress chain
+// cannot express (and does not need: guest IPv6 is dropped).
+func ipv4Only(ps []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is4() {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // privateRanges are blocked unless a policy's AllowOut names them.

@@ -148,6 +148,18 @@ func (p *Pool) Setup(ctx context.Context, s *Slot, pol Policy) error {
 	return nil
 }
 
+// CheckPolicy reports, as an InvalidArgument error, a policy that is not
+// well formed or whose AllowOut overlaps the operator's ceiling
+// (PoolConfig.EgressDeny). Call it before accepting a tenant's new policy;
+// SetPolicy does. Setup does not, so that a sandbox recorded before the
+// ceiling was tightened still resumes (the ceiling is enforced regardless).
+func (p *Pool) CheckPolicy(pol Policy) error {
+	if err := pol.Validate(); err != nil {
+		return err
+	}
+	return checkCeiling(pol, p.l.egressDeny)
+}
+
 // SetPolicy replaces the slot's egress policy in one atomic nftables
 // transaction. New connections follow it at once; the guest's established
 // connections to destinations it now refuses are cut (their conntrack state
@@ -155,6 +167,9 @@ func (p *Pool) Setup(ctx context.Context, s *Slot, pol Policy) error {
 // carry on.
 func (s *Slot) SetPolicy(ctx context.Context, pol Policy) error {
 	if err := pol.Validate(); err != nil {
+		return err
+	}
+	if err := checkCeiling(pol, s.l.egressDeny); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {

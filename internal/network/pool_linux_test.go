@@ -23,6 +23,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
 // The root tests below build a private world so that nothing on the machine
@@ -110,7 +112,9 @@ func newWorld(t *testing.T) *world {
 		// So that the "internet" can try to open connections to slots.
 		return h.RouteReplace(&netlink.Route{Dst: ipNet(DefaultHostCIDR), Gw: net.ParseIP(hostUpAddr)})
 	}))
-	w.cfg = PoolConfig{Prefix: w.name + "-", Slots: 64, HostNetNS: w.hostNS, EmulateGuest: true}
+	// No operator ceiling: most tests here exercise the tenant's rules,
+	// private ranges included. TestEgressCeilingEnforced sets one.
+	w.cfg = PoolConfig{Prefix: w.name + "-", Slots: 64, HostNetNS: w.hostNS, EmulateGuest: true, EgressDeny: []netip.Prefix{}}
 	return w
 }
 
@@ -297,6 +301,53 @@ func TestRulesCompile(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestEgressCeilingEnforced: under the default operator ceiling a slot whose
+// policy allows 10.0.0.0/8 (as one recorded before the ceiling existed
+// would) still cannot reach a server in 10/8, while the same server answers
+// the host, and a tenant's attempt to set such a policy is refused as
+// InvalidArgument. Before the ceiling, "allow beats private" opened it (see
+// TestSlotNetworking's "rfc1918 allowed explicitly", which runs without a
+// ceiling).
+func TestEgressCeilingEnforced(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	cfg := w.cfg
+	cfg.EgressDeny = nil // the default ceiling
+	pool, err := NewPool(cfg, slog.New(slog.DiscardHandler))
+	w.must(err)
+	w.must(pool.Reclaim(ctx))
+	p := netip.MustParsePrefix
+	open := Policy{Internet: true, AllowOut: []netip.Prefix{p("10.0.0.0/8"), p("100.64.0.0/10")}}
+
+	s, err := pool.Acquire(ctx)
+	w.must(err)
+	// Setup enforces the ceiling without refusing (a recorded policy must
+	// still resume); the rules must hold on their own.
+	w.must(pool.Setup(ctx, s, open))
+	w.serve(w.inetNS, "10.99.0.1:80", "private")
+	w.serve(w.inetNS, "100.64.0.1:80", "cgnat")
+	w.serve(w.inetNS, "203.0.113.1:80", "internet")
+
+	w.expect(w.hostNS, "10.99.0.1:80", "private") // the listener is there
+	w.expect(s.GuestNetNSPath(), "10.99.0.1:80", "")
+	w.expect(s.GuestNetNSPath(), "100.64.0.1:80", "")
+	w.expect(s.GuestNetNSPath(), "203.0.113.1:80", "internet")
+
+	for _, pol := range []Policy{open, {AllowOut: []netip.Prefix{p("10.99.0.1/32")}}, {AllowOut: []netip.Prefix{p("0.0.0.0/0")}}} {
+		err := s.SetPolicy(ctx, pol)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "overlaps") {
+			t.Errorf("SetPolicy(%v) = %v, want InvalidArgument naming the overlap", pol.AllowOut, err)
+		}
+		if err := pool.CheckPolicy(pol); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("CheckPolicy(%v) = %v, want InvalidArgument", pol.AllowOut, err)
+		}
+	}
+	// The refused update left the running rules alone.
+	w.expect(s.GuestNetNSPath(), "10.99.0.1:80", "")
+	w.expect(s.GuestNetNSPath(), "203.0.113.1:80", "internet")
+	w.must(pool.Release(ctx, s))
 }
 
 func TestSlotNetworking(t *testing.T) {

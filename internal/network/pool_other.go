@@ -39,3 +39,6 @@ func (*Pool) SetTAPOwner(context.Context, *Slot, uint32, uint32) error { return 
 
 // SetPolicy returns an error off Linux.
 func (*Slot) SetPolicy(context.Context, Policy) error { return errUnsupported }
+
+// CheckPolicy returns an error off Linux.
+func (*Pool) CheckPolicy(Policy) error { return errUnsupported }

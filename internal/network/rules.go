@@ -3,6 +3,7 @@ package network
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -229,6 +230,7 @@ func egressRules(l *layout, p Policy, hostAddrs []netip.Prefix) []rule {
 	hard := append([]netip.Prefix{l.hostCIDR, l.vethCIDR}, alwaysBlocked...)
 	hard = append(hard, hostAddrs...)
 	add(hard, vReject, "always blocked")
+	add(uncovered(ipv4Only(l.egressDeny), hard), vReject, "operator ceiling")
 	add(p.DenyOut, vReject, "deny")
 	add(p.AllowOut, vAccept, "allow")
 	add(privateRanges, vReject, "private")
@@ -238,6 +240,18 @@ func egressRules(l *layout, p Policy, hostAddrs []netip.Prefix) []rule {
 		rs = append(rs, rule{verdict: verdict{kind: vReject}, comment: "no internet"})
 	}
 	return rs
+}
+
+// uncovered returns the prefixes of ps that no prefix of by contains, so a
+// ceiling that repeats the always-blocked ranges adds no duplicate rules.
+func uncovered(ps, by []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if !slices.ContainsFunc(by, func(b netip.Prefix) bool { return b.Bits() <= p.Bits() && b.Contains(p.Addr()) }) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // egressVerdict walks egress rules as the kernel does, first match wins, and

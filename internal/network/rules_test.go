@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -71,7 +72,9 @@ func TestGoldenRules(t *testing.T) {
 }
 
 func TestEgressPrecedence(t *testing.T) {
-	l := mustLayout(t, PoolConfig{})
+	// An operator who opened every range (empty ceiling): the tenant's
+	// lists decide everything but the always-blocked ranges.
+	l := mustLayout(t, PoolConfig{EgressDeny: []netip.Prefix{}})
 	p := func(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 	decide := func(pol Policy, dst string) verdictKind {
 		return egressVerdict(egressRules(l, pol, []netip.Prefix{p("192.0.2.2/32")}), netip.MustParseAddr(dst))
@@ -102,6 +105,98 @@ func TestEgressPrecedence(t *testing.T) {
 				t.Errorf("verdict for %s = %d, want %d", tt.dst, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestEgressCeiling: with the default ceiling, an allow rule never opens a
+// range the operator denies, even if the policy check were bypassed (the
+// rules alone must hold), and the public Internet is unaffected.
+func TestEgressCeiling(t *testing.T) {
+	p := netip.MustParsePrefix
+	deflt := mustLayout(t, PoolConfig{})
+	custom := mustLayout(t, PoolConfig{EgressDeny: []netip.Prefix{p("203.0.113.0/24"), p("fd00::/8")}})
+	tests := []struct {
+		name string
+		l    *layout
+		pol  Policy
+		dst  string
+		want verdictKind
+	}{
+		{"rfc1918 allow cannot open 10/8", deflt, Policy{AllowOut: []netip.Prefix{p("10.0.0.0/8")}}, "10.99.0.1", vReject},
+		{"rfc1918 allow cannot open 192.168/16", deflt, Policy{Internet: true, AllowOut: []netip.Prefix{p("192.168.0.0/16")}}, "192.168.1.1", vReject},
+		{"cgnat allow cannot open", deflt, Policy{AllowOut: []netip.Prefix{p("100.64.0.0/10")}}, "100.64.0.1", vReject},
+		{"allow all cannot open 172.16/12", deflt, Policy{AllowOut: []netip.Prefix{p("0.0.0.0/0")}}, "172.16.5.5", vReject},
+		{"broadcast", deflt, Policy{AllowOut: []netip.Prefix{p("0.0.0.0/0")}}, "255.255.255.255", vReject},
+		{"public allow still works", deflt, Policy{AllowOut: []netip.Prefix{p("8.8.8.8/32")}}, "8.8.8.8", vAccept},
+		{"internet still works", deflt, Policy{Internet: true}, "1.1.1.1", vAccept},
+		{"custom ceiling beats allow", custom, Policy{AllowOut: []netip.Prefix{p("203.0.113.0/24")}}, "203.0.113.9", vReject},
+		{"custom ceiling beats internet", custom, Policy{Internet: true}, "203.0.113.9", vReject},
+		{"custom ceiling lets private be allowed", custom, Policy{AllowOut: []netip.Prefix{p("10.99.0.0/16")}}, "10.99.0.1", vAccept},
+		{"custom ceiling keeps private default-blocked", custom, Policy{Internet: true}, "10.99.0.1", vReject},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := egressVerdict(egressRules(tt.l, tt.pol, nil), netip.MustParseAddr(tt.dst))
+			if got != tt.want {
+				t.Errorf("verdict for %s = %d, want %d", tt.dst, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestCheckCeiling: an allow_out overlapping the ceiling, in either
+// direction (wider or narrower than a denied range), is refused as
+// InvalidArgument naming both prefixes; disjoint ones pass.
+func TestCheckCeiling(t *testing.T) {
+	p := netip.MustParsePrefix
+	ceiling := DefaultEgressDeny
+	tests := []struct {
+		name    string
+		allow   []string
+		wantErr string // substring; "" = accepted
+	}{
+		{"none", nil, ""},
+		{"public", []string{"8.8.8.8/32", "203.0.113.0/24"}, ""},
+		{"exact private", []string{"10.0.0.0/8"}, "allow_out 10.0.0.0/8 overlaps 10.0.0.0/8"},
+		{"inside private", []string{"8.8.8.8/32", "192.168.1.0/24"}, "allow_out 192.168.1.0/24 overlaps 192.168.0.0/16"},
+		{"wider than private", []string{"172.0.0.0/8"}, "allow_out 172.0.0.0/8 overlaps 172.16.0.0/12"},
+		{"everything", []string{"0.0.0.0/0"}, "allow_out 0.0.0.0/0 overlaps 0.0.0.0/8"},
+		{"cgnat host", []string{"100.100.100.100/32"}, "overlaps 100.64.0.0/10"},
+		{"metadata", []string{"169.254.169.254/32"}, "overlaps 169.254.0.0/16"},
+		{"loopback", []string{"127.0.0.1/32"}, "overlaps 127.0.0.0/8"},
+		{"multicast", []string{"239.1.1.1/32"}, "overlaps 224.0.0.0/4"},
+		{"broadcast", []string{"255.255.255.255/32"}, "overlaps 240.0.0.0/4"},
+		{"just below 10/8", []string{"9.255.255.0/24"}, ""},
+		{"just above 172.16/12", []string{"172.32.0.0/11"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var pol Policy
+			for _, a := range tt.allow {
+				pol.AllowOut = append(pol.AllowOut, p(a))
+			}
+			err := checkCeiling(pol, ceiling)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("checkCeiling(%v) = %v, want accepted", tt.allow, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("checkCeiling(%v) = %v, want an error containing %q", tt.allow, err, tt.wantErr)
+			}
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Errorf("error %v is not InvalidArgument", err)
+			}
+		})
+	}
+	// Deny rules may name anything: they only narrow further.
+	if err := checkCeiling(Policy{DenyOut: []netip.Prefix{p("10.0.0.0/8")}}, ceiling); err != nil {
+		t.Errorf("deny_out inside the ceiling refused: %v", err)
+	}
+	// An empty ceiling refuses nothing.
+	if err := checkCeiling(Policy{AllowOut: []netip.Prefix{p("10.0.0.0/8")}}, []netip.Prefix{}); err != nil {
+		t.Errorf("empty ceiling refused an allow: %v", err)
 	}
 }
 
@@ -162,6 +257,8 @@ func TestConfig(t *testing.T) {
 		{"host bits", PoolConfig{HostCIDR: netip.MustParsePrefix("10.11.0.1/16")}, true},
 		{"ipv6", PoolConfig{HostCIDR: netip.MustParsePrefix("fd00::/64")}, true},
 		{"relative dir", PoolConfig{NetNSDir: "run/netns"}, true},
+		{"egress deny host bits", PoolConfig{EgressDeny: []netip.Prefix{netip.MustParsePrefix("10.1.2.3/8")}}, true},
+		{"egress deny empty", PoolConfig{EgressDeny: []netip.Prefix{}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -114,6 +114,7 @@ type layout struct {
 	netnsDir     string
 	hostNetNS    string
 	emulateGuest bool
+	egressDeny   []netip.Prefix // the operator ceiling, never nil after layout()
 }
 
 // parseIndex returns i for a name "<prefix><i>" with i a canonical decimal in
