@@ -23,7 +23,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wrenn/wrenn/internal/controlplane/hostaddr"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/rpclimit"
 	"github.com/wrenn/wrenn/internal/store"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -49,6 +51,27 @@ const (
 	pingTimeout   = 15 * time.Second
 )
 
+// Bounds on what an agent may send back. A BYOC host is a tenant's own
+// machine running whatever it likes as "wrenn-agent", so its replies are
+// read under caps like a guest's (see internal/rpclimit); over a cap the
+// call fails with resource_exhausted instead of growing the control plane.
+const (
+	// MaxAgentMessageBytes caps one reply of HostAgentService. The largest
+	// honest ones are console logs (at most 1 MiB, agent.MaxConsoleTail)
+	// and the lists of a full host's sandboxes or templates.
+	MaxAgentMessageBytes = 8 << 20
+	// MaxAgentListEntries caps a list reply (sandboxes, templates, forks):
+	// far more than one host can run.
+	MaxAgentListEntries = 10_000
+	// MaxResponseHeaderBytes caps the response headers of the agent and,
+	// through its guest proxy, of a sandbox's own web servers (Go's default
+	// is 10 MiB; common proxies allow 8-64 KiB).
+	MaxResponseHeaderBytes = 256 << 10
+)
+
+// agentLimits is how RPC clients apply the bounds above.
+var agentLimits = rpclimit.Limits{Peer: "host agent", MaxMessageBytes: MaxAgentMessageBytes, MaxRepeated: MaxAgentListEntries}
+
 // Pool implements rest.Agents.
 type Pool struct {
 	q   *store.Queries
@@ -56,6 +79,9 @@ type Pool struct {
 	log *slog.Logger
 	// dial is replaced in tests.
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// byocDial, when set, dials byoc hosts: it refuses internal addresses
+	// (see internal/controlplane/hostaddr).
+	byocDial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu      sync.Mutex
 	clients map[uuid.UUID]*client
@@ -74,6 +100,16 @@ func New(db *pgxpool.Pool, id Identity, log *slog.Logger) *Pool {
 	}
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	return &Pool{q: store.New(db), id: id, log: log, dial: d.DialContext, clients: map[uuid.UUID]*client{}}
+}
+
+// RefusePrivateBYOC makes the pool refuse, at every dial, byoc hosts
+// whose address is (or whose name resolves to) a loopback, private,
+// link-local or other internal address: a tenant must not make the control
+// plane reach the operator's network. wrenn-cp calls it unless
+// WRENN_ALLOW_PRIVATE_HOST_ADDRESSES=true. Call it before the pool is used.
+func (p *Pool) RefusePrivateBYOC() {
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second, Control: hostaddr.Control}
+	p.byocDial = d.DialContext
 }
 
 // RPC returns a Connect client for the agent on host hostID.
@@ -130,7 +166,7 @@ func (p *Pool) get(ctx context.Context, hostID string) (*client, error) {
 		p.log.Info("host address changed; new agent client", "host_id", id, "old", old.address, "new", h.Address)
 		old.http.CloseIdleConnections()
 	}
-	c, err := p.newClient(id, h.Address)
+	c, err := p.newClient(id, h.Address, h.Type)
 	if err != nil {
 		return nil, err
 	}
@@ -157,26 +193,40 @@ func (p *Pool) Close() {
 	}
 }
 
-func (p *Pool) newClient(id uuid.UUID, address string) (*client, error) {
+func (p *Pool) newClient(id uuid.UUID, address, hostType string) (*client, error) {
 	host, _, err := net.SplitHostPort(address)
 	if err != nil {
 		return nil, errdefs.New(errdefs.ErrUnavailable, "host %s unreachable: bad address %q", id, address)
 	}
 	t := &http.Transport{
-		DialContext:         p.dial,
+		DialContext:         p.dialFor(hostType),
 		TLSClientConfig:     TLSConfig(p.id, id, host),
 		TLSHandshakeTimeout: handshakeTimeout,
 		ForceAttemptHTTP2:   true,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
 		HTTP2:               &http.HTTP2Config{SendPingTimeout: pingAfterIdle, PingTimeout: pingTimeout},
+		// The guest proxy passes a sandbox's own headers through.
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 	}
 	hc := &http.Client{Transport: t}
 	return &client{
 		address: address,
-		http:    hc,
-		rpc:     hostagentv1connect.NewHostAgentServiceClient(hc, baseURL(address)),
+		// The guest proxy's bodies are file downloads and streams: bounded
+		// per message by envdclient, never in total. RPC replies share the
+		// connections but are bounded whole.
+		http: hc,
+		rpc:  hostagentv1connect.NewHostAgentServiceClient(agentLimits.Doer(hc), baseURL(address), agentLimits.ClientOptions()...),
 	}, nil
+}
+
+// dialFor checks, at every dial, the address a byoc host's name resolves
+// to then: registration checked it too, but DNS may change since.
+func (p *Pool) dialFor(hostType string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if hostType == "byoc" && p.byocDial != nil {
+		return p.byocDial
+	}
+	return p.dial
 }
 
 // TLSConfig is the client side of mTLS towards host hostID dialled at
