@@ -8,12 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"net/mail"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -22,10 +20,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 
 	"github.com/wrenn/wrenn/api"
 	"github.com/wrenn/wrenn/internal/controlplane/auth"
+	"github.com/wrenn/wrenn/internal/controlplane/ratelimit"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 )
@@ -45,6 +43,10 @@ const (
 	maxPasswordLen = 200
 	maxNameLen     = 100
 	maxEmailLen    = 254
+	// accountFreeFailures is how many wrong passwords an account takes
+	// from all addresses together before its logins are delayed; from one
+	// address, ratelimit.DefaultFreeFailures.
+	accountFreeFailures = 50
 )
 
 // sessions signs and checks session tokens with the server's secret.
@@ -71,13 +73,9 @@ func (s *Server) mountPublicAuth(r chi.Router) {
 		s.log.Error("hash dummy password", "err", err)
 	}
 	limit := s.newLimiter("client")
-	byAddr := func(r *http.Request) string {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
-		}
-		return "addr:" + host
-	}
+	// The client's address, from the trusted proxy header when the peer
+	// is a trusted proxy (WRENN_TRUSTED_PROXIES).
+	byAddr := func(r *http.Request) string { return "addr:" + s.clientIP.Of(r) }
 	r.With(limit.middleware(byAddr)).Post("/auth/signup", s.signup)
 	r.With(limit.middleware(byAddr)).Post("/auth/login", func(w http.ResponseWriter, r *http.Request) {
 		s.login(w, r, dummy)
@@ -89,6 +87,9 @@ type signupRequest struct {
 	Password string  `json:"password"`
 	Name     *string `json:"name"`
 	TeamName *string `json:"team_name"`
+	// InviteToken joins the team that invited this email (instead of
+	// creating one); required when WRENN_SIGNUP=invite.
+	InviteToken *string `json:"invite_token"`
 }
 
 // validEmail returns the address trimmed, or an invalid-argument error.
@@ -122,8 +123,16 @@ func validName(field string, v *string, def string) (string, error) {
 }
 
 func (s *Server) signup(w http.ResponseWriter, r *http.Request) {
+	if s.signupMode() == SignupClosed {
+		writeError(w, r, s.signupAllowed(nil))
+		return
+	}
 	var req signupRequest
 	if err := decodeJSON(w, r, &req, false); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if err := s.signupAllowed(req.InviteToken); err != nil {
 		writeError(w, r, err)
 		return
 	}
@@ -146,47 +155,24 @@ func (s *Server) signup(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
-	hash, err := auth.HashPassword(req.Password, auth.DefaultParams)
+	hash, err := s.hashes.HashPassword(r.Context(), req.Password, auth.DefaultParams)
 	if err != nil {
-		writeError(w, r, err)
+		writeHashError(w, r, err)
 		return
 	}
 
 	ctx := r.Context()
-	var user store.User
-	var team store.Team
-	err = s.inTx(ctx, func(q *store.Queries) error {
-		var err error
-		if err := q.LockSignups(ctx); err != nil {
-			return fmt.Errorf("serialise signups: %w", err)
-		}
-		user, err = q.CreateUser(ctx, store.CreateUserParams{Email: email, Name: name, PasswordHash: hash})
-		if isUniqueViolation(err) {
-			return errdefs.New(errdefs.ErrAlreadyExists, "email %q is already registered", email)
-		}
-		if err != nil {
-			return fmt.Errorf("create user: %w", err)
-		}
-		team, err = q.CreateTeam(ctx, teamName)
-		if err != nil {
-			return fmt.Errorf("create team: %w", err)
-		}
-		_, err = q.AddTeamMember(ctx, store.AddTeamMemberParams{TeamID: team.ID, UserID: user.ID, Role: string(RoleOwner)})
-		if err != nil {
-			return fmt.Errorf("add team owner: %w", err)
-		}
-		return nil
-	})
+	user, team, role, err := s.createAccount(ctx, email, name, hash, teamName, req.InviteToken)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
-	sess, err := s.newSession(user, team, RoleOwner)
+	sess, err := s.newSession(user, team, role)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
-	actx := withPrincipal(ctx, Principal{TeamID: team.ID, Role: RoleOwner, UserID: &user.ID})
+	actx := withPrincipal(ctx, Principal{TeamID: team.ID, Role: role, UserID: &user.ID})
 	s.audit(actx, "user", user.ID.String(), "signup", nil, map[string]any{"team_id": team.ID.String()})
 	writeJSON(w, http.StatusCreated, sess)
 }
@@ -210,28 +196,54 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, dummyHash string)
 		writeError(w, r, invalid("email or password too long"))
 		return
 	}
+	// Throttle guessing per account, before any lookup: the same for
+	// accounts that do not exist, so a 429 does not tell who has one.
+	acct := ratelimit.AccountKey(req.Email)
+	acctAddr := acct + "\x00" + s.clientIP.Of(r)
+	for _, t := range []struct {
+		th  *ratelimit.LoginThrottle
+		key string
+	}{{s.loginByAccountAddr, acctAddr}, {s.loginByAccount, acct}} {
+		if ok, wait := t.th.Check(t.key); !ok {
+			writeRateLimited(w, r, wait, "too many failed logins for this account")
+			return
+		}
+	}
 	// One message for an unknown email and a wrong password, so login
 	// does not tell who has an account.
 	badCreds := unauthenticated("wrong email or password")
+	failed := func() {
+		s.loginByAccountAddr.Fail(acctAddr)
+		s.loginByAccount.Fail(acct)
+		writeError(w, r, badCreds)
+	}
 	ctx := r.Context()
 	user, err := s.q.GetUserByEmail(ctx, strings.TrimSpace(req.Email))
 	if errors.Is(err, pgx.ErrNoRows) {
-		_ = auth.VerifyPassword(req.Password, dummyHash)
-		writeError(w, r, badCreds)
+		if err := s.hashes.VerifyPassword(ctx, req.Password, dummyHash); err != nil && !errors.Is(err, auth.ErrMismatch) {
+			writeHashError(w, r, err)
+			return
+		}
+		failed()
 		return
 	}
 	if err != nil {
 		writeError(w, r, fmt.Errorf("look up user: %w", err))
 		return
 	}
-	if err := auth.VerifyPassword(req.Password, user.PasswordHash); err != nil {
-		if !errors.Is(err, auth.ErrMismatch) {
+	if err := s.hashes.VerifyPassword(ctx, req.Password, user.PasswordHash); err != nil {
+		switch {
+		case errors.Is(err, auth.ErrMismatch):
+			failed()
+		case errors.Is(err, auth.ErrHashBusy), ctx.Err() != nil:
+			writeHashError(w, r, err)
+		default:
 			writeError(w, r, fmt.Errorf("check password of user %s: %w", user.ID, err))
-			return
 		}
-		writeError(w, r, badCreds)
 		return
 	}
+	s.loginByAccountAddr.Succeed(acctAddr)
+	s.loginByAccount.Succeed(acct)
 	// The session's team is the first one joined. A user in no team gets
 	// a token with a zero team: they can still create one.
 	teams, err := s.q.ListUserTeams(ctx, user.ID)
@@ -251,6 +263,18 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, dummyHash string)
 		return
 	}
 	writeJSON(w, http.StatusOK, sess)
+}
+
+// writeHashError answers a password hash that did not run: the gate was
+// full (503 with Retry-After) or the client went away.
+func writeHashError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		err = errdefs.New(errdefs.ErrUnavailable, "request cancelled while waiting to check the password")
+	}
+	if errors.Is(err, auth.ErrHashBusy) {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeError(w, r, err)
 }
 
 func (s *Server) newSession(user store.User, team store.Team, role Role) (api.Session, error) {
@@ -357,6 +381,9 @@ func (s *Server) apiKeyPrincipal(ctx context.Context, key string, team *uuid.UUI
 			s.log.Warn("record api key use", "api_key_id", k.ID, "err", err)
 		}
 	}
+	// PlatformAdmin: the key was made with "platform": true and its
+	// creator is still a platform admin (GetAPIKeyByHash); other keys have
+	// only their team's rights, whoever made them.
 	return Principal{TeamID: k.TeamID, Role: RoleAdmin, APIKeyID: &k.ID, PlatformAdmin: k.PlatformAdmin}, nil
 }
 
@@ -411,7 +438,7 @@ func (s *Server) newLimiter(kind string) *limiterSet {
 	if rps <= 0 {
 		rps = defaultRateLimit
 	}
-	l := newLimiterSet(rps, s.clk)
+	l := &limiterSet{Buckets: ratelimit.NewBuckets(rps, s.clk), rejected: func() {}}
 	l.desc = prometheus.NewDesc("wrenn_api_rate_limit_buckets",
 		"Token buckets the rate limiter holds (recently active principals or client addresses).",
 		nil, prometheus.Labels{"kind": kind})
@@ -424,95 +451,41 @@ func (s *Server) newLimiter(kind string) *limiterSet {
 	return l
 }
 
-// limiterSet holds one token bucket per key. Buckets idle long enough to
-// have refilled are dropped, since a fresh bucket behaves the same; so the
-// map holds only recently active keys.
+// limiterSet is ratelimit.Buckets exported as a metric and served as
+// middleware.
 type limiterSet struct {
-	rps      rate.Limit
-	burst    int
-	idle     time.Duration
-	clk      Clock
+	*ratelimit.Buckets
 	rejected func()
 	desc     *prometheus.Desc
-
-	mu        sync.Mutex
-	buckets   map[string]*bucket
-	lastSweep time.Time
 }
 
 // Describe and Collect export the number of buckets held.
 func (l *limiterSet) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
 
 func (l *limiterSet) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, float64(l.size()))
-}
-
-type bucket struct {
-	lim  *rate.Limiter
-	last time.Time
-}
-
-func newLimiterSet(rps float64, clk Clock) *limiterSet {
-	burst := max(1, int(math.Ceil(2*rps)))
-	// A bucket is full again after burst/rps; keep at least a minute so
-	// sweeps stay rare.
-	idle := max(time.Minute, time.Duration(float64(burst)/rps*float64(time.Second)))
-	return &limiterSet{
-		rps: rate.Limit(rps), burst: burst, idle: idle, clk: clk, rejected: func() {},
-		buckets: map[string]*bucket{}, lastSweep: clk.Now(),
-	}
-}
-
-// allow takes a token for key; when there is none it says how long until
-// there will be.
-func (l *limiterSet) allow(key string) (bool, time.Duration) {
-	now := l.clk.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.lastSweep) >= l.idle {
-		for k, b := range l.buckets {
-			if now.Sub(b.last) >= l.idle {
-				delete(l.buckets, k)
-			}
-		}
-		l.lastSweep = now
-	}
-	b := l.buckets[key]
-	if b == nil {
-		b = &bucket{lim: rate.NewLimiter(l.rps, l.burst)}
-		l.buckets[key] = b
-	}
-	b.last = now
-	if b.lim.AllowN(now, 1) {
-		return true, 0
-	}
-	res := b.lim.ReserveN(now, 1)
-	wait := res.DelayFrom(now)
-	res.CancelAt(now)
-	return false, wait
-}
-
-// size is how many buckets are held (tests check eviction).
-func (l *limiterSet) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.buckets)
+	ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, float64(l.Len()))
 }
 
 func (l *limiterSet) middleware(keyOf func(*http.Request) string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			ok, wait := l.allow(keyOf(r))
+			ok, wait := l.Allow(keyOf(r))
 			if !ok {
 				l.rejected()
-				secs := max(1, int(math.Ceil(wait.Seconds())))
-				w.Header().Set("Retry-After", strconv.Itoa(secs))
-				writeError(w, r, errdefs.New(errdefs.ErrRateLimited, "too many requests: retry in %d s", secs))
+				writeRateLimited(w, r, wait, "too many requests")
 				return
 			}
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// writeRateLimited answers 429 rate_limited with Retry-After (whole
+// seconds, at least 1).
+func writeRateLimited(w http.ResponseWriter, r *http.Request, wait time.Duration, what string) {
+	secs := max(1, int(math.Ceil(wait.Seconds())))
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeError(w, r, errdefs.New(errdefs.ErrRateLimited, "%s: retry in %d s", what, secs))
 }
 
 // inTx runs fn in a transaction, committed when fn returns nil.

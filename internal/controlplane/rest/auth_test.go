@@ -3,7 +3,6 @@ package rest
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -297,40 +296,6 @@ func TestRateLimit(t *testing.T) {
 	wantError(t, env.do(t, "POST", "/v1/auth/login", "", login), 401, "unauthenticated")
 	wantError(t, env.do(t, "POST", "/v1/auth/login", "", login), 401, "unauthenticated")
 	wantError(t, env.do(t, "POST", "/v1/auth/login", "", login), 429, "rate_limited")
-}
-
-func TestLimiterSetEvictsIdleBuckets(t *testing.T) {
-	clk := newFakeClock()
-	l := newLimiterSet(10, clk)
-	for i := range 100 {
-		if ok, _ := l.allow(fmt.Sprint("k", i)); !ok {
-			t.Fatalf("first request of k%d refused", i)
-		}
-	}
-	if n := l.size(); n != 100 {
-		t.Fatalf("%d buckets, want 100", n)
-	}
-	clk.Advance(l.idle)
-	l.allow("fresh")
-	if n := l.size(); n != 1 {
-		t.Fatalf("%d buckets after every other key went idle, want 1", n)
-	}
-	// A bucket in use is kept, and its state with it.
-	for range 20 {
-		l.allow("busy")
-	}
-	ok, wait := l.allow("busy")
-	if ok || wait <= 0 {
-		t.Fatalf("21st request in a burst of 20: ok=%v wait=%v", ok, wait)
-	}
-	clk.Advance(l.idle / 2)
-	l.allow("other")
-	if ok, _ := l.allow("busy"); !ok {
-		t.Fatal("busy refused after refilling")
-	}
-	if n := l.size(); n != 3 {
-		t.Fatalf("%d buckets, want 3 (fresh, busy, other)", n)
-	}
 }
 
 func decode(t *testing.T, resp *http.Response, out any) {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -17,6 +18,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wrenn/wrenn/internal/controlplane/auth"
+	"github.com/wrenn/wrenn/internal/controlplane/quota"
+	"github.com/wrenn/wrenn/internal/controlplane/ratelimit"
 	"github.com/wrenn/wrenn/internal/store"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -69,6 +73,19 @@ type Deps struct {
 	BodyWindow   time.Duration
 	BodyMinBytes int
 	WriteTimeout time.Duration
+	// TrustedProxies (WRENN_TRUSTED_PROXIES): only from these peers is
+	// ClientIPHeader (WRENN_CLIENT_IP_HEADER, default X-Forwarded-For)
+	// believed for per-address limits.
+	TrustedProxies []netip.Prefix
+	ClientIPHeader string
+	// HashGate bounds concurrent password hashes; nil: GOMAXPROCS at once,
+	// 4 waiters per slot.
+	HashGate *auth.HashGate
+	// Signup is who may sign up (WRENN_SIGNUP); "": SignupClosed.
+	Signup SignupMode
+	// TeamLimits are the default per-team quotas (WRENN_TEAM_MAX_*; 0:
+	// unlimited); a platform admin may override them per team.
+	TeamLimits quota.Limits
 }
 
 // Server is the REST API.
@@ -82,6 +99,15 @@ type Server struct {
 	// per server, however often the router is built.
 	limMu    sync.Mutex
 	limiters map[string]*limiterSet
+
+	// Abuse limits of the public auth routes (see mountPublicAuth).
+	clientIP *ratelimit.ClientIP
+	hashes   *auth.HashGate
+	// loginByAccount delays guessing at one account from anywhere;
+	// loginByAccountAddr, stricter, from one client address (so a
+	// victim elsewhere is not locked out by the first).
+	loginByAccount     *ratelimit.LoginThrottle
+	loginByAccountAddr *ratelimit.LoginThrottle
 
 	// placementHook, when set (tests only), runs between reading the hosts'
 	// reservations and recording the new sandbox's, to widen that window.
@@ -99,7 +125,16 @@ func New(d Deps) *Server {
 	if d.Metrics == nil {
 		d.Metrics = prometheus.NewRegistry()
 	}
-	return &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiterSet{}}
+	if d.HashGate == nil {
+		d.HashGate = auth.NewHashGate(0, -1, 0)
+	}
+	s := &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiterSet{}}
+	s.clientIP = ratelimit.NewClientIP(d.TrustedProxies, d.ClientIPHeader)
+	s.hashes = d.HashGate
+	s.loginByAccountAddr = ratelimit.NewLoginThrottle(d.Clock)
+	s.loginByAccount = ratelimit.NewLoginThrottle(d.Clock)
+	s.loginByAccount.FreeFailures = accountFreeFailures
+	return s
 }
 
 // Handler returns the HTTP handler for every route.
@@ -126,6 +161,7 @@ func (s *Server) routes() *chi.Mux {
 			s.mountProcesses(r)
 			s.mountFiles(r)
 			s.mountTemplates(r)
+			s.mountLimits(r)
 		})
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
