@@ -175,6 +175,13 @@ func writeProxyError(w http.ResponseWriter, status int, code, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
 }
 
+// maxGuestHeaderBytes caps the response headers a guest server may send
+// through the proxy (Go's default is 10 MiB). A tenant is root in its
+// guest; envd sends a few short headers and web apps rarely more than
+// common proxies allow (8-64 KiB). The control plane applies its own cap
+// again. Bodies are streamed, never held, so they need no cap here.
+const maxGuestHeaderBytes = 256 << 10
+
 // newGuestTransport dials guests directly (never through an environment
 // proxy) over HTTP/1.1, which every guest server speaks and which carries
 // WebSocket upgrades.
@@ -187,6 +194,8 @@ func newGuestTransport() *http.Transport {
 		IdleConnTimeout:     30 * time.Second,
 		MaxIdleConnsPerHost: 16,
 		DisableCompression:  true,
+		// A guest's headers are held whole before the proxy can answer.
+		MaxResponseHeaderBytes: maxGuestHeaderBytes,
 	}
 }
 
