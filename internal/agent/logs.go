@@ -21,6 +21,10 @@ const (
 // generation. A sandbox without a console log yet (or any more: a
 // hibernated one has none until it resumes) has an empty log.
 //
+// The VMM owns vm/ and could put a symbolic link or a FIFO where its log
+// should be; tailfile.Read follows no link and reads regular files only, so
+// such a log is an error (failed precondition), never another file.
+//
 // It takes no sandbox lock: the log is the VMM's file and reading it must
 // not wait behind a long boot, which is exactly when one wants to read it.
 func (m *Manager) ConsoleLog(ctx context.Context, id string, n int64) ([]byte, error) {

@@ -65,3 +65,36 @@ func TestConsoleLog(t *testing.T) {
 		}
 	})
 }
+
+// The VMM owns vm/ and may plant a symbolic link where its console log
+// should be (issue 11): the agent must not read the link's target.
+func TestConsoleLogRefusesSymlink(t *testing.T) {
+	dir := t.TempDir()
+	m := &Manager{cfg: Config{Dir: dir}, sandboxes: map[string]*sandbox{}}
+	sbDir := m.sandboxDir("sb1")
+	m.sandboxes["sb1"] = &sandbox{dir: sbDir}
+	if err := os.MkdirAll(vmDir(sbDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(dir, "host.key")
+	if err := os.WriteFile(secret, []byte("PRIVATE KEY"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"console.log", "console.log.1"} {
+		t.Run(name, func(t *testing.T) {
+			for _, n := range []string{"console.log", "console.log.1"} {
+				_ = os.Remove(filepath.Join(vmDir(sbDir), n))
+			}
+			if err := os.Symlink(secret, filepath.Join(vmDir(sbDir), name)); err != nil {
+				t.Fatal(err)
+			}
+			b, err := m.ConsoleLog(context.Background(), "sb1", 0)
+			if strings.Contains(string(b), "PRIVATE") {
+				t.Fatalf("console log followed the link: %q", b)
+			}
+			if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+				t.Errorf("err = %v; want failed precondition", err)
+			}
+		})
+	}
+}
