@@ -68,7 +68,7 @@ func TestRunServesSelfSignedTLS(t *testing.T) {
 		t.Errorf("warned about plain HTTP while serving TLS:\n%s", text)
 	}
 
-	hc, err := capin.Client(capin.Trust{Pin: pin}, 10*time.Second)
+	hc, err := capin.Client(capin.Trust{Pin: pin}, base, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestRunServesSelfSignedTLS(t *testing.T) {
 		t.Errorf("registry over TLS with an unknown credential: %v, want unauthenticated", err)
 	}
 
-	wrong, _ := capin.Client(capin.Trust{Pin: "sha256:" + strings.Repeat("0", 64)}, 10*time.Second)
+	wrong, _ := capin.Client(capin.Trust{Pin: "sha256:" + strings.Repeat("0", 64)}, base, 10*time.Second)
 	if resp, err := wrong.Get(base + "/healthz"); err == nil {
 		resp.Body.Close()
 		t.Error("a client pinning another CA got in")

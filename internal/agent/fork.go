@@ -25,23 +25,36 @@ const MaxForks = 32
 // forkParallelism bounds how many forks restore at once.
 const forkParallelism = 4
 
-// Fork makes n new, independent sandboxes from a running or paused one,
+// Fork is ForkAs for a local caller (no team check).
+func (m *Manager) Fork(ctx context.Context, id string, n int) ([]Info, error) {
+	return m.ForkAs(ctx, "", id, n)
+}
+
+// ForkAs makes n new, independent sandboxes from a running or paused one,
 // memory and disk included: each continues from the source's state at the
 // moment of the fork, with its own network slot, identity (id and envd
 // access token; WRENN_SANDBOX_ID in its environment) and files. The source
 // keeps running (or stays paused); it is frozen only while its state,
-// memory and disk are copied. A fork of a fork works.
-func (m *Manager) Fork(ctx context.Context, id string, n int) ([]Info, error) {
+// memory and disk are copied. A fork of a fork works. A team, when given,
+// must be the source's (PermissionDenied otherwise); the forks belong to
+// the source's team.
+func (m *Manager) ForkAs(ctx context.Context, team, id string, n int) ([]Info, error) {
 	if n < 1 || n > MaxForks {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "fork count %d: must be 1-%d", n, MaxForks)
+	}
+	if err := checkTeamID(team); err != nil {
+		return nil, err
 	}
 	src, err := m.lookup(id)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkSandboxTeam(src.rec, team); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	dir := filepath.Join(m.cfg.Dir, "snapshots", "fork-"+id+"-"+newID())
-	snap, srcRec, err := m.capture(ctx, src, dir, snapshot.KindForkSource)
+	snap, srcRec, err := m.capture(ctx, src, dir, snapshot.KindForkSource, team)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +93,9 @@ func (m *Manager) Fork(ctx context.Context, id string, n int) ([]Info, error) {
 // device state and copy its memory and disk into dir (which must not
 // exist), sealed with a manifest of the given kind, then lets it carry on
 // as it was. It returns the verified snapshot and the source's record.
-func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind snapshot.Kind) (*snapshot.Snapshot, record, error) {
+// The manifest's spec (and the returned record) name owner as the team,
+// or the source's own team when owner is empty.
+func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind snapshot.Kind, owner string) (*snapshot.Snapshot, record, error) {
 	if err := lockCtx(ctx, &src.mu); err != nil {
 		return nil, record{}, err
 	}
@@ -115,7 +130,11 @@ func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind sn
 		if _, _, err := disk.Freeze(ctx, r.Disk, filepath.Join(dir, snapshotDiskName)); err != nil {
 			return fmt.Errorf("freeze disk: %w", err)
 		}
-		return m.writeManifest(ctx, dir, kind, r, "")
+		spec := *r
+		if owner != "" {
+			spec.TeamID = owner
+		}
+		return m.writeManifest(ctx, dir, kind, &spec, "")
 	}()
 	if err != nil {
 		return nil, record{}, errors.Join(fmt.Errorf("fork %s: %w", r.ID, err), snapshot.Remove(dir))
@@ -124,7 +143,11 @@ func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind sn
 	if err != nil {
 		return nil, record{}, errors.Join(fmt.Errorf("fork %s: %w", r.ID, err), snapshot.Remove(dir))
 	}
-	return snap, *r, nil
+	out := *r
+	if owner != "" {
+		out.TeamID = owner
+	}
+	return snap, out, nil
 }
 
 // restoreFork brings up one fork from a fork snapshot.

@@ -45,14 +45,26 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 	return m.transition(ctx, id, state.Paused, pauseMachine)
 }
 
-// Resume continues a paused sandbox where it stopped, or restores a
-// hibernated one from its snapshot.
+// Resume is ResumeAs for a local caller (no team check).
 func (m *Manager) Resume(ctx context.Context, id string) error {
+	return m.ResumeAs(ctx, "", id)
+}
+
+// ResumeAs continues a paused sandbox where it stopped, or restores a
+// hibernated one from its snapshot. A team, when given, must be the
+// sandbox's (PermissionDenied otherwise).
+func (m *Manager) ResumeAs(ctx context.Context, team, id string) error {
+	if err := checkTeamID(team); err != nil {
+		return err
+	}
 	sb, err := m.acquire(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer sb.mu.Unlock()
+	if err := checkSandboxTeam(sb.rec, team); err != nil {
+		return err
+	}
 	if sb.rec.State == state.Hibernated {
 		return m.resumeHibernated(ctx, sb)
 	}

@@ -17,7 +17,12 @@ const recordFile = "sandbox.json"
 // record is everything a restarted agent needs to re-adopt a sandbox. It is
 // rewritten (atomically) on every state change.
 type record struct {
-	ID       string            `json:"id"`
+	ID string `json:"id"`
+	// TeamID is the team the sandbox was created for ("" when the caller
+	// named none: a local caller, or a record from before teams were
+	// recorded). Forks inherit it; a template snapshotted from the sandbox
+	// is owned by it.
+	TeamID   string            `json:"team_id,omitempty"`
 	Template string            `json:"template"`
 	VCPUs    int               `json:"vcpus"`
 	MemoryMB int               `json:"memory_mb"`

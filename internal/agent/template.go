@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/agent/state"
-	"github.com/wrenn/wrenn/internal/disk"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/plan"
@@ -29,16 +29,77 @@ func (m *Manager) hasSnapshot(name string) bool {
 	return err == nil
 }
 
-// SnapshotTemplate makes a new template from a running or paused sandbox:
-// its disk and memory as they are now. Creating a sandbox from the
-// template is then a restore of that state, not a boot. The source carries
-// on as it was.
+// checkTeamID validates a team id a request carries ("" is none).
+func checkTeamID(team string) error {
+	if team != "" && !validID(team) {
+		return errdefs.New(errdefs.ErrInvalidArgument, "team_id %q: use 1-40 of a-z, 0-9 and '-'", team)
+	}
+	return nil
+}
+
+// checkSandboxTeam refuses a request made for team on a sandbox recorded
+// for another. Either side empty passes: a local caller names no team, and
+// a sandbox created before teams were recorded has none (the control plane
+// checks the team itself; this is the second line).
+func checkSandboxTeam(r *record, team string) error {
+	if team != "" && r.TeamID != "" && team != r.TeamID {
+		return errdefs.New(errdefs.ErrPermissionDenied, "sandbox %s belongs to another team", r.ID)
+	}
+	return nil
+}
+
+// checkTemplateOwner refuses to use a snapshot template for any team but
+// the one that owns it, including a request that names no team: its
+// memory and disk are that team's data. Templates with no owner (taken by
+// a local caller) are usable by all, like base images.
+func checkTemplateOwner(name, owner, team string) error {
+	if owner != "" && team != owner {
+		return errdefs.New(errdefs.ErrPermissionDenied, "template %q belongs to another team", name)
+	}
+	return nil
+}
+
+// templateOwner reads the team that owns snapshot template name from its
+// manifest ("" for none).
+func (m *Manager) templateOwner(ctx context.Context, name string) (string, error) {
+	snap, err := snapshot.Open(ctx, m.templateSnapshotDir(name))
+	if err != nil {
+		return "", fmt.Errorf("template %s: %w", name, err)
+	}
+	var tpl record
+	if err := json.Unmarshal(snap.Manifest.Spec, &tpl); err != nil {
+		return "", fmt.Errorf("template %s: decode spec: %w", name, err)
+	}
+	return tpl.TeamID, nil
+}
+
+// SnapshotTemplate is SnapshotTemplateAs for a local caller: the template
+// is owned by the source sandbox's team, if it has one.
 func (m *Manager) SnapshotTemplate(ctx context.Context, id, name string) error {
+	return m.SnapshotTemplateAs(ctx, "", id, name)
+}
+
+// SnapshotTemplateAs makes a new template from a running or paused
+// sandbox: its disk and memory as they are now. Creating a sandbox from
+// the template is then a restore of that state, not a boot. The source
+// carries on as it was. The template is owned by team (or, when team is
+// empty, by the source's team) and only that team can create from it; a
+// source recorded for another team is PermissionDenied.
+//
+// Its files are root's alone (directories 0700, files 0600): no VMM opens
+// them, since every sandbox made from it gets a private copy of its disk.
+func (m *Manager) SnapshotTemplateAs(ctx context.Context, team, id, name string) error {
 	if !validID(name) {
 		return errdefs.New(errdefs.ErrInvalidArgument, "template name %q: use 1-40 of a-z, 0-9 and '-'", name)
 	}
+	if err := checkTeamID(team); err != nil {
+		return err
+	}
 	src, err := m.lookup(id)
 	if err != nil {
+		return err
+	}
+	if err := checkSandboxTeam(src.rec, team); err != nil {
 		return err
 	}
 	final := filepath.Join(m.cfg.Dir, "images", name)
@@ -48,17 +109,15 @@ func (m *Manager) SnapshotTemplate(ctx context.Context, id, name string) error {
 	// Built beside its final place and renamed in whole, so a template is
 	// either complete or absent.
 	tmp := filepath.Join(m.cfg.Dir, "images", "."+name+".tmp-"+newID())
-	if err := os.Mkdir(tmp, 0o755); err != nil {
+	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return fmt.Errorf("snapshot template %s: %w", name, errdefs.FromOS(err))
 	}
 	defer os.RemoveAll(tmp)
 	start := time.Now()
-	if _, _, err := m.capture(ctx, src, filepath.Join(tmp, "snapshot"), snapshot.KindTemplate); err != nil {
+	if _, _, err := m.capture(ctx, src, filepath.Join(tmp, "snapshot"), snapshot.KindTemplate, team); err != nil {
 		return fmt.Errorf("snapshot template %s: %w", name, err)
 	}
-	// The VMMs of sandboxes made from the template read its disk (their
-	// overlay's backing file) under their own identities.
-	if err := os.Chmod(filepath.Join(tmp, "snapshot"), 0o755); err != nil {
+	if err := restrictTree(tmp); err != nil {
 		return fmt.Errorf("snapshot template %s: %w", name, err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
@@ -68,15 +127,57 @@ func (m *Manager) SnapshotTemplate(ctx context.Context, id, name string) error {
 	return nil
 }
 
-// DeleteTemplate removes a template made by SnapshotTemplate, with its
-// disk and memory. A template that sandboxes still use (their disks lie
-// over its disk) is FailedPrecondition; base images are not deleted here.
+// restrictTree gives everything under dir to root with no access for
+// anyone else (directories 0700, files 0600). Symlinks are not followed.
+func restrictTree(dir string) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil
+		}
+		if err := os.Lchown(p, 0, 0); err != nil {
+			return fmt.Errorf("restrict %s: %w", p, err)
+		}
+		mode := os.FileMode(0o600)
+		if d.IsDir() {
+			mode = 0o700
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			return fmt.Errorf("restrict %s: %w", p, err)
+		}
+		return nil
+	})
+}
+
+// DeleteTemplate is DeleteTemplateAs for a local caller.
 func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
+	return m.DeleteTemplateAs(ctx, "", name)
+}
+
+// DeleteTemplateAs removes a template made by SnapshotTemplate, with its
+// disk and memory. A template that sandboxes still use is
+// FailedPrecondition; base images are not deleted here. A team, when
+// given, must own the template (PermissionDenied otherwise).
+func (m *Manager) DeleteTemplateAs(ctx context.Context, team, name string) error {
 	if !validID(name) {
 		return errdefs.New(errdefs.ErrInvalidArgument, "template name %q", name)
 	}
+	if err := checkTeamID(team); err != nil {
+		return err
+	}
 	if !m.hasSnapshot(name) {
 		return errdefs.New(errdefs.ErrNotFound, "template %q has no snapshot to delete", name)
+	}
+	if team != "" {
+		owner, err := m.templateOwner(ctx, name)
+		if err != nil {
+			return err
+		}
+		if err := checkTemplateOwner(name, owner, team); err != nil {
+			return err
+		}
 	}
 	list, err := m.List(ctx)
 	if err != nil {
@@ -95,7 +196,8 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
 
 // createFromTemplate restores a new sandbox from a template's snapshot.
 // vCPUs, memory and disk are the template's; a request asking for others
-// is InvalidArgument (a snapshot cannot change them).
+// is InvalidArgument (a snapshot cannot change them). A request for any
+// team but the template's owner is PermissionDenied.
 func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (Info, error) {
 	snapDir := m.templateSnapshotDir(req.Template)
 	snap, err := snapshot.Open(ctx, snapDir)
@@ -105,6 +207,9 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	var tpl record
 	if err := json.Unmarshal(snap.Manifest.Spec, &tpl); err != nil {
 		return Info{}, fmt.Errorf("template %s: decode spec: %w", req.Template, err)
+	}
+	if err := checkTemplateOwner(req.Template, tpl.TeamID, req.TeamID); err != nil {
+		return Info{}, err
 	}
 	for _, f := range []struct {
 		name      string
@@ -133,7 +238,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	sb := &sandbox{
 		dir: m.sandboxDir(req.ID),
 		rec: &record{
-			ID: req.ID, Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB,
+			ID: req.ID, TeamID: req.TeamID, Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB,
 			DiskMB: req.DiskMB, Env: env, Metadata: maps.Clone(req.Metadata),
 			Network: req.Network, Timeout: req.Timeout, OnTimeout: req.OnTimeout,
 			State: state.Starting, KernelVersion: tpl.KernelVersion,
@@ -149,36 +254,13 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	defer sb.mu.Unlock()
 	log := m.log.With("sandbox_id", req.ID, "template", req.Template)
 	start := time.Now()
+	// A private copy of the template's frozen disk (a reflink where the
+	// filesystem has them), as for a fork: the template's files stay
+	// root's alone, never opened by a VMM, so no other sandbox's VMM (of
+	// whatever team) can read them.
 	frozen := filepath.Join(snapDir, snapshotDiskName)
-	steps := append([]plan.Step{
-		{
-			Name: "dir",
-			Do: func(context.Context) error {
-				if err := os.Mkdir(sb.dir, 0o700); err != nil {
-					return errdefs.FromOS(err)
-				}
-				return os.Mkdir(vmDir(sb.dir), 0o700)
-			},
-			Undo: func(context.Context) error { return os.RemoveAll(sb.dir) },
-		},
-		{
-			Name: "record",
-			Do:   func(context.Context) error { return writeRecord(sb.dir, sb.rec) },
-		},
-		{
-			// An O(1) overlay over the template's frozen disk, which the
-			// template keeps (DeleteTemplate refuses while it is in use).
-			Name: "disk",
-			Do: func(ctx context.Context) error {
-				d, err := disk.Clone(ctx, frozen, overlayPath(sb.dir))
-				if err != nil {
-					return err
-				}
-				sb.rec.Disk, sb.rec.DiskFormat = d.Path, string(disk.QCOW2)
-				return nil
-			},
-		},
-	}, m.restoreSteps(sb, snap, envdclient.InitRequest{AccessToken: newToken(), EnvVars: env, DefaultUser: defaultUser})...)
+	steps := append(m.diskFromSnapshotSteps(sb, frozen),
+		m.restoreSteps(sb, snap, envdclient.InitRequest{AccessToken: newToken(), EnvVars: env, DefaultUser: defaultUser})...)
 	if err := plan.Run(ctx, log, steps); err != nil {
 		m.forget(req.ID)
 		log.Warn("sandbox create from template failed", "err", err)

@@ -9,7 +9,6 @@
 package capin
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -17,8 +16,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -123,12 +122,17 @@ type Trust struct {
 	CAPEM []byte
 }
 
-// Transport returns an HTTP transport (HTTP/2 over TLS, HTTP/1.1) whose
-// TLS handshakes accept the server only if its certificate verifies for
-// the dialled host against the system roots plus t.CAPEM, or against the
-// CA in its chain whose fingerprint is t.Pin. The handshake fails before a
-// single request byte (a token, a credential) is sent to anyone else.
-func Transport(t Trust) (*http.Transport, error) {
+// TLSConfig returns the client TLS configuration for reaching the control
+// plane at host (a DNS name or an IP address, no port). The server is
+// accepted only if its certificate verifies for host against the system
+// roots plus t.CAPEM, or against the CA in its presented chain whose
+// fingerprint is t.Pin. The handshake fails before a single request byte (a
+// token, a credential) is sent to anyone else.
+//
+// The name is fixed rather than taken from each dial because a handshake
+// with an IP address carries no server name to check against; a client
+// built here talks to that one control plane.
+func TLSConfig(t Trust, host string) (*tls.Config, error) {
 	roots, err := x509.SystemCertPool()
 	if err != nil || roots == nil {
 		roots = x509.NewCertPool()
@@ -136,32 +140,47 @@ func Transport(t Trust) (*http.Transport, error) {
 	if len(t.CAPEM) > 0 && !roots.AppendCertsFromPEM(t.CAPEM) {
 		return nil, errors.New("CA certificate: no PEM certificate in it")
 	}
-	if t.Pin != "" {
-		if t.Pin, err = ParseHash(t.Pin); err != nil {
-			return nil, err
-		}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+	if t.Pin == "" {
+		return cfg, nil
+	}
+	pin, err := ParseHash(t.Pin)
+	if err != nil {
+		return nil, err
+	}
+	host = strings.Trim(host, "[]")
+	cfg.ServerName = host
+	// Verified by VerifyConnection instead, which also knows the pin.
+	cfg.InsecureSkipVerify = true //nolint:gosec // VerifyConnection verifies
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error { return verify(cs.PeerCertificates, host, roots, pin) }
+	return cfg, nil
+}
+
+// Transport is an HTTP transport (HTTP/2 over TLS, HTTP/1.1 for upgrades)
+// to the control plane at host, trusting it by TLSConfig.
+func Transport(t Trust, host string) (*http.Transport, error) {
+	cfg, err := TLSConfig(t, host)
+	if err != nil {
+		return nil, err
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
 	tr.ForceAttemptHTTP2 = true
-	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-	tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		host, _, err := net.SplitHostPort(addr)
-		if err != nil {
-			return nil, err
-		}
-		cfg := &tls.Config{
-			MinVersion: tls.VersionTLS12,
-			ServerName: host,
-			NextProtos: []string{"h2", "http/1.1"},
-			// Verified below, with the host name this dial is for (the
-			// connection state does not carry an IP address as SNI).
-			InsecureSkipVerify: true, //nolint:gosec // VerifyConnection verifies
-			VerifyConnection:   func(cs tls.ConnectionState) error { return verify(cs.PeerCertificates, host, roots, t.Pin) },
-		}
-		d := &tls.Dialer{NetDialer: dialer, Config: cfg}
-		return d.DialContext(ctx, network, addr)
-	}
 	return tr, nil
+}
+
+// Client is an http.Client for the control plane at baseURL over
+// Transport, with the given timeout (0: none, for streams).
+func Client(t Trust, baseURL string, timeout time.Duration) (*http.Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || u.Hostname() == "" {
+		return nil, fmt.Errorf("control plane URL %q: want an absolute URL", baseURL)
+	}
+	tr, err := Transport(t, u.Hostname())
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: tr, Timeout: timeout}, nil
 }
 
 // verify accepts chain[0] for host if it chains to roots, or to a CA in
@@ -196,13 +215,4 @@ func verify(chain []*x509.Certificate, host string, roots *x509.CertPool, pin st
 	}
 	return fmt.Errorf("%w: the control plane's certificate (issuer %q) is neither trusted by this machine nor signed by the pinned CA %s (wrong pin, or a man in the middle)",
 		ErrMismatch, chain[0].Issuer.String(), pin)
-}
-
-// Client is an http.Client over Transport(t) with the given timeout.
-func Client(t Trust, timeout time.Duration) (*http.Client, error) {
-	tr, err := Transport(t)
-	if err != nil {
-		return nil, err
-	}
-	return &http.Client{Transport: tr, Timeout: timeout}, nil
 }

@@ -120,7 +120,11 @@ func (c *Collector) Collect(ctx context.Context) (Status, error) {
 	}
 	for _, t := range tmpls {
 		out.Templates = append(out.Templates, Template(t))
-		out.Specs.Images = append(out.Specs.Images, t.Name)
+		// Images are the built-ins every team may use: a snapshot
+		// template is one team's memory and disk, never one of them.
+		if !t.Snapshot {
+			out.Specs.Images = append(out.Specs.Images, t.Name)
+		}
 	}
 	slices.Sort(out.Specs.Images)
 	out.SandboxStates = make(map[string]hostagentv1.SandboxState, len(infos))

@@ -44,7 +44,7 @@ func NewClient(baseURL string, trust capin.Trust) (hostagentv1connect.HostRegist
 	hc := &http.Client{Timeout: requestTimeout}
 	if isHTTPS(baseURL) {
 		var err error
-		if hc, err = capin.Client(trust, requestTimeout); err != nil {
+		if hc, err = capin.Client(trust, baseURL, requestTimeout); err != nil {
 			return nil, fmt.Errorf("control plane TLS: %w", err)
 		}
 	}

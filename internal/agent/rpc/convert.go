@@ -135,6 +135,7 @@ func createFromProto(r *hostagentv1.CreateSandboxRequest) (agent.CreateRequest, 
 	}
 	return agent.CreateRequest{
 		ID:        r.GetId(),
+		TeamID:    r.GetTeamId(),
 		Template:  r.GetTemplate(),
 		VCPUs:     int(r.GetVcpus()),
 		MemoryMB:  int(r.GetMemoryMb()),

@@ -48,12 +48,14 @@ type fakeManager struct {
 	}
 	lastPolicy network.Policy
 	lastTail   int64
+	// teams is the team the last call of each *As method carried.
+	teams map[string]string
 }
 
 var _ rpc.Manager = (*fakeManager)(nil)
 
 func newFakeManager() *fakeManager {
-	return &fakeManager{sandboxes: map[string]agent.Info{}, errs: map[string]error{}, touches: map[string]int{}}
+	return &fakeManager{sandboxes: map[string]agent.Info{}, errs: map[string]error{}, touches: map[string]int{}, teams: map[string]string{}}
 }
 
 func (f *fakeManager) add(in agent.Info) {
@@ -150,12 +152,29 @@ func (f *fakeManager) Destroy(_ context.Context, id string) error {
 }
 
 func (f *fakeManager) Pause(_ context.Context, id string) error     { return f.simple("Pause", id) }
-func (f *fakeManager) Resume(_ context.Context, id string) error    { return f.simple("Resume", id) }
 func (f *fakeManager) Hibernate(_ context.Context, id string) error { return f.simple("Hibernate", id) }
 
-func (f *fakeManager) Fork(_ context.Context, id string, n int) ([]agent.Info, error) {
+func (f *fakeManager) ResumeAs(_ context.Context, team, id string) error {
+	f.setTeam("Resume", team)
+	return f.simple("Resume", id)
+}
+
+func (f *fakeManager) setTeam(method, team string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.teams[method] = team
+}
+
+func (f *fakeManager) team(method string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.teams[method]
+}
+
+func (f *fakeManager) ForkAs(_ context.Context, team, id string, n int) ([]agent.Info, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.teams["Fork"] = team
 	src, err := f.lookup("Fork", id)
 	if err != nil {
 		return nil, err
@@ -206,9 +225,10 @@ func (f *fakeManager) ConsoleLog(_ context.Context, id string, n int64) ([]byte,
 	return f.console, nil
 }
 
-func (f *fakeManager) SnapshotTemplate(_ context.Context, id, name string) error {
+func (f *fakeManager) SnapshotTemplateAs(_ context.Context, team, id, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.teams["SnapshotTemplate"] = team
 	if _, err := f.lookup("SnapshotTemplate", id); err != nil {
 		return err
 	}
@@ -216,9 +236,10 @@ func (f *fakeManager) SnapshotTemplate(_ context.Context, id, name string) error
 	return nil
 }
 
-func (f *fakeManager) DeleteTemplate(_ context.Context, name string) error {
+func (f *fakeManager) DeleteTemplateAs(_ context.Context, team, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.teams["DeleteTemplate"] = team
 	if err := f.record("DeleteTemplate", name); err != nil {
 		return err
 	}

@@ -31,15 +31,17 @@ type Manager interface {
 	List(ctx context.Context) ([]agent.Info, error)
 	Destroy(ctx context.Context, id string) error
 	Pause(ctx context.Context, id string) error
-	Resume(ctx context.Context, id string) error
+	// The *As calls carry the team the control plane acts for: the
+	// manager refuses a sandbox or snapshot template another team owns.
+	ResumeAs(ctx context.Context, team, id string) error
 	Hibernate(ctx context.Context, id string) error
-	Fork(ctx context.Context, id string, n int) ([]agent.Info, error)
+	ForkAs(ctx context.Context, team, id string, n int) ([]agent.Info, error)
 	SetTimeout(ctx context.Context, id string, timeout time.Duration, on agent.OnTimeout) error
 	SetNetwork(ctx context.Context, id string, pol network.Policy) error
 	Metrics(ctx context.Context, id string) (agent.Metrics, error)
 	ConsoleLog(ctx context.Context, id string, n int64) ([]byte, error)
-	SnapshotTemplate(ctx context.Context, id, name string) error
-	DeleteTemplate(ctx context.Context, name string) error
+	SnapshotTemplateAs(ctx context.Context, team, id, name string) error
+	DeleteTemplateAs(ctx context.Context, team, name string) error
 	Templates(ctx context.Context) ([]agent.Template, error)
 	// Touch resets a sandbox's idle timer.
 	Touch(id string) error
@@ -189,7 +191,9 @@ func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[hostage
 }
 
 func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[hostagentv1.ResumeSandboxRequest]) (*connect.Response[hostagentv1.ResumeSandboxResponse], error) {
-	return byID[hostagentv1.ResumeSandboxResponse](ctx, "id", req.Msg.GetId(), s.m.Resume)
+	return byID[hostagentv1.ResumeSandboxResponse](ctx, "id", req.Msg.GetId(), func(ctx context.Context, id string) error {
+		return s.m.ResumeAs(ctx, req.Msg.GetTeamId(), id)
+	})
 }
 
 func (s *service) HibernateSandbox(ctx context.Context, req *connect.Request[hostagentv1.HibernateSandboxRequest]) (*connect.Response[hostagentv1.HibernateSandboxResponse], error) {
@@ -204,7 +208,7 @@ func (s *service) ForkSandbox(ctx context.Context, req *connect.Request[hostagen
 	if n < 1 || n > MaxForks {
 		return nil, errdefs.ToConnect(errdefs.New(errdefs.ErrInvalidArgument, "count %d: must be 1-%d", n, MaxForks))
 	}
-	infos, err := s.m.Fork(ctx, req.Msg.GetId(), int(n))
+	infos, err := s.m.ForkAs(ctx, req.Msg.GetTeamId(), req.Msg.GetId(), int(n))
 	if err != nil {
 		return nil, errdefs.ToConnect(err)
 	}
@@ -287,7 +291,7 @@ func (s *service) SnapshotTemplate(ctx context.Context, req *connect.Request[hos
 		return nil, errdefs.ToConnect(err)
 	}
 	name := req.Msg.GetTemplate()
-	if err := s.m.SnapshotTemplate(ctx, req.Msg.GetSandboxId(), name); err != nil {
+	if err := s.m.SnapshotTemplateAs(ctx, req.Msg.GetTeamId(), req.Msg.GetSandboxId(), name); err != nil {
 		return nil, errdefs.ToConnect(err)
 	}
 	// The manager answers only success; describe the new template as the
@@ -302,7 +306,9 @@ func (s *service) SnapshotTemplate(ctx context.Context, req *connect.Request[hos
 }
 
 func (s *service) DeleteTemplate(ctx context.Context, req *connect.Request[hostagentv1.DeleteTemplateRequest]) (*connect.Response[hostagentv1.DeleteTemplateResponse], error) {
-	return byID[hostagentv1.DeleteTemplateResponse](ctx, "name", req.Msg.GetName(), s.m.DeleteTemplate)
+	return byID[hostagentv1.DeleteTemplateResponse](ctx, "name", req.Msg.GetName(), func(ctx context.Context, name string) error {
+		return s.m.DeleteTemplateAs(ctx, req.Msg.GetTeamId(), name)
+	})
 }
 
 func (s *service) ListTemplates(ctx context.Context, _ *connect.Request[hostagentv1.ListTemplatesRequest]) (*connect.Response[hostagentv1.ListTemplatesResponse], error) {

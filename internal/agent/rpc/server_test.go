@@ -349,7 +349,7 @@ func TestGetHostStatus(t *testing.T) {
 	sp, u := res.Msg.GetSpecs(), res.Msg.GetUsage()
 	if sp.GetCpus() < 1 || sp.GetArch() == "" || sp.GetMemoryBytes() != 16000000<<10 || sp.GetDiskBytes() <= 0 ||
 		sp.GetVmm() != "qemu" || sp.GetAccelerator() != "tcg" || sp.GetAgentVersion() == "" ||
-		strings.Join(sp.GetImages(), ",") != "minimal,python" {
+		strings.Join(sp.GetImages(), ",") != "minimal" { // a snapshot template is never a base image
 		t.Errorf("specs = %v", sp)
 	}
 	// sb1 running, sb2 paused (both hold 2 vCPUs / 512 MiB), sb3
@@ -396,4 +396,48 @@ func TestRPCMetrics(t *testing.T) {
 	if got["code=not_found,method=GetSandbox"] != 1 || got["code=ok,method=ListSandboxes"] != 1 {
 		t.Errorf("rpc request counts = %v", got)
 	}
+}
+
+// TestTeamReachesManager checks that every call that creates from a
+// template, forks, resumes, snapshots or deletes a template hands the
+// manager the team the control plane acts for, and that the manager's
+// refusal of another team's sandbox or template reaches the caller as
+// PermissionDenied.
+func TestTeamReachesManager(t *testing.T) {
+	m := newFakeManager()
+	m.add(running("sb1"))
+	s := startAgent(t, m, serverOpts{})
+	ctx := context.Background()
+	const team = "0b5c8f9e-1f57-4a43-9d3c-5c1e8a3f0a11"
+
+	if _, err := s.rpc.CreateSandbox(ctx, connect.NewRequest(&hostagentv1.CreateSandboxRequest{Id: "new1", Template: "t-abc", TeamId: team})); err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	created := m.lastCreate.TeamID
+	m.mu.Unlock()
+	if created != team {
+		t.Errorf("create team = %q, want %q", created, team)
+	}
+	if _, err := s.rpc.ForkSandbox(ctx, connect.NewRequest(&hostagentv1.ForkSandboxRequest{Id: "sb1", Count: 1, TeamId: team})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.rpc.SnapshotTemplate(ctx, connect.NewRequest(&hostagentv1.SnapshotTemplateRequest{SandboxId: "sb1", Template: "t-mine", TeamId: team})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.rpc.ResumeSandbox(ctx, connect.NewRequest(&hostagentv1.ResumeSandboxRequest{Id: "sb1", TeamId: team})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.rpc.DeleteTemplate(ctx, connect.NewRequest(&hostagentv1.DeleteTemplateRequest{Name: "t-mine", TeamId: team})); err != nil {
+		t.Fatal(err)
+	}
+	for _, method := range []string{"Fork", "SnapshotTemplate", "Resume", "DeleteTemplate"} {
+		if got := m.team(method); got != team {
+			t.Errorf("%s team = %q, want %q", method, got, team)
+		}
+	}
+
+	m.fail("Create", errdefs.New(errdefs.ErrPermissionDenied, "template %q belongs to another team", "t-abc"))
+	_, err := s.rpc.CreateSandbox(ctx, connect.NewRequest(&hostagentv1.CreateSandboxRequest{Id: "new2", Template: "t-abc", TeamId: "other"}))
+	wantCode(t, err, connect.CodePermissionDenied)
 }

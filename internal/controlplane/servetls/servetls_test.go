@@ -32,16 +32,16 @@ func handshake(t *testing.T, cfg *tls.Config, trust capin.Trust) (*tls.Connectio
 			c.Close()
 		}
 	}()
-	tr, err := capin.Transport(trust)
+	tc, err := capin.TLSConfig(trust, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := tr.DialTLSContext(t.Context(), "tcp", ln.Addr().String())
+	c, err := tls.Dial("tcp", ln.Addr().String(), tc)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	st := c.(*tls.Conn).ConnectionState()
+	st := c.ConnectionState()
 	return &st, nil
 }
 

@@ -358,16 +358,19 @@ func (x *Sandbox) GetAccessToken() string {
 type CreateSandboxRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chosen by the control plane.
-	Id            string            `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Template      string            `protobuf:"bytes,2,opt,name=template,proto3" json:"template,omitempty"`
-	Vcpus         int32             `protobuf:"varint,3,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
-	MemoryMb      int32             `protobuf:"varint,4,opt,name=memory_mb,json=memoryMb,proto3" json:"memory_mb,omitempty"`
-	DiskMb        int32             `protobuf:"varint,5,opt,name=disk_mb,json=diskMb,proto3" json:"disk_mb,omitempty"`
-	Env           map[string]string `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Metadata      map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Network       *NetworkPolicy    `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
-	TimeoutMs     int64             `protobuf:"varint,9,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
-	OnTimeout     OnTimeout         `protobuf:"varint,10,opt,name=on_timeout,json=onTimeout,proto3,enum=hostagent.v1.OnTimeout" json:"on_timeout,omitempty"`
+	Id        string            `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Template  string            `protobuf:"bytes,2,opt,name=template,proto3" json:"template,omitempty"`
+	Vcpus     int32             `protobuf:"varint,3,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	MemoryMb  int32             `protobuf:"varint,4,opt,name=memory_mb,json=memoryMb,proto3" json:"memory_mb,omitempty"`
+	DiskMb    int32             `protobuf:"varint,5,opt,name=disk_mb,json=diskMb,proto3" json:"disk_mb,omitempty"`
+	Env       map[string]string `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata  map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Network   *NetworkPolicy    `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
+	TimeoutMs int64             `protobuf:"varint,9,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	OnTimeout OnTimeout         `protobuf:"varint,10,opt,name=on_timeout,json=onTimeout,proto3,enum=hostagent.v1.OnTimeout" json:"on_timeout,omitempty"`
+	// The team the sandbox belongs to. The agent records it, and refuses to
+	// create from a snapshot template another team owns (PermissionDenied).
+	TeamId        string `protobuf:"bytes,11,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -470,6 +473,13 @@ func (x *CreateSandboxRequest) GetOnTimeout() OnTimeout {
 		return x.OnTimeout
 	}
 	return OnTimeout_ON_TIMEOUT_UNSPECIFIED
+}
+
+func (x *CreateSandboxRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
 }
 
 type CreateSandboxResponse struct {
@@ -845,8 +855,11 @@ func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
 }
 
 type ResumeSandboxRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// When set, must be the team the sandbox was created for
+	// (PermissionDenied otherwise).
+	TeamId        string `protobuf:"bytes,2,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -884,6 +897,13 @@ func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
 func (x *ResumeSandboxRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *ResumeSandboxRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
 	}
 	return ""
 }
@@ -1005,9 +1025,12 @@ func (*HibernateSandboxResponse) Descriptor() ([]byte, []int) {
 }
 
 type ForkSandboxRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Count         int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Count int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	// When set, must be the team the source was created for
+	// (PermissionDenied otherwise); the forks belong to it too.
+	TeamId        string `protobuf:"bytes,3,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1054,6 +1077,13 @@ func (x *ForkSandboxRequest) GetCount() int32 {
 		return x.Count
 	}
 	return 0
+}
+
+func (x *ForkSandboxRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
 }
 
 type ForkSandboxResponse struct {
@@ -1535,9 +1565,12 @@ func (x *GetSandboxLogsResponse) GetConsole() []byte {
 }
 
 type SnapshotTemplateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
-	Template      string                 `protobuf:"bytes,2,opt,name=template,proto3" json:"template,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Template  string                 `protobuf:"bytes,2,opt,name=template,proto3" json:"template,omitempty"`
+	// The team that owns the new template (and must own the sandbox when the
+	// sandbox records one). Only that team may create sandboxes from it.
+	TeamId        string `protobuf:"bytes,3,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1582,6 +1615,13 @@ func (x *SnapshotTemplateRequest) GetSandboxId() string {
 func (x *SnapshotTemplateRequest) GetTemplate() string {
 	if x != nil {
 		return x.Template
+	}
+	return ""
+}
+
+func (x *SnapshotTemplateRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
 	}
 	return ""
 }
@@ -1631,8 +1671,10 @@ func (x *SnapshotTemplateResponse) GetTemplate() *Template {
 }
 
 type DeleteTemplateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// When set, must be the team that owns the template.
+	TeamId        string `protobuf:"bytes,2,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1670,6 +1712,13 @@ func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
 func (x *DeleteTemplateRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteTemplateRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
 	}
 	return ""
 }
@@ -1860,8 +1909,10 @@ type HostSpecs struct {
 	Vmm           string                 `protobuf:"bytes,5,opt,name=vmm,proto3" json:"vmm,omitempty"`                 // "qemu" or "firecracker"
 	Accelerator   string                 `protobuf:"bytes,6,opt,name=accelerator,proto3" json:"accelerator,omitempty"` // "kvm" or "tcg"
 	KernelVersion string                 `protobuf:"bytes,7,opt,name=kernel_version,json=kernelVersion,proto3" json:"kernel_version,omitempty"`
-	Images        []string               `protobuf:"bytes,8,rep,name=images,proto3" json:"images,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// Base images only (built-in templates every team may use); snapshot
+	// templates, which belong to one team, are never listed here.
+	Images        []string `protobuf:"bytes,8,rep,name=images,proto3" json:"images,omitempty"`
+	AgentVersion  string   `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1971,6 +2022,15 @@ type HostUsage struct {
 	MemoryAvailableBytes int64   `protobuf:"varint,6,opt,name=memory_available_bytes,json=memoryAvailableBytes,proto3" json:"memory_available_bytes,omitempty"`
 	DiskAvailableBytes   int64   `protobuf:"varint,7,opt,name=disk_available_bytes,json=diskAvailableBytes,proto3" json:"disk_available_bytes,omitempty"`
 	Load1                float64 `protobuf:"fixed64,8,opt,name=load1,proto3" json:"load1,omitempty"`
+	// The tmpfs guest RAM lives in (/dev/shm/<agent name>): its size and what
+	// it has free. A full one SIGBUSes the VMM that touches a new page, so
+	// the control plane admits guest memory against it too.
+	GuestMemoryBytes          int64 `protobuf:"varint,9,opt,name=guest_memory_bytes,json=guestMemoryBytes,proto3" json:"guest_memory_bytes,omitempty"`
+	GuestMemoryAvailableBytes int64 `protobuf:"varint,10,opt,name=guest_memory_available_bytes,json=guestMemoryAvailableBytes,proto3" json:"guest_memory_available_bytes,omitempty"`
+	// Bytes the sandboxes' disks and hibernation images occupy on WRENN_DIR's
+	// filesystem: with disk_available_bytes, how much of what they reserve is
+	// still unwritten (and must stay free).
+	SandboxDiskUsedBytes int64 `protobuf:"varint,11,opt,name=sandbox_disk_used_bytes,json=sandboxDiskUsedBytes,proto3" json:"sandbox_disk_used_bytes,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -2057,6 +2117,27 @@ func (x *HostUsage) GetDiskAvailableBytes() int64 {
 func (x *HostUsage) GetLoad1() float64 {
 	if x != nil {
 		return x.Load1
+	}
+	return 0
+}
+
+func (x *HostUsage) GetGuestMemoryBytes() int64 {
+	if x != nil {
+		return x.GuestMemoryBytes
+	}
+	return 0
+}
+
+func (x *HostUsage) GetGuestMemoryAvailableBytes() int64 {
+	if x != nil {
+		return x.GuestMemoryAvailableBytes
+	}
+	return 0
+}
+
+func (x *HostUsage) GetSandboxDiskUsedBytes() int64 {
+	if x != nil {
+		return x.SandboxDiskUsedBytes
 	}
 	return 0
 }
@@ -2571,7 +2652,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\faccess_token\x18\x0e \x01(\tR\vaccessToken\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\x04\n" +
 	"\x14CreateSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x12\x14\n" +
@@ -2585,7 +2666,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"timeout_ms\x18\t \x01(\x03R\ttimeoutMs\x126\n" +
 	"\n" +
 	"on_timeout\x18\n" +
-	" \x01(\x0e2\x17.hostagent.v1.OnTimeoutR\tonTimeout\x1a6\n" +
+	" \x01(\x0e2\x17.hostagent.v1.OnTimeoutR\tonTimeout\x12\x17\n" +
+	"\ateam_id\x18\v \x01(\tR\x06teamId\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
@@ -2606,16 +2688,18 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x16DestroySandboxResponse\"%\n" +
 	"\x13PauseSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x16\n" +
-	"\x14PauseSandboxResponse\"&\n" +
+	"\x14PauseSandboxResponse\"?\n" +
 	"\x14ResumeSandboxRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
+	"\ateam_id\x18\x02 \x01(\tR\x06teamId\"\x17\n" +
 	"\x15ResumeSandboxResponse\")\n" +
 	"\x17HibernateSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x1a\n" +
-	"\x18HibernateSandboxResponse\":\n" +
+	"\x18HibernateSandboxResponse\"S\n" +
 	"\x12ForkSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x05R\x05count\"J\n" +
+	"\x05count\x18\x02 \x01(\x05R\x05count\x12\x17\n" +
+	"\ateam_id\x18\x03 \x01(\tR\x06teamId\"J\n" +
 	"\x13ForkSandboxResponse\x123\n" +
 	"\tsandboxes\x18\x01 \x03(\v2\x15.hostagent.v1.SandboxR\tsandboxes\"\x81\x01\n" +
 	"\x18SetSandboxTimeoutRequest\x12\x0e\n" +
@@ -2646,15 +2730,17 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"tail_bytes\x18\x02 \x01(\x03R\ttailBytes\"2\n" +
 	"\x16GetSandboxLogsResponse\x12\x18\n" +
-	"\aconsole\x18\x01 \x01(\fR\aconsole\"T\n" +
+	"\aconsole\x18\x01 \x01(\fR\aconsole\"m\n" +
 	"\x17SnapshotTemplateRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
-	"\btemplate\x18\x02 \x01(\tR\btemplate\"N\n" +
+	"\btemplate\x18\x02 \x01(\tR\btemplate\x12\x17\n" +
+	"\ateam_id\x18\x03 \x01(\tR\x06teamId\"N\n" +
 	"\x18SnapshotTemplateResponse\x122\n" +
-	"\btemplate\x18\x01 \x01(\v2\x16.hostagent.v1.TemplateR\btemplate\"+\n" +
+	"\btemplate\x18\x01 \x01(\v2\x16.hostagent.v1.TemplateR\btemplate\"D\n" +
 	"\x15DeleteTemplateRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x17\n" +
+	"\ateam_id\x18\x02 \x01(\tR\x06teamId\"\x18\n" +
 	"\x16DeleteTemplateResponse\"\x16\n" +
 	"\x14ListTemplatesRequest\"M\n" +
 	"\x15ListTemplatesResponse\x124\n" +
@@ -2674,7 +2760,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\vaccelerator\x18\x06 \x01(\tR\vaccelerator\x12%\n" +
 	"\x0ekernel_version\x18\a \x01(\tR\rkernelVersion\x12\x16\n" +
 	"\x06images\x18\b \x03(\tR\x06images\x12#\n" +
-	"\ragent_version\x18\t \x01(\tR\fagentVersion\"\xec\x02\n" +
+	"\ragent_version\x18\t \x01(\tR\fagentVersion\"\x92\x04\n" +
 	"\tHostUsage\x12+\n" +
 	"\x11sandboxes_running\x18\x01 \x01(\x05R\x10sandboxesRunning\x12)\n" +
 	"\x10sandboxes_paused\x18\x02 \x01(\x05R\x0fsandboxesPaused\x12%\n" +
@@ -2683,7 +2769,11 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x13reserved_disk_bytes\x18\x05 \x01(\x03R\x11reservedDiskBytes\x124\n" +
 	"\x16memory_available_bytes\x18\x06 \x01(\x03R\x14memoryAvailableBytes\x120\n" +
 	"\x14disk_available_bytes\x18\a \x01(\x03R\x12diskAvailableBytes\x12\x14\n" +
-	"\x05load1\x18\b \x01(\x01R\x05load1\"\x16\n" +
+	"\x05load1\x18\b \x01(\x01R\x05load1\x12,\n" +
+	"\x12guest_memory_bytes\x18\t \x01(\x03R\x10guestMemoryBytes\x12?\n" +
+	"\x1cguest_memory_available_bytes\x18\n" +
+	" \x01(\x03R\x19guestMemoryAvailableBytes\x125\n" +
+	"\x17sandbox_disk_used_bytes\x18\v \x01(\x03R\x14sandboxDiskUsedBytes\"\x16\n" +
 	"\x14GetHostStatusRequest\"\xab\x01\n" +
 	"\x15GetHostStatusResponse\x12-\n" +
 	"\x05specs\x18\x01 \x01(\v2\x17.hostagent.v1.HostSpecsR\x05specs\x12-\n" +
