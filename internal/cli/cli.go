@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/version"
 	wrenn "github.com/wrenn/wrenn/sdk/go"
 )
@@ -33,6 +35,7 @@ type app struct {
 	env    Env
 	apiURL string // --api-url
 	apiKey string // --api-key
+	caCert string // --ca-cert
 }
 
 // exitError ends the CLI with a code and no message: exec and shell exit
@@ -90,6 +93,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.SetVersionTemplate("wrenn {{.Version}}\n")
 	root.PersistentFlags().StringVar(&a.apiURL, "api-url", "", "API address (default: $WRENN_API_URL, the config file, "+wrenn.DefaultBaseURL+")")
 	root.PersistentFlags().StringVar(&a.apiKey, "api-key", "", "API key (default: $WRENN_API_KEY, then the config file)")
+	root.PersistentFlags().StringVar(&a.caCert, "ca-cert", "", "PEM CA certificate to trust the API's HTTPS certificate by, beside the system roots, e.g. a control plane run with WRENN_TLS=self-signed (default: $WRENN_CA_CERT, then the config file)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err })
 	root.AddCommand(a.loginCommand(), a.sandboxCommand(), a.templateCommand(), a.hostCommand())
 	return root
@@ -104,12 +108,35 @@ func (a *app) client() (*wrenn.Client, error) {
 	if s.APIKey == "" {
 		return nil, errors.New("no API key: run `wrenn login`, set WRENN_API_KEY or pass --api-key")
 	}
+	hc, err := httpClient(s)
+	if err != nil {
+		return nil, err
+	}
 	return wrenn.NewClient(
 		wrenn.WithEnv(func(string) string { return "" }),
 		wrenn.WithBaseURL(s.APIURL),
 		wrenn.WithAPIKey(s.APIKey),
 		wrenn.WithUserAgent("wrenn-cli/"+version.Version),
+		wrenn.WithHTTPClient(hc),
 	)
+}
+
+// httpClient is the HTTP client for the API: the default one, or one that
+// also trusts the CA certificate file of --ca-cert. No timeout: exec,
+// watch and file transfers stream for as long as they need.
+func httpClient(s fileConfig) (*http.Client, error) {
+	if s.CACert == "" {
+		return &http.Client{}, nil
+	}
+	pemBytes, err := os.ReadFile(s.CACert)
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate (--ca-cert, WRENN_CA_CERT): %w", err)
+	}
+	hc, err := capin.Client(capin.Trust{CAPEM: pemBytes}, s.APIURL, 0)
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate %s: %w", s.CACert, err)
+	}
+	return hc, nil
 }
 
 // printJSON writes v as indented JSON.

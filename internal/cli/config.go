@@ -20,6 +20,8 @@ import (
 type fileConfig struct {
 	APIURL string `json:"api_url,omitempty"`
 	APIKey string `json:"api_key,omitempty"`
+	// CACert is a PEM CA certificate file trusted for the API's HTTPS.
+	CACert string `json:"ca_cert,omitempty"`
 }
 
 // configPath is $XDG_CONFIG_HOME/wrenn/config.json, else
@@ -109,6 +111,7 @@ func (a *app) settings() (fileConfig, error) {
 	}
 	c.APIURL = pick(a.apiURL, a.env.Getenv("WRENN_API_URL"), c.APIURL)
 	c.APIKey = pick(a.apiKey, a.env.Getenv("WRENN_API_KEY"), c.APIKey)
+	c.CACert = pick(a.caCert, a.env.Getenv("WRENN_CA_CERT"), c.CACert)
 	if c.APIURL == "" {
 		c.APIURL = wrenn.DefaultBaseURL
 	}
@@ -122,7 +125,9 @@ func (a *app) loginCommand() *cobra.Command {
 		Long: `Check an API key and save it, with the API address, in
 ~/.config/wrenn/config.json (mode 0600). The key comes from --api-key or,
 without it, a prompt on standard input. WRENN_API_KEY and WRENN_API_URL
-override the file; --api-key and --api-url override both.`,
+override the file; --api-key and --api-url override both. --ca-cert
+(or WRENN_CA_CERT), the CA of a control plane serving HTTPS with a
+certificate no system root trusts, is saved too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := a.settings()
@@ -138,7 +143,11 @@ override the file; --api-key and --api-url override both.`,
 			if key == "" {
 				return errors.New("no API key given")
 			}
-			c, err := wrenn.NewClient(wrenn.WithEnv(func(string) string { return "" }), wrenn.WithBaseURL(s.APIURL), wrenn.WithAPIKey(key))
+			hc, err := httpClient(s)
+			if err != nil {
+				return err
+			}
+			c, err := wrenn.NewClient(wrenn.WithEnv(func(string) string { return "" }), wrenn.WithBaseURL(s.APIURL), wrenn.WithAPIKey(key), wrenn.WithHTTPClient(hc))
 			if err != nil {
 				return err
 			}
@@ -146,7 +155,15 @@ override the file; --api-key and --api-url override both.`,
 			if err != nil {
 				return err
 			}
-			p, err := a.saveConfig(fileConfig{APIURL: s.APIURL, APIKey: key})
+			caCert := s.CACert
+			if caCert != "" {
+				// The file is read on every run; a relative path would
+				// break when run from elsewhere.
+				if caCert, err = filepath.Abs(caCert); err != nil {
+					return err
+				}
+			}
+			p, err := a.saveConfig(fileConfig{APIURL: s.APIURL, APIKey: key, CACert: caCert})
 			if err != nil {
 				return err
 			}
