@@ -323,6 +323,9 @@ type APIKey struct {
 	LastUsedAt *time.Time          `json:"last_used_at,omitempty"`
 	Name       string              `json:"name"`
 
+	// Platform The key carries platform rights (created with "platform": true by a platform admin).
+	Platform bool `json:"platform"`
+
 	// Prefix First characters of the key, e.g. wrn_1a2b3c4d.
 	Prefix    string     `json:"prefix"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
@@ -361,6 +364,12 @@ type CreateHostRequest struct {
 // CreateHostRequestType defines model for CreateHostRequest.Type.
 type CreateHostRequestType string
 
+// CreateInviteRequest defines model for CreateInviteRequest.
+type CreateInviteRequest struct {
+	Email string `json:"email"`
+	Role  *Role  `json:"role,omitempty"`
+}
+
 // CreateSandboxRequest defines model for CreateSandboxRequest.
 type CreateSandboxRequest struct {
 	DiskMb    *int               `json:"disk_mb,omitempty"`
@@ -393,6 +402,9 @@ type CreatedAPIKey struct {
 	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
 	Name       string     `json:"name"`
 
+	// Platform The key carries platform rights (created with "platform": true by a platform admin).
+	Platform bool `json:"platform"`
+
 	// Prefix First characters of the key, e.g. wrn_1a2b3c4d.
 	Prefix    string     `json:"prefix"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
@@ -405,6 +417,20 @@ type CreatedHost struct {
 
 	// RegistrationToken One-time; give it to `wrenn-agent --register`.
 	RegistrationToken string `json:"registration_token"`
+}
+
+// CreatedInvite defines model for CreatedInvite.
+type CreatedInvite struct {
+	CreatedAt time.Time           `json:"created_at"`
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	Email     string              `json:"email"`
+	ExpiresAt time.Time           `json:"expires_at"`
+	Id        openapi_types.UUID  `json:"id"`
+	Role      Role                `json:"role"`
+	TeamId    openapi_types.UUID  `json:"team_id"`
+
+	// Token wri_ + 64 hex; one-time, shown once: the signup invite_token.
+	Token string `json:"token"`
 }
 
 // Error defines model for Error.
@@ -508,6 +534,17 @@ type HostStatus string
 
 // HostType defines model for Host.Type.
 type HostType string
+
+// Invite defines model for Invite.
+type Invite struct {
+	CreatedAt time.Time           `json:"created_at"`
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	Email     string              `json:"email"`
+	ExpiresAt time.Time           `json:"expires_at"`
+	Id        openapi_types.UUID  `json:"id"`
+	Role      Role                `json:"role"`
+	TeamId    openapi_types.UUID  `json:"team_id"`
+}
 
 // LoginRequest defines model for LoginRequest.
 type LoginRequest struct {
@@ -636,10 +673,13 @@ type Session struct {
 
 // SignupRequest defines model for SignupRequest.
 type SignupRequest struct {
-	Email    openapi_types.Email `json:"email"`
-	Name     *string             `json:"name,omitempty"`
-	Password string              `json:"password"`
-	TeamName *string             `json:"team_name,omitempty"`
+	Email openapi_types.Email `json:"email"`
+
+	// InviteToken From POST /v1/teams/{teamID}/invites: join that team (no team of your own is created).
+	InviteToken *string `json:"invite_token,omitempty"`
+	Name        *string `json:"name,omitempty"`
+	Password    string  `json:"password"`
+	TeamName    *string `json:"team_name,omitempty"`
 }
 
 // Team defines model for Team.
@@ -697,6 +737,11 @@ type TeamID = openapi_types.UUID
 // CreateAPIKeyJSONBody defines parameters for CreateAPIKey.
 type CreateAPIKeyJSONBody struct {
 	Name *string `json:"name,omitempty"`
+
+	// Platform A key with platform rights (adding and managing `regular` hosts). Only a
+	// platform admin's session (not an API key) may ask; otherwise 403
+	// `permission_denied`. Other keys have only their team's rights.
+	Platform *bool `json:"platform,omitempty"`
 }
 
 // ListAuditLogsParams defines parameters for ListAuditLogs.
@@ -846,6 +891,9 @@ type SetSandboxTimeoutJSONRequestBody SetSandboxTimeoutJSONBody
 
 // CreateTeamJSONRequestBody defines body for CreateTeam for application/json ContentType.
 type CreateTeamJSONRequestBody = CreateTeamRequest
+
+// CreateInviteJSONRequestBody defines body for CreateInvite for application/json ContentType.
+type CreateInviteJSONRequestBody = CreateInviteRequest
 
 // AddMemberJSONRequestBody defines body for AddMember for application/json ContentType.
 type AddMemberJSONRequestBody = AddMemberRequest

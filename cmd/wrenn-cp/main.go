@@ -29,6 +29,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/config"
 	"github.com/wrenn/wrenn/internal/controlplane/hostmon"
 	"github.com/wrenn/wrenn/internal/controlplane/hostreg"
+	"github.com/wrenn/wrenn/internal/controlplane/platformadmin"
 	"github.com/wrenn/wrenn/internal/controlplane/rest"
 	"github.com/wrenn/wrenn/internal/controlplane/servetls"
 	"github.com/wrenn/wrenn/internal/dbmigrate"
@@ -37,6 +38,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "admin" {
+		os.Exit(adminMain(os.Args[2:]))
+	}
 	cfg, err := config.Parse(os.Args[1:], os.Environ(), os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -56,6 +60,22 @@ func main() {
 		log.Error("wrenn-cp failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// adminMain is `wrenn-cp admin` (internal/controlplane/platformadmin): it
+// makes platform admins, the only way anyone gets platform rights.
+func adminMain(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := platformadmin.Main(ctx, args, os.Environ(), os.Stdin, os.Stdout, os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	return 0
 }
 
 // Bounds on start-up and shutdown.
@@ -99,12 +119,20 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 	for _, w := range servetls.Warnings(tlsOpts, cfg.PublicURL, cfg.ListenAddr) {
 		log.Warn(w)
 	}
-	registryPath, registry := hostreg.New(pool, ca, nil, log.With("component", "hostreg")).Handler()
+	logPlatformAdmins(ctx, pool, log)
+	registrySvc := hostreg.New(pool, ca, nil, log.With("component", "hostreg"))
+	if !cfg.AllowPrivateHostAddresses {
+		registrySvc.RefusePrivateBYOC(nil)
+	}
+	registryPath, registry := registrySvc.Handler()
 	identity := hostreg.NewClientIdentity(ca, nil)
 	if _, err := identity.Certificate(); err != nil {
 		return err
 	}
 	agents := agentpool.New(pool, identity, log.With("component", "agentpool"))
+	if !cfg.AllowPrivateHostAddresses {
+		agents.RefusePrivateBYOC()
+	}
 	defer agents.Close()
 
 	metrics := prometheus.NewRegistry()
@@ -126,6 +154,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		RateLimit:      cfg.RateLimit,
 		Registry:       registry,
 		RegistryPath:   registryPath,
+		Signup:         rest.SignupMode(cfg.Signup),
 		CACertHash:     ca.Fingerprint(),
 	})
 
@@ -184,6 +213,26 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		ready(ln.Addr().String())
 	}
 	return g.Wait()
+}
+
+// logPlatformAdmins tells the operator who has platform rights: before
+// `wrenn-cp admin` existed the first user to sign up got them, and an
+// upgraded installation keeps that user's flag.
+func logPlatformAdmins(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) {
+	us, err := platformadmin.List(ctx, pool)
+	if err != nil {
+		log.Warn("list platform admins", "err", err)
+		return
+	}
+	emails := make([]string, 0, len(us))
+	for _, u := range us {
+		emails = append(emails, u.Email)
+	}
+	if len(emails) == 0 {
+		log.Info("no platform admin: make one with `wrenn-cp admin --email EMAIL --password-file FILE` to add regular hosts")
+		return
+	}
+	log.Info("platform admins (manage with `wrenn-cp admin --list/--demote`)", "emails", emails)
 }
 
 // waitForDB retries until PostgreSQL answers, for at most dbWait.

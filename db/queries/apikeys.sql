@@ -1,12 +1,13 @@
 -- name: CreateAPIKey :one
-INSERT INTO api_keys (team_id, created_by, name, prefix, key_hash)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO api_keys (team_id, created_by, name, prefix, key_hash, platform)
+VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING *;
 
 -- name: GetAPIKeyByHash :one
--- A key is a platform admin's when the user who created it is one.
+-- A key carries platform rights only when it was made for them
+-- ("platform": true) and the user who made it is still a platform admin.
 SELECT k.id, k.team_id, k.last_used_at, k.revoked_at,
-       coalesce(u.platform_admin, false)::boolean AS platform_admin
+       (k.platform AND coalesce(u.platform_admin, false))::boolean AS platform_admin
 FROM api_keys k LEFT JOIN users u ON u.id = k.created_by
 WHERE k.key_hash = $1;
 

@@ -58,7 +58,7 @@ SET status = 'deleted', deleted_at = @now::timestamptz,
 WHERE id = @id;
 
 -- name: GetHostByRegistrationToken :one
-SELECT id, status FROM hosts
+SELECT id, status, type FROM hosts
 WHERE registration_token_hash = @registration_token_hash
   AND registration_expires_at > @now::timestamptz
   AND status <> 'deleted';
@@ -190,7 +190,7 @@ SELECT lost.id, lost.team_id,
 FROM lost;
 
 -- name: GetHostAddress :one
-SELECT status, address FROM hosts WHERE id = @id;
+SELECT status, address, type FROM hosts WHERE id = @id;
 
 -- name: StopLostSandboxes :many
 -- DESIGN §6: sandboxes missing on a host that stayed unreachable since

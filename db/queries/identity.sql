@@ -1,13 +1,21 @@
 -- name: CreateUser :one
--- The first user of an installation is its platform admin (ADR 0003).
--- Callers serialise signups with LockSignups so two first users cannot
--- both see an empty table.
-INSERT INTO users (email, name, password_hash, platform_admin)
-VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM users))
+-- Signing up never makes a platform admin: only `wrenn-cp admin` does
+-- (SetPlatformAdmin), so nobody wins platform rights by signing up first.
+INSERT INTO users (email, name, password_hash)
+VALUES ($1, $2, $3)
 RETURNING *;
 
--- name: LockSignups :exec
-SELECT pg_advisory_xact_lock(7427001);
+-- name: SetPlatformAdmin :one
+-- Grants or takes away platform rights (wrenn-cp admin).
+UPDATE users SET platform_admin = sqlc.arg(platform_admin)::boolean
+WHERE id = sqlc.arg(id)::uuid
+RETURNING *;
+
+-- name: SetUserPassword :exec
+UPDATE users SET password_hash = $2 WHERE id = $1;
+
+-- name: ListPlatformAdmins :many
+SELECT * FROM users WHERE platform_admin ORDER BY created_at, id;
 
 -- name: GetUser :one
 SELECT * FROM users WHERE id = $1;
@@ -78,3 +86,27 @@ DELETE FROM team_members WHERE team_id = $1 AND user_id = $2;
 
 -- name: CountTeamOwners :one
 SELECT count(*) FROM team_members WHERE team_id = $1 AND role = 'owner';
+
+-- name: CreateTeamInvite :one
+INSERT INTO team_invites (team_id, email, role, token_hash, created_by, expires_at)
+VALUES (@team_id, @email, @role, @token_hash, @created_by, @expires_at::timestamptz)
+RETURNING *;
+
+-- name: ListTeamInvites :many
+-- Open invitations (unused, unexpired).
+SELECT * FROM team_invites
+WHERE team_id = @team_id AND used_at IS NULL AND expires_at > @now::timestamptz
+ORDER BY created_at, id;
+
+-- name: DeleteTeamInvite :one
+DELETE FROM team_invites WHERE id = @id AND team_id = @team_id AND used_at IS NULL
+RETURNING id;
+
+-- name: UseTeamInvite :one
+-- Consumes an invitation: only one signup can win it.
+UPDATE team_invites
+SET used_at = @now::timestamptz, used_by = @used_by
+WHERE token_hash = @token_hash
+  AND used_at IS NULL
+  AND expires_at > @now::timestamptz
+RETURNING *;

@@ -13,9 +13,9 @@ import (
 )
 
 const createAPIKey = `-- name: CreateAPIKey :one
-INSERT INTO api_keys (team_id, created_by, name, prefix, key_hash)
-VALUES ($1, $2, $3, $4, $5)
-RETURNING id, team_id, created_by, name, prefix, key_hash, created_at, last_used_at, revoked_at
+INSERT INTO api_keys (team_id, created_by, name, prefix, key_hash, platform)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, team_id, created_by, name, prefix, key_hash, created_at, last_used_at, revoked_at, platform
 `
 
 type CreateAPIKeyParams struct {
@@ -24,6 +24,7 @@ type CreateAPIKeyParams struct {
 	Name      string
 	Prefix    string
 	KeyHash   []byte
+	Platform  bool
 }
 
 func (q *Queries) CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) (ApiKey, error) {
@@ -33,6 +34,7 @@ func (q *Queries) CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) (Api
 		arg.Name,
 		arg.Prefix,
 		arg.KeyHash,
+		arg.Platform,
 	)
 	var i ApiKey
 	err := row.Scan(
@@ -45,13 +47,14 @@ func (q *Queries) CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) (Api
 		&i.CreatedAt,
 		&i.LastUsedAt,
 		&i.RevokedAt,
+		&i.Platform,
 	)
 	return i, err
 }
 
 const getAPIKeyByHash = `-- name: GetAPIKeyByHash :one
 SELECT k.id, k.team_id, k.last_used_at, k.revoked_at,
-       coalesce(u.platform_admin, false)::boolean AS platform_admin
+       (k.platform AND coalesce(u.platform_admin, false))::boolean AS platform_admin
 FROM api_keys k LEFT JOIN users u ON u.id = k.created_by
 WHERE k.key_hash = $1
 `
@@ -64,7 +67,8 @@ type GetAPIKeyByHashRow struct {
 	PlatformAdmin bool
 }
 
-// A key is a platform admin's when the user who created it is one.
+// A key carries platform rights only when it was made for them
+// ("platform": true) and the user who made it is still a platform admin.
 func (q *Queries) GetAPIKeyByHash(ctx context.Context, keyHash []byte) (GetAPIKeyByHashRow, error) {
 	row := q.db.QueryRow(ctx, getAPIKeyByHash, keyHash)
 	var i GetAPIKeyByHashRow
@@ -79,7 +83,7 @@ func (q *Queries) GetAPIKeyByHash(ctx context.Context, keyHash []byte) (GetAPIKe
 }
 
 const listAPIKeys = `-- name: ListAPIKeys :many
-SELECT id, team_id, created_by, name, prefix, key_hash, created_at, last_used_at, revoked_at FROM api_keys WHERE team_id = $1 ORDER BY created_at DESC, id
+SELECT id, team_id, created_by, name, prefix, key_hash, created_at, last_used_at, revoked_at, platform FROM api_keys WHERE team_id = $1 ORDER BY created_at DESC, id
 `
 
 func (q *Queries) ListAPIKeys(ctx context.Context, teamID uuid.UUID) ([]ApiKey, error) {
@@ -101,6 +105,7 @@ func (q *Queries) ListAPIKeys(ctx context.Context, teamID uuid.UUID) ([]ApiKey, 
 			&i.CreatedAt,
 			&i.LastUsedAt,
 			&i.RevokedAt,
+			&i.Platform,
 		); err != nil {
 			return nil, err
 		}
@@ -115,7 +120,7 @@ func (q *Queries) ListAPIKeys(ctx context.Context, teamID uuid.UUID) ([]ApiKey, 
 const revokeAPIKey = `-- name: RevokeAPIKey :one
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, $1::timestamptz)
 WHERE id = $2::uuid AND team_id = $3::uuid
-RETURNING id, team_id, created_by, name, prefix, key_hash, created_at, last_used_at, revoked_at
+RETURNING id, team_id, created_by, name, prefix, key_hash, created_at, last_used_at, revoked_at, platform
 `
 
 type RevokeAPIKeyParams struct {
@@ -138,6 +143,7 @@ func (q *Queries) RevokeAPIKey(ctx context.Context, arg RevokeAPIKeyParams) (Api
 		&i.CreatedAt,
 		&i.LastUsedAt,
 		&i.RevokedAt,
+		&i.Platform,
 	)
 	return i, err
 }

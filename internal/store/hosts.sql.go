@@ -29,7 +29,7 @@ const createHost = `-- name: CreateHost :one
 
 INSERT INTO hosts (team_id, type, registration_token_hash, registration_expires_at)
 VALUES ($1, $2, $3, $4::timestamptz)
-RETURNING id, team_id, type, status, address, arch, cpus, memory_bytes, disk_bytes, vmm, accelerator, kernel_version, agent_version, images, templates, snapshot_templates, reserved_vcpus, reserved_memory_bytes, reserved_disk_bytes, memory_available_bytes, disk_available_bytes, load1, registration_token_hash, registration_expires_at, credential_hash, credential_expires_at, certificate_expires_at, last_heartbeat_at, created_at, deleted_at
+RETURNING id, team_id, type, status, address, arch, cpus, memory_bytes, disk_bytes, vmm, accelerator, kernel_version, agent_version, images, templates, snapshot_templates, reserved_vcpus, reserved_memory_bytes, reserved_disk_bytes, memory_available_bytes, disk_available_bytes, load1, registration_token_hash, registration_expires_at, credential_hash, credential_expires_at, certificate_expires_at, last_heartbeat_at, created_at, deleted_at, guest_memory_bytes, guest_memory_available_bytes, sandbox_disk_used_bytes
 `
 
 type CreateHostParams struct {
@@ -81,23 +81,27 @@ func (q *Queries) CreateHost(ctx context.Context, arg CreateHostParams) (Host, e
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.DeletedAt,
+		&i.GuestMemoryBytes,
+		&i.GuestMemoryAvailableBytes,
+		&i.SandboxDiskUsedBytes,
 	)
 	return i, err
 }
 
 const getHostAddress = `-- name: GetHostAddress :one
-SELECT status, address FROM hosts WHERE id = $1
+SELECT status, address, type FROM hosts WHERE id = $1
 `
 
 type GetHostAddressRow struct {
 	Status  string
 	Address string
+	Type    string
 }
 
 func (q *Queries) GetHostAddress(ctx context.Context, id uuid.UUID) (GetHostAddressRow, error) {
 	row := q.db.QueryRow(ctx, getHostAddress, id)
 	var i GetHostAddressRow
-	err := row.Scan(&i.Status, &i.Address)
+	err := row.Scan(&i.Status, &i.Address, &i.Type)
 	return i, err
 }
 
@@ -151,7 +155,7 @@ func (q *Queries) GetHostByCredential(ctx context.Context, credentialHash []byte
 }
 
 const getHostByRegistrationToken = `-- name: GetHostByRegistrationToken :one
-SELECT id, status FROM hosts
+SELECT id, status, type FROM hosts
 WHERE registration_token_hash = $1
   AND registration_expires_at > $2::timestamptz
   AND status <> 'deleted'
@@ -165,17 +169,18 @@ type GetHostByRegistrationTokenParams struct {
 type GetHostByRegistrationTokenRow struct {
 	ID     uuid.UUID
 	Status string
+	Type   string
 }
 
 func (q *Queries) GetHostByRegistrationToken(ctx context.Context, arg GetHostByRegistrationTokenParams) (GetHostByRegistrationTokenRow, error) {
 	row := q.db.QueryRow(ctx, getHostByRegistrationToken, arg.RegistrationTokenHash, arg.Now)
 	var i GetHostByRegistrationTokenRow
-	err := row.Scan(&i.ID, &i.Status)
+	err := row.Scan(&i.ID, &i.Status, &i.Type)
 	return i, err
 }
 
 const getTeamHost = `-- name: GetTeamHost :one
-SELECT hosts.id, hosts.team_id, hosts.type, hosts.status, hosts.address, hosts.arch, hosts.cpus, hosts.memory_bytes, hosts.disk_bytes, hosts.vmm, hosts.accelerator, hosts.kernel_version, hosts.agent_version, hosts.images, hosts.templates, hosts.snapshot_templates, hosts.reserved_vcpus, hosts.reserved_memory_bytes, hosts.reserved_disk_bytes, hosts.memory_available_bytes, hosts.disk_available_bytes, hosts.load1, hosts.registration_token_hash, hosts.registration_expires_at, hosts.credential_hash, hosts.credential_expires_at, hosts.certificate_expires_at, hosts.last_heartbeat_at, hosts.created_at, hosts.deleted_at,
+SELECT hosts.id, hosts.team_id, hosts.type, hosts.status, hosts.address, hosts.arch, hosts.cpus, hosts.memory_bytes, hosts.disk_bytes, hosts.vmm, hosts.accelerator, hosts.kernel_version, hosts.agent_version, hosts.images, hosts.templates, hosts.snapshot_templates, hosts.reserved_vcpus, hosts.reserved_memory_bytes, hosts.reserved_disk_bytes, hosts.memory_available_bytes, hosts.disk_available_bytes, hosts.load1, hosts.registration_token_hash, hosts.registration_expires_at, hosts.credential_hash, hosts.credential_expires_at, hosts.certificate_expires_at, hosts.last_heartbeat_at, hosts.created_at, hosts.deleted_at, hosts.guest_memory_bytes, hosts.guest_memory_available_bytes, hosts.sandbox_disk_used_bytes,
        (SELECT count(*) FROM sandboxes s WHERE s.host_id = hosts.id AND s.state = 'running')::int AS sandboxes_running
 FROM hosts
 WHERE hosts.id = $1 AND hosts.team_id = $2 AND hosts.status <> 'deleted'
@@ -226,6 +231,9 @@ func (q *Queries) GetTeamHost(ctx context.Context, arg GetTeamHostParams) (GetTe
 		&i.Host.LastHeartbeatAt,
 		&i.Host.CreatedAt,
 		&i.Host.DeletedAt,
+		&i.Host.GuestMemoryBytes,
+		&i.Host.GuestMemoryAvailableBytes,
+		&i.Host.SandboxDiskUsedBytes,
 		&i.SandboxesRunning,
 	)
 	return i, err
@@ -251,35 +259,41 @@ SET status = 'online',
     reserved_disk_bytes = $15,
     memory_available_bytes = $16,
     disk_available_bytes = $17,
-    load1 = $18
-FROM (SELECT h.id, h.status FROM hosts h WHERE h.id = $20 FOR UPDATE) AS old
+    load1 = $18,
+    guest_memory_bytes = $19,
+    guest_memory_available_bytes = $20,
+    sandbox_disk_used_bytes = $21
+FROM (SELECT h.id, h.status FROM hosts h WHERE h.id = $23 FOR UPDATE) AS old
 WHERE hosts.id = old.id
-  AND hosts.credential_hash = $19
+  AND hosts.credential_hash = $22
   AND hosts.status IN ('online', 'unreachable')
 RETURNING old.status AS previous_status, hosts.certificate_expires_at, hosts.credential_expires_at
 `
 
 type HeartbeatHostParams struct {
-	Now                  time.Time
-	Arch                 string
-	Cpus                 int32
-	MemoryBytes          int64
-	DiskBytes            int64
-	Vmm                  string
-	Accelerator          string
-	KernelVersion        string
-	AgentVersion         string
-	Images               []string
-	Templates            []string
-	SnapshotTemplates    []string
-	ReservedVcpus        int32
-	ReservedMemoryBytes  int64
-	ReservedDiskBytes    int64
-	MemoryAvailableBytes int64
-	DiskAvailableBytes   int64
-	Load1                float64
-	CredentialHash       []byte
-	ID                   uuid.UUID
+	Now                       time.Time
+	Arch                      string
+	Cpus                      int32
+	MemoryBytes               int64
+	DiskBytes                 int64
+	Vmm                       string
+	Accelerator               string
+	KernelVersion             string
+	AgentVersion              string
+	Images                    []string
+	Templates                 []string
+	SnapshotTemplates         []string
+	ReservedVcpus             int32
+	ReservedMemoryBytes       int64
+	ReservedDiskBytes         int64
+	MemoryAvailableBytes      int64
+	DiskAvailableBytes        int64
+	Load1                     float64
+	GuestMemoryBytes          int64
+	GuestMemoryAvailableBytes int64
+	SandboxDiskUsedBytes      int64
+	CredentialHash            []byte
+	ID                        uuid.UUID
 }
 
 type HeartbeatHostRow struct {
@@ -310,6 +324,9 @@ func (q *Queries) HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (H
 		arg.MemoryAvailableBytes,
 		arg.DiskAvailableBytes,
 		arg.Load1,
+		arg.GuestMemoryBytes,
+		arg.GuestMemoryAvailableBytes,
+		arg.SandboxDiskUsedBytes,
 		arg.CredentialHash,
 		arg.ID,
 	)
@@ -350,7 +367,7 @@ func (q *Queries) KnownHostSandboxes(ctx context.Context, arg KnownHostSandboxes
 }
 
 const listTeamHosts = `-- name: ListTeamHosts :many
-SELECT hosts.id, hosts.team_id, hosts.type, hosts.status, hosts.address, hosts.arch, hosts.cpus, hosts.memory_bytes, hosts.disk_bytes, hosts.vmm, hosts.accelerator, hosts.kernel_version, hosts.agent_version, hosts.images, hosts.templates, hosts.snapshot_templates, hosts.reserved_vcpus, hosts.reserved_memory_bytes, hosts.reserved_disk_bytes, hosts.memory_available_bytes, hosts.disk_available_bytes, hosts.load1, hosts.registration_token_hash, hosts.registration_expires_at, hosts.credential_hash, hosts.credential_expires_at, hosts.certificate_expires_at, hosts.last_heartbeat_at, hosts.created_at, hosts.deleted_at,
+SELECT hosts.id, hosts.team_id, hosts.type, hosts.status, hosts.address, hosts.arch, hosts.cpus, hosts.memory_bytes, hosts.disk_bytes, hosts.vmm, hosts.accelerator, hosts.kernel_version, hosts.agent_version, hosts.images, hosts.templates, hosts.snapshot_templates, hosts.reserved_vcpus, hosts.reserved_memory_bytes, hosts.reserved_disk_bytes, hosts.memory_available_bytes, hosts.disk_available_bytes, hosts.load1, hosts.registration_token_hash, hosts.registration_expires_at, hosts.credential_hash, hosts.credential_expires_at, hosts.certificate_expires_at, hosts.last_heartbeat_at, hosts.created_at, hosts.deleted_at, hosts.guest_memory_bytes, hosts.guest_memory_available_bytes, hosts.sandbox_disk_used_bytes,
        (SELECT count(*) FROM sandboxes s WHERE s.host_id = hosts.id AND s.state = 'running')::int AS sandboxes_running
 FROM hosts
 WHERE hosts.team_id = $1 AND hosts.status <> 'deleted'
@@ -402,6 +419,9 @@ func (q *Queries) ListTeamHosts(ctx context.Context, teamID uuid.UUID) ([]ListTe
 			&i.Host.LastHeartbeatAt,
 			&i.Host.CreatedAt,
 			&i.Host.DeletedAt,
+			&i.Host.GuestMemoryBytes,
+			&i.Host.GuestMemoryAvailableBytes,
+			&i.Host.SandboxDiskUsedBytes,
 			&i.SandboxesRunning,
 		); err != nil {
 			return nil, err
@@ -668,7 +688,7 @@ UPDATE hosts
 SET registration_token_hash = $1,
     registration_expires_at = $2::timestamptz
 WHERE id = $3 AND team_id = $4 AND status <> 'deleted'
-RETURNING id, team_id, type, status, address, arch, cpus, memory_bytes, disk_bytes, vmm, accelerator, kernel_version, agent_version, images, templates, snapshot_templates, reserved_vcpus, reserved_memory_bytes, reserved_disk_bytes, memory_available_bytes, disk_available_bytes, load1, registration_token_hash, registration_expires_at, credential_hash, credential_expires_at, certificate_expires_at, last_heartbeat_at, created_at, deleted_at
+RETURNING id, team_id, type, status, address, arch, cpus, memory_bytes, disk_bytes, vmm, accelerator, kernel_version, agent_version, images, templates, snapshot_templates, reserved_vcpus, reserved_memory_bytes, reserved_disk_bytes, memory_available_bytes, disk_available_bytes, load1, registration_token_hash, registration_expires_at, credential_hash, credential_expires_at, certificate_expires_at, last_heartbeat_at, created_at, deleted_at, guest_memory_bytes, guest_memory_available_bytes, sandbox_disk_used_bytes
 `
 
 type SetHostRegistrationTokenParams struct {
@@ -718,6 +738,9 @@ func (q *Queries) SetHostRegistrationToken(ctx context.Context, arg SetHostRegis
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
 		&i.DeletedAt,
+		&i.GuestMemoryBytes,
+		&i.GuestMemoryAvailableBytes,
+		&i.SandboxDiskUsedBytes,
 	)
 	return i, err
 }

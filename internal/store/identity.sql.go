@@ -58,9 +58,49 @@ func (q *Queries) CreateTeam(ctx context.Context, name string) (Team, error) {
 	return i, err
 }
 
+const createTeamInvite = `-- name: CreateTeamInvite :one
+INSERT INTO team_invites (team_id, email, role, token_hash, created_by, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6::timestamptz)
+RETURNING id, team_id, email, role, token_hash, created_by, created_at, expires_at, used_at, used_by
+`
+
+type CreateTeamInviteParams struct {
+	TeamID    uuid.UUID
+	Email     string
+	Role      string
+	TokenHash []byte
+	CreatedBy *uuid.UUID
+	ExpiresAt time.Time
+}
+
+func (q *Queries) CreateTeamInvite(ctx context.Context, arg CreateTeamInviteParams) (TeamInvite, error) {
+	row := q.db.QueryRow(ctx, createTeamInvite,
+		arg.TeamID,
+		arg.Email,
+		arg.Role,
+		arg.TokenHash,
+		arg.CreatedBy,
+		arg.ExpiresAt,
+	)
+	var i TeamInvite
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Email,
+		&i.Role,
+		&i.TokenHash,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.ExpiresAt,
+		&i.UsedAt,
+		&i.UsedBy,
+	)
+	return i, err
+}
+
 const createUser = `-- name: CreateUser :one
-INSERT INTO users (email, name, password_hash, platform_admin)
-VALUES ($1, $2, $3, NOT EXISTS (SELECT 1 FROM users))
+INSERT INTO users (email, name, password_hash)
+VALUES ($1, $2, $3)
 RETURNING id, email, name, password_hash, created_at, platform_admin
 `
 
@@ -70,9 +110,8 @@ type CreateUserParams struct {
 	PasswordHash string
 }
 
-// The first user of an installation is its platform admin (ADR 0003).
-// Callers serialise signups with LockSignups so two first users cannot
-// both see an empty table.
+// Signing up never makes a platform admin: only `wrenn-cp admin` does
+// (SetPlatformAdmin), so nobody wins platform rights by signing up first.
 func (q *Queries) CreateUser(ctx context.Context, arg CreateUserParams) (User, error) {
 	row := q.db.QueryRow(ctx, createUser, arg.Email, arg.Name, arg.PasswordHash)
 	var i User
@@ -85,6 +124,23 @@ func (q *Queries) CreateUser(ctx context.Context, arg CreateUserParams) (User, e
 		&i.PlatformAdmin,
 	)
 	return i, err
+}
+
+const deleteTeamInvite = `-- name: DeleteTeamInvite :one
+DELETE FROM team_invites WHERE id = $1 AND team_id = $2 AND used_at IS NULL
+RETURNING id
+`
+
+type DeleteTeamInviteParams struct {
+	ID     uuid.UUID
+	TeamID uuid.UUID
+}
+
+func (q *Queries) DeleteTeamInvite(ctx context.Context, arg DeleteTeamInviteParams) (uuid.UUID, error) {
+	row := q.db.QueryRow(ctx, deleteTeamInvite, arg.ID, arg.TeamID)
+	var id uuid.UUID
+	err := row.Scan(&id)
+	return id, err
 }
 
 const deleteTeamMember = `-- name: DeleteTeamMember :exec
@@ -253,6 +309,80 @@ func (q *Queries) GetUserSessionTeam(ctx context.Context, arg GetUserSessionTeam
 	return items, nil
 }
 
+const listPlatformAdmins = `-- name: ListPlatformAdmins :many
+SELECT id, email, name, password_hash, created_at, platform_admin FROM users WHERE platform_admin ORDER BY created_at, id
+`
+
+func (q *Queries) ListPlatformAdmins(ctx context.Context) ([]User, error) {
+	rows, err := q.db.Query(ctx, listPlatformAdmins)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []User{}
+	for rows.Next() {
+		var i User
+		if err := rows.Scan(
+			&i.ID,
+			&i.Email,
+			&i.Name,
+			&i.PasswordHash,
+			&i.CreatedAt,
+			&i.PlatformAdmin,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listTeamInvites = `-- name: ListTeamInvites :many
+SELECT id, team_id, email, role, token_hash, created_by, created_at, expires_at, used_at, used_by FROM team_invites
+WHERE team_id = $1 AND used_at IS NULL AND expires_at > $2::timestamptz
+ORDER BY created_at, id
+`
+
+type ListTeamInvitesParams struct {
+	TeamID uuid.UUID
+	Now    time.Time
+}
+
+// Open invitations (unused, unexpired).
+func (q *Queries) ListTeamInvites(ctx context.Context, arg ListTeamInvitesParams) ([]TeamInvite, error) {
+	rows, err := q.db.Query(ctx, listTeamInvites, arg.TeamID, arg.Now)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TeamInvite{}
+	for rows.Next() {
+		var i TeamInvite
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Email,
+			&i.Role,
+			&i.TokenHash,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.ExpiresAt,
+			&i.UsedAt,
+			&i.UsedBy,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listTeamMembers = `-- name: ListTeamMembers :many
 SELECT m.user_id, u.email, u.name, m.role, m.created_at
 FROM team_members m JOIN users u ON u.id = m.user_id
@@ -334,15 +464,6 @@ func (q *Queries) ListUserTeams(ctx context.Context, userID uuid.UUID) ([]ListUs
 	return items, nil
 }
 
-const lockSignups = `-- name: LockSignups :exec
-SELECT pg_advisory_xact_lock(7427001)
-`
-
-func (q *Queries) LockSignups(ctx context.Context) error {
-	_, err := q.db.Exec(ctx, lockSignups)
-	return err
-}
-
 const lockTeam = `-- name: LockTeam :one
 SELECT id FROM teams WHERE id = $1 FOR UPDATE
 `
@@ -353,6 +474,46 @@ func (q *Queries) LockTeam(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
 	var id_2 uuid.UUID
 	err := row.Scan(&id_2)
 	return id_2, err
+}
+
+const setPlatformAdmin = `-- name: SetPlatformAdmin :one
+UPDATE users SET platform_admin = $1::boolean
+WHERE id = $2::uuid
+RETURNING id, email, name, password_hash, created_at, platform_admin
+`
+
+type SetPlatformAdminParams struct {
+	PlatformAdmin bool
+	ID            uuid.UUID
+}
+
+// Grants or takes away platform rights (wrenn-cp admin).
+func (q *Queries) SetPlatformAdmin(ctx context.Context, arg SetPlatformAdminParams) (User, error) {
+	row := q.db.QueryRow(ctx, setPlatformAdmin, arg.PlatformAdmin, arg.ID)
+	var i User
+	err := row.Scan(
+		&i.ID,
+		&i.Email,
+		&i.Name,
+		&i.PasswordHash,
+		&i.CreatedAt,
+		&i.PlatformAdmin,
+	)
+	return i, err
+}
+
+const setUserPassword = `-- name: SetUserPassword :exec
+UPDATE users SET password_hash = $2 WHERE id = $1
+`
+
+type SetUserPasswordParams struct {
+	ID           uuid.UUID
+	PasswordHash string
+}
+
+func (q *Queries) SetUserPassword(ctx context.Context, arg SetUserPasswordParams) error {
+	_, err := q.db.Exec(ctx, setUserPassword, arg.ID, arg.PasswordHash)
+	return err
 }
 
 const updateTeamMemberRole = `-- name: UpdateTeamMemberRole :exec
@@ -368,4 +529,38 @@ type UpdateTeamMemberRoleParams struct {
 func (q *Queries) UpdateTeamMemberRole(ctx context.Context, arg UpdateTeamMemberRoleParams) error {
 	_, err := q.db.Exec(ctx, updateTeamMemberRole, arg.TeamID, arg.UserID, arg.Role)
 	return err
+}
+
+const useTeamInvite = `-- name: UseTeamInvite :one
+UPDATE team_invites
+SET used_at = $1::timestamptz, used_by = $2
+WHERE token_hash = $3
+  AND used_at IS NULL
+  AND expires_at > $1::timestamptz
+RETURNING id, team_id, email, role, token_hash, created_by, created_at, expires_at, used_at, used_by
+`
+
+type UseTeamInviteParams struct {
+	Now       time.Time
+	UsedBy    *uuid.UUID
+	TokenHash []byte
+}
+
+// Consumes an invitation: only one signup can win it.
+func (q *Queries) UseTeamInvite(ctx context.Context, arg UseTeamInviteParams) (TeamInvite, error) {
+	row := q.db.QueryRow(ctx, useTeamInvite, arg.Now, arg.UsedBy, arg.TokenHash)
+	var i TeamInvite
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Email,
+		&i.Role,
+		&i.TokenHash,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.ExpiresAt,
+		&i.UsedAt,
+		&i.UsedBy,
+	)
+	return i, err
 }

@@ -21,6 +21,7 @@ type ApiKey struct {
 	CreatedAt  time.Time
 	LastUsedAt *time.Time
 	RevokedAt  *time.Time
+	Platform   bool
 }
 
 type AuditLog struct {
@@ -44,36 +45,50 @@ type ClusterCa struct {
 }
 
 type Host struct {
-	ID                    uuid.UUID
-	TeamID                uuid.UUID
-	Type                  string
-	Status                string
-	Address               string
-	Arch                  string
-	Cpus                  int32
-	MemoryBytes           int64
-	DiskBytes             int64
-	Vmm                   string
-	Accelerator           string
-	KernelVersion         string
-	AgentVersion          string
-	Images                []string
-	Templates             []string
-	SnapshotTemplates     []string
-	ReservedVcpus         int32
-	ReservedMemoryBytes   int64
-	ReservedDiskBytes     int64
-	MemoryAvailableBytes  int64
-	DiskAvailableBytes    int64
-	Load1                 float64
-	RegistrationTokenHash []byte
-	RegistrationExpiresAt *time.Time
-	CredentialHash        []byte
-	CredentialExpiresAt   *time.Time
-	CertificateExpiresAt  *time.Time
-	LastHeartbeatAt       *time.Time
-	CreatedAt             time.Time
-	DeletedAt             *time.Time
+	ID                        uuid.UUID
+	TeamID                    uuid.UUID
+	Type                      string
+	Status                    string
+	Address                   string
+	Arch                      string
+	Cpus                      int32
+	MemoryBytes               int64
+	DiskBytes                 int64
+	Vmm                       string
+	Accelerator               string
+	KernelVersion             string
+	AgentVersion              string
+	Images                    []string
+	Templates                 []string
+	SnapshotTemplates         []string
+	ReservedVcpus             int32
+	ReservedMemoryBytes       int64
+	ReservedDiskBytes         int64
+	MemoryAvailableBytes      int64
+	DiskAvailableBytes        int64
+	Load1                     float64
+	RegistrationTokenHash     []byte
+	RegistrationExpiresAt     *time.Time
+	CredentialHash            []byte
+	CredentialExpiresAt       *time.Time
+	CertificateExpiresAt      *time.Time
+	LastHeartbeatAt           *time.Time
+	CreatedAt                 time.Time
+	DeletedAt                 *time.Time
+	GuestMemoryBytes          int64
+	GuestMemoryAvailableBytes int64
+	SandboxDiskUsedBytes      int64
+}
+
+type QuotaHold struct {
+	ID        uuid.UUID
+	TeamID    uuid.UUID
+	HostID    *uuid.UUID
+	Sandboxes int64
+	Vcpus     int64
+	MemoryMb  int64
+	DiskMb    int64
+	ExpiresAt time.Time
 }
 
 type Sandbox struct {
@@ -102,6 +117,29 @@ type Team struct {
 	ID        uuid.UUID
 	Name      string
 	CreatedAt time.Time
+}
+
+type TeamInvite struct {
+	ID        uuid.UUID
+	TeamID    uuid.UUID
+	Email     string
+	Role      string
+	TokenHash []byte
+	CreatedBy *uuid.UUID
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	UsedAt    *time.Time
+	UsedBy    *uuid.UUID
+}
+
+type TeamLimit struct {
+	TeamID       uuid.UUID
+	MaxSandboxes *int64
+	MaxVcpus     *int64
+	MaxMemoryMb  *int64
+	MaxDiskMb    *int64
+	MaxTemplates *int64
+	UpdatedAt    time.Time
 }
 
 type TeamMember struct {

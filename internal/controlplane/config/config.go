@@ -62,6 +62,11 @@ type Config struct {
 	// serving certificate; empty means the public URL's host, the listen
 	// host, localhost and the loopback addresses.
 	TLSNames []string
+	// Signup is WRENN_SIGNUP: open, invite or closed (see access.go).
+	Signup string
+	// AllowPrivateHostAddresses is WRENN_ALLOW_PRIVATE_HOST_ADDRESSES:
+	// byoc hosts may be at internal addresses.
+	AllowPrivateHostAddresses bool
 	// EnvFile is the env file read, if any.
 	EnvFile string
 	// ShowVersion is --version.
@@ -95,7 +100,7 @@ type setting struct {
 }
 
 func settings() []setting {
-	return []setting{
+	return append([]setting{
 		{env: "WRENN_CP_LISTEN_ADDR", flag: "listen", def: DefaultListenAddr, help: "address to serve the API on (host:port)",
 			set: func(c *Config, v string) error {
 				if err := checkHostPort(v); err != nil {
@@ -228,7 +233,7 @@ func settings() []setting {
 				}
 				return nil
 			}},
-	}
+	}, accessSettings()...)
 }
 
 // Parse reads args (without the program name), environ (os.Environ()
@@ -376,6 +381,7 @@ func (c Config) LogValue() slog.Value {
 		"WRENN_TLS_KEY":         c.TLSKey,
 		"WRENN_TLS_NAMES":       strings.Join(c.TLSNames, ","),
 	}
+	maps.Copy(values, c.accessValues())
 	var attrs []slog.Attr
 	for _, s := range settings() {
 		attrs = append(attrs, slog.Group(s.env, "value", values[s.env], "source", c.sources[s.env]))

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/wrenn/wrenn/internal/capin"
+	"github.com/wrenn/wrenn/internal/controlplane/hostaddr"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
@@ -55,6 +57,20 @@ type Service struct {
 	ca   *CA
 	clk  Clock
 	log  *slog.Logger
+	// resolver, when set, checks byoc hosts' addresses (RefusePrivateBYOC).
+	resolver hostaddr.Resolver
+}
+
+// RefusePrivateBYOC makes registration refuse a byoc host whose address
+// is, or resolves to, a loopback, private, link-local or other internal
+// address (see internal/controlplane/hostaddr); wrenn-cp calls it unless
+// WRENN_ALLOW_PRIVATE_HOST_ADDRESSES=true. r nil is the system resolver.
+// Call it before serving.
+func (s *Service) RefusePrivateBYOC(r hostaddr.Resolver) {
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	s.resolver = r
 }
 
 var _ hostagentv1connect.HostRegistryServiceHandler = (*Service)(nil)
@@ -106,6 +122,12 @@ func (s *Service) Register(ctx context.Context, req *connect.Request[hostagentv1
 	}
 	if err != nil {
 		return nil, s.fail(fmt.Errorf("look up registration token: %w", err))
+	}
+	if host.Type == "byoc" && s.resolver != nil {
+		if err := hostaddr.Check(ctx, s.resolver, m.Address); err != nil {
+			s.log.Warn("byoc host registration refused: internal address", "host_id", host.ID, "address", m.Address)
+			return nil, s.fail(err)
+		}
 	}
 	certPEM, certExpires, err := s.ca.SignHost(csr, host.ID, m.Address, now)
 	if err != nil {
@@ -202,6 +224,8 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 	if u := m.Usage; u != nil {
 		p.ReservedVcpus, p.ReservedMemoryBytes, p.ReservedDiskBytes = u.ReservedVcpus, u.ReservedMemoryBytes, u.ReservedDiskBytes
 		p.MemoryAvailableBytes, p.DiskAvailableBytes, p.Load1 = u.MemoryAvailableBytes, u.DiskAvailableBytes, u.Load1
+		p.GuestMemoryBytes, p.GuestMemoryAvailableBytes = u.GuestMemoryBytes, u.GuestMemoryAvailableBytes
+		p.SandboxDiskUsedBytes = u.SandboxDiskUsedBytes
 	}
 	for _, t := range m.Templates {
 		p.Templates = append(p.Templates, t.Name)
@@ -209,6 +233,9 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 			p.SnapshotTemplates = append(p.SnapshotTemplates, t.Name)
 		}
 	}
+	// Images are built-ins every team may use; a snapshot template is one
+	// team's, whatever an (older) agent put in its images.
+	p.Images = slices.DeleteFunc(p.Images, func(img string) bool { return slices.Contains(p.SnapshotTemplates, img) })
 	present := nonNil(m.SandboxIds)
 
 	var (

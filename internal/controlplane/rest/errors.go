@@ -45,6 +45,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status >= 500 && status != http.StatusServiceUnavailable && status != http.StatusGatewayTimeout {
 		loggerFrom(r).Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		b.Error.Message = "internal error"
+	} else if msg, hide := hostFailure(err); hide {
+		loggerFrom(r).Warn("host agent unreachable", "method", r.Method, "path", r.URL.Path, "err", err)
+		b.Error.Message = msg
 	}
 	if errors.Is(err, errMethodNotAllowed) {
 		status = http.StatusMethodNotAllowed

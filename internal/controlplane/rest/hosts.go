@@ -7,9 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 
+	"connectrpc.com/connect"
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -35,9 +38,10 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, fmt.Errorf("list hosts: %w", err))
 		return
 	}
+	p := principal(r.Context())
 	out := make([]api.Host, 0, len(rows))
 	for _, h := range rows {
-		out = append(out, apiHost(h.Host, h.SandboxesRunning))
+		out = append(out, apiHostFor(p, h.Host, h.SandboxesRunning))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
 }
@@ -57,7 +61,7 @@ func (s *Server) getHost(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, fmt.Errorf("get host %s: %w", id, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, apiHost(h.Host, h.SandboxesRunning))
+	writeJSON(w, http.StatusOK, apiHostFor(principal(r.Context()), h.Host, h.SandboxesRunning))
 }
 
 // needAdmin: adding, removing and re-enrolling hosts is for the team's
@@ -120,15 +124,23 @@ func (s *Server) createHost(w http.ResponseWriter, r *http.Request) {
 // it, which revokes the host's previous credential and certificate
 // identity in the same step. The host keeps its id and its sandboxes, and
 // its first heartbeat reconciles them.
+//
+// For a regular host only a platform admin may: whoever holds the token
+// can register their own machine as the host and receive every team's
+// sandboxes.
 func (s *Server) regenerateHostToken(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	id, err := s.ownHost(r)
+	id, typ, err := s.ownHost(r)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
 	defer func() { s.audit(ctx, "host", id.String(), "regenerate_token", err, nil) }()
 	if err = needAdmin(ctx, "issuing a host registration token"); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if err = needPlatformFor(ctx, typ, "issuing a registration token for a regular host"); err != nil {
 		writeError(w, r, err)
 		return
 	}
@@ -159,7 +171,7 @@ func (s *Server) regenerateHostToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, api.CreatedHost{
-		Host: apiHost(h.Host, h.SandboxesRunning), RegistrationToken: capin.JoinToken(tok, s.deps.CACertHash), RegistrationExpiresAt: expires,
+		Host: apiHostFor(p, h.Host, h.SandboxesRunning), RegistrationToken: capin.JoinToken(tok, s.deps.CACertHash), RegistrationExpiresAt: expires,
 	})
 }
 
@@ -173,7 +185,7 @@ func (s *Server) deleteHost(w http.ResponseWriter, r *http.Request) {
 		force   bool
 		stopped []string
 	)
-	id, err := s.ownHost(r)
+	id, typ, err := s.ownHost(r)
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -183,6 +195,11 @@ func (s *Server) deleteHost(w http.ResponseWriter, r *http.Request) {
 			map[string]any{"force": force, "sandboxes_stopped": len(stopped)})
 	}()
 	if err = needAdmin(ctx, "removing a host"); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	// Removing a regular host stops every team's sandboxes on it.
+	if err = needPlatformFor(ctx, typ, "removing a regular host"); err != nil {
 		writeError(w, r, err)
 		return
 	}
@@ -233,22 +250,31 @@ func (s *Server) deleteHost(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// ownHost returns the id in the path once it names one of the caller's
-// hosts. Only then are refusals audited: an id that is another team's
-// must not appear in this team's audit log.
-func (s *Server) ownHost(r *http.Request) (uuid.UUID, error) {
+// ownHost returns the id in the path and the host's type once it names
+// one of the caller's hosts. Only then are refusals audited: an id that is
+// another team's must not appear in this team's audit log.
+func (s *Server) ownHost(r *http.Request) (uuid.UUID, string, error) {
 	id, err := hostIDParam(r)
 	if err != nil {
-		return uuid.Nil, err
+		return uuid.Nil, "", err
 	}
-	_, err = s.q.GetTeamHost(r.Context(), store.GetTeamHostParams{ID: id, TeamID: principal(r.Context()).TeamID})
+	h, err := s.q.GetTeamHost(r.Context(), store.GetTeamHostParams{ID: id, TeamID: principal(r.Context()).TeamID})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return uuid.Nil, notFound("host", id.String())
+		return uuid.Nil, "", notFound("host", id.String())
 	}
 	if err != nil {
-		return uuid.Nil, fmt.Errorf("get host %s: %w", id, err)
+		return uuid.Nil, "", fmt.Errorf("get host %s: %w", id, err)
 	}
-	return id, nil
+	return id, h.Host.Type, nil
+}
+
+// needPlatformFor: every change to a regular host needs platform rights
+// (ADR 0003), not just a role in the team that happens to own its record.
+func needPlatformFor(ctx context.Context, hostType, doing string) error {
+	if hostType == string(api.HostTypeRegular) && !principal(ctx).PlatformAdmin {
+		return permissionDenied("%s needs a platform admin (it runs every team's sandboxes)", doing)
+	}
+	return nil
 }
 
 // hostIDParam: an id that is not a UUID names no host, so it answers like
@@ -267,6 +293,16 @@ func hostIDOrEmpty(id uuid.UUID) string {
 		return ""
 	}
 	return id.String()
+}
+
+// apiHostFor is apiHost as p may see it: a regular host's address is the
+// operator's network, shown to platform admins only.
+func apiHostFor(p Principal, h store.Host, sandboxesRunning int32) api.Host {
+	out := apiHost(h, sandboxesRunning)
+	if h.Type == string(api.HostTypeRegular) && !p.PlatformAdmin {
+		out.Address = nil
+	}
+	return out
 }
 
 func apiHost(h store.Host, sandboxesRunning int32) api.Host {
@@ -303,3 +339,23 @@ func hostOptString(s string) *string {
 }
 
 func hostPtr[T any](v T) *T { return &v }
+
+// hostFailure reports whether err is this control plane failing to reach
+// a host agent (a dial, TLS or transport error, not an answer the agent
+// sent), and the message tenants get instead. Such errors name addresses
+// and networks the tenant must not learn about: a BYOC host's address is
+// the tenant's choice, so echoing dial errors would make the control plane
+// a port scanner. writeError logs the real error.
+func hostFailure(err error) (string, bool) {
+	var ce *connect.Error
+	var ne net.Error
+	var ue *url.Error
+	transport := (errors.As(err, &ce) && !connect.IsWireError(ce)) || errors.As(err, &ne) || errors.As(err, &ue)
+	switch {
+	case !transport:
+		return "", false
+	case errors.Is(err, context.DeadlineExceeded):
+		return "host did not answer in time", true
+	}
+	return "host unreachable", true
+}

@@ -13,7 +13,9 @@ package rest
 //     keeps one owner;
 //   - any member may remove themselves (leave);
 //   - API keys act as admin of their team but cannot create teams or
-//     manage members: those need a person.
+//     manage members (or invite): those need a person;
+//   - API keys never carry platform rights unless a platform admin's
+//     session created them with "platform": true.
 
 import (
 	"context"
@@ -53,6 +55,9 @@ func (s *Server) mountIdentity(r chi.Router) {
 	r.Post("/teams/{teamID}/members", s.addMember)
 	r.Patch("/teams/{teamID}/members/{userID}", s.updateMember)
 	r.Delete("/teams/{teamID}/members/{userID}", s.removeMember)
+	r.Get("/teams/{teamID}/invites", s.listInvites)
+	r.Post("/teams/{teamID}/invites", s.createInvite)
+	r.Delete("/teams/{teamID}/invites/{inviteID}", s.deleteInvite)
 	r.Get("/api-keys", s.listAPIKeys)
 	r.Post("/api-keys", s.createAPIKey)
 	r.Delete("/api-keys/{keyID}", s.revokeAPIKey)
@@ -141,6 +146,7 @@ func apiKeyOut(k store.ApiKey) api.APIKey {
 	return api.APIKey{
 		Id: k.ID, Name: k.Name, Prefix: k.Prefix, CreatedBy: k.CreatedBy,
 		CreatedAt: k.CreatedAt, LastUsedAt: k.LastUsedAt, RevokedAt: k.RevokedAt,
+		Platform: k.Platform,
 	}
 }
 
@@ -588,12 +594,15 @@ func (s *Server) listAPIKeys(w http.ResponseWriter, r *http.Request) {
 
 type createAPIKeyRequest struct {
 	Name string `json:"name"`
+	// Platform asks for a key with platform rights (regular hosts); only
+	// a platform admin's session may.
+	Platform bool `json:"platform"`
 }
 
 func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	k, secret, err := s.doCreateAPIKey(w, r)
-	s.audit(ctx, "api_key", idString(k.ID), "create", err, map[string]any{"name": k.Name, "prefix": k.Prefix})
+	s.audit(ctx, "api_key", idString(k.ID), "create", err, map[string]any{"name": k.Name, "prefix": k.Prefix, "platform": k.Platform})
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -601,7 +610,7 @@ func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) {
 	out := apiKeyOut(k)
 	writeJSON(w, http.StatusCreated, api.CreatedAPIKey{
 		Id: out.Id, Name: out.Name, Prefix: out.Prefix, CreatedBy: out.CreatedBy, CreatedAt: out.CreatedAt,
-		Key: secret,
+		Platform: out.Platform, Key: secret,
 	})
 }
 
@@ -618,12 +627,19 @@ func (s *Server) doCreateAPIKey(w http.ResponseWriter, r *http.Request) (store.A
 	if utf8.RuneCountInString(name) > maxNameLen {
 		return store.ApiKey{}, "", invalid("name is longer than %d characters", maxNameLen)
 	}
+	// A key with platform rights is made on purpose, by a logged-in person
+	// who has them; a key cannot mint one. It stops carrying them when its
+	// creator is demoted (GetAPIKeyByHash).
+	if req.Platform && (p.UserID == nil || !p.PlatformAdmin) {
+		return store.ApiKey{Name: name, Platform: true}, "", permissionDenied("only a platform admin, logged in (not with an API key), may create a key with platform rights")
+	}
 	gen, err := auth.GenerateAPIKey()
 	if err != nil {
 		return store.ApiKey{}, "", err
 	}
 	k, err := s.q.CreateAPIKey(r.Context(), store.CreateAPIKeyParams{
 		TeamID: p.TeamID, CreatedBy: p.UserID, Name: name, Prefix: gen.Prefix, KeyHash: gen.Hash,
+		Platform: req.Platform,
 	})
 	if err != nil {
 		return store.ApiKey{Name: name}, "", fmt.Errorf("store api key: %w", err)

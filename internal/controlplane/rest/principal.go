@@ -29,8 +29,11 @@ type Principal struct {
 	// Exactly one of UserID and APIKeyID is set.
 	UserID   *uuid.UUID
 	APIKeyID *uuid.UUID
-	// PlatformAdmin may add regular hosts (ADR 0003): the installation's
-	// first user, and API keys that user created.
+	// PlatformAdmin may add and manage regular hosts (ADR 0003), which run
+	// every team's sandboxes: a session of a user `wrenn-cp admin` made a
+	// platform admin, or an API key such a user created with
+	// "platform": true. Other keys have only their team's rights, whoever
+	// created them.
 	PlatformAdmin bool
 }
 

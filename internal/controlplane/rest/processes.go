@@ -421,6 +421,9 @@ func (s *Server) wsFail(ctx context.Context, c *websocket.Conn, err error) {
 		if status != http.StatusServiceUnavailable && status != http.StatusGatewayTimeout {
 			s.log.Error("websocket session failed", "err", err)
 			fe.Message = "internal error"
+		} else if msg, hide := hostFailure(err); hide {
+			s.log.Warn("websocket session: host agent unreachable", "err", err)
+			fe.Message = msg
 		}
 	}
 	_ = writeFrame(ctx, c, procFrame{Type: string(api.ProcessEventTypeError), Error: fe})
