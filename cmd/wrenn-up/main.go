@@ -22,6 +22,7 @@ import (
 func main() {
 	var cfg devstack.Config
 	flag.BoolVar(&cfg.NoAgent, "no-agent", false, "start PostgreSQL and the control plane only (make dev)")
+	flag.BoolVar(&cfg.TLS, "tls", false, "serve the API over HTTPS with a certificate from the cluster CA (WRENN_TLS=self-signed)")
 	keep := flag.Bool("keep-sandboxes", false, "on exit, leave sandboxes running for the next start to re-adopt")
 	flag.StringVar(&cfg.Dir, "dir", envOr("WRENN_DIR", "/var/lib/wrenn"), "state directory (WRENN_DIR)")
 	flag.StringVar(&cfg.BinDir, "bin-dir", "builds", "directory holding wrenn-cp and wrenn-agent")
@@ -62,6 +63,9 @@ Try:
 Logs: %s/logs/. Ctrl-C stops everything.
 `, time.Since(start).Round(100*time.Millisecond), st.URL, st.URL, st.Admin.APIKey, st.Admin.Email, st.Admin.Password,
 		st.URL, st.Admin.APIKey, cfg.Dir)
+	if st.CACert != "" {
+		fmt.Printf("HTTPS with the cluster CA %s: export WRENN_CA_CERT=%s\n", st.CACertHash, st.CACert)
+	}
 
 	waitErr := st.Wait(ctx)
 	stopCtx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -13,11 +13,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +31,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/atomicfile"
+	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/pgcluster"
 	"github.com/wrenn/wrenn/internal/tailfile"
 )
@@ -58,6 +63,11 @@ type Config struct {
 	// ReadyTimeout bounds each wait (control plane healthy, host online).
 	// Default 2 minutes.
 	ReadyTimeout time.Duration
+	// TLS runs the control plane with WRENN_TLS=self-signed: HTTPS with a
+	// certificate from the cluster CA. The stack trusts it by the CA
+	// fingerprint wrenn-cp logs, saves the CA as Dir/cp-ca.crt (for
+	// `wrenn --ca-cert`), and the agent registers with a token pinning it.
+	TLS bool
 }
 
 func (c *Config) defaults() {
@@ -91,19 +101,28 @@ type Admin struct {
 
 // Stack is a running single-node Wrenn.
 type Stack struct {
-	cfg     Config
-	URL     string
-	Admin   Admin
-	HostID  string
-	cluster *pgcluster.Cluster
-	cp      *child
-	agent   *child
+	cfg    Config
+	URL    string
+	Admin  Admin
+	HostID string
+	// CACertHash is the cluster CA's fingerprint (sha256:<hex>) and
+	// CACert the file holding the CA, when Config.TLS.
+	CACertHash string
+	CACert     string
+	cluster    *pgcluster.Cluster
+	cp         *child
+	agent      *child
+	// client reaches the control plane (trusting its CA under TLS).
+	client *http.Client
 }
 
 // Up starts everything and returns once the local host is online.
 func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	cfg.defaults()
-	s := &Stack{cfg: cfg, URL: "http://" + cfg.CPAddr}
+	s := &Stack{cfg: cfg, URL: "http://" + cfg.CPAddr, client: &http.Client{}}
+	if cfg.TLS {
+		s.URL = "https://" + cfg.CPAddr
+	}
 	defer func() {
 		if err != nil {
 			s.Close(context.WithoutCancel(ctx))
@@ -142,9 +161,22 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		"WRENN_CP_LISTEN_ADDR=" + cfg.CPAddr,
 		"WRENN_CP_URL=" + s.URL,
 	}, cfg.CPEnv...)
-	s.cp, err = startChild(filepath.Join(cfg.BinDir, "wrenn-cp"), nil, cpEnv, filepath.Join(cfg.Dir, "logs", "cp.log"))
+	if cfg.TLS {
+		cpEnv = append(cpEnv, "WRENN_TLS=self-signed")
+	}
+	cpLog := filepath.Join(cfg.Dir, "logs", "cp.log")
+	var logStart int64
+	if fi, err := os.Stat(cpLog); err == nil {
+		logStart = fi.Size()
+	}
+	s.cp, err = startChild(filepath.Join(cfg.BinDir, "wrenn-cp"), nil, cpEnv, cpLog)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.TLS {
+		if err := s.trustCA(ctx, logStart); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.waitHealthy(ctx); err != nil {
 		return nil, err
@@ -331,7 +363,7 @@ func (s *Stack) addHost(ctx context.Context) (token, id string, err error) {
 func (s *Stack) waitHealthy(ctx context.Context) error {
 	return s.poll(ctx, "control plane healthy", s.cp, func(ctx context.Context) (bool, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/healthz", nil)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := s.client.Do(req)
 		if err != nil {
 			return false, nil
 		}
@@ -408,7 +440,7 @@ func (s *Stack) call(ctx context.Context, method, path, cred string, body any, w
 	if cred != "" {
 		req.Header.Set("Authorization", "Bearer "+cred)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
@@ -423,6 +455,83 @@ func (s *Stack) call(ctx context.Context, method, path, cred string, body any, w
 		}
 	}
 	return nil
+}
+
+// CACertFile is where a TLS stack saves the control plane's CA.
+const CACertFile = "cp-ca.crt"
+
+// trustCA learns the cluster CA's fingerprint from what this wrenn-cp
+// logs (as an operator would), then takes the CA itself from a TLS
+// handshake verified against that fingerprint, saves it for the CLI, and
+// makes the stack's client trust it.
+func (s *Stack) trustCA(ctx context.Context, logStart int64) error {
+	logPath := s.cp.logPath
+	err := s.poll(ctx, "control plane CA fingerprint", s.cp, func(context.Context) (bool, error) {
+		b, err := os.ReadFile(logPath)
+		if err != nil || int64(len(b)) < logStart {
+			return false, nil
+		}
+		for _, line := range strings.Split(string(b[logStart:]), "\n") {
+			var rec struct {
+				Hash string `json:"ca_cert_hash"`
+			}
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Hash != "" {
+				s.CACertHash = rec.Hash
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return err
+	}
+	var ca *x509.Certificate
+	err = s.poll(ctx, "control plane TLS", s.cp, func(ctx context.Context) (bool, error) {
+		cfg, err := capin.TLSConfig(capin.Trust{Pin: s.CACertHash}, hostOf(s.cfg.CPAddr))
+		if err != nil {
+			return false, err
+		}
+		d := tls.Dialer{Config: cfg}
+		conn, err := d.DialContext(ctx, "tcp", s.cfg.CPAddr)
+		if err != nil {
+			if errors.Is(err, capin.ErrMismatch) {
+				return false, err
+			}
+			return false, nil // not listening yet
+		}
+		defer conn.Close()
+		for _, c := range conn.(*tls.Conn).ConnectionState().PeerCertificates {
+			if c.IsCA && capin.Hash(c) == s.CACertHash {
+				ca = c
+			}
+		}
+		if ca == nil {
+			return false, fmt.Errorf("the control plane's TLS chain does not carry its CA %s", s.CACertHash)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})
+	s.CACert = filepath.Join(s.cfg.Dir, CACertFile)
+	if err := atomicfile.WriteFile(s.CACert, caPEM, 0o644); err != nil {
+		return fmt.Errorf("save %s: %w", s.CACert, err)
+	}
+	if s.client, err = capin.Client(capin.Trust{CAPEM: caPEM}, s.URL, 0); err != nil {
+		return err
+	}
+	s.step("control plane CA %s saved in %s", s.CACertHash, s.CACert)
+	return nil
+}
+
+// hostOf is the host of a host:port address, localhost for an empty one.
+func hostOf(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
 }
 
 // child is a daemon we started; its output goes to a log file.
