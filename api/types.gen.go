@@ -415,7 +415,7 @@ type CreatedHost struct {
 	Host                  Host      `json:"host"`
 	RegistrationExpiresAt time.Time `json:"registration_expires_at"`
 
-	// RegistrationToken One-time; give it to `wrenn-agent --register`.
+	// RegistrationToken One-time; give it to `wrenn-agent --register`. `wrr_<32 hex>.<64 hex>`: the secret, a dot, and the cluster CA's fingerprint (SHA-256 of its SubjectPublicKeyInfo, as kubeadm's --discovery-token-ca-cert-hash), which the agent pins the control plane's CA by.
 	RegistrationToken string `json:"registration_token"`
 }
 
