@@ -125,7 +125,8 @@ func (b *bench) startStack(ctx context.Context) (*devstack.Stack, string, error)
 		Dir: dir, BinDir: bin, CPAddr: freeAddr(), AgentAddr: freeAddr(), PGPort: pgPort, Out: &log,
 		// The request-rate figures measure the server, not its per-key
 		// rate limiter (50 requests per second by default).
-		CPEnv: []string{"WRENN_DOMAIN=wrenn.test", "WRENN_RATE_LIMIT=1000000"},
+		// Metrics off: the default port may be taken by a stack beside it.
+		CPEnv: []string{"WRENN_DOMAIN=wrenn.test", "WRENN_RATE_LIMIT=1000000", "WRENN_METRICS_ADDR="},
 	})
 	if err != nil {
 		return nil, "", err

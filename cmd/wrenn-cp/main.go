@@ -162,6 +162,12 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
 	}
+	// Metrics have a listener of their own, never the API port.
+	metricsSrv, err := listenMetrics(cfg.MetricsAddr, metrics, log)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
 	// Handlers that outlive Shutdown (hijacked WebSockets) see their base
 	// context cancelled once draining is over.
 	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
@@ -180,6 +186,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return metricsSrv.run(gctx) })
 	g.Go(func() error {
 		monitor.Run(gctx)
 		return nil
@@ -208,7 +215,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		}
 		return nil
 	})
-	log.Info("wrenn-cp serving", "addr", ln.Addr().String(), "registry_path", registryPath, "tls", tlsConfig != nil, "tls_names", tlsOpts.Names)
+	log.Info("wrenn-cp serving", "addr", ln.Addr().String(), "metrics_addr", metricsSrv.addr(), "registry_path", registryPath, "tls", tlsConfig != nil, "tls_names", tlsOpts.Names)
 	if ready != nil {
 		ready(ln.Addr().String())
 	}

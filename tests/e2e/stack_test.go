@@ -104,7 +104,7 @@ func startStack(images testenv.Images) error {
 		AgentAddr: freeAddr(),
 		PGPort:    5433,
 		Out:       os.Stderr,
-		CPEnv:     []string{"WRENN_DOMAIN=wrenn.test", "WRENN_LOG_LEVEL=debug"},
+		CPEnv:     []string{"WRENN_DOMAIN=wrenn.test", "WRENN_LOG_LEVEL=debug", "WRENN_METRICS_ADDR=" + freeAddr()},
 		// Its own names, ranges and ports: a real agent (make up) or a
 		// benchmark stack may run on the same machine.
 		AgentEnv: []string{"WRENN_LOG_LEVEL=debug", "WRENN_AGENT_NAME=we2e",

@@ -67,6 +67,10 @@ type Config struct {
 	// AllowPrivateHostAddresses is WRENN_ALLOW_PRIVATE_HOST_ADDRESSES:
 	// byoc hosts may be at internal addresses.
 	AllowPrivateHostAddresses bool
+	// MetricsAddr is WRENN_METRICS_ADDR: a separate plain-HTTP listener for
+	// Prometheus' /metrics, which is unauthenticated and so never on the
+	// API port; empty disables it.
+	MetricsAddr string
 	// EnvFile is the env file read, if any.
 	EnvFile string
 	// ShowVersion is --version.
@@ -82,6 +86,9 @@ const (
 	DefaultPublicURL   = "http://127.0.0.1:8000"
 	DefaultRateLimit   = 50
 	DefaultHostTimeout = 90 * time.Second
+	// DefaultMetricsAddr keeps /metrics on loopback: it is unauthenticated
+	// and tells anyone who reads it about every team's traffic.
+	DefaultMetricsAddr = "127.0.0.1:9464"
 	// DefaultEnvFile is read when --env-file is not given and it exists.
 	DefaultEnvFile = ".env"
 	// MinJWTSecret is the shortest session signing key accepted (HS256
@@ -216,6 +223,14 @@ func settings() []setting {
 					c.TLSNames = append(c.TLSNames, strings.Trim(n, "[]"))
 				}
 				return nil
+			}},
+		{env: "WRENN_METRICS_ADDR", flag: "metrics-listen", def: DefaultMetricsAddr, help: "plain-HTTP address for Prometheus /metrics, unauthenticated (host:port; empty disables)",
+			set: func(c *Config, v string) error {
+				c.MetricsAddr = strings.TrimSpace(v)
+				if c.MetricsAddr == "" {
+					return nil
+				}
+				return checkHostPort(c.MetricsAddr)
 			}},
 		{env: "WRENN_LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
 			set: func(c *Config, v string) error {
@@ -375,6 +390,7 @@ func (c Config) LogValue() slog.Value {
 		"WRENN_RATE_LIMIT":      strconv.FormatFloat(c.RateLimit, 'g', -1, 64),
 		"WRENN_ALLOWED_ORIGINS": strings.Join(c.AllowedOrigins, ","),
 		"WRENN_HOST_TIMEOUT":    c.HostTimeout.String(),
+		"WRENN_METRICS_ADDR":    c.MetricsAddr,
 		"WRENN_LOG_LEVEL":       strings.ToLower(c.LogLevel.String()),
 		"WRENN_TLS":             c.TLSMode,
 		"WRENN_TLS_CERT":        c.TLSCert,

@@ -1,8 +1,10 @@
 package rest
 
 // Routes about the API itself: the OpenAPI document and its HTML
-// rendering, Prometheus metrics, and the health check. Also the request
-// metrics every route reports.
+// rendering and the health check. Also the request metrics every route
+// reports, which wrenn-cp serves on a listener of their own
+// (MetricsHandler), never on the API port: /metrics is unauthenticated
+// and describes every team's traffic.
 
 import (
 	"bytes"
@@ -10,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strconv"
@@ -29,7 +32,7 @@ import (
 // healthTimeout bounds the database ping of /healthz.
 const healthTimeout = 3 * time.Second
 
-// mountMeta mounts /openapi.yaml, /docs, /metrics and /healthz, and the
+// mountMeta mounts /openapi.yaml, /docs and /healthz, and the
 // request-metrics middleware. It must run before any other route is
 // mounted on r (chi takes middleware only before routes).
 func (s *Server) mountMeta(r chi.Router) {
@@ -50,8 +53,6 @@ func (s *Server) mountMeta(r chi.Router) {
 		_, _ = w.Write(docs)
 	})
 
-	r.Handle("/metrics", promhttp.HandlerFor(s.deps.Metrics, promhttp.HandlerOpts{Registry: s.deps.Metrics}))
-
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
 		defer cancel()
@@ -62,6 +63,17 @@ func (s *Server) mountMeta(r chi.Router) {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+}
+
+// MetricsHandler serves reg (Deps.Metrics) in Prometheus' text format. It
+// is for a separate, private listener (WRENN_METRICS_ADDR): the API's own
+// router answers /metrics with 404.
+func MetricsHandler(reg *prometheus.Registry, log *slog.Logger) http.Handler {
+	opts := promhttp.HandlerOpts{Registry: reg}
+	if log != nil {
+		opts.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	}
+	return promhttp.HandlerFor(reg, opts)
 }
 
 // registerCollector registers c on reg, or returns the equal collector

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"html"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -124,16 +125,20 @@ func TestMetrics(t *testing.T) {
 	wantError(t, env.do(t, "GET", "/v1/me", a.Key, nil), 429, "rate_limited")
 	wantError(t, env.do(t, "GET", "/nowhere", "", nil), 404, "not_found")
 
-	resp := env.do(t, "GET", "/metrics", "", nil)
-	if resp.StatusCode != 200 {
-		t.Fatalf("status %d", resp.StatusCode)
+	// Not on the API port (issue 11): unauthenticated, it describes every
+	// team's traffic. wrenn-cp serves MetricsHandler on WRENN_METRICS_ADDR.
+	wantError(t, env.do(t, "GET", "/metrics", "", nil), 404, "not_found")
+	rec := httptest.NewRecorder()
+	MetricsHandler(env.Server.deps.Metrics, nil).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("status %d", rec.Code)
 	}
-	body := readAll(t, resp)
+	body := rec.Body.String()
 	for _, want := range []string{
 		`wrenn_api_requests_total{code="201",method="POST",route="/v1/auth/signup"} 1`,
 		`wrenn_api_requests_total{code="200",method="GET",route="/v1/teams/{teamID}"} 1`,
 		`wrenn_api_requests_total{code="429",method="GET",route="/v1/me"} 1`,
-		`wrenn_api_requests_total{code="404",method="GET",route="unmatched"} 1`,
+		`wrenn_api_requests_total{code="404",method="GET",route="unmatched"} 2`, // /nowhere, /metrics
 		`wrenn_api_request_duration_seconds_count{method="GET",route="/v1/me"} 2`,
 		`wrenn_api_rate_limited_total{kind="principal"} 1`,
 		`wrenn_api_rate_limit_buckets{kind="principal"} 2`, // a's user and key
