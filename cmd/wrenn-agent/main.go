@@ -119,7 +119,7 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 	if choice.Driver == drivers.Firecracker {
 		accel = "kvm" // Firecracker runs on KVM only
 	}
-	host := hostinfo.New(hostinfo.Config{Dir: cfg.Dir, VMM: choice.Driver, Accelerator: accel, Sandboxes: m})
+	host := hostinfo.New(hostinfo.Config{Dir: cfg.Dir, VMM: choice.Driver, Accelerator: accel, Sandboxes: m, MemoryDir: m.MemoryDir()})
 	svc, err := newServices(cfg, m, host, log)
 	if err == nil {
 		// The reaper stops with the services, also when they fail.

@@ -30,6 +30,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/hostmon"
 	"github.com/wrenn/wrenn/internal/controlplane/hostreg"
 	"github.com/wrenn/wrenn/internal/controlplane/platformadmin"
+	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/rest"
 	"github.com/wrenn/wrenn/internal/controlplane/servetls"
 	"github.com/wrenn/wrenn/internal/dbmigrate"
@@ -155,7 +156,12 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		Registry:       registry,
 		RegistryPath:   registryPath,
 		Signup:         rest.SignupMode(cfg.Signup),
-		CACertHash:     ca.Fingerprint(),
+		TeamLimits: quota.Limits{
+			MaxSandboxes: cfg.TeamLimits.MaxSandboxes, MaxVCPUs: cfg.TeamLimits.MaxVCPUs,
+			MaxMemoryMB: cfg.TeamLimits.MaxMemoryMB, MaxDiskMB: cfg.TeamLimits.MaxDiskMB,
+			MaxTemplates: cfg.TeamLimits.MaxTemplates,
+		},
+		CACertHash: ca.Fingerprint(),
 	})
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)

@@ -116,6 +116,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	if err := req.normalize(); err != nil {
 		return Info{}, err
 	}
+	if err := m.admit(ctx, 1, req.MemoryMB, req.DiskMB); err != nil {
+		return Info{}, err
+	}
 	base := filepath.Join(m.cfg.Dir, "images", req.Template, "rootfs.ext4")
 	if _, err := os.Stat(base); err != nil {
 		return Info{}, errdefs.New(errdefs.ErrNotFound, "template %q not found", req.Template)

@@ -225,6 +225,9 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	if err := req.normalize(); err != nil {
 		return Info{}, err
 	}
+	if err := m.admit(ctx, 1, req.MemoryMB, req.DiskMB); err != nil {
+		return Info{}, err
+	}
 	if err := snap.Compatible(m.cfg.Driver.Name(), tpl.KernelVersion); err != nil {
 		return Info{}, err
 	}

@@ -30,6 +30,10 @@ var (
 	ErrRateLimited = errors.New("rate limited")
 	// ErrTooLarge: a request body or upload exceeds its cap.
 	ErrTooLarge = errors.New("payload too large")
+	// ErrQuotaExceeded: the caller's team is at one of its limits (its
+	// message names the limit and its value); free something or ask the
+	// operator for more.
+	ErrQuotaExceeded = errors.New("quota exceeded")
 )
 
 // kindError carries a message for users and the kind for classification.
@@ -104,7 +108,7 @@ func ConnectCode(err error) connect.Code {
 		return connect.CodeResourceExhausted
 	case errors.Is(err, ErrUnavailable):
 		return connect.CodeUnavailable
-	case errors.Is(err, ErrRateLimited), errors.Is(err, ErrTooLarge):
+	case errors.Is(err, ErrRateLimited), errors.Is(err, ErrTooLarge), errors.Is(err, ErrQuotaExceeded):
 		return connect.CodeResourceExhausted
 	case errors.Is(err, context.Canceled):
 		return connect.CodeCanceled
@@ -176,7 +180,7 @@ func HTTPStatus(err error) int {
 		return http.StatusInsufficientStorage
 	case errors.Is(err, ErrUnavailable):
 		return http.StatusServiceUnavailable
-	case errors.Is(err, ErrRateLimited):
+	case errors.Is(err, ErrRateLimited), errors.Is(err, ErrQuotaExceeded):
 		return http.StatusTooManyRequests
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge
@@ -210,6 +214,8 @@ func Code(err error) string {
 		return "rate_limited"
 	case errors.Is(err, ErrTooLarge):
 		return "payload_too_large"
+	case errors.Is(err, ErrQuotaExceeded):
+		return "quota_exceeded"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "deadline_exceeded"
 	}

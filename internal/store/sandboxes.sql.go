@@ -360,41 +360,59 @@ func (q *Queries) MarkSandboxRunning(ctx context.Context, arg MarkSandboxRunning
 const schedulableHosts = `-- name: SchedulableHosts :many
 SELECT h.id, h.team_id, h.type, h.status, h.cpus, h.memory_bytes,
        h.memory_available_bytes, h.load1, h.images, h.templates, h.snapshot_templates,
-       coalesce(r.vcpus, 0)::int AS reserved_vcpus,
-       coalesce(r.memory_mb, 0)::bigint AS reserved_memory_mb
+       h.disk_available_bytes, h.guest_memory_bytes, h.guest_memory_available_bytes,
+       h.sandbox_disk_used_bytes,
+       (coalesce(r.vcpus, 0) + coalesce(q.vcpus, 0))::int AS reserved_vcpus,
+       (coalesce(r.memory_mb, 0) + coalesce(q.memory_mb, 0))::bigint AS reserved_memory_mb,
+       (coalesce(r.disk_mb, 0) + coalesce(q.disk_mb, 0))::bigint AS reserved_disk_mb
 FROM hosts h
 LEFT JOIN (
     SELECT s.host_id,
            sum(s.vcpus) AS vcpus,
-           sum(s.memory_mb) FILTER (WHERE s.state <> 'hibernated') AS memory_mb
+           sum(s.memory_mb) FILTER (WHERE s.state <> 'hibernated') AS memory_mb,
+           sum(s.disk_mb) + coalesce(sum(s.memory_mb) FILTER (WHERE s.state = 'hibernated'), 0) AS disk_mb
     FROM sandboxes s
     WHERE s.host_id IS NOT NULL
       AND s.state IN ('starting', 'running', 'paused', 'hibernated', 'missing')
     GROUP BY s.host_id
 ) r ON r.host_id = h.id
+LEFT JOIN (
+    SELECT qh.host_id, sum(qh.vcpus) AS vcpus, sum(qh.memory_mb) AS memory_mb, sum(qh.disk_mb) AS disk_mb
+    FROM quota_holds qh
+    WHERE qh.host_id IS NOT NULL AND qh.expires_at > now()
+    GROUP BY qh.host_id
+) q ON q.host_id = h.id
 WHERE h.status = 'online'
   AND (h.type = 'regular' OR h.team_id = $1)
 ORDER BY h.id
 `
 
 type SchedulableHostsRow struct {
-	ID                   uuid.UUID
-	TeamID               uuid.UUID
-	Type                 string
-	Status               string
-	Cpus                 int32
-	MemoryBytes          int64
-	MemoryAvailableBytes int64
-	Load1                float64
-	Images               []string
-	Templates            []string
-	SnapshotTemplates    []string
-	ReservedVcpus        int32
-	ReservedMemoryMb     int64
+	ID                        uuid.UUID
+	TeamID                    uuid.UUID
+	Type                      string
+	Status                    string
+	Cpus                      int32
+	MemoryBytes               int64
+	MemoryAvailableBytes      int64
+	Load1                     float64
+	Images                    []string
+	Templates                 []string
+	SnapshotTemplates         []string
+	DiskAvailableBytes        int64
+	GuestMemoryBytes          int64
+	GuestMemoryAvailableBytes int64
+	SandboxDiskUsedBytes      int64
+	ReservedVcpus             int32
+	ReservedMemoryMb          int64
+	ReservedDiskMb            int64
 }
 
 // Online hosts the team may use, with what the store reserves on each:
-// every live sandbox holds its vCPUs; a hibernated one's memory is on disk.
+// every live sandbox holds its vCPUs; a hibernated one's memory is on disk
+// (so it reserves disk, not RAM); every live sandbox reserves its whole
+// disk_mb (its overlay may grow to it). Unexpired quota holds (forks and
+// resumes in flight) count as well.
 func (q *Queries) SchedulableHosts(ctx context.Context, teamID uuid.UUID) ([]SchedulableHostsRow, error) {
 	rows, err := q.db.Query(ctx, schedulableHosts, teamID)
 	if err != nil {
@@ -416,8 +434,13 @@ func (q *Queries) SchedulableHosts(ctx context.Context, teamID uuid.UUID) ([]Sch
 			&i.Images,
 			&i.Templates,
 			&i.SnapshotTemplates,
+			&i.DiskAvailableBytes,
+			&i.GuestMemoryBytes,
+			&i.GuestMemoryAvailableBytes,
+			&i.SandboxDiskUsedBytes,
 			&i.ReservedVcpus,
 			&i.ReservedMemoryMb,
+			&i.ReservedDiskMb,
 		); err != nil {
 			return nil, err
 		}

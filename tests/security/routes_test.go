@@ -63,8 +63,12 @@ var crossTeam = map[string]routeCheck{
 		w.b.sessionClient().json(t, "POST", "/v1/teams", map[string]string{"name": "b-second"}, http.StatusCreated, &team)
 		wantError(t, "A: GET B's new team", w.a.keyClient().do(t, "GET", "/v1/teams/"+team.ID, nil), http.StatusNotFound, "not_found")
 	}},
-	"GET /v1/teams/{teamID}":         {},
-	"GET /v1/teams/{teamID}/members": {},
+	"GET /v1/teams/{teamID}": {},
+	// Invitations: B invites itself into A's team, lists and withdraws A's.
+	"GET /v1/teams/{teamID}/invites":               {},
+	"POST /v1/teams/{teamID}/invites":              {body: map[string]string{"email": "{bEmail}", "role": "owner"}},
+	"DELETE /v1/teams/{teamID}/invites/{inviteID}": {},
+	"GET /v1/teams/{teamID}/members":               {},
 	// B adds itself to A's team as owner.
 	"POST /v1/teams/{teamID}/members":            {body: map[string]string{"email": "{bEmail}", "role": "owner"}},
 	"PATCH /v1/teams/{teamID}/members/{userID}":  {body: map[string]string{"role": "member"}},
@@ -282,7 +286,7 @@ func runListCheck(t *testing.T, route string, rc routeCheck) {
 	}
 	secrets := map[string]string{
 		"team id": w.a.teamID, "user id": w.a.userID, "email": w.a.email, "key id": w.a.keyID,
-		"second key id": w.a2KeyID, "host id": w.hostA, "sandbox id": w.sandboxA, "secret": w.secretA,
+		"second key id": w.a2KeyID, "host id": w.hostA, "invite id": w.inviteA, "sandbox id": w.sandboxA, "secret": w.secretA,
 	}
 	if path != "/v1/audit-logs" {
 		// B typed these names itself when it tried to create from them,
@@ -327,7 +331,7 @@ func bPrincipals() []principalCase {
 func fill(t *testing.T, tmpl, hostID string) string {
 	t.Helper()
 	ids := map[string]string{
-		"teamID": w.a.teamID, "userID": w.a.userID, "keyID": w.a2KeyID, "hostID": hostID,
+		"teamID": w.a.teamID, "userID": w.a.userID, "keyID": w.a2KeyID, "hostID": hostID, "inviteID": w.inviteA,
 		"sandboxID": w.sandboxA, "templateName": w.templateA, "selector": "1", "port": "8080", "path": "index.html",
 	}
 	return pathParamRE.ReplaceAllStringFunc(tmpl, func(p string) string {

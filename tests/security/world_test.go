@@ -37,6 +37,8 @@ var w struct {
 	a, b tenant
 	// a2KeyID is a second API key of team A (a resource B must not reach).
 	a2KeyID string
+	// inviteA is an open invitation into team A.
+	inviteA string
 	// hostA is a byoc host of team A (pending: nobody registers it).
 	hostA string
 	// regularHost is the stack's only host (regular, owned by adminTeam).
@@ -95,6 +97,12 @@ func makeWorld(t *testing.T) {
 	}
 	w.a.sessionClient().json(t, "POST", "/v1/api-keys", map[string]string{"name": "a-second"}, http.StatusCreated, &k)
 	w.a2KeyID = k.ID
+	var inv struct {
+		ID string `json:"id"`
+	}
+	w.a.sessionClient().json(t, "POST", "/v1/teams/"+w.a.teamID+"/invites",
+		map[string]string{"email": "friend-" + randHex(4) + "@example.com", "role": "member"}, http.StatusCreated, &inv)
+	w.inviteA = inv.ID
 	var h struct {
 		Host struct {
 			ID string `json:"id"`

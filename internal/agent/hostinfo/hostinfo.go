@@ -46,6 +46,10 @@ type Config struct {
 	Sandboxes   Sandboxes
 	// ProcDir is where meminfo and loadavg are read; "/proc" when empty.
 	ProcDir string
+	// MemoryDir is the tmpfs holding guest RAM (the manager's MemoryDir);
+	// its size and free space are reported for admission. Empty: not
+	// reported.
+	MemoryDir string
 }
 
 // Collector takes readings of the host.
@@ -128,11 +132,27 @@ func (c *Collector) Collect(ctx context.Context) (Status, error) {
 	}
 	slices.Sort(out.Specs.Images)
 	out.SandboxStates = make(map[string]hostagentv1.SandboxState, len(infos))
+	var live []string
 	for _, in := range infos {
 		out.SandboxIDs = append(out.SandboxIDs, in.ID)
 		out.SandboxStates[in.ID] = SandboxState(in.State)
 		addUsage(out.Usage, in)
+		if in.State != state.Stopped {
+			live = append(live, in.ID)
+		}
 	}
+	if c.cfg.MemoryDir != "" {
+		size, avail, err := agent.FSRoom(c.cfg.MemoryDir)
+		if err != nil {
+			return Status{}, fmt.Errorf("guest memory tmpfs: %w", err)
+		}
+		out.Usage.GuestMemoryBytes, out.Usage.GuestMemoryAvailableBytes = size, avail
+	}
+	used, err := agent.SandboxDiskUsed(ctx, c.cfg.Dir, live)
+	if err != nil {
+		return Status{}, fmt.Errorf("sandbox disk usage: %w", err)
+	}
+	out.Usage.SandboxDiskUsedBytes = used
 	return out, nil
 }
 

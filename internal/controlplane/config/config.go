@@ -62,6 +62,8 @@ type Config struct {
 	// serving certificate; empty means the public URL's host, the listen
 	// host, localhost and the loopback addresses.
 	TLSNames []string
+	// TeamLimits are the default per-team quotas (WRENN_TEAM_MAX_*).
+	TeamLimits TeamLimits
 	// Signup is WRENN_SIGNUP: open, invite or closed (see access.go).
 	Signup string
 	// AllowPrivateHostAddresses is WRENN_ALLOW_PRIVATE_HOST_ADDRESSES:
@@ -248,7 +250,7 @@ func settings() []setting {
 				}
 				return nil
 			}},
-	}, accessSettings()...)
+	}, append(teamLimitSettings(), accessSettings()...)...)
 }
 
 // Parse reads args (without the program name), environ (os.Environ()
@@ -397,6 +399,7 @@ func (c Config) LogValue() slog.Value {
 		"WRENN_TLS_KEY":         c.TLSKey,
 		"WRENN_TLS_NAMES":       strings.Join(c.TLSNames, ","),
 	}
+	maps.Copy(values, c.teamLimitValues())
 	maps.Copy(values, c.accessValues())
 	var attrs []slog.Attr
 	for _, s := range settings() {

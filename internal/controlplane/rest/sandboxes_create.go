@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/scheduler"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
@@ -175,6 +176,9 @@ func schedulerHosts(ctx context.Context, q *store.Queries, team uuid.UUID) ([]sc
 			CPUs: int(h.Cpus), MemoryBytes: h.MemoryBytes, MemoryAvailableBytes: h.MemoryAvailableBytes,
 			Load1: h.Load1, ReservedVCPUs: int(h.ReservedVcpus), ReservedMemoryBytes: h.ReservedMemoryMb << 20,
 			Images: h.Images, Templates: h.Templates, SnapshotTemplates: h.SnapshotTemplates,
+			ReservedDiskBytes: h.ReservedDiskMb << 20, DiskAvailableBytes: h.DiskAvailableBytes,
+			SandboxDiskUsedBytes: h.SandboxDiskUsedBytes, GuestMemoryBytes: h.GuestMemoryBytes,
+			GuestMemoryAvailableBytes: h.GuestMemoryAvailableBytes,
 		}
 	}
 	return out, nil
@@ -200,7 +204,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 	}
 	sreq := scheduler.Request{
 		TeamID: p.TeamID, VCPUs: spec.vcpus, MemoryBytes: int64(spec.memoryMB) << 20,
-		Template: tmpl.agentName, Builtin: tmpl.builtin, Home: tmpl.home,
+		DiskBytes: int64(spec.diskMB) << 20, Template: tmpl.agentName, Builtin: tmpl.builtin, Home: tmpl.home,
 	}
 	meta, _ := json.Marshal(spec.metadata)
 	netJSON := []byte("{}")
@@ -210,11 +214,15 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 	if spec.publicPorts == nil {
 		spec.publicPorts = []int32{}
 	}
-	// Choose the hosts and reserve room on the first in one transaction
-	// under the placement lock: the new row is what the next create's
+	// Check the team's quota, choose the hosts and reserve room on the
+	// first in one transaction under the team's quota lock and the
+	// placement lock: the new row is what the next create's quota and
 	// reservations count.
 	var ranked []scheduler.Host
 	err = s.inTx(ctx, func(q *store.Queries) error {
+		if err := s.quota().Admit(ctx, q, p.TeamID, quota.Sandboxes(1, int32(spec.vcpus), int32(spec.memoryMB), int32(spec.diskMB))); err != nil {
+			return err
+		}
 		if err := q.LockPlacement(ctx); err != nil {
 			return fmt.Errorf("lock placement: %w", err)
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/scheduler"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
@@ -73,6 +74,17 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
+	// A hibernated sandbox gave its vCPUs and memory back to its team's
+	// quota and its host's RAM: taking them again is admitted like a
+	// create. (A paused one still holds them.)
+	if sb, err := s.teamSandbox(r.Context(), chi.URLParam(r, "sandboxID")); err == nil && sb.State == stHibernated {
+		hold, err := s.holdOnHost(r.Context(), sb, quota.Amount{VCPUs: int64(sb.Vcpus), MemoryMB: int64(sb.MemoryMb)},
+			scheduler.Need{MemoryBytes: int64(sb.MemoryMb) << 20})
+		if err != nil {
+			return err
+		}
+		defer s.releaseHold(r.Context(), hold)
+	}
 	return s.transition(w, r, "resume", stRunning, []string{stPaused, stHibernated}, func(ctx context.Context, sb store.Sandbox) error {
 		ctx, cancel := context.WithTimeout(ctx, agentResumeTimeout)
 		defer cancel()
@@ -109,10 +121,15 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) (err error)
 	if sb.State != stRunning && sb.State != stPaused {
 		return wrongState(sb, "fork", stRunning, stPaused)
 	}
-	// Forks restore the source's memory, so they run where it is.
-	if err := s.checkRoomOnHost(ctx, sb, count); err != nil {
+	// Forks restore the source's memory, so they run where it is. The hold
+	// counts them in the team's quota and the host's reservations until
+	// their rows exist.
+	want := quota.Sandboxes(count, sb.Vcpus, sb.MemoryMb, sb.DiskMb)
+	hold, err := s.holdOnHost(ctx, sb, want, scheduler.Need{VCPUs: int(want.VCPUs), MemoryBytes: want.MemoryMB << 20, DiskBytes: want.DiskMB << 20})
+	if err != nil {
 		return err
 	}
+	defer s.releaseHold(ctx, hold)
 	ctx = context.WithoutCancel(ctx)
 	actx, cancel := context.WithTimeout(ctx, agentForkTimeout)
 	defer cancel()
@@ -148,27 +165,6 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) (err error)
 	}
 	writeJSON(w, http.StatusCreated, map[string]any{"sandboxes": out})
 	return nil
-}
-
-// checkRoomOnHost checks that the sandbox's own host can take n more
-// sandboxes of its size.
-func (s *Server) checkRoomOnHost(ctx context.Context, sb store.Sandbox, n int) error {
-	if sb.HostID == nil {
-		return errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s has no host", sb.ID)
-	}
-	hosts, err := schedulerHosts(ctx, s.q, sb.TeamID)
-	if err != nil {
-		return err
-	}
-	for _, h := range hosts {
-		if h.ID == *sb.HostID {
-			if !scheduler.Fits(h, n*int(sb.Vcpus), int64(n)*int64(sb.MemoryMb)<<20, scheduler.Policy{}) {
-				return errdefs.New(errdefs.ErrUnavailable, "no host with room: sandbox %s's host cannot take %d more", sb.ID, n)
-			}
-			return nil
-		}
-	}
-	return errdefs.New(errdefs.ErrUnavailable, "sandbox %s's host is not online", sb.ID)
 }
 
 // liveStates are those in which the sandbox exists on its host.
@@ -358,15 +354,28 @@ func (s *Server) snapshotSandbox(w http.ResponseWriter, r *http.Request) (err er
 	}
 	ctx = context.WithoutCancel(ctx)
 	team := sb.TeamID
-	tmpl, err := s.q.InsertTemplate(ctx, store.InsertTemplateParams{
-		TeamID: &team, Name: body.Name, AgentName: "t-" + randomName(20), HostID: sb.HostID,
-		SourceSandboxID: &sb.ID, Snapshot: true, Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb, Now: s.clk.Now(),
+	// The row counts against max_templates: admitted and inserted in one
+	// transaction under the team's quota lock.
+	var tmpl store.Template
+	err = s.inTx(ctx, func(q *store.Queries) error {
+		if err := s.quota().Admit(ctx, q, team, quota.Amount{Templates: 1}); err != nil {
+			return err
+		}
+		t, err := q.InsertTemplate(ctx, store.InsertTemplateParams{
+			TeamID: &team, Name: body.Name, AgentName: "t-" + randomName(20), HostID: sb.HostID,
+			SourceSandboxID: &sb.ID, Snapshot: true, Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb, Now: s.clk.Now(),
+		})
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errdefs.New(errdefs.ErrAlreadyExists, "template %q already exists", body.Name)
+		}
+		if err != nil {
+			return fmt.Errorf("insert template %s: %w", body.Name, err)
+		}
+		tmpl = t
+		return nil
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return errdefs.New(errdefs.ErrAlreadyExists, "template %q already exists", body.Name)
-	}
 	if err != nil {
-		return fmt.Errorf("insert template %s: %w", body.Name, err)
+		return err
 	}
 	actx, cancel := context.WithTimeout(ctx, agentSnapshotTimeout)
 	defer cancel()

@@ -50,21 +50,27 @@ type hostSpec struct {
 	available int64
 	images    []string
 	snapshots []string
+	// disk is WRENN_DIR's free space; guestMemory the guest-RAM tmpfs's
+	// size and free space (0: not reported).
+	disk        int64
+	guestMemory int64
 }
 
 // addHost inserts an online host of the env's team and serves a fake
 // agent for it.
 func (e *sbEnv) addHost(t testing.TB, edit ...func(*hostSpec)) *fakeAgent {
 	t.Helper()
-	h := hostSpec{team: e.team.ID, typ: "regular", status: "online", cpus: 8, memory: 32 << 30, available: 30 << 30, images: []string{"minimal"}}
+	h := hostSpec{team: e.team.ID, typ: "regular", status: "online", cpus: 8, memory: 32 << 30, available: 30 << 30, images: []string{"minimal"}, disk: 500 << 30}
 	for _, f := range edit {
 		f(&h)
 	}
 	var id uuid.UUID
 	err := e.Pool.QueryRow(context.Background(), `INSERT INTO hosts (team_id, type, status, address, cpus, memory_bytes,
-		memory_available_bytes, images, snapshot_templates, last_heartbeat_at)
-		VALUES ($1, $2, $3, '127.0.0.1:1', $4, $5, $6, $7, $8, now()) RETURNING id`,
-		h.team, h.typ, h.status, h.cpus, h.memory, h.available, h.images, append([]string{}, h.snapshots...)).Scan(&id)
+		memory_available_bytes, images, snapshot_templates, last_heartbeat_at, disk_available_bytes,
+		guest_memory_bytes, guest_memory_available_bytes)
+		VALUES ($1, $2, $3, '127.0.0.1:1', $4, $5, $6, $7, $8, now(), $9, $10, $10) RETURNING id`,
+		h.team, h.typ, h.status, h.cpus, h.memory, h.available, h.images, append([]string{}, h.snapshots...),
+		h.disk, h.guestMemory).Scan(&id)
 	if err != nil {
 		t.Fatalf("insert host: %v", err)
 	}

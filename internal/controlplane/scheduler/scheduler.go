@@ -6,8 +6,16 @@
 // A host is a candidate when it is online, the team may use it (a regular
 // host, or a byoc host of the same team), it can run the template (it has
 // the base image, or holds the snapshot template's files) and it has room:
-// reserved vCPUs within cpus x overcommit, reserved memory plus the request
-// within physical memory, and at least the request's memory actually free.
+//   - vCPUs: reserved plus requested within cpus x overcommit;
+//   - memory: reserved plus requested within physical memory and within the
+//     tmpfs that holds guest RAM (a full tmpfs SIGBUSes the VMM that touches
+//     a new page), and at least the request actually free in both;
+//   - disk: a sandbox's overlay may grow to its disk_mb, so what the live
+//     sandboxes reserve but have not written yet, plus the request, must
+//     fit in what WRENN_DIR's filesystem has free (less a headroom), or a
+//     guest's write could end in ENOSPC for every tenant of the host.
+//
+// Memory and disk are never overcommitted; vCPUs are time-shared.
 // Among candidates, Rank prefers hosts that hold a snapshot of the template
 // (a restore instead of a boot), then repeatedly takes the best-scoring of
 // K random remaining ones ("power of K choices"): good spreading without
@@ -25,6 +33,9 @@ import (
 const (
 	DefaultOvercommit = 4.0
 	DefaultChoices    = 3
+	// DefaultDiskHeadroom is kept free on WRENN_DIR's filesystem for what
+	// is not a sandbox disk: logs, sandbox records, template snapshots.
+	DefaultDiskHeadroom = int64(2) << 30
 )
 
 // Host is what scheduling needs to know about one host.
@@ -47,6 +58,19 @@ type Host struct {
 	// must see each other.
 	ReservedVCPUs       int
 	ReservedMemoryBytes int64
+	// ReservedDiskBytes is what the store's live sandboxes may grow their
+	// disks (and hibernation images) to on this host.
+	ReservedDiskBytes int64
+
+	// DiskAvailableBytes is what WRENN_DIR's filesystem last had free, and
+	// SandboxDiskUsedBytes what the host's sandboxes occupied of it then.
+	DiskAvailableBytes   int64
+	SandboxDiskUsedBytes int64
+	// GuestMemoryBytes is the size of the tmpfs holding guest RAM and
+	// GuestMemoryAvailableBytes what it last had free. 0: not reported
+	// (an older agent): physical memory alone bounds guest RAM.
+	GuestMemoryBytes          int64
+	GuestMemoryAvailableBytes int64
 
 	// Images are the base images (built-in templates) the host has.
 	Images []string
@@ -61,6 +85,7 @@ type Request struct {
 	TeamID      uuid.UUID
 	VCPUs       int
 	MemoryBytes int64
+	DiskBytes   int64
 	// Template is the agent name of the template.
 	Template string
 	// Builtin: Template is a base image (any host listing it in Images can
@@ -78,6 +103,9 @@ type Policy struct {
 	Overcommit float64
 	// Choices is K: how many random candidates compete for each place.
 	Choices int
+	// DiskHeadroom is kept free on each host's disk (DefaultDiskHeadroom
+	// when 0; negative: none).
+	DiskHeadroom int64
 }
 
 func (p Policy) withDefaults() Policy {
@@ -87,6 +115,10 @@ func (p Policy) withDefaults() Policy {
 	if p.Choices <= 0 {
 		p.Choices = DefaultChoices
 	}
+	if p.DiskHeadroom == 0 {
+		p.DiskHeadroom = DefaultDiskHeadroom
+	}
+	p.DiskHeadroom = max(p.DiskHeadroom, 0)
 	return p
 }
 
@@ -104,20 +136,45 @@ func Usable(h Host, team uuid.UUID) bool {
 	return false
 }
 
-// Fits reports whether h has room for vcpus more vCPUs and mem more bytes
-// of memory. Resume, fork and the like use it on the sandbox's own host.
-func Fits(h Host, vcpus int, mem int64, p Policy) bool {
+// Need is what a placement adds to a host.
+type Need struct {
+	VCPUs       int
+	MemoryBytes int64
+	DiskBytes   int64
+}
+
+// Fits reports whether h has room for n more. Resume, fork and the like
+// use it on the sandbox's own host.
+func Fits(h Host, n Need, p Policy) bool {
 	p = p.withDefaults()
 	if h.CPUs <= 0 || h.MemoryBytes <= 0 {
 		return false
 	}
-	if float64(h.ReservedVCPUs+vcpus) > float64(h.CPUs)*p.Overcommit {
+	if float64(h.ReservedVCPUs+n.VCPUs) > float64(h.CPUs)*p.Overcommit {
 		return false
 	}
-	if h.ReservedMemoryBytes+mem > h.MemoryBytes {
+	memCap := h.MemoryBytes
+	if h.GuestMemoryBytes > 0 {
+		memCap = min(memCap, h.GuestMemoryBytes)
+		if n.MemoryBytes > 0 && h.GuestMemoryAvailableBytes < n.MemoryBytes {
+			return false
+		}
+	}
+	if h.ReservedMemoryBytes+n.MemoryBytes > memCap {
 		return false
 	}
-	return h.MemoryAvailableBytes >= mem
+	if n.MemoryBytes > 0 && h.MemoryAvailableBytes < n.MemoryBytes {
+		return false
+	}
+	if n.DiskBytes <= 0 {
+		return true
+	}
+	// Reserved but not yet written: the disks' promised growth. Bytes the
+	// sandboxes occupy are already out of DiskAvailableBytes. Both figures
+	// come from the same heartbeat, so a sandbox that writes moves bytes
+	// from one side to the other without changing the answer.
+	unwritten := max(h.ReservedDiskBytes-h.SandboxDiskUsedBytes, 0)
+	return unwritten+n.DiskBytes <= h.DiskAvailableBytes-p.DiskHeadroom
 }
 
 // holds reports whether h can run the request's template, and whether it
@@ -135,7 +192,7 @@ func holds(h Host, r Request) (can, snap bool) {
 func Candidates(hosts []Host, r Request, p Policy) []Host {
 	out := make([]Host, 0, len(hosts))
 	for _, h := range hosts {
-		if !Usable(h, r.TeamID) || !Fits(h, r.VCPUs, r.MemoryBytes, p) {
+		if !Usable(h, r.TeamID) || !Fits(h, Need{VCPUs: r.VCPUs, MemoryBytes: r.MemoryBytes, DiskBytes: r.DiskBytes}, p) {
 			continue
 		}
 		if can, _ := holds(h, r); can {

@@ -19,7 +19,7 @@ func host(name string, mut ...func(*Host)) Host {
 		ID:     uuid.NewSHA1(uuid.NameSpaceOID, []byte(name)),
 		TeamID: teamB, Type: "regular", Status: "online",
 		CPUs: 4, MemoryBytes: 16 * gib, MemoryAvailableBytes: 14 * gib,
-		Images: []string{"minimal"},
+		DiskAvailableBytes: 100 * gib, Images: []string{"minimal"},
 	}
 	for _, m := range mut {
 		m(&h)
@@ -178,5 +178,62 @@ func BenchmarkRank(b *testing.B) {
 	r := rnd()
 	for b.Loop() {
 		Rank(hosts, req, Policy{}, r, 3)
+	}
+}
+
+// TestFitsAdmitsDiskAndGuestMemory: memory is bounded by the guest-RAM
+// tmpfs as well as by physical memory (a full tmpfs SIGBUSes the VMMs), and
+// disk by what the filesystem has free less what existing sandboxes may
+// still write (their overlays grow to disk_mb): neither is overcommitted.
+// Before disk and the tmpfs were admitted, every "false" case here fit.
+func TestFitsAdmitsDiskAndGuestMemory(t *testing.T) {
+	need := Need{VCPUs: 1, MemoryBytes: 2 * gib, DiskBytes: 10 * gib}
+	p := Policy{DiskHeadroom: gib}
+	tests := []struct {
+		name string
+		h    Host
+		want bool
+	}{
+		{"room everywhere", host("a"), true},
+		{"tmpfs smaller than RAM: reserved fills it", host("b", func(h *Host) {
+			h.GuestMemoryBytes, h.GuestMemoryAvailableBytes = 8*gib, 8*gib
+			h.ReservedMemoryBytes = 7 * gib
+		}), false},
+		{"tmpfs with room", host("c", func(h *Host) {
+			h.GuestMemoryBytes, h.GuestMemoryAvailableBytes = 8*gib, 8*gib
+			h.ReservedMemoryBytes = 6 * gib
+		}), true},
+		{"tmpfs measured nearly full (something else in it)", host("d", func(h *Host) {
+			h.GuestMemoryBytes, h.GuestMemoryAvailableBytes = 8*gib, gib
+		}), false},
+		{"disk free but promised to existing sandboxes", host("e", func(h *Host) {
+			h.DiskAvailableBytes = 50 * gib
+			h.ReservedDiskBytes, h.SandboxDiskUsedBytes = 45*gib, 5*gib // 40 GiB still to come
+		}), false},
+		{"disk room after what is promised", host("f", func(h *Host) {
+			h.DiskAvailableBytes = 60 * gib
+			h.ReservedDiskBytes, h.SandboxDiskUsedBytes = 45*gib, 5*gib
+		}), true},
+		{"written disks are already out of the free space", host("g", func(h *Host) {
+			h.DiskAvailableBytes = 12 * gib
+			h.ReservedDiskBytes, h.SandboxDiskUsedBytes = 40*gib, 40*gib
+		}), true},
+		{"request alone over the free space", host("h", func(h *Host) { h.DiskAvailableBytes = 5 * gib }), false},
+		{"headroom kept free", host("i", func(h *Host) { h.DiskAvailableBytes = 10*gib + gib/2 }), false},
+		{"no disk reported yet", host("j", func(h *Host) { h.DiskAvailableBytes = 0 }), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Fits(tt.h, need, p); got != tt.want {
+				t.Errorf("Fits = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	// Rank passes the request's disk to the same check.
+	req := Request{TeamID: teamA, VCPUs: 1, MemoryBytes: gib, DiskBytes: 20 * gib, Template: "minimal", Builtin: true}
+	small := host("small", func(h *Host) { h.DiskAvailableBytes = 10 * gib })
+	big := host("big")
+	if got := ids(Rank([]Host{small, big}, req, Policy{}, rnd(), 0)); len(got) != 1 || got[0] != big.ID {
+		t.Fatalf("ranked %v, want only the host with disk room (%v)", got, big.ID)
 	}
 }

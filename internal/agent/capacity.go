@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/errdefs"
+)
+
+// MemoryDir is the tmpfs guest RAM lives in.
+func (m *Manager) MemoryDir() string { return m.cfg.MemoryDir }
+
+// FSRoom is a filesystem's size and what an unprivileged writer has free.
+func FSRoom(path string) (size, avail int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, 0, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return int64(st.Blocks) * int64(st.Bsize), int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// SandboxDiskUsed is what the sandboxes ids occupy on WRENN_DIR's
+// filesystem (dir): their directories (disk overlay, records, console
+// log) and hibernation snapshots, counted in allocated blocks (a sparse
+// overlay costs what was written, not its size). Missing ones count 0.
+func SandboxDiskUsed(ctx context.Context, dir string, ids []string) (int64, error) {
+	var total int64
+	for _, id := range ids {
+		for _, d := range []string{filepath.Join(dir, "sandboxes", id), filepath.Join(dir, "snapshots", id)} {
+			n, err := allocated(ctx, d)
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
+	}
+	return total, nil
+}
+
+// allocated sums the allocated bytes of the regular files under root.
+func allocated(ctx context.Context, root string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // gone meanwhile (or never there)
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return nil
+			}
+			return fmt.Errorf("stat %s: %w", path, err)
+		}
+		total += st.Blocks * 512
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("measure %s: %w", root, err)
+	}
+	return total, nil
+}
+
+// holdsVMM reports whether a sandbox in state s has guest RAM in the tmpfs.
+func holdsVMM(s state.State) bool {
+	return s == state.Starting || s == state.Running || s == state.Paused
+}
+
+// admit is the agent's last line against overcommitting this host: the
+// control plane admits every placement against the host's reported room,
+// but a stale heartbeat, a second control plane or a bug must still not
+// fill the guest-RAM tmpfs (SIGBUS in the VMMs that share it) or WRENN_DIR's
+// filesystem (ENOSPC for every sandbox's disk). count sandboxes of memMB
+// and diskMB each are refused with ResourceExhausted unless the guest RAM
+// and disks every existing sandbox may grow to, plus theirs, fit.
+func (m *Manager) admit(ctx context.Context, count, memMB, diskMB int) error {
+	infos, err := m.List(ctx)
+	if err != nil {
+		return err
+	}
+	var memReserved, diskReserved int64
+	var live []string
+	for _, in := range infos {
+		if holdsVMM(in.State) {
+			memReserved += int64(in.MemoryMB) << 20
+		}
+		if in.State != state.Stopped && in.State != state.Error {
+			diskReserved += int64(in.DiskMB) << 20
+			live = append(live, in.ID)
+		}
+		if in.State == state.Hibernated {
+			diskReserved += int64(in.MemoryMB) << 20 // its memory image
+		}
+	}
+	memNeed, diskNeed := int64(count*memMB)<<20, int64(count*diskMB)<<20
+	if memSize, _, err := FSRoom(m.cfg.MemoryDir); err == nil && memSize > 0 && memReserved+memNeed > memSize {
+		return errdefs.New(errdefs.ErrResourceExhausted,
+			"no room for %d MiB of guest memory: %d MiB of the %d MiB guest-memory tmpfs are reserved", memNeed>>20, memReserved>>20, memSize>>20)
+	}
+	_, diskAvail, err := FSRoom(m.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	used, err := SandboxDiskUsed(ctx, m.cfg.Dir, live)
+	if err != nil {
+		return err
+	}
+	if unwritten := max(diskReserved-used, 0); unwritten+diskNeed > diskAvail {
+		return errdefs.New(errdefs.ErrResourceExhausted,
+			"no room for %d MiB of disk: %d MiB free, %d MiB of it promised to existing sandboxes", diskNeed>>20, diskAvail>>20, unwritten>>20)
+	}
+	return nil
+}
