@@ -122,8 +122,11 @@ func startStack(images testenv.Images) error {
 		PGPort:    pgPort,
 		Out:       os.Stderr,
 		// The metrics listener gets its own port: the default one may be
-		// taken by a make up stack on this machine.
-		CPEnv: []string{"WRENN_DOMAIN=wrenn.test", "WRENN_LOG_LEVEL=debug", "WRENN_METRICS_ADDR=" + shared.metricsAddr},
+		// taken by a make up stack on this machine. The tenants sign up,
+		// so signup is open here (TestHole3SignupClosedByDefault checks
+		// the default on a control plane of its own).
+		CPEnv: []string{"WRENN_DOMAIN=wrenn.test", "WRENN_LOG_LEVEL=debug", "WRENN_METRICS_ADDR=" + shared.metricsAddr,
+			"WRENN_SIGNUP=open"},
 		// Its own names, ranges and ports: tests/e2e's stack (10.90-91,
 		// uids from 400000), a make up stack, a benchmark or another run
 		// of this suite may be on the same machine.
