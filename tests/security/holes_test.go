@@ -269,7 +269,8 @@ func TestHole6BYOCAddressSSRF(t *testing.T) {
 	cp := startBareCP(t, "")
 	mallory := signup(t, "mallory")
 	reg := hostagentv1connect.NewHostRegistryServiceClient(http.DefaultClient, cp.URL)
-	for _, addr := range []string{"127.0.0.1:1", "10.0.0.1:1", "169.254.169.254:80", "[::1]:1", "192.168.1.1:50051", "100.64.0.1:1"} {
+	for _, addr := range []string{"127.0.0.1:1", "10.0.0.1:1", "169.254.169.254:80", "[::1]:1", "192.168.1.1:50051",
+		"100.64.0.1:1", "[::ffff:127.0.0.1]:1", "[fd00::1]:1", "localhost:1"} {
 		var h struct {
 			Token string `json:"registration_token"`
 		}
@@ -281,6 +282,15 @@ func TestHole6BYOCAddressSSRF(t *testing.T) {
 		case connect.CodeOf(err) != connect.CodeInvalidArgument:
 			t.Errorf("register a byoc host at %s: %v, want invalid_argument", addr, err)
 		}
+	}
+	// A public address still registers (the check is not a blanket
+	// refusal); nothing dials it here.
+	var h struct {
+		Token string `json:"registration_token"`
+	}
+	mallory.keyClient().json(t, "POST", "/v1/hosts", map[string]string{"type": "byoc"}, http.StatusCreated, &h)
+	if err := register(t, reg, h.Token, "1.1.1.1:50051"); err != nil {
+		t.Errorf("register a byoc host at a public address: %v", err)
 	}
 }
 
