@@ -2,11 +2,18 @@
 -- team's own are rows here (agent_name is the name on the host).
 
 -- name: BuiltinTemplates :many
--- Base images on the online hosts the team may use.
+-- Base images on the online hosts the team may use. Never a snapshot
+-- template, even if an agent (an old one, or a lying one) reports it as an
+-- image: not one the host itself lists as a snapshot, and not a name any
+-- team's template has on the hosts or in the API.
 SELECT img::text AS name, min(h.created_at)::timestamptz AS created_at
 FROM hosts h, unnest(h.images) AS img
 WHERE h.status = 'online'
   AND (h.type = 'regular' OR h.team_id = @team_id)
+  AND NOT img = ANY (h.snapshot_templates)
+  AND NOT EXISTS (
+    SELECT 1 FROM templates t
+    WHERE t.team_id IS NOT NULL AND (t.agent_name = img OR t.name = img))
 GROUP BY img
 ORDER BY img;
 

@@ -18,6 +18,10 @@ SELECT img::text AS name, min(h.created_at)::timestamptz AS created_at
 FROM hosts h, unnest(h.images) AS img
 WHERE h.status = 'online'
   AND (h.type = 'regular' OR h.team_id = $1)
+  AND NOT img = ANY (h.snapshot_templates)
+  AND NOT EXISTS (
+    SELECT 1 FROM templates t
+    WHERE t.team_id IS NOT NULL AND (t.agent_name = img OR t.name = img))
 GROUP BY img
 ORDER BY img
 `
@@ -29,7 +33,10 @@ type BuiltinTemplatesRow struct {
 
 // Templates: built-in ones are the base images online hosts report; a
 // team's own are rows here (agent_name is the name on the host).
-// Base images on the online hosts the team may use.
+// Base images on the online hosts the team may use. Never a snapshot
+// template, even if an agent (an old one, or a lying one) reports it as an
+// image: not one the host itself lists as a snapshot, and not a name any
+// team's template has on the hosts or in the API.
 func (q *Queries) BuiltinTemplates(ctx context.Context, teamID uuid.UUID) ([]BuiltinTemplatesRow, error) {
 	rows, err := q.db.Query(ctx, builtinTemplates, teamID)
 	if err != nil {

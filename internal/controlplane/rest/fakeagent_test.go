@@ -56,6 +56,29 @@ type fakeAgent struct {
 	calls     map[string]int
 	// failCreate, when set, decides the fate of each CreateSandbox.
 	failCreate func(*hostagentv1.CreateSandboxRequest) error
+	// teams is the team_id the last call of each method carried; owners
+	// the team each snapshot template was made for (the real agent's
+	// check: another team's create from it is PermissionDenied).
+	teams  map[string]string
+	owners map[string]string
+	// forkAnswer, when set, is what ForkSandbox answers (a misbehaving
+	// agent); every id in it but the source's is then held as a sandbox.
+	forkAnswer func(*hostagentv1.ForkSandboxRequest) []*hostagentv1.Sandbox
+}
+
+// setTeam records the team a call carried; called with a.mu held.
+func (a *fakeAgent) setTeam(method, team string) {
+	if a.teams == nil {
+		a.teams = map[string]string{}
+	}
+	a.teams[method] = team
+}
+
+// Team returns the team_id the last call of method carried.
+func (a *fakeAgent) Team(method string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.teams[method]
 }
 
 func (a *fakeAgent) count(method string) {
@@ -97,6 +120,10 @@ func (a *fakeAgent) CreateSandbox(_ context.Context, req *connect.Request[hostag
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.setTeam("CreateSandbox", req.Msg.GetTeamId())
+	if owner, ok := a.owners[req.Msg.GetTemplate()]; ok && owner != req.Msg.GetTeamId() {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("template %s belongs to another team", req.Msg.GetTemplate()))
+	}
 	if _, ok := a.sandboxes[req.Msg.GetId()]; ok {
 		return nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("sandbox %s exists", req.Msg.GetId()))
 	}
@@ -151,6 +178,9 @@ func (a *fakeAgent) PauseSandbox(_ context.Context, req *connect.Request[hostage
 
 func (a *fakeAgent) ResumeSandbox(_ context.Context, req *connect.Request[hostagentv1.ResumeSandboxRequest]) (*connect.Response[hostagentv1.ResumeSandboxResponse], error) {
 	a.count("ResumeSandbox")
+	a.mu.Lock()
+	a.setTeam("ResumeSandbox", req.Msg.GetTeamId())
+	a.mu.Unlock()
 	if err := a.move(req.Msg.GetId(), hostagentv1.SandboxState_SANDBOX_STATE_PAUSED, hostagentv1.SandboxState_SANDBOX_STATE_RUNNING); err != nil {
 		return nil, err
 	}
@@ -161,9 +191,19 @@ func (a *fakeAgent) ForkSandbox(_ context.Context, req *connect.Request[hostagen
 	a.count("ForkSandbox")
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.setTeam("ForkSandbox", req.Msg.GetTeamId())
 	src, err := a.lookup(req.Msg.GetId())
 	if err != nil {
 		return nil, err
+	}
+	if a.forkAnswer != nil {
+		out := a.forkAnswer(req.Msg)
+		for _, f := range out {
+			if f.GetId() != req.Msg.GetId() {
+				a.sandboxes[f.GetId()] = &fakeSandbox{state: hostagentv1.SandboxState_SANDBOX_STATE_RUNNING, token: f.GetAccessToken(), network: src.network}
+			}
+		}
+		return connect.NewResponse(&hostagentv1.ForkSandboxResponse{Sandboxes: out}), nil
 	}
 	var out []*hostagentv1.Sandbox
 	for range req.Msg.GetCount() {
@@ -225,6 +265,11 @@ func (a *fakeAgent) SnapshotTemplate(_ context.Context, req *connect.Request[hos
 		return nil, err
 	}
 	a.templates[req.Msg.GetTemplate()] = true
+	a.setTeam("SnapshotTemplate", req.Msg.GetTeamId())
+	if a.owners == nil {
+		a.owners = map[string]string{}
+	}
+	a.owners[req.Msg.GetTemplate()] = req.Msg.GetTeamId()
 	return connect.NewResponse(&hostagentv1.SnapshotTemplateResponse{Template: &hostagentv1.Template{
 		Name: req.Msg.GetTemplate(), Snapshot: true, DiskBytes: 4096,
 	}}), nil
@@ -234,6 +279,7 @@ func (a *fakeAgent) DeleteTemplate(_ context.Context, req *connect.Request[hosta
 	a.count("DeleteTemplate")
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.setTeam("DeleteTemplate", req.Msg.GetTeamId())
 	if !a.templates[req.Msg.GetName()] {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("template %s not found", req.Msg.GetName()))
 	}

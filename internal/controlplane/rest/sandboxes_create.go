@@ -261,6 +261,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 		DiskMb: int32(spec.diskMB), Env: spec.env, Metadata: spec.metadata,
 		Network: networkProto(spec.network), TimeoutMs: int64(spec.timeoutSec) * 1000,
 		OnTimeout: onTimeoutProto(spec.onTimeout),
+		// The agent refuses to create from a snapshot template another
+		// team owns: the second line behind resolveTemplate.
+		TeamId: p.TeamID.String(),
 	}
 	var failures []string
 	for i, h := range ranked {

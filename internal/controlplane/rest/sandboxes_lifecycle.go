@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 
@@ -92,7 +93,7 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		if _, err := ag.ResumeSandbox(ctx, connect.NewRequest(&hostagentv1.ResumeSandboxRequest{Id: sb.ID})); err != nil {
+		if _, err := ag.ResumeSandbox(ctx, connect.NewRequest(&hostagentv1.ResumeSandboxRequest{Id: sb.ID, TeamId: sb.TeamID.String()})); err != nil {
 			return agentErr("resume sandbox "+sb.ID, err)
 		}
 		return nil
@@ -137,13 +138,20 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) (err error)
 	if err != nil {
 		return err
 	}
-	resp, err := ag.ForkSandbox(actx, connect.NewRequest(&hostagentv1.ForkSandboxRequest{Id: sb.ID, Count: int32(count)}))
+	resp, err := ag.ForkSandbox(actx, connect.NewRequest(&hostagentv1.ForkSandboxRequest{Id: sb.ID, Count: int32(count), TeamId: sb.TeamID.String()}))
 	if err != nil {
 		return agentErr("fork sandbox "+sb.ID, err)
 	}
-	out := make([]api.Sandbox, 0, len(resp.Msg.GetSandboxes()))
+	forks, extra := s.acceptForks(sb, resp.Msg.GetSandboxes(), count)
+	for _, id := range extra {
+		// More than was asked for: not admitted, so not kept.
+		if derr := s.destroyOnHost(actx, *sb.HostID, id); derr != nil {
+			s.log.Warn("destroy surplus fork", "sandbox_id", sb.ID, "fork_id", id, "host_id", *sb.HostID, "err", derr)
+		}
+	}
+	out := make([]api.Sandbox, 0, len(forks))
 	var insertErr error
-	for _, f := range resp.Msg.GetSandboxes() {
+	for _, f := range forks {
 		row, err := s.q.InsertSandbox(ctx, store.InsertSandboxParams{
 			ID: f.GetId(), TeamID: sb.TeamID, HostID: sb.HostID, Template: sb.Template, State: stRunning,
 			Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb, DiskMb: sb.DiskMb, TimeoutSec: sb.TimeoutSec,
@@ -151,8 +159,13 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) (err error)
 			AccessTokenHash: hashToken(f.GetAccessToken()), ForkedFrom: &sb.ID, Now: s.clk.Now(),
 		})
 		if err != nil {
-			// A fork the store cannot record must not run unseen.
+			// A fork the store cannot record must not run unseen. An id
+			// the store already has is someone else's sandbox: the agent
+			// answered nonsense, and it is not destroyed on its word.
 			insertErr = errors.Join(insertErr, fmt.Errorf("record fork %s: %w", f.GetId(), err))
+			if isUniqueViolation(err) {
+				continue
+			}
 			if derr := s.destroyOnHost(actx, *sb.HostID, f.GetId()); derr != nil {
 				insertErr = errors.Join(insertErr, derr)
 			}
@@ -165,6 +178,36 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) (err error)
 	}
 	writeJSON(w, http.StatusCreated, map[string]any{"sandboxes": out})
 	return nil
+}
+
+// agentSandboxIDRE is what a sandbox id an agent chooses (a fork's) must
+// look like: the agent's own rule (1-40 of a-z, 0-9 and '-', here not
+// starting with '-'), which also keeps it a safe path segment and key.
+var agentSandboxIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+
+// acceptForks sorts the forks an agent reports into those to record (well
+// formed, distinct, at most the count asked for) and the ids of surplus
+// ones to destroy again. Malformed ids are dropped and logged, never
+// stored nor sent back to an agent: an agent is not trusted to name rows.
+func (s *Server) acceptForks(src store.Sandbox, got []*hostagentv1.Sandbox, count int) (keep []*hostagentv1.Sandbox, extra []string) {
+	seen := make(map[string]bool, len(got))
+	for _, f := range got {
+		id := f.GetId()
+		switch {
+		case !agentSandboxIDRE.MatchString(id):
+			s.log.Warn("agent reported a fork with a malformed id; ignored", "sandbox_id", src.ID, "host_id", src.HostID, "fork_id", fmt.Sprintf("%.64q", id))
+		case seen[id] || id == src.ID:
+			s.log.Warn("agent reported a fork id twice or the source's id; ignored", "sandbox_id", src.ID, "host_id", src.HostID, "fork_id", id)
+		case len(keep) >= count:
+			seen[id] = true
+			s.log.Warn("agent reported more forks than asked; destroying the surplus", "sandbox_id", src.ID, "host_id", src.HostID, "fork_id", id, "asked", count)
+			extra = append(extra, id)
+		default:
+			seen[id] = true
+			keep = append(keep, f)
+		}
+	}
+	return keep, extra
 }
 
 // liveStates are those in which the sandbox exists on its host.
@@ -399,7 +442,9 @@ func (s *Server) snapshotOnHost(ctx context.Context, sb store.Sandbox, agentName
 	if err != nil {
 		return nil, err
 	}
-	resp, err := ag.SnapshotTemplate(ctx, connect.NewRequest(&hostagentv1.SnapshotTemplateRequest{SandboxId: sb.ID, Template: agentName}))
+	// The agent records the team as the template's owner and lets no
+	// other team create from it.
+	resp, err := ag.SnapshotTemplate(ctx, connect.NewRequest(&hostagentv1.SnapshotTemplateRequest{SandboxId: sb.ID, Template: agentName, TeamId: sb.TeamID.String()}))
 	if err != nil {
 		return nil, agentErr("snapshot sandbox "+sb.ID, err)
 	}

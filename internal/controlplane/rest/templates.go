@@ -13,6 +13,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wrenn/wrenn/api"
@@ -33,6 +34,14 @@ func templateJSON(t store.Template) api.Template {
 		out.DiskBytes = &t.DiskBytes
 	}
 	return out
+}
+
+// teamOf is the team id an agent call carries ("" for none).
+func teamOf(team *uuid.UUID) string {
+	if team == nil {
+		return ""
+	}
+	return team.String()
 }
 
 func builtinJSON(b store.BuiltinTemplatesRow) api.Template {
@@ -122,7 +131,7 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) (err err
 		if err != nil {
 			return err
 		}
-		_, err = ag.DeleteTemplate(actx, connect.NewRequest(&hostagentv1.DeleteTemplateRequest{Name: t.AgentName}))
+		_, err = ag.DeleteTemplate(actx, connect.NewRequest(&hostagentv1.DeleteTemplateRequest{Name: t.AgentName, TeamId: teamOf(t.TeamID)}))
 		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
 			return agentErr("delete template "+name, err)
 		}
