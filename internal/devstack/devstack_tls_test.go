@@ -39,13 +39,10 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// The one-box stack with WRENN_TLS=self-signed: the real wrenn-agent
-// registers over HTTPS by the fingerprint its token carries and heartbeats
-// by the CA it saved (Up returns only once the host is online); plain HTTP
-// gets nothing; and a registration sent to an impostor with another CA in
-// front of the same control plane is refused before the impostor sees a
-// request.
-func TestUpWithSelfSignedTLS(t *testing.T) {
+// up builds wrenn-cp and wrenn-agent and starts a stack of its own (names,
+// ranges, ports) under a fresh directory, closed when the test ends.
+func up(t *testing.T, withTLS bool) (*devstack.Stack, string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("builds wrenn-cp and wrenn-agent and starts PostgreSQL: not in -short")
 	}
@@ -54,7 +51,7 @@ func TestUpWithSelfSignedTLS(t *testing.T) {
 		testenv.Missing(t, err.Error())
 	}
 	// Not t.TempDir: its parent is 0700, and PostgreSQL runs as postgres.
-	root, err := os.MkdirTemp("", "wrenn-devstack-tls-")
+	root, err := os.MkdirTemp("", "wrenn-devstack-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,21 +71,53 @@ func TestUpWithSelfSignedTLS(t *testing.T) {
 	defer cancel()
 	var progress strings.Builder
 	st, err := devstack.Up(ctx, devstack.Config{
-		Dir: dir, BinDir: bin, CPAddr: freeAddr(t), AgentAddr: freeAddr(t), PGPort: 5439, TLS: true,
+		Dir: dir, BinDir: bin, CPAddr: freeAddr(t), AgentAddr: freeAddr(t), PGPort: 5439, TLS: withTLS,
 		Out:   &progress,
 		CPEnv: []string{"WRENN_METRICS_ADDR=" + freeAddr(t)},
 		AgentEnv: []string{"WRENN_AGENT_NAME=wtls", "WRENN_AGENT_HOST_CIDR=10.92.0.0/16", "WRENN_AGENT_VETH_CIDR=10.93.0.0/16",
 			"WRENN_AGENT_METRICS_ADDR=" + freeAddr(t), "WRENN_AGENT_VMM_UID_BASE=410000"},
 	})
 	if err != nil {
-		t.Fatalf("up with TLS: %v\n%s", err, progress.String())
+		t.Fatalf("up (TLS %v): %v\n%s", withTLS, err, progress.String())
 	}
-	defer func() {
+	t.Cleanup(func() {
 		if err := st.Close(context.Background()); err != nil {
 			t.Errorf("close: %v", err)
 		}
-	}()
+	})
+	return st, dir
+}
 
+// The loopback stack make up runs stays plain HTTP, and its agent still
+// registers with a pinned token (checked against the ca.crt it receives),
+// without warnings.
+func TestUpPlainHTTP(t *testing.T) {
+	st, dir := up(t, false)
+	if !strings.HasPrefix(st.URL, "http://") || st.HostID == "" || st.CACert != "" {
+		t.Fatalf("stack URL %s host %q CA %q", st.URL, st.HostID, st.CACert)
+	}
+	agentLog, _ := os.ReadFile(filepath.Join(dir, "logs", "agent.log"))
+	for _, w := range []string{"no CA fingerprint", "plain HTTP"} {
+		if strings.Contains(string(agentLog), w) {
+			t.Errorf("agent warned %q on the loopback stack:\n%s", w, agentLog)
+		}
+	}
+	cpLog, _ := os.ReadFile(filepath.Join(dir, "logs", "cp.log"))
+	if strings.Contains(string(cpLog), "PLAIN HTTP") || !strings.Contains(string(cpLog), "ca_cert_hash") {
+		t.Errorf("control plane log: want the CA fingerprint and no plain-HTTP warning on loopback:\n%s", cpLog)
+	}
+}
+
+// The one-box stack with WRENN_TLS=self-signed: the real wrenn-agent
+// registers over HTTPS by the fingerprint its token carries and heartbeats
+// by the CA it saved (Up returns only once the host is online); plain HTTP
+// gets nothing; and a registration sent to an impostor with another CA in
+// front of the same control plane is refused before the impostor sees a
+// request.
+func TestUpWithSelfSignedTLS(t *testing.T) {
+	st, dir := up(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	if !strings.HasPrefix(st.URL, "https://") || st.HostID == "" {
 		t.Fatalf("stack URL %s host %q", st.URL, st.HostID)
 	}

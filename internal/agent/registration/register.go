@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -52,6 +53,21 @@ func NewClient(baseURL string, trust capin.Trust) (hostagentv1connect.HostRegist
 }
 
 func isHTTPS(u string) bool { return strings.HasPrefix(strings.ToLower(u), "https://") }
+
+// isLoopbackURL reports whether u names this machine (the one-box stack),
+// where plain HTTP crosses no network.
+func isLoopbackURL(u string) bool {
+	p, err := url.Parse(u)
+	if err != nil {
+		return false
+	}
+	h := p.Hostname()
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
 
 // ClientFunc builds a registry client for a control plane URL and what to
 // trust it by; tests substitute one bound to a fake.
@@ -101,7 +117,7 @@ func Start(ctx context.Context, cfg StartConfig) (Credentials, error) {
 			cfg.Logger.Warn("the registration token carries no CA fingerprint: the CA the control plane sends is trusted as received; " +
 				"issue a new token from an up-to-date control plane (<secret>.<sha256 hex>) to pin it")
 		}
-		if !isHTTPS(cfg.CPURL) {
+		if !isHTTPS(cfg.CPURL) && !isLoopbackURL(cfg.CPURL) {
 			cfg.Logger.Warn("registering over plain HTTP: the registration token and host credential cross the network unencrypted; serve the control plane over TLS (WRENN_TLS)",
 				"cp_url", cfg.CPURL)
 		}
