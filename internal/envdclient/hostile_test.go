@@ -202,3 +202,29 @@ func TestHostileHeaders(t *testing.T) {
 		t.Errorf("client read %d bytes of headers; want about %d at most", got, envdclient.MaxResponseHeaderBytes)
 	}
 }
+
+// A reply that is not protobuf, or a stream cut off mid-message, is the
+// guest's fault: Unavailable, not InvalidArgument (the caller's fault) or
+// an untyped error (a 500 upstream).
+func TestHostileMalformedReplies(t *testing.T) {
+	c, _ := hostile(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/process.Process/Start":
+			w.Header().Set("Content-Type", "application/connect+proto")
+			_, _ = w.Write(envelope(t, &process.StartResponse{Event: &process.ProcessEvent{
+				Event: &process.ProcessEvent_Start{Start: &process.ProcessEvent_StartEvent{Pid: 7}}}}))
+			_, _ = w.Write([]byte{0, 0, 0, 1, 0, 1, 2}) // declares 256 bytes, sends 2
+		default:
+			w.Header().Set("Content-Type", "application/proto")
+			_, _ = w.Write([]byte{0xff, 0xff, 0xff})
+		}
+	})
+	_, err := c.Filesystem().ListDir(testCtx(t), connect.NewRequest(&filesystem.ListDirRequest{Path: "/"}))
+	if err = errdefs.FromConnect(err); !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "envd sent a reply that cannot be read") {
+		t.Errorf("garbage unary reply: %v; want unavailable, saying envd's reply cannot be read", err)
+	}
+	_, err = c.Run(testCtx(t), envdclient.RunRequest{Cmd: "yes"})
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Errorf("stream cut mid-message: %v; want unavailable", err)
+	}
+}

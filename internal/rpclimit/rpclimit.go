@@ -15,7 +15,11 @@
 //   - refuses a message whose repeated top-level field has more than
 //     MaxRepeated entries before it is decoded (the codec);
 //   - reports every such failure as CodeResourceExhausted wrapping a
-//     *LimitError (errdefs.ErrResourceExhausted), never as a protocol error.
+//     *LimitError (errdefs.ErrResourceExhausted), never as a protocol error;
+//   - reports a reply it cannot parse (a broken envelope, a stream cut
+//     short, bytes that are no protobuf) as CodeUnavailable: the peer
+//     misbehaved, which is neither the caller's mistake (Connect says
+//     InvalidArgument) nor the caller's bug (Internal, a 500).
 //
 // Streams are not capped in total: process output may rightly flow for
 // hours; each of its messages is bounded and consumed as it arrives.
@@ -72,7 +76,7 @@ func (l Limits) ClientOptions() []connect.ClientOption {
 	return []connect.ClientOption{
 		connect.WithReadMaxBytes(l.MaxMessageBytes),
 		connect.WithCodec(countingCodec{l}),
-		connect.WithInterceptors(classifier{}),
+		connect.WithInterceptors(classifier{peer: l.Peer}),
 	}
 }
 
@@ -249,30 +253,42 @@ func (l Limits) checkRepeated(b []byte) error {
 
 // classifier turns a *LimitError anywhere in a call's error (Connect wraps
 // codec and body-read errors as InvalidArgument or Unknown) into
-// CodeResourceExhausted, so errdefs.FromConnect sees what happened.
-type classifier struct{}
+// CodeResourceExhausted, and the client's own complaints about a reply it
+// could not parse into CodeUnavailable, so errdefs.FromConnect sees what
+// happened. Errors the peer sent (wire errors) keep their code.
+type classifier struct{ peer string }
 
-func classify(err error) error {
+func (c classifier) classify(err error) error {
 	if err == nil || errors.Is(err, io.EOF) {
 		return err
 	}
 	var le *LimitError
-	if errors.As(err, &le) && connect.CodeOf(err) != connect.CodeResourceExhausted {
+	if errors.As(err, &le) {
+		if connect.CodeOf(err) == connect.CodeResourceExhausted {
+			return err
+		}
 		return connect.NewError(connect.CodeResourceExhausted, le)
+	}
+	if connect.IsWireError(err) {
+		return err
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeInternal, connect.CodeUnknown, connect.CodeInvalidArgument:
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s sent a reply that cannot be read: %w", c.peer, err))
 	}
 	return err
 }
 
-func (classifier) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+func (c classifier) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		resp, err := next(ctx, req)
-		return resp, classify(err)
+		return resp, c.classify(err)
 	}
 }
 
-func (classifier) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+func (c classifier) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		return classifiedConn{next(ctx, spec)}
+		return classifiedConn{StreamingClientConn: next(ctx, spec), c: c}
 	}
 }
 
@@ -280,10 +296,13 @@ func (classifier) WrapStreamingHandler(next connect.StreamingHandlerFunc) connec
 	return next
 }
 
-type classifiedConn struct{ connect.StreamingClientConn }
+type classifiedConn struct {
+	connect.StreamingClientConn
+	c classifier
+}
 
-func (c classifiedConn) Receive(m any) error { return classify(c.StreamingClientConn.Receive(m)) }
+func (c classifiedConn) Receive(m any) error { return c.c.classify(c.StreamingClientConn.Receive(m)) }
 
 func (c classifiedConn) CloseResponse() error {
-	return classify(c.StreamingClientConn.CloseResponse())
+	return c.c.classify(c.StreamingClientConn.CloseResponse())
 }

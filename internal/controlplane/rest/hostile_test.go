@@ -136,3 +136,16 @@ func TestHostileEnvdExecOutput(t *testing.T) {
 	resp := e.do(t, "POST", path, e.team.Key, map[string]any{"cmd": "oversized", "timeout_sec": 10})
 	wantError(t, resp, http.StatusInsufficientStorage, "resource_exhausted")
 }
+
+// A reply envd's client cannot parse is the guest's fault: 503
+// unavailable, not 400 (the caller did nothing wrong) nor 500.
+func TestHostileEnvdMalformedReply(t *testing.T) {
+	e, sb := newHostileEnv(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/proto")
+		_, _ = w.Write([]byte{0xff, 0xff, 0xff})
+	}))
+	for _, path := range []string{"/files/list?path=/", "/files/stat?path=/x", "/processes"} {
+		resp := e.do(t, "GET", "/v1/sandboxes/"+sb.Id+path, e.team.Key, nil)
+		wantError(t, resp, http.StatusServiceUnavailable, "unavailable")
+	}
+}
