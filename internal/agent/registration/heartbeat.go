@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn/wrenn/internal/agent/hostinfo"
+	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -159,6 +160,13 @@ func (h *Heartbeater) renew(ctx context.Context, old Credentials) error {
 	if _, err := parse(c); err != nil {
 		return fmt.Errorf("renew: the control plane's answer: %w", err)
 	}
+	// The cluster CA never changes; the one registration accepted (and
+	// pinned) stays the only one the agent trusts. Otherwise a man in the
+	// middle of a plain-HTTP control plane could swap in its own CA at the
+	// next renewal and then drive the agent with certificates it signs.
+	if err := sameCA(old.CAPEM, c.CAPEM); err != nil {
+		return fmt.Errorf("renew: refusing the control plane's answer (%w): %w", errdefs.ErrPermissionDenied, err)
+	}
 	if err := h.cfg.Store.Save(c); err != nil {
 		return fmt.Errorf("renew: save credentials: %w", err)
 	}
@@ -167,6 +175,15 @@ func (h *Heartbeater) renew(ctx context.Context, old Credentials) error {
 	}
 	h.cfg.Logger.Info("host credentials renewed", "host_id", c.HostID, "certificate", describeCert(c), "token_expires_at", c.TokenExpiresAt)
 	return nil
+}
+
+// sameCA checks that next is the CA cur already is (same key).
+func sameCA(cur, next []byte) error {
+	c, err := capin.ParseCAPEM(cur)
+	if err != nil {
+		return fmt.Errorf("saved CA: %w", err)
+	}
+	return capin.Check(next, capin.Hash(c))
 }
 
 // revoke lets go of the registration the control plane no longer knows.

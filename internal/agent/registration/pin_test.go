@@ -178,6 +178,26 @@ func TestRegisterWithoutPin(t *testing.T) {
 	}
 }
 
+// Renewal cannot change the CA the agent trusts: an answer carrying
+// another CA (a man in the middle of plain HTTP) is refused and the old
+// credentials stay in force and on disk.
+func TestRenewRefusesAnotherCA(t *testing.T) {
+	a := startAgent(t)
+	old, _ := a.identity.Credentials()
+	a.cp.SetCA(cptest.NewCA(t, "impostor CA"))
+	a.cp.SetRenewAfter(a.clock.Now().Add(-time.Second))
+	err := a.hb.Beat(context.Background())
+	if !errors.Is(err, capin.ErrMismatch) || !errors.Is(err, errdefs.ErrPermissionDenied) {
+		t.Fatalf("renewal with another CA: %v, want capin.ErrMismatch and PermissionDenied", err)
+	}
+	if c, _ := a.identity.Credentials(); !bytes.Equal(c.CAPEM, old.CAPEM) || c.Token != old.Token {
+		t.Error("the credentials in force changed")
+	}
+	if c, err := a.store.Load(); err != nil || !bytes.Equal(c.CAPEM, old.CAPEM) {
+		t.Errorf("the credentials on disk changed (%v)", err)
+	}
+}
+
 func TestRegisterRefusesMalformedPin(t *testing.T) {
 	cp := cptest.NewRegistry(t)
 	for _, tok := range []string{cp.NewRegistrationToken() + ".abc", cp.NewRegistrationToken() + ".", ".0123"} {

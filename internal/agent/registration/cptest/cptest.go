@@ -302,6 +302,14 @@ func (r *Registry) SetRenewAfter(t time.Time) {
 	r.renewAfter = t
 }
 
+// SetCA makes the fake issue from ca (and return it) from now on: an
+// impostor's CA at renewal.
+func (r *Registry) SetCA(ca *CA) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.CA = ca
+}
+
 // FailRenewals makes Renew answer err (nil: succeed again).
 func (r *Registry) FailRenewals(err error) {
 	r.mu.Lock()
