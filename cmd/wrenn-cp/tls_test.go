@@ -113,3 +113,41 @@ func TestRunServesSelfSignedTLS(t *testing.T) {
 		t.Fatal("run did not return after cancel")
 	}
 }
+
+// Plain HTTP on every interface is allowed but loud; the CA fingerprint is
+// logged in every mode (tokens carry it).
+func TestRunWarnsPlainHTTPBeyondLoopback(t *testing.T) {
+	_, dsn := pgtest.NewWithDSN(t)
+	t.Chdir(t.TempDir())
+	cfg, err := config.Parse([]string{"--listen", "0.0.0.0:0"},
+		[]string{"DATABASE_URL=" + dsn, "WRENN_JWT_SECRET=0123456789abcdef0123456789abcdef"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{b: &bytes.Buffer{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil)), func(a string) { addr <- a })
+	}()
+	select {
+	case <-addr:
+	case err := <-done:
+		t.Fatalf("run returned before serving: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	logs.mu.Lock()
+	text := logs.b.String()
+	logs.mu.Unlock()
+	if !strings.Contains(text, `"level":"WARN","msg":"SERVING PLAIN HTTP ON 0.0.0.0:0, BEYOND LOOPBACK`) {
+		t.Errorf("no loud warning for plain HTTP on every interface:\n%s", text)
+	}
+	if !strings.Contains(text, `"ca_cert_hash":"sha256:`) {
+		t.Errorf("CA fingerprint not logged:\n%s", text)
+	}
+}
