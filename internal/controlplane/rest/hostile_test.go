@@ -149,3 +149,16 @@ func TestHostileEnvdMalformedReply(t *testing.T) {
 		wantError(t, resp, http.StatusServiceUnavailable, "unavailable")
 	}
 }
+
+// A host agent may be a tenant's own machine: the console log answered is
+// never longer than the tail asked for, whatever the agent sent (the fake
+// agent ignores tail_bytes and sends "console of <id>").
+func TestLogsTrimmedToTail(t *testing.T) {
+	e := newSandboxEnv(t)
+	e.addHost(t)
+	sb := e.create(t, map[string]any{"template": "minimal"})
+	resp := e.do(t, "GET", "/v1/sandboxes/"+sb.Id+"/logs?tail_bytes=5", e.team.Key, nil)
+	if got := readAll(t, resp); resp.StatusCode != http.StatusOK || got != sb.Id[len(sb.Id)-5:] {
+		t.Errorf("logs?tail_bytes=5: %d %q; want 200 %q", resp.StatusCode, got, sb.Id[len(sb.Id)-5:])
+	}
+}

@@ -332,6 +332,10 @@ func (s *Server) sandboxMetrics(w http.ResponseWriter, r *http.Request) error {
 
 func valuePtr[T any](v T) *T { return &v }
 
+// maxLogTail is the most of a console log one request returns (the agent's
+// own cap, agent.MaxConsoleTail).
+const maxLogTail int64 = 1 << 20
+
 func (s *Server) sandboxLogs(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	sb, err := s.teamSandbox(ctx, chi.URLParam(r, "sandboxID"))
@@ -341,7 +345,7 @@ func (s *Server) sandboxLogs(w http.ResponseWriter, r *http.Request) error {
 	var tail int64
 	if v := r.URL.Query().Get("tail_bytes"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 1 || n > 1<<20 {
+		if err != nil || n < 1 || n > maxLogTail {
 			return invalid("tail_bytes %q: must be 1-1048576", v)
 		}
 		tail = n
@@ -361,7 +365,18 @@ func (s *Server) sandboxLogs(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(resp.Msg.GetConsole())
+	// The agent may be a tenant's own machine (BYOC): never pass on more
+	// than the tail asked for, whatever it sent (its reply is already
+	// capped by the agent pool).
+	console := resp.Msg.GetConsole()
+	limit := tail
+	if limit == 0 {
+		limit = maxLogTail
+	}
+	if int64(len(console)) > limit {
+		console = console[int64(len(console))-limit:]
+	}
+	_, _ = w.Write(console)
 	return nil
 }
 
