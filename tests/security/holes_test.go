@@ -241,10 +241,14 @@ func TestHole4TeamQuota(t *testing.T) {
 	t.Cleanup(func() {
 		adminSess.do(t, "PUT", limits, map[string]any{"max_vcpus": nil})
 	})
-	var got map[string]any
-	cb.json(t, "GET", limits, nil, http.StatusOK, &got)
-	if v, _ := got["max_vcpus"].(float64); v != 1 {
-		t.Errorf("team B's limits after the admin set max_vcpus 1: %v", got)
+	var got struct {
+		Limits struct {
+			MaxVCPUs int `json:"max_vcpus"`
+		} `json:"limits"`
+	}
+	r = cb.json(t, "GET", limits, nil, http.StatusOK, &got)
+	if got.Limits.MaxVCPUs != 1 {
+		t.Errorf("team B's limits after the admin set max_vcpus 1: %s", r)
 	}
 
 	r = cb.do(t, "POST", "/v1/sandboxes", map[string]any{"template": "minimal", "vcpus": 2, "timeout_sec": 120})
