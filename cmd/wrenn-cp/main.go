@@ -162,6 +162,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 			MaxTemplates: cfg.TeamLimits.MaxTemplates,
 		},
 		CACertHash: ca.Fingerprint(),
+		// Per-address limits behind a reverse proxy.
+		TrustedProxies: cfg.Edge.TrustedProxies,
+		ClientIPHeader: cfg.Edge.ClientIPHeader,
 	})
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
@@ -182,11 +185,17 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 	protocols.SetHTTP1(true)
 	// h2c: agents and SDKs behind a TLS-terminating proxy multiplex streams.
 	protocols.SetUnencryptedHTTP2(true)
+	// No ReadTimeout or WriteTimeout: they bound a whole request and
+	// would cut exec and file streams, PTYs, proxied ports and large
+	// uploads. The API sets per-request progress deadlines instead
+	// (rest.Deps.BodyWindow, WriteTimeout): a body must keep arriving,
+	// each write must complete.
 	srv := &http.Server{
 		Handler:           api.Handler(),
 		Protocols:         &protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 	}

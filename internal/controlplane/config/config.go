@@ -62,17 +62,19 @@ type Config struct {
 	// serving certificate; empty means the public URL's host, the listen
 	// host, localhost and the loopback addresses.
 	TLSNames []string
+	// MetricsAddr is WRENN_METRICS_ADDR: a separate plain-HTTP listener for
+	// Prometheus' /metrics, which is unauthenticated and so never on the
+	// API port; empty disables it.
+	MetricsAddr string
 	// TeamLimits are the default per-team quotas (WRENN_TEAM_MAX_*).
 	TeamLimits TeamLimits
+	// Edge is WRENN_TRUSTED_PROXIES and WRENN_CLIENT_IP_HEADER (edge.go).
+	Edge Edge
 	// Signup is WRENN_SIGNUP: open, invite or closed (see access.go).
 	Signup string
 	// AllowPrivateHostAddresses is WRENN_ALLOW_PRIVATE_HOST_ADDRESSES:
 	// byoc hosts may be at internal addresses.
 	AllowPrivateHostAddresses bool
-	// MetricsAddr is WRENN_METRICS_ADDR: a separate plain-HTTP listener for
-	// Prometheus' /metrics, which is unauthenticated and so never on the
-	// API port; empty disables it.
-	MetricsAddr string
 	// EnvFile is the env file read, if any.
 	EnvFile string
 	// ShowVersion is --version.
@@ -250,7 +252,7 @@ func settings() []setting {
 				}
 				return nil
 			}},
-	}, append(teamLimitSettings(), accessSettings()...)...)
+	}, slices.Concat(teamLimitSettings(), accessSettings(), edgeSettings())...)
 }
 
 // Parse reads args (without the program name), environ (os.Environ()
@@ -401,6 +403,7 @@ func (c Config) LogValue() slog.Value {
 	}
 	maps.Copy(values, c.teamLimitValues())
 	maps.Copy(values, c.accessValues())
+	maps.Copy(values, c.edgeValues())
 	var attrs []slog.Attr
 	for _, s := range settings() {
 		attrs = append(attrs, slog.Group(s.env, "value", values[s.env], "source", c.sources[s.env]))
