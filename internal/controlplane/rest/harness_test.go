@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wrenn/wrenn/internal/controlplane/platformadmin"
 	"github.com/wrenn/wrenn/internal/pgtest"
 )
 
@@ -64,6 +65,8 @@ func newTestEnv(t *testing.T, opts ...func(*Deps)) *testEnv {
 		Domain:    "wrenn.test",
 		// High enough that ordinary tests never see 429.
 		RateLimit: 10000,
+		// newTeam signs up through the API.
+		Signup: SignupOpen,
 	}
 	for _, o := range opts {
 		o(&d)
@@ -232,4 +235,21 @@ func wantError(t *testing.T, resp *http.Response, status int, code string) {
 	if b.Error.Message == "" {
 		t.Fatalf("error %q has no message", code)
 	}
+}
+
+// newPlatformAdmin is newTeam whose user is then made platform admin the
+// way an operator does (`wrenn-cp admin`); Key has platform rights
+// ("platform": true) and teamKey is an ordinary key of the same team.
+func (e *testEnv) newPlatformAdmin(t *testing.T, name string) (tt testTeam, teamKey string) {
+	t.Helper()
+	tt = e.newTeam(t, name)
+	if _, err := platformadmin.Ensure(context.Background(), e.Pool, platformadmin.Request{Email: tt.Email}); err != nil {
+		t.Fatalf("make platform admin: %v", err)
+	}
+	var key struct {
+		Key string `json:"key"`
+	}
+	e.doJSON(t, http.MethodPost, "/v1/api-keys", tt.JWT, map[string]any{"name": "platform", "platform": true}, http.StatusCreated, &key)
+	teamKey, tt.Key = tt.Key, key.Key
+	return tt, teamKey
 }

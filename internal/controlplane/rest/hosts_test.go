@@ -130,7 +130,7 @@ var registrationTokenRE = regexp.MustCompile(`^wrr_[0-9a-f]{32}$`)
 
 func TestHostsCreateListGet(t *testing.T) {
 	e := newHostsEnv(t)
-	a := e.newTeam(t, "a")
+	a, _ := e.newPlatformAdmin(t, "a") // regular hosts need platform rights
 
 	created := e.createHost(t, a.Key, "byoc")
 	if !registrationTokenRE.MatchString(created.RegistrationToken) {
@@ -143,7 +143,7 @@ func TestHostsCreateListGet(t *testing.T) {
 	if h.Status != api.Pending || h.Type != api.HostTypeByoc || h.Address != nil || h.LastHeartbeatAt != nil {
 		t.Errorf("new host %+v", h)
 	}
-	regular := e.createHost(t, a.JWT, "regular").Host // owners may too
+	regular := e.createHost(t, a.JWT, "regular").Host // a platform admin's session may too
 
 	var list struct{ Hosts []api.Host }
 	e.doJSON(t, http.MethodGet, "/v1/hosts", a.Key, nil, http.StatusOK, &list)
@@ -233,7 +233,8 @@ func equalStrings(a, b []string) bool {
 
 func TestHostsOtherTeamSeesNothing(t *testing.T) {
 	e := newHostsEnv(t)
-	a, b := e.newTeam(t, "a"), e.newTeam(t, "b")
+	a, _ := e.newPlatformAdmin(t, "a")
+	b := e.newTeam(t, "b")
 	h := e.createHost(t, a.Key, "regular").Host
 	path := "/v1/hosts/" + h.Id.String()
 

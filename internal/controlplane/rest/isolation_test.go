@@ -18,7 +18,7 @@ import (
 // resource must be added here (the test fails on an unknown parameter).
 var resourceParams = map[string]bool{
 	"teamID": true, "userID": true, "keyID": true, "hostID": true,
-	"sandboxID": true, "templateName": true,
+	"sandboxID": true, "templateName": true, "inviteID": true,
 }
 
 // nonResourceParams are URL parameters that do not name a resource.
@@ -46,7 +46,7 @@ var isolationBodies = map[string]any{
 // route added later is covered without editing this test.
 func TestTenantIsolation(t *testing.T) {
 	env := newTestEnv(t)
-	a := env.newTeam(t, "team-a")
+	a, _ := env.newPlatformAdmin(t, "team-a") // it adds a regular host
 	b := env.newTeam(t, "team-b")
 	ctx := context.Background()
 
@@ -72,8 +72,14 @@ func TestTenantIsolation(t *testing.T) {
 	}
 	env.doJSON(t, "POST", "/v1/api-keys", a.Key, map[string]string{"name": "second"}, http.StatusCreated, &key)
 
+	var invite struct {
+		ID string `json:"id"`
+	}
+	env.doJSON(t, "POST", "/v1/teams/"+a.ID.String()+"/invites", a.JWT, map[string]string{"email": "invited@example.com"}, http.StatusCreated, &invite)
+
 	ids := map[string]string{
-		"teamID": a.ID.String(), "userID": a.UserID.String(), "keyID": key.ID, "hostID": hostID,
+		"inviteID": invite.ID,
+		"teamID":   a.ID.String(), "userID": a.UserID.String(), "keyID": key.ID, "hostID": hostID,
 		"sandboxID": sandboxID, "templateName": "a-template", "selector": "1", "port": "8080", "*": "index.html",
 	}
 	paramRE := regexp.MustCompile(`\{([^}]+)\}`)
