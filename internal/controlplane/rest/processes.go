@@ -18,6 +18,7 @@ package rest
 // running.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -29,7 +30,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"github.com/coder/websocket"
@@ -49,6 +52,13 @@ const (
 	defaultExecTimeout = 60 * time.Second
 	// maxExecOutput is how much of each stream a synchronous exec keeps.
 	maxExecOutput = 10 << 20
+	// maxBufferedExecOutput caps the output all synchronous execs of one
+	// server hold at once. Each keeps up to maxExecOutput per stream until
+	// it answers, and a team may hold many open (60 s each by default), so
+	// without a shared cap they could take the control plane's memory;
+	// 512 MiB is ~25 execs at full output. Past it output is dropped and
+	// flagged truncated, as past the per-exec cap.
+	maxBufferedExecOutput = 512 << 20
 	// wsReadLimit bounds one client frame (stdin frames carry base64).
 	wsReadLimit = 1 << 20
 	// wsFirstFrameTimeout is how long exec/stream waits for its request.
@@ -192,10 +202,41 @@ func parseSelector(v string) (envdclient.Selector, *process.ProcessSelector, err
 	return envdclient.ByTag(v), &process.ProcessSelector{Selector: &process.ProcessSelector_Tag{Tag: v}}, nil
 }
 
-// capBuffer keeps the first max bytes written and notes what it dropped.
+// byteBudget is a server-wide allowance of bytes, granted without waiting.
+// The zero value allows maxBufferedExecOutput.
+type byteBudget struct {
+	used atomic.Int64
+	// limit replaces maxBufferedExecOutput when set (tests).
+	limit int64
+}
+
+// take grants up to n bytes: fewer, or none, once the budget is spent.
+func (b *byteBudget) take(n int64) int64 {
+	limit := b.limit
+	if limit == 0 {
+		limit = maxBufferedExecOutput
+	}
+	for {
+		used := b.used.Load()
+		grant := min(n, limit-used)
+		if grant <= 0 {
+			return 0
+		}
+		if b.used.CompareAndSwap(used, used+grant) {
+			return grant
+		}
+	}
+}
+
+func (b *byteBudget) release(n int64) { b.used.Add(-n) }
+
+// capBuffer keeps the first max bytes written, as far as the shared budget
+// allows, and notes what it dropped. release gives its bytes back.
 type capBuffer struct {
 	buf       bytes.Buffer
 	max       int
+	budget    *byteBudget
+	taken     int64
 	truncated bool
 }
 
@@ -205,8 +246,23 @@ func (c *capBuffer) Write(p []byte) (int, error) {
 		c.truncated = true
 		p = p[:max(room, 0)]
 	}
+	if c.budget != nil && len(p) > 0 {
+		got := c.budget.take(int64(len(p)))
+		c.taken += got
+		if got < int64(len(p)) {
+			c.truncated = true
+			p = p[:got]
+		}
+	}
 	c.buf.Write(p)
 	return n, nil
+}
+
+func (c *capBuffer) release() {
+	if c.budget != nil {
+		c.budget.release(c.taken)
+		c.taken = 0
+	}
 }
 
 // execCommand runs a command to completion (or starts it in the
@@ -254,7 +310,10 @@ func (s *Server) execCommand(w http.ResponseWriter, r *http.Request) (err error)
 	if timeout == 0 {
 		timeout = defaultExecTimeout
 	}
-	var stdout, stderr = &capBuffer{max: maxExecOutput}, &capBuffer{max: maxExecOutput}
+	stdout := &capBuffer{max: maxExecOutput, budget: &s.execOutput}
+	stderr := &capBuffer{max: maxExecOutput, budget: &s.execOutput}
+	defer stdout.release()
+	defer stderr.release()
 	spec.run.Stdout, spec.run.Stderr = stdout, stderr
 	if spec.stdin != nil {
 		spec.run.Stdin = strings.NewReader(*spec.stdin)
@@ -293,14 +352,81 @@ func (s *Server) execCommand(w http.ResponseWriter, r *http.Request) (err error)
 	default:
 		return werr
 	}
-	so, se := stdout.buf.String(), stderr.buf.String()
-	out.Stdout, out.Stderr = &so, &se
 	if stdout.truncated || stderr.truncated {
 		t := true
 		out.Truncated = &t
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeExecResult(w, out, stdout.buf.Bytes(), stderr.buf.Bytes())
 	return nil
+}
+
+// writeExecResult answers 200 with out and the output, encoding the output
+// as it writes: json.Marshal would build the whole body first, and escaping
+// can make it six times the output (\u0001 for each control byte).
+func writeExecResult(w http.ResponseWriter, out api.ExecResult, stdout, stderr []byte) {
+	out.Stdout, out.Stderr = nil, nil
+	head, err := json.Marshal(out) // never empty: pid is always there
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]any{"error": map[string]string{"code": "internal", "message": "internal error"}})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	_, _ = bw.Write(head[:len(head)-1])
+	_, _ = bw.WriteString(`,"stdout":`)
+	writeJSONString(bw, stdout)
+	_, _ = bw.WriteString(`,"stderr":`)
+	writeJSONString(bw, stderr)
+	_, _ = bw.WriteString("}\n")
+	_ = bw.Flush()
+}
+
+// writeJSONString writes b as a JSON string exactly as encoding/json
+// encodes string(b): invalid UTF-8 as U+FFFD, HTML-safe.
+func writeJSONString(w *bufio.Writer, b []byte) {
+	const hex = "0123456789abcdef"
+	_ = w.WriteByte('"')
+	for i := 0; i < len(b); {
+		c := b[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				_ = w.WriteByte('\\')
+				_ = w.WriteByte(c)
+			case c == '\n':
+				_, _ = w.WriteString(`\n`)
+			case c == '\r':
+				_, _ = w.WriteString(`\r`)
+			case c == '\t':
+				_, _ = w.WriteString(`\t`)
+			case c == '\b':
+				_, _ = w.WriteString(`\b`)
+			case c == '\f':
+				_, _ = w.WriteString(`\f`)
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				_, _ = w.WriteString(`\u00`)
+				_ = w.WriteByte(hex[c>>4])
+				_ = w.WriteByte(hex[c&0xf])
+			default:
+				_ = w.WriteByte(c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(b[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			_, _ = w.WriteString(`\ufffd`)
+		case r == '\u2028' || r == '\u2029':
+			_, _ = w.WriteString(`\u202`)
+			_ = w.WriteByte(hex[r&0xf])
+		default:
+			_, _ = w.Write(b[i : i+size])
+		}
+		i += size
+	}
+	_ = w.WriteByte('"')
 }
 
 func (s *Server) listProcesses(w http.ResponseWriter, r *http.Request) error {

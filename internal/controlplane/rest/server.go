@@ -112,6 +112,9 @@ type Server struct {
 	// placementHook, when set (tests only), runs between reading the hosts'
 	// reservations and recording the new sandbox's, to widen that window.
 	placementHook func()
+
+	// execOutput bounds the output synchronous execs hold at once.
+	execOutput byteBudget
 }
 
 // New returns a Server.
