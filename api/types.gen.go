@@ -690,6 +690,55 @@ type Team struct {
 	Role      *Role              `json:"role,omitempty"`
 }
 
+// TeamLimitOverrides A team's own limits; null (or left out) is the default. 0 is unlimited.
+type TeamLimitOverrides struct {
+	MaxDiskMb    *int64 `json:"max_disk_mb,omitempty"`
+	MaxMemoryMb  *int64 `json:"max_memory_mb,omitempty"`
+	MaxSandboxes *int64 `json:"max_sandboxes,omitempty"`
+	MaxTemplates *int64 `json:"max_templates,omitempty"`
+	MaxVcpus     *int64 `json:"max_vcpus,omitempty"`
+}
+
+// TeamLimitValues A team's limits in force (0 is unlimited).
+type TeamLimitValues struct {
+	// MaxDiskMb MiB of disk of every sandbox that exists.
+	MaxDiskMb int64 `json:"max_disk_mb"`
+
+	// MaxMemoryMb MiB of guest memory of sandboxes that are not hibernated.
+	MaxMemoryMb int64 `json:"max_memory_mb"`
+
+	// MaxSandboxes Sandboxes that exist: starting, running, paused, hibernated.
+	MaxSandboxes int64 `json:"max_sandboxes"`
+
+	// MaxTemplates Snapshot templates.
+	MaxTemplates int64 `json:"max_templates"`
+
+	// MaxVcpus vCPUs of sandboxes that are not hibernated.
+	MaxVcpus int64 `json:"max_vcpus"`
+}
+
+// TeamLimits defines model for TeamLimits.
+type TeamLimits struct {
+	// Limits A team's limits in force (0 is unlimited).
+	Limits TeamLimitValues `json:"limits"`
+
+	// Overrides A team's own limits; null (or left out) is the default. 0 is unlimited.
+	Overrides TeamLimitOverrides `json:"overrides"`
+	TeamId    openapi_types.UUID `json:"team_id"`
+
+	// Usage What the team's sandboxes and templates hold now, counted as the limits count.
+	Usage TeamUsage `json:"usage"`
+}
+
+// TeamUsage What the team's sandboxes and templates hold now, counted as the limits count.
+type TeamUsage struct {
+	DiskMb    int64 `json:"disk_mb"`
+	MemoryMb  int64 `json:"memory_mb"`
+	Sandboxes int64 `json:"sandboxes"`
+	Templates int64 `json:"templates"`
+	Vcpus     int64 `json:"vcpus"`
+}
+
 // Template defines model for Template.
 type Template struct {
 	Builtin   bool      `json:"builtin"`
@@ -733,6 +782,9 @@ type SandboxID = string
 
 // TeamID defines model for TeamID.
 type TeamID = openapi_types.UUID
+
+// QuotaExceeded defines model for QuotaExceeded.
+type QuotaExceeded = Error
 
 // CreateAPIKeyJSONBody defines parameters for CreateAPIKey.
 type CreateAPIKeyJSONBody struct {
@@ -894,6 +946,9 @@ type CreateTeamJSONRequestBody = CreateTeamRequest
 
 // CreateInviteJSONRequestBody defines body for CreateInvite for application/json ContentType.
 type CreateInviteJSONRequestBody = CreateInviteRequest
+
+// SetTeamLimitsJSONRequestBody defines body for SetTeamLimits for application/json ContentType.
+type SetTeamLimitsJSONRequestBody = TeamLimitOverrides
 
 // AddMemberJSONRequestBody defines body for AddMember for application/json ContentType.
 type AddMemberJSONRequestBody = AddMemberRequest

@@ -74,6 +74,11 @@ func (s *Server) getTeamLimits(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) putTeamLimits(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	if !hasPlatformRights(principal(ctx)) {
+		// Another team's limits answer like a missing team; one's own
+		// cannot be raised from inside the team.
+		if _, _, err := s.teamAccess(r); err != nil {
+			return err
+		}
 		return errdefs.New(errdefs.ErrPermissionDenied, "setting team limits needs platform rights")
 	}
 	team, err := s.existingTeam(ctx, r)

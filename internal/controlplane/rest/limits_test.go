@@ -107,10 +107,12 @@ func TestQuotaLimitsRoutes(t *testing.T) {
 	other := env.newTeam(t, "other")
 	wantError(t, env.do(t, "GET", path, other.Key, nil), http.StatusNotFound, "not_found")
 	wantError(t, env.do(t, "GET", path, other.JWT, nil), http.StatusNotFound, "not_found")
-	// A team cannot raise its own limits, owner or key.
-	for _, cred := range []string{team.JWT, team.Key, other.JWT} {
+	// A team cannot raise its own limits, owner or key; another team's
+	// answer like a missing team.
+	for _, cred := range []string{team.JWT, team.Key} {
 		wantError(t, env.do(t, "PUT", path, cred, map[string]any{"max_sandboxes": 1000}), http.StatusForbidden, "permission_denied")
 	}
+	wantError(t, env.do(t, "PUT", path, other.JWT, map[string]any{"max_sandboxes": 1000}), http.StatusNotFound, "not_found")
 
 	admin := env.platformAdmin(t)
 	env.doJSON(t, "PUT", path, admin, map[string]any{"max_sandboxes": 1, "max_vcpus": 0}, http.StatusOK, &got)
