@@ -1,6 +1,7 @@
 // Package devstack brings up a single-node Wrenn on this machine: a private
 // PostgreSQL cluster, wrenn-cp and wrenn-agent as child processes, the local
-// host registered, and on first run an admin user, a team and an API key.
+// host registered, and on first run an admin user (made platform admin with
+// `wrenn-cp admin`), a team and an API key with platform rights.
 // `make up` runs it through cmd/wrenn-up; the end-to-end tests use it to
 // start the same stack in a temporary WRENN_DIR.
 //
@@ -160,6 +161,11 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		"WRENN_JWT_SECRET=" + secret,
 		"WRENN_CP_LISTEN_ADDR=" + cfg.CPAddr,
 		"WRENN_CP_URL=" + s.URL,
+		// A loopback stack for one person: open signup, and byoc agents
+		// (like this machine's, in tests) may be on loopback. CPEnv may
+		// override both.
+		"WRENN_SIGNUP=open",
+		"WRENN_ALLOW_PRIVATE_HOST_ADDRESSES=true",
 	}, cfg.CPEnv...)
 	if cfg.TLS {
 		cpEnv = append(cpEnv, "WRENN_TLS=self-signed")
@@ -183,7 +189,7 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	s.step("control plane ready at %s (%s)", s.URL, since(start))
 
-	if err := s.bootstrapAdmin(ctx); err != nil {
+	if err := s.bootstrapAdmin(ctx, dsn); err != nil {
 		return nil, err
 	}
 
@@ -307,42 +313,117 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// bootstrapAdmin signs up the admin user and creates an API key on the
-// first run; later runs load admin.json.
-func (s *Stack) bootstrapAdmin(ctx context.Context) error {
+// bootstrapAdmin makes the admin user a platform admin with
+// `wrenn-cp admin` (signing up never does), and on the first run logs in
+// and creates a team "default" and an API key with platform rights (it
+// adds this machine as a regular host); later runs load admin.json. An
+// admin.json from before platform keys existed holds a key that lost its
+// platform rights: it keeps working as a team key and a platform key
+// replaces it in admin.json.
+func (s *Stack) bootstrapAdmin(ctx context.Context, dsn string) error {
 	path := filepath.Join(s.cfg.Dir, "admin.json")
-	if b, err := os.ReadFile(path); err == nil {
-		if err := json.Unmarshal(b, &s.Admin); err != nil {
+	var a Admin
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &a); err != nil {
 			return fmt.Errorf("parse %s: %w", path, err)
 		}
-		return nil
+	case errors.Is(err, os.ErrNotExist):
+		a = Admin{Email: "admin@wrenn.local", Password: randomHex(12)}
+	default:
+		return fmt.Errorf("read %s: %w", path, err)
 	}
-	a := Admin{Email: "admin@wrenn.local", Password: randomHex(12)}
+	if err := s.runAdmin(ctx, dsn, a); err != nil {
+		return err
+	}
+	if a.APIKey != "" {
+		platform, err := s.keyHasPlatformRights(ctx, a.APIKey)
+		if err != nil {
+			return err
+		}
+		if platform {
+			s.Admin = a
+			return nil
+		}
+	}
 	var sess struct {
 		Token string `json:"token"`
-		Team  struct {
+		Team  *struct {
 			ID string `json:"id"`
 		} `json:"team"`
 	}
-	body := map[string]string{"email": a.Email, "password": a.Password, "name": "Admin", "team_name": "default"}
-	if err := s.call(ctx, http.MethodPost, "/v1/auth/signup", "", body, http.StatusCreated, &sess); err != nil {
-		return fmt.Errorf("create admin user: %w", err)
+	if err := s.call(ctx, http.MethodPost, "/v1/auth/login", "", map[string]string{"email": a.Email, "password": a.Password}, http.StatusOK, &sess); err != nil {
+		return fmt.Errorf("log in as admin %s: %w", a.Email, err)
+	}
+	if sess.Team == nil {
+		return fmt.Errorf("admin %s belongs to no team", a.Email)
 	}
 	a.TeamID = sess.Team.ID
 	var key struct {
 		Key string `json:"key"`
 	}
-	if err := s.call(ctx, http.MethodPost, "/v1/api-keys", sess.Token, map[string]string{"name": "make up"}, http.StatusCreated, &key); err != nil {
+	if err := s.call(ctx, http.MethodPost, "/v1/api-keys", sess.Token, map[string]any{"name": "make up", "platform": true}, http.StatusCreated, &key); err != nil {
 		return fmt.Errorf("create admin api key: %w", err)
 	}
 	a.APIKey = key.Key
-	b, _ := json.MarshalIndent(a, "", "  ")
+	b, _ = json.MarshalIndent(a, "", "  ")
 	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
 		return fmt.Errorf("save %s: %w", path, err)
 	}
 	s.Admin = a
-	s.step("created admin user %s, team \"default\" and an API key (saved in %s)", a.Email, path)
+	s.step("admin user %s (platform admin), team \"default\" and a platform API key saved in %s", a.Email, path)
 	return nil
+}
+
+// runAdmin runs `wrenn-cp admin`, which creates the admin (owner of a team
+// "default") or, when it exists, makes sure it is a platform admin.
+func (s *Stack) runAdmin(ctx context.Context, dsn string, a Admin) error {
+	pw, err := os.CreateTemp(s.cfg.Dir, ".admin-password-*")
+	if err != nil {
+		return fmt.Errorf("write admin password: %w", err)
+	}
+	defer os.Remove(pw.Name())
+	_, werr := pw.WriteString(a.Password + "\n")
+	if err := errors.Join(werr, pw.Close()); err != nil {
+		return fmt.Errorf("write admin password: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(s.cfg.BinDir, "wrenn-cp"), "admin",
+		"--email", a.Email, "--password-file", pw.Name(), "--team", "default")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
+	cmd.Dir = s.cfg.Dir // no stray ./.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("wrenn-cp admin --email %s: %w: %s", a.Email, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// keyHasPlatformRights reports whether key is listed as a platform key.
+func (s *Stack) keyHasPlatformRights(ctx context.Context, key string) (bool, error) {
+	var me struct {
+		APIKeyID string `json:"api_key_id"`
+	}
+	if err := s.call(ctx, http.MethodGet, "/v1/me", key, nil, http.StatusOK, &me); err != nil {
+		// E.g. a database made afresh under an old admin.json: make a
+		// new key (logging in reports a real problem).
+		return false, nil
+	}
+	var list struct {
+		Keys []struct {
+			ID       string `json:"id"`
+			Platform bool   `json:"platform"`
+		} `json:"api_keys"`
+	}
+	if err := s.call(ctx, http.MethodGet, "/v1/api-keys", key, nil, http.StatusOK, &list); err != nil {
+		return false, fmt.Errorf("check admin api key: %w", err)
+	}
+	for _, k := range list.Keys {
+		if k.ID == me.APIKeyID {
+			return k.Platform, nil
+		}
+	}
+	return false, nil
 }
 
 // addHost creates the host record for this machine and returns its
