@@ -43,6 +43,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if err := m.removeTrash(); err != nil {
 		errs = append(errs, fmt.Errorf("remove used snapshots: %w", err))
 	}
+	if err := m.restrictOldTemplates(); err != nil {
+		errs = append(errs, err)
+	}
 	// Guest memory files of sandboxes that are gone.
 	mems, _ := filepath.Glob(filepath.Join(m.cfg.MemoryDir, "*.mem"))
 	for _, p := range mems {

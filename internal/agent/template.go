@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -307,4 +308,50 @@ func (m *Manager) Templates(ctx context.Context) ([]Template, error) {
 		out = append(out, t)
 	}
 	return out, ctx.Err()
+}
+
+// restrictOldTemplates makes the files of snapshot templates taken before
+// templates were private (their directories 0755, the disk 0444) root's
+// alone, as SnapshotTemplateAs makes new ones. A template that a sandbox
+// still reads directly (made from it before sandboxes got a private copy
+// of the template's disk: its overlay's backing file is the template's)
+// is left as it is, or that sandbox's VMM could not reopen its disk; the
+// next start after it is gone restricts it. Run after adoption.
+func (m *Manager) restrictOldTemplates() error {
+	images := filepath.Join(m.cfg.Dir, "images")
+	entries, err := os.ReadDir(images)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list templates: %w", err)
+	}
+	inUse := map[string]bool{}
+	m.mu.Lock()
+	for _, sb := range m.sandboxes {
+		// Template and dir never change after a sandbox is made.
+		if _, err := os.Stat(filepath.Join(vmDir(sb.dir), "base.qcow2")); err != nil {
+			inUse[sb.rec.Template] = true
+		}
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		// A symlink is a base image kept elsewhere, never a snapshot.
+		if !validID(name) || !e.IsDir() || inUse[name] || !m.hasSnapshot(name) {
+			continue
+		}
+		dir := filepath.Join(images, name)
+		st, err := os.Lstat(dir)
+		if err != nil || st.Mode().Perm()&0o077 == 0 {
+			continue
+		}
+		if err := restrictTree(dir); err != nil {
+			errs = append(errs, fmt.Errorf("restrict template %s: %w", name, err))
+			continue
+		}
+		m.log.Info("template files made private", "template", name)
+	}
+	return errors.Join(errs...)
 }
