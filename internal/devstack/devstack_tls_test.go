@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,6 +40,42 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// built holds wrenn-cp and wrenn-agent, built once for every test here.
+var built struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+func buildOnce(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		if built.dir, built.err = os.MkdirTemp("", "wrenn-devstack-bin-"); built.err != nil {
+			return
+		}
+		for _, c := range []string{"wrenn-cp", "wrenn-agent"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(built.dir, c), "./cmd/"+c)
+			cmd.Dir = filepath.Join("..", "..")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				built.err = fmt.Errorf("build %s: %v\n%s", c, err, out)
+				return
+			}
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.dir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
 // up builds wrenn-cp and wrenn-agent and starts a stack of its own (names,
 // ranges, ports) under a fresh directory, closed when the test ends.
 func up(t *testing.T, withTLS bool) (*devstack.Stack, string) {
@@ -59,14 +96,7 @@ func up(t *testing.T, withTLS bool) (*devstack.Stack, string) {
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	bin, dir := filepath.Join(root, "bin"), filepath.Join(root, "wrenn")
-	for _, c := range []string{"wrenn-cp", "wrenn-agent"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, c), "./cmd/"+c)
-		cmd.Dir = filepath.Join("..", "..")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", c, err, out)
-		}
-	}
+	bin, dir := buildOnce(t), filepath.Join(root, "wrenn")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var progress strings.Builder
