@@ -130,6 +130,9 @@ func TestLongRequestsOutliveDeadlines(t *testing.T) {
 	defer cancel()
 	c := env.dialWS(t, ctx, path+"/exec/stream")
 	sendJSON(t, ctx, c, map[string]any{"cmd": "echo a; sleep 3; echo b"})
+	if f := readFrame(t, ctx, c); f.Type != "start" {
+		t.Fatalf("first frame %+v, want start", f)
+	}
 	stdout, _, code := follow(t, ctx, c)
 	if stdout != "a\nb\n" || code != 0 {
 		t.Fatalf("stream: %q exit %d", stdout, code)
