@@ -45,6 +45,9 @@ const (
 	maxString       = 256
 )
 
+// resolveTimeout bounds the lookup of a byoc host's name at registration.
+const resolveTimeout = 5 * time.Second
+
 // VanishGrace: a running sandbox is stopped for being absent from a
 // heartbeat only if it was created longer ago than this, because the agent
 // may have listed its sandboxes before a create finished.
@@ -124,7 +127,11 @@ func (s *Service) Register(ctx context.Context, req *connect.Request[hostagentv1
 		return nil, s.fail(fmt.Errorf("look up registration token: %w", err))
 	}
 	if host.Type == "byoc" && s.resolver != nil {
-		if err := hostaddr.Check(ctx, s.resolver, m.Address); err != nil {
+		// A slow resolver must not hold the registration open.
+		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		err := hostaddr.Check(rctx, s.resolver, m.Address)
+		cancel()
+		if err != nil {
 			s.log.Warn("byoc host registration refused: internal address", "host_id", host.ID, "address", m.Address)
 			return nil, s.fail(err)
 		}
