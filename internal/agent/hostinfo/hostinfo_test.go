@@ -144,3 +144,30 @@ func TestSandboxCollector(t *testing.T) {
 		t.Error("a failed listing was reported as zero sandboxes")
 	}
 }
+
+// TestCollectAdmissionFigures: the heartbeat carries what the control
+// plane admits guest RAM and disk against: the guest-memory tmpfs's size
+// and free space, and the bytes live sandboxes occupy on WRENN_DIR (their
+// directories and hibernation snapshots; a stopped one's are not counted).
+func TestCollectAdmissionFigures(t *testing.T) {
+	dir, memDir := t.TempDir(), t.TempDir()
+	write(t, dir+"/sandboxes/a/vm/rootfs.qcow2", strings.Repeat("x", 1<<20))
+	write(t, dir+"/snapshots/b/memory", strings.Repeat("y", 2<<20))
+	write(t, dir+"/sandboxes/s/vm/rootfs.qcow2", strings.Repeat("z", 4<<20))
+	src := fakeSandboxes{infos: []agent.Info{
+		{ID: "a", State: state.Running}, {ID: "b", State: state.Hibernated}, {ID: "s", State: state.Stopped},
+	}}
+	c := hostinfo.New(hostinfo.Config{Dir: dir, Sandboxes: src, ProcDir: fakeProc(t), MemoryDir: memDir})
+	st, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := st.Usage
+	if u.GetGuestMemoryBytes() <= 0 || u.GetGuestMemoryAvailableBytes() <= 0 || u.GetGuestMemoryAvailableBytes() > u.GetGuestMemoryBytes() {
+		t.Errorf("guest memory tmpfs: size %d, free %d", u.GetGuestMemoryBytes(), u.GetGuestMemoryAvailableBytes())
+	}
+	// 3 MiB written by a and b (allocation may round up a block or so).
+	if got := u.GetSandboxDiskUsedBytes(); got < 3<<20 || got > 3<<20+64<<10 {
+		t.Errorf("sandbox disk used = %d, want 3 MiB (a's disk and b's snapshot, not stopped s's)", got)
+	}
+}

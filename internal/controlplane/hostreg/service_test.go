@@ -285,7 +285,8 @@ func TestHeartbeatRecordsSpecsUsageTemplates(t *testing.T) {
 	resp, err := e.heartbeat(cred, &hostagentv1.HeartbeatRequest{
 		Specs: sp,
 		Usage: &hostagentv1.HostUsage{ReservedVcpus: 3, ReservedMemoryBytes: 3 << 30, ReservedDiskBytes: 5 << 30,
-			MemoryAvailableBytes: 9 << 30, DiskAvailableBytes: 50 << 30, Load1: 0.5},
+			MemoryAvailableBytes: 9 << 30, DiskAvailableBytes: 50 << 30, Load1: 0.5,
+			GuestMemoryBytes: 8 << 30, GuestMemoryAvailableBytes: 7 << 30, SandboxDiskUsedBytes: 2 << 30},
 		Templates: []*hostagentv1.Template{{Name: "minimal"}, {Name: "py", Snapshot: true}},
 	})
 	if err != nil {
@@ -299,7 +300,8 @@ func TestHeartbeatRecordsSpecsUsageTemplates(t *testing.T) {
 	if got.LastHeartbeatAt == nil || !got.LastHeartbeatAt.Equal(e.clk.Now()) {
 		t.Errorf("last_heartbeat_at = %v, want %v", got.LastHeartbeatAt, e.clk.Now())
 	}
-	if got.AgentVersion != "v2" || got.ReservedVcpus != 3 || got.MemoryAvailableBytes != 9<<30 || got.Load1 != 0.5 {
+	if got.AgentVersion != "v2" || got.ReservedVcpus != 3 || got.MemoryAvailableBytes != 9<<30 || got.Load1 != 0.5 ||
+		got.GuestMemoryBytes != 8<<30 || got.GuestMemoryAvailableBytes != 7<<30 || got.SandboxDiskUsedBytes != 2<<30 {
 		t.Errorf("host after heartbeat = %+v", got)
 	}
 	if !slices.Equal(got.Templates, []string{"minimal", "py"}) || !slices.Equal(got.SnapshotTemplates, []string{"py"}) {

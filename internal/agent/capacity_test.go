@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/errdefs"
+)
+
+// smallTmpfs mounts a tmpfs of sizeMB at a fresh directory for the test,
+// so that "full" is reached with a few hundred MiB.
+func smallTmpfs(t *testing.T, sizeMB int) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("wrenn-test", dir, "tmpfs", 0, fmt.Sprintf("size=%dm", sizeMB)); err != nil {
+		t.Skipf("mounting a tmpfs needs root (CAP_SYS_ADMIN): %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+// TestAdmitRefusesWhatTheHostCannotHold: the agent's last line refuses a
+// sandbox whose guest RAM would not fit in the guest-memory tmpfs beside
+// what existing sandboxes may touch (a full tmpfs SIGBUSes VMMs), or whose
+// disk would not fit in what WRENN_DIR's filesystem has free beside what
+// existing disks may still write (ENOSPC for every tenant). Before admit
+// the agent started both and failed later, inside guests.
+func TestAdmitRefusesWhatTheHostCannotHold(t *testing.T) {
+	mem := smallTmpfs(t, 1024)
+	dir := smallTmpfs(t, 512)
+	m := &Manager{cfg: Config{Dir: dir, MemoryDir: mem}, sandboxes: map[string]*sandbox{}}
+	add := func(id string, st state.State, memMB, diskMB int) {
+		m.sandboxes[id] = &sandbox{dir: m.sandboxDir(id), rec: &record{ID: id, State: st, VCPUs: 1, MemoryMB: memMB, DiskMB: diskMB}}
+	}
+	ctx := context.Background()
+	// Existing: a running sandbox that may use 768 MiB of RAM and 400 MiB
+	// of disk, of which it wrote 200.
+	add("running", state.Running, 768, 400)
+	writeAllocated(t, filepath.Join(dir, "sandboxes", "running", "vm", "rootfs.qcow2"), 200<<20)
+
+	// Memory: 768 of the 1024 MiB tmpfs are promised.
+	if err := m.admit(ctx, 1, 256, 64); err != nil {
+		t.Errorf("256 MiB of RAM fits beside 768 in 1024: %v", err)
+	}
+	if err := m.admit(ctx, 1, 512, 64); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Errorf("512 MiB of RAM beside 768 in 1024: err %v, want ResourceExhausted", err)
+	}
+	if err := m.admit(ctx, 2, 256, 16); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Errorf("two forks of 256 MiB beside 768 in 1024: err %v, want ResourceExhausted", err)
+	}
+	// Disk: ~312 MiB free, 200 still to come for "running": 100 fits,
+	// 150 does not.
+	if err := m.admit(ctx, 1, 128, 100); err != nil {
+		t.Errorf("100 MiB of disk with 200 promised and ~312 free: %v", err)
+	}
+	if err := m.admit(ctx, 1, 128, 150); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Errorf("150 MiB of disk with 200 promised and ~312 free: err %v, want ResourceExhausted", err)
+	}
+
+	// A hibernated sandbox holds no RAM in the tmpfs, but its disk and
+	// its memory image (16 of 512 MiB written so far) are promised on disk.
+	add("hibernated", state.Hibernated, 512, 16)
+	writeAllocated(t, filepath.Join(dir, "snapshots", "hibernated", "memory"), 16<<20)
+	used, err := SandboxDiskUsed(ctx, dir, []string{"running", "hibernated", "gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used < 216<<20 || used > 217<<20 {
+		t.Errorf("SandboxDiskUsed = %d MiB, want 216 (written bytes only)", used>>20)
+	}
+	if err := m.admit(ctx, 1, 128, 64); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Errorf("64 MiB of disk with 712 MiB promised and ~296 free: err %v, want ResourceExhausted", err)
+	}
+	if err := m.admit(ctx, 1, 256, 0); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Errorf("no disk asked but existing disks overcommitted: err %v, want ResourceExhausted", err)
+	}
+}
+
+// writeAllocated makes a file of n written (allocated) bytes.
+func writeAllocated(t *testing.T, path string, n int) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = 1
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for range n >> 20 {
+		if _, err := f.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
