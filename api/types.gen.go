@@ -556,10 +556,13 @@ type LoginRequest struct {
 type Me struct {
 	// ApiKeyId Set when the caller is an API key.
 	ApiKeyId *openapi_types.UUID `json:"api_key_id,omitempty"`
-	Role     Role                `json:"role"`
-	Team     Team                `json:"team"`
-	Teams    []Team              `json:"teams"`
-	User     *User               `json:"user,omitempty"`
+
+	// PlatformAdmin The caller has platform rights (a platform admin's session, or a platform API key).
+	PlatformAdmin bool   `json:"platform_admin"`
+	Role          Role   `json:"role"`
+	Team          Team   `json:"team"`
+	Teams         []Team `json:"teams"`
+	User          *User  `json:"user,omitempty"`
 }
 
 // Member defines model for Member.

@@ -207,7 +207,7 @@ func (s *Server) teamAccess(r *http.Request) (uuid.UUID, Role, error) {
 func (s *Server) getMe(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	p := principal(ctx)
-	me := api.Me{Role: api.Role(p.Role), Teams: []api.Team{}}
+	me := api.Me{Role: api.Role(p.Role), Teams: []api.Team{}, PlatformAdmin: p.PlatformAdmin}
 	if p.APIKeyID != nil {
 		t, err := s.q.GetTeam(ctx, p.TeamID)
 		if err != nil {

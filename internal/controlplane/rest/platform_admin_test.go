@@ -68,8 +68,22 @@ func TestPlatformKeys(t *testing.T) {
 		t.Errorf("listing %+v: want one platform key and one ordinary key", list.APIKeys)
 	}
 
+	meSays := func(cred string) bool {
+		t.Helper()
+		var me api.Me
+		env.doJSON(t, "GET", "/v1/me", cred, nil, http.StatusOK, &me)
+		return me.PlatformAdmin
+	}
+	if !meSays(admin.Key) || !meSays(admin.JWT) || meSays(teamKey) || meSays(plain.JWT) {
+		t.Errorf("GET /v1/me platform_admin: platform key %v, session %v, team key %v, other user %v",
+			meSays(admin.Key), meSays(admin.JWT), meSays(teamKey), meSays(plain.JWT))
+	}
+
 	if _, err := platformadmin.Demote(context.Background(), env.Pool, admin.Email); err != nil {
 		t.Fatal(err)
+	}
+	if meSays(admin.Key) {
+		t.Error("a demoted admin's platform key still has platform rights")
 	}
 	wantError(t, env.do(t, "POST", "/v1/hosts", admin.Key, map[string]string{"type": "regular"}), http.StatusForbidden, "permission_denied")
 	wantError(t, env.do(t, "POST", "/v1/hosts", admin.JWT, map[string]string{"type": "regular"}), http.StatusForbidden, "permission_denied")
