@@ -4,8 +4,10 @@
 -- name: BuiltinTemplates :many
 -- Base images on the online hosts the team may use. Never a snapshot
 -- template, even if an agent (an old one, or a lying one) reports it as an
--- image: not one the host itself lists as a snapshot, and not a name any
--- team's template has on the hosts or in the API.
+-- image: not one the host itself lists as a snapshot, and not the host
+-- name of any team's template. (A team's own name for its template is not
+-- excluded: a team could otherwise hide a base image from every team by
+-- naming a template after it.)
 SELECT img::text AS name, min(h.created_at)::timestamptz AS created_at
 FROM hosts h, unnest(h.images) AS img
 WHERE h.status = 'online'
@@ -13,7 +15,7 @@ WHERE h.status = 'online'
   AND NOT img = ANY (h.snapshot_templates)
   AND NOT EXISTS (
     SELECT 1 FROM templates t
-    WHERE t.team_id IS NOT NULL AND (t.agent_name = img OR t.name = img))
+    WHERE t.team_id IS NOT NULL AND t.agent_name = img)
 GROUP BY img
 ORDER BY img;
 

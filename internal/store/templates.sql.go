@@ -21,7 +21,7 @@ WHERE h.status = 'online'
   AND NOT img = ANY (h.snapshot_templates)
   AND NOT EXISTS (
     SELECT 1 FROM templates t
-    WHERE t.team_id IS NOT NULL AND (t.agent_name = img OR t.name = img))
+    WHERE t.team_id IS NOT NULL AND t.agent_name = img)
 GROUP BY img
 ORDER BY img
 `
@@ -35,8 +35,10 @@ type BuiltinTemplatesRow struct {
 // team's own are rows here (agent_name is the name on the host).
 // Base images on the online hosts the team may use. Never a snapshot
 // template, even if an agent (an old one, or a lying one) reports it as an
-// image: not one the host itself lists as a snapshot, and not a name any
-// team's template has on the hosts or in the API.
+// image: not one the host itself lists as a snapshot, and not the host
+// name of any team's template. (A team's own name for its template is not
+// excluded: a team could otherwise hide a base image from every team by
+// naming a template after it.)
 func (q *Queries) BuiltinTemplates(ctx context.Context, teamID uuid.UUID) ([]BuiltinTemplatesRow, error) {
 	rows, err := q.db.Query(ctx, builtinTemplates, teamID)
 	if err != nil {

@@ -68,6 +68,19 @@ func TestSnapshotTemplateNeverBuiltin(t *testing.T) {
 		t.Errorf("team B lists team A's template")
 	}
 
+	// A team's own name for a template never hides a base image from the
+	// others (a template named before the operator added the image).
+	if _, err := env.Pool.Exec(ctx, `INSERT INTO templates (team_id, name, agent_name, host_id, snapshot)
+		VALUES ($1, 'python', 't-squat', $2, true)`, a.ID, home.HostID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Pool.Exec(ctx, `UPDATE hosts SET images = images || 'python'::text WHERE id = $1`, home.HostID); err != nil {
+		t.Fatal(err)
+	}
+	if builtin, ok := templateNames(t, env, b.Key)["python"]; !ok || !builtin {
+		t.Errorf("team A's template named python hides the base image python from team B")
+	}
+
 	creates := home.Calls("CreateSandbox")
 	for _, n := range []string{agentName, "t-orphan", "secret-app"} {
 		wantError(t, env.do(t, "GET", "/v1/templates/"+n, b.Key, nil), http.StatusNotFound, "not_found")
