@@ -38,9 +38,10 @@ const (
 	// one event of a stream. envd sends process output in 32 KiB chunks;
 	// 8 MiB holds a ListDir reply of some 50,000 entries with long paths.
 	MaxMessageBytes = 8 << 20
-	// MaxListEntries caps the entries of a list reply (ListDir, List).
-	// Counted on the wire before decoding: an empty entry is 2 bytes there
-	// but ~200 bytes decoded, so without it 8 MiB could cost ~1 GiB.
+	// MaxListEntries caps the entries of a list reply (ListDir, List),
+	// nested lists and maps included. Counted on the wire before decoding:
+	// an empty entry is 2 bytes there but ~200 bytes decoded, so without it
+	// 8 MiB could cost ~1 GiB.
 	MaxListEntries = 100_000
 	// MaxJSONReplyBytes caps the JSON bodies of /envs and /metrics: small
 	// maps and a handful of numbers.

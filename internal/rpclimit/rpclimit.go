@@ -12,8 +12,9 @@
 //   - caps each message (unary reply, or one stream envelope) at
 //     MaxMessageBytes, and fails as soon as a unary body runs past it or a
 //     stream envelope declares more, without reading on (Doer);
-//   - refuses a message whose repeated top-level field has more than
-//     MaxRepeated entries before it is decoded (the codec);
+//   - refuses a message with more than MaxRepeated entries in its repeated
+//     and map fields, nested ones included, before it is decoded (the
+//     codec walks the wire bytes guided by the message's descriptor);
 //   - reports every such failure as CodeResourceExhausted wrapping a
 //     *LimitError (errdefs.ErrResourceExhausted), never as a protocol error;
 //   - reports a reply it cannot parse (a broken envelope, a stream cut
@@ -37,6 +38,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
@@ -47,8 +49,8 @@ type Limits struct {
 	Peer string
 	// MaxMessageBytes caps one message, compressed or not.
 	MaxMessageBytes int
-	// MaxRepeated caps the entries of any repeated top-level field of a
-	// message (list replies).
+	// MaxRepeated caps the entries of all repeated and map fields of one
+	// message together, nested ones included (list replies).
 	MaxRepeated int
 }
 
@@ -187,8 +189,8 @@ func (l Limits) tooBig(got int64) error {
 }
 
 // countingCodec is Connect's binary protobuf codec with a look at the wire
-// first: a message whose top-level field repeats more than MaxRepeated times
-// is refused before it is decoded.
+// first: a message with more than MaxRepeated list or map entries is
+// refused before it is decoded.
 type countingCodec struct{ l Limits }
 
 func (countingCodec) Name() string { return "proto" }
@@ -216,8 +218,11 @@ func (c countingCodec) Unmarshal(data []byte, m any) error {
 	if !ok {
 		return fmt.Errorf("unmarshal into %T: not a protobuf message", m)
 	}
-	if err := c.l.checkRepeated(data); err != nil {
-		return err
+	if c.l.MaxRepeated > 0 {
+		total := 0
+		if err := c.l.countEntries(data, pm.ProtoReflect().Descriptor(), 0, &total); err != nil {
+			return err
+		}
 	}
 	if err := proto.Unmarshal(data, pm); err != nil {
 		return fmt.Errorf("unmarshal into %T: %w", m, err)
@@ -225,13 +230,17 @@ func (c countingCodec) Unmarshal(data []byte, m any) error {
 	return nil
 }
 
-// checkRepeated counts the occurrences of each top-level field number.
-// Malformed input is left to proto.Unmarshal to report.
-func (l Limits) checkRepeated(b []byte) error {
-	if l.MaxRepeated <= 0 {
-		return nil
-	}
-	counts := map[protowire.Number]int{}
+// maxNesting bounds how deep countEntries follows nested messages; the
+// protocols here nest a few levels, and deeper input is no reply of theirs
+// (proto.Unmarshal has its own limit of 10,000).
+const maxNesting = 32
+
+// countEntries adds the entries of b's repeated and map fields (md's
+// message), nested messages included, to total, and fails once it passes
+// MaxRepeated. Packed scalars are not counted: each costs at most 8 bytes
+// decoded for at least 1 on the wire. Malformed input is left to
+// proto.Unmarshal to report.
+func (l Limits) countEntries(b []byte, md protoreflect.MessageDescriptor, depth int, total *int) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -242,10 +251,24 @@ func (l Limits) checkRepeated(b []byte) error {
 		if n < 0 {
 			return nil
 		}
+		val := b[:n]
 		b = b[n:]
-		counts[num]++
-		if counts[num] > l.MaxRepeated {
-			return &LimitError{Peer: l.Peer, What: "list entries", Limit: int64(l.MaxRepeated)}
+		fd := md.Fields().ByNumber(num)
+		if fd == nil {
+			continue // unknown fields are kept as raw bytes: no amplification
+		}
+		isMsg := fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind
+		if (fd.IsList() || fd.IsMap()) && (typ != protowire.BytesType || isMsg || fd.Kind() == protoreflect.StringKind || fd.Kind() == protoreflect.BytesKind) {
+			*total++
+			if *total > l.MaxRepeated {
+				return &LimitError{Peer: l.Peer, What: "list entries", Limit: int64(l.MaxRepeated)}
+			}
+		}
+		if isMsg && typ == protowire.BytesType && depth < maxNesting {
+			inner, _ := protowire.ConsumeBytes(val)
+			if err := l.countEntries(inner, fd.Message(), depth+1, total); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

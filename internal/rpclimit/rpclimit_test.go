@@ -8,7 +8,11 @@ import (
 	"testing"
 	"testing/iotest"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/proto/envd/filesystem"
+	"github.com/wrenn/wrenn/proto/envd/process"
 )
 
 func frame(size int) []byte {
@@ -48,13 +52,32 @@ func TestTotalGuard(t *testing.T) {
 	}
 }
 
-func TestCheckRepeated(t *testing.T) {
+func TestCountEntries(t *testing.T) {
 	l := Limits{Peer: "test", MaxRepeated: 3}
-	three := []byte{0x0a, 0, 0x0a, 0, 0x0a, 0, 0x10, 1, 0x10, 1}
-	if err := l.checkRepeated(three); err != nil {
-		t.Fatalf("3 entries of field 1 and 2 of field 2: %v", err)
+	count := func(m proto.Message) error {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total := 0
+		return l.countEntries(b, m.ProtoReflect().Descriptor(), 0, &total)
 	}
-	if err := l.checkRepeated(append(three, 0x0a, 0)); !errors.Is(err, errdefs.ErrResourceExhausted) {
+	three := &filesystem.ListDirResponse{Entries: []*filesystem.EntryInfo{{}, {Name: "a"}, {}}}
+	if err := count(three); err != nil {
+		t.Fatalf("3 entries: %v", err)
+	}
+	three.Entries = append(three.Entries, &filesystem.EntryInfo{})
+	if err := count(three); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("4 entries: %v; want resource exhausted", err)
+	}
+	// Nested lists and maps count too: 1 process + 2 args + 1 env.
+	nested := &process.ListResponse{Processes: []*process.ProcessInfo{{Config: &process.ProcessConfig{
+		Cmd: "x", Args: []string{"a", "b"}, Envs: map[string]string{"K": "V"}}}}}
+	if err := count(nested); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Fatalf("1 process with 2 args and 1 env under a limit of 3: %v; want resource exhausted", err)
+	}
+	nested.Processes[0].Config.Envs = nil
+	if err := count(nested); err != nil {
+		t.Fatalf("1 process with 2 args: %v", err)
 	}
 }

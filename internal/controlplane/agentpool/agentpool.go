@@ -60,9 +60,10 @@ const (
 	// honest ones are console logs (at most 1 MiB, agent.MaxConsoleTail)
 	// and the lists of a full host's sandboxes or templates.
 	MaxAgentMessageBytes = 8 << 20
-	// MaxAgentListEntries caps a list reply (sandboxes, templates, forks):
-	// far more than one host can run.
-	MaxAgentListEntries = 10_000
+	// MaxAgentListEntries caps the list entries of one reply, nested lists
+	// included (sandboxes and their network rules, templates, images):
+	// far more than one host holds.
+	MaxAgentListEntries = 100_000
 	// MaxResponseHeaderBytes caps the response headers of the agent and,
 	// through its guest proxy, of a sandbox's own web servers (Go's default
 	// is 10 MiB; common proxies allow 8-64 KiB).
