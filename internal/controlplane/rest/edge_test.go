@@ -204,3 +204,30 @@ func TestClientIPHeaderTrust(t *testing.T) {
 		t.Errorf("one client behind the proxy: statuses %v, want the third limited", got)
 	}
 }
+
+// A body sent to a sandbox's port belongs to the guest's protocol, which
+// may idle (a bidirectional stream): the progress deadline leaves it alone.
+func TestProxiedBodyMayIdle(t *testing.T) {
+	fa := &fakeAgents{agents: map[uuid.UUID]*fakeAgent{}}
+	te := newTestEnv(t, shortDeadlines, func(d *Deps) { d.Agents = fa })
+	env := &sbEnv{testEnv: te, agents: fa, guest: startGuest(t), team: te.newTeam(t, "proxy")}
+	env.addHost(t)
+	sb := env.create(t, map[string]any{"public_ports": []int{9000}})
+	c, err := net.Dial("tcp", env.Srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v1/sandboxes/%s/ports/9000/idle HTTP/1.1\r\nHost: api.test\r\nContent-Length: 10\r\n\r\nhello", sb.Id)
+	time.Sleep(3 * time.Second) // three windows without a byte
+	io.WriteString(c, "world")
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(data), "body=helloworld") {
+		t.Fatalf("status %d %s, want the whole body proxied", resp.StatusCode, data)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -90,13 +91,18 @@ func (s *Server) progressLimits() progressLimits {
 }
 
 // slowClients applies the progress deadlines to every request.
+//
+// Bodies sent to a sandbox's port (the port proxy) are exempt: they belong
+// to the guest's protocol, which may legitimately idle (a gRPC or other
+// bidirectional stream), and reach no handler of ours.
 func (s *Server) slowClients(next http.Handler) http.Handler {
 	lim := s.progressLimits()
+	suffix := "." + strings.ToLower(strings.Trim(s.deps.Domain, "."))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
 		state := &bodyState{}
 		var pb *progressBody
-		if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && !isPortProxy(r, suffix) {
 			pb = &progressBody{rc: rc, body: r.Body, lim: lim, state: state}
 			r.Body = pb
 		}
@@ -115,6 +121,20 @@ func (s *Server) slowClients(next http.Handler) http.Handler {
 			_ = rc.SetReadDeadline(time.Now().Add(bodyDrainTimeout))
 		}
 	})
+}
+
+// isPortProxy reports whether r is for the port proxy: on a sandbox host
+// name, or at /v1/sandboxes/{id}/ports/....
+func isPortProxy(r *http.Request, hostSuffix string) bool {
+	if _, _, ok := sandboxHost(r.Host, hostSuffix); ok && hostSuffix != "." {
+		return true
+	}
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v1/sandboxes/")
+	if !ok {
+		return false
+	}
+	_, after, ok := strings.Cut(rest, "/")
+	return ok && (after == "ports" || strings.HasPrefix(after, "ports/"))
 }
 
 // progressBody is a request body that must deliver lim.minBytes within
