@@ -126,7 +126,11 @@ func (b *bench) startStack(ctx context.Context) (*devstack.Stack, string, error)
 		// The request-rate figures measure the server, not its per-key
 		// rate limiter (50 requests per second by default).
 		// Metrics off: the default port may be taken by a stack beside it.
-		CPEnv: []string{"WRENN_DOMAIN=wrenn.test", "WRENN_RATE_LIMIT=1000000", "WRENN_METRICS_ADDR="},
+		// Team quotas off: density and the list's filler rows (counted
+		// as hibernated sandboxes) go far past a shared service's share.
+		CPEnv: []string{"WRENN_DOMAIN=wrenn.test", "WRENN_RATE_LIMIT=1000000", "WRENN_METRICS_ADDR=",
+			"WRENN_TEAM_MAX_SANDBOXES=0", "WRENN_TEAM_MAX_VCPUS=0", "WRENN_TEAM_MAX_MEMORY_MB=0",
+			"WRENN_TEAM_MAX_DISK_MB=0", "WRENN_TEAM_MAX_TEMPLATES=0"},
 	})
 	if err != nil {
 		return nil, "", err

@@ -86,27 +86,46 @@ func holdsVMM(s state.State) bool {
 // fill the guest-RAM tmpfs (SIGBUS in the VMMs that share it) or WRENN_DIR's
 // filesystem (ENOSPC for every sandbox's disk). count sandboxes of memMB
 // and diskMB each are refused with ResourceExhausted unless the guest RAM
-// and disks every existing sandbox may grow to, plus theirs, fit.
+// and disks every existing sandbox may grow to, plus theirs, fit. Two
+// creates admitted at the same moment do not see each other (the control
+// plane places one at a time per host; this is the last line only).
 func (m *Manager) admit(ctx context.Context, count, memMB, diskMB int) error {
-	infos, err := m.List(ctx)
-	if err != nil {
-		return err
+	m.mu.Lock()
+	sbs := make([]*sandbox, 0, len(m.sandboxes))
+	for _, sb := range m.sandboxes {
+		sbs = append(sbs, sb)
 	}
+	m.mu.Unlock()
 	var memReserved, diskReserved int64
 	var live []string
-	for _, in := range infos {
-		if holdsVMM(in.State) {
-			memReserved += int64(in.MemoryMB) << 20
+	for _, sb := range sbs {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		if in.State != state.Stopped && in.State != state.Error {
-			diskReserved += int64(in.DiskMB) << 20
-			live = append(live, in.ID)
+		// A sandbox's sizes never change after it is made (rec is set
+		// before the sandbox is published under m.mu); its state needs
+		// its lock. One busy in a long operation (boot, fork, hibernation,
+		// resume) counts as holding everything it may hold: List would
+		// report a booting one without its sizes.
+		busy := !sb.mu.TryLock()
+		st := state.Starting
+		if !busy {
+			st = sb.rec.State
+			sb.mu.Unlock()
 		}
-		if in.State == state.Hibernated {
-			diskReserved += int64(in.MemoryMB) << 20 // its memory image
+		mem, disk := int64(sb.rec.MemoryMB)<<20, int64(sb.rec.DiskMB)<<20
+		if busy || holdsVMM(st) {
+			memReserved += mem
+		}
+		if busy || (st != state.Stopped && st != state.Error) {
+			diskReserved += disk
+			live = append(live, sb.rec.ID)
+		}
+		if busy || st == state.Hibernated {
+			diskReserved += mem // its memory image
 		}
 	}
-	memNeed, diskNeed := int64(count*memMB)<<20, int64(count*diskMB)<<20
+	memNeed, diskNeed := int64(count)*int64(memMB)<<20, int64(count)*int64(diskMB)<<20
 	if memSize, _, err := FSRoom(m.cfg.MemoryDir); err == nil && memSize > 0 && memReserved+memNeed > memSize {
 		return errdefs.New(errdefs.ErrResourceExhausted,
 			"no room for %d MiB of guest memory: %d MiB of the %d MiB guest-memory tmpfs are reserved", memNeed>>20, memReserved>>20, memSize>>20)

@@ -104,3 +104,19 @@ func writeAllocated(t *testing.T, path string, n int) {
 		}
 	}
 }
+
+// TestAdmitCountsBusySandboxes: a sandbox in a long operation (its lock
+// held: booting, forking, resuming) still holds its RAM; List would report
+// a booting one without sizes, and admit would then let a second create
+// take the same room.
+func TestAdmitCountsBusySandboxes(t *testing.T) {
+	mem := smallTmpfs(t, 1024)
+	m := &Manager{cfg: Config{Dir: t.TempDir(), MemoryDir: mem}, sandboxes: map[string]*sandbox{}}
+	sb := &sandbox{dir: m.sandboxDir("booting"), rec: &record{ID: "booting", State: state.Starting, VCPUs: 1, MemoryMB: 768, DiskMB: 256}}
+	m.sandboxes["booting"] = sb
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if err := m.admit(context.Background(), 1, 512, 256); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Fatalf("512 MiB beside a booting 768 MiB sandbox in 1024: err %v, want ResourceExhausted", err)
+	}
+}
