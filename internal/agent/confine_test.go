@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -30,6 +31,17 @@ func TestVMMConfinement(t *testing.T) {
 		id, dir  string
 		uid, gid int
 	}
+	// The VMM group: "kvm", else the agent's own "wrenn-kvm".
+	vmmGID := -1
+	for _, name := range []string{"kvm", "wrenn-kvm"} {
+		if g, err := user.LookupGroup(name); err == nil {
+			vmmGID, _ = strconv.Atoi(g.Gid)
+			break
+		}
+	}
+	if vmmGID < 0 {
+		t.Fatal("the agent started but neither group kvm nor wrenn-kvm exists")
+	}
 	var vms []vm
 	for range 2 {
 		info, err := m.Create(ctx, agent.CreateRequest{MemoryMB: 256})
@@ -39,9 +51,9 @@ func TestVMMConfinement(t *testing.T) {
 		t.Cleanup(func() { _ = m.Destroy(ctx, info.ID) })
 		uid, gid, groups := procIdentity(t, info.PID)
 		t.Logf("sandbox %s: qemu pid %d runs as uid %d gid %d groups %q", info.ID, info.PID, uid, gid, groups)
-		if uid < agent.DefaultVMMUIDBase || gid != uid || groups != "" {
-			t.Fatalf("qemu of %s runs as uid %d gid %d groups %q; want uid=gid >= %d and no groups",
-				info.ID, uid, gid, groups, agent.DefaultVMMUIDBase)
+		if uid < agent.DefaultVMMUIDBase || gid != uid || groups != strconv.Itoa(vmmGID) {
+			t.Fatalf("qemu of %s runs as uid %d gid %d groups %q; want uid=gid >= %d and only the VMM group %d",
+				info.ID, uid, gid, groups, agent.DefaultVMMUIDBase, vmmGID)
 		}
 		vms = append(vms, vm{id: info.ID, dir: filepath.Join(h.dir, "sandboxes", info.ID), uid: uid, gid: gid})
 	}
@@ -90,7 +102,7 @@ func TestVMMConfinement(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := asUser(a.uid, a.gid, tt.argv...)
+			out, err := asUser(a.uid, a.gid, nil, tt.argv...)
 			switch {
 			case tt.denied && (err == nil || !strings.Contains(out, "Permission denied")):
 				t.Errorf("as uid %d: %q = %v, %q; want Permission denied", a.uid, tt.argv, err, out)
@@ -98,6 +110,21 @@ func TestVMMConfinement(t *testing.T) {
 				t.Errorf("as uid %d: %q = %v, %q; want success", a.uid, tt.argv, err, out)
 			}
 		})
+	}
+
+	// /dev/kvm: only the VMM group may open it, not every local user
+	// (before, the agent made it 0666 for the whole machine).
+	if _, err := os.Stat("/dev/kvm"); err == nil {
+		wantOwner(t, "/dev/kvm", 0, vmmGID, 0o660)
+		openKVM := []string{"sh", "-c", "exec 3<>/dev/kvm"}
+		if out, err := asUser(a.uid, a.gid, nil, openKVM...); err == nil || !strings.Contains(out, "Permission denied") {
+			t.Errorf("open /dev/kvm as uid %d without the VMM group: %v, %q; want Permission denied", a.uid, err, out)
+		}
+		if out, err := asUser(a.uid, a.gid, []uint32{uint32(vmmGID)}, openKVM...); err != nil {
+			t.Errorf("open /dev/kvm as uid %d in the VMM group: %v, %q; want success", a.uid, err, out)
+		}
+	} else {
+		t.Logf("no /dev/kvm here (%v): its permissions are not checked", err)
 	}
 
 	// The guests are unaffected.
@@ -119,11 +146,11 @@ func TestVMMConfinement(t *testing.T) {
 	}
 }
 
-// asUser runs argv as uid:gid with no supplementary groups (what the VMM
-// has) and returns its combined output.
-func asUser(uid, gid int, argv ...string) (string, error) {
+// asUser runs argv as uid:gid with only the given supplementary groups
+// and returns its combined output.
+func asUser(uid, gid int, groups []uint32, argv ...string) (string, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}}
 	cmd.Dir = "/"
 	out, err := cmd.CombinedOutput()
 	return string(out), err

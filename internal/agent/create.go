@@ -265,6 +265,7 @@ func (m *Manager) vmSpec(sb *sandbox, kernelPath string) vmm.Spec {
 		Net: &vmm.NetDevice{TAP: network.TapName, MAC: network.GuestMAC.String()},
 	}
 	spec.UID, spec.GID = m.vmmIdentity(r.Slot)
+	spec.Groups = m.vmmGroups()
 	if sb.slot != nil {
 		spec.NetNS = sb.slot.NetNSPath()
 	}

@@ -88,6 +88,8 @@ const (
 type Manager struct {
 	cfg Config
 	log *slog.Logger
+	// vmmGID is the VMM group every VMM identity joins (confine.go).
+	vmmGID uint32
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
@@ -157,10 +159,14 @@ func New(cfg Config) (*Manager, error) {
 	if err := os.Chmod(cfg.MemoryDir, 0o711); err != nil {
 		return nil, fmt.Errorf("restrict guest memory dir: %w", err)
 	}
-	if err := prepareVMMAccess(cfg.Dir, cfg.Logger); err != nil {
+	// Bounded: at most a groupadd runs.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vmmGID, err := prepareVMMAccess(ctx, cfg.Dir, cfg.Logger)
+	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*sandbox{}}, nil
+	return &Manager{cfg: cfg, log: cfg.Logger, vmmGID: vmmGID, sandboxes: map[string]*sandbox{}}, nil
 }
 
 func (m *Manager) sandboxDir(id string) string {

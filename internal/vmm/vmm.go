@@ -48,6 +48,9 @@ type Spec struct {
 	// UID and GID, when non-zero, are the unprivileged identity the VMM
 	// process runs as.
 	UID, GID uint32
+	// Groups are that identity's supplementary groups (the group that may
+	// open /dev/kvm); none when empty.
+	Groups []uint32
 }
 
 // Disk is a block device backing file.

@@ -223,7 +223,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (*Machine, error) {
 	log := d.log.With("sandbox_id", spec.ID)
 	proc, err := vmmproc.Start(vmmproc.Command{
 		Path: d.cfg.Binary, Args: processArgs(spec), Env: d.cfg.Env, Dir: spec.Dir,
-		Output: w, NetNS: spec.NetNS, UID: spec.UID, GID: spec.GID,
+		Output: w, NetNS: spec.NetNS, UID: spec.UID, GID: spec.GID, Groups: spec.Groups,
 	}, log)
 	w.Close() // firecracker holds its own copy; ours would hide its exit from the reader
 	if err != nil {

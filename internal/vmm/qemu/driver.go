@@ -205,6 +205,10 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, args []string) (*Mac
 			return nil, err
 		}
 	}
+	jail, err := jailFor(spec, bin, d.cfg.Accel)
+	if err != nil {
+		return nil, err
+	}
 	logPath := filepath.Join(spec.Dir, QEMULogName)
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
@@ -214,7 +218,8 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, args []string) (*Mac
 	t0 := time.Now()
 	log := d.log.With("sandbox_id", spec.ID)
 	proc, err := vmmproc.Start(vmmproc.Command{
-		Path: bin, Args: args, Output: logf, NetNS: spec.NetNS, UID: spec.UID, GID: spec.GID,
+		Path: bin, Args: args, Output: logf, NetNS: spec.NetNS, UID: spec.UID, GID: spec.GID, Groups: spec.Groups,
+		Jail: jail,
 	}, log)
 	logf.Close() // QEMU has its own copy
 	if err != nil {

@@ -30,9 +30,31 @@ type Command struct {
 	// NetNS is the path of a network namespace to start in (such as
 	// /run/netns/<name>); the agent's own when empty.
 	NetNS string
-	// UID and GID to run as, with no supplementary groups; both zero keeps
-	// the agent's.
+	// UID and GID to run as, with Groups as the only supplementary groups;
+	// UID and GID both zero keeps the agent's identity.
 	UID, GID uint32
+	Groups   []uint32
+	// Jail, when set, confines the process's view of the file system (see
+	// Jail); nil runs it in the agent's.
+	Jail *Jail
+}
+
+// Jail is a VMM's minimal file system, in the way of Firecracker's jailer:
+// the process starts in a mount namespace of its own whose root is an
+// empty tmpfs holding only these paths, each bind-mounted at the same
+// absolute path it has on the host (so the VMM's arguments need no
+// rewriting, and the host still reaches its sockets at their host paths).
+// The host's other mounts are detached from that namespace, not hidden.
+// Symlinks among the paths are followed; a path inside another is carried
+// by the outer one.
+type Jail struct {
+	// ReadOnly paths: the binary and its libraries, kernel, backing disks.
+	ReadOnly []string
+	// ReadWrite paths: the VMM's own directory, its memory file. Nothing
+	// in them may be executed.
+	ReadWrite []string
+	// Devices are device nodes the VMM opens, such as /dev/kvm.
+	Devices []string
 }
 
 // Process is a running VMM, watched through a pidfd so that its exit is seen

@@ -30,11 +30,20 @@ func start(c Command) (*exec.Cmd, error) {
 	cmd.Stderr = c.Output
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if c.UID != 0 || c.GID != 0 {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: []uint32{}}
+		// setgroups is called whatever Groups holds (NoSetGroups is false), so
+		// the agent's own supplementary groups are never inherited.
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: c.Groups}
 	}
-	if c.NetNS == "" {
+	if c.NetNS == "" && c.Jail == nil {
 		if err := cmd.Start(); err != nil {
 			return nil, errdefs.FromOS(fmt.Errorf("start %s: %w", c.Path, err))
+		}
+		return cmd, nil
+	}
+
+	if c.Jail != nil {
+		if err := startJailed(cmd, c); err != nil {
+			return nil, err
 		}
 		return cmd, nil
 	}
@@ -85,6 +94,79 @@ func start(c Command) (*exec.Cmd, error) {
 		return nil, err
 	}
 	return cmd, nil
+}
+
+// startJailed starts cmd from a locked thread that enters c's network
+// namespace and then the jail (a mount namespace and root of its own). A
+// thread cannot well leave a mount namespace or root again, so it is
+// never given back: the goroutine ends still locked and the runtime
+// discards the thread.
+func startJailed(cmd *exec.Cmd, c Command) error {
+	// Opened here, not by Start inside the jail, which has no /dev/null of
+	// its own unless asked.
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", os.DevNull, err)
+	}
+	defer devNull.Close()
+	cmd.Stdin = devNull
+	errc := make(chan error, 1)
+	onDisposableThread(func() {
+		if c.NetNS != "" {
+			target, err := netns.GetFromPath(c.NetNS)
+			if err != nil {
+				errc <- errdefs.FromOS(fmt.Errorf("open netns %s: %w", c.NetNS, err))
+				return
+			}
+			err = netns.Set(target)
+			target.Close()
+			if err != nil {
+				errc <- fmt.Errorf("enter netns %s: %w", c.NetNS, err)
+				return
+			}
+		}
+		if err := enterJail(c.Jail); err != nil {
+			errc <- fmt.Errorf("start %s: %w", c.Path, err)
+			return
+		}
+		if err := cmd.Start(); err != nil {
+			errc <- errdefs.FromOS(fmt.Errorf("start %s in its jail: %w", c.Path, err))
+			return
+		}
+		errc <- nil
+	})
+	if err := <-errc; err != nil {
+		if cmd.Process != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		return err
+	}
+	return nil
+}
+
+// onDisposableThread runs fn on an OS thread locked to it that the runtime
+// discards when fn returns (its goroutine ends still locked). That thread
+// is never the main thread: the runtime cannot discard that one and would
+// keep it, namespaces and all, and /proc/self/ns/* name the main thread's
+// namespaces. While the main thread is held by a goroutine locked to it,
+// no other goroutine can run there, so fn is then given another thread.
+func onDisposableThread(fn func()) {
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() != unix.Getpid() {
+			fn()
+			return // still locked: the thread goes
+		}
+		done := make(chan struct{})
+		go func() {
+			runtime.LockOSThread()
+			defer close(done)
+			fn()
+		}()
+		<-done
+		runtime.UnlockOSThread()
+	}()
 }
 
 func pidfdOpen(pid int) (int, error) { return unix.PidfdOpen(pid, 0) }
