@@ -2,10 +2,12 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -83,6 +85,35 @@ type qmpMessage struct {
 	qmpReply
 }
 
+// maxQMPLine caps one QMP message (QMP sends one per line). QEMU runs the
+// guest's devices, so a guest that escapes into it speaks QMP to the agent:
+// without a cap it could make the agent buffer one endless message. The
+// largest honest reply (query-qmp-schema) is well under 1 MiB.
+const maxQMPLine = 16 << 20
+
+// errQMPLineTooLong ends a QMP connection whose peer sent an over-long line.
+var errQMPLineTooLong = fmt.Errorf("qmp message over %d bytes", maxQMPLine)
+
+// capLines fails a read once the current line has run past max bytes.
+type capLines struct {
+	r   io.Reader
+	max int
+	cur int // bytes of the current line so far
+}
+
+func (c *capLines) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if i := bytes.LastIndexByte(p[:n], '\n'); i >= 0 {
+		c.cur = n - 1 - i
+	} else {
+		c.cur += n
+	}
+	if c.cur > c.max {
+		return 0, errQMPLineTooLong
+	}
+	return n, err
+}
+
 // DialQMP connects to QEMU's QMP unix socket at path, reads the greeting and
 // leaves capability negotiation mode. ctx bounds the whole handshake.
 func DialQMP(ctx context.Context, path string) (*QMP, error) {
@@ -96,7 +127,7 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 	// derived from ctx stops a QEMU that accepted but never speaks (for
 	// example while another client holds the monitor).
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
-	r := bufio.NewReader(conn)
+	r := bufio.NewReader(&capLines{r: conn, max: maxQMPLine})
 	line, err := r.ReadBytes('\n')
 	stopped := stop()
 	if err != nil {

@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -377,6 +379,47 @@ func TestDialQMPErrors(t *testing.T) {
 		_, err := DialQMP(context.Background(), f.path)
 		if err == nil {
 			t.Fatal("accepted a non-QMP greeting")
+		}
+	})
+}
+
+// A QEMU taken over by its guest must not make the agent buffer an endless
+// QMP message: greeting or reply, the connection fails past maxQMPLine.
+func TestQMPLineCap(t *testing.T) {
+	t.Run("greeting", func(t *testing.T) {
+		// Past the cap by more than one read, so the line's end cannot come
+		// in the read that crosses it.
+		f := newFakeQMPGreeting(t, `{"QMP": "`+strings.Repeat("x", maxQMPLine+64<<10)+`"}`, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := DialQMP(ctx, f.path); !errors.Is(err, errQMPLineTooLong) {
+			t.Fatalf("DialQMP with an over-long greeting: %v; want errQMPLineTooLong", err)
+		}
+	})
+	t.Run("reply", func(t *testing.T) {
+		var wrote atomic.Int64
+		f := newFakeQMP(t, func(f *fakeQMP, cmd string, _ json.RawMessage, _ int) (any, string, string) {
+			chunk := bytes.Repeat([]byte("a"), 64<<10)
+			f.mu.Lock()
+			_, _ = f.conn.Write([]byte(`{"return": "`)) // a string that never ends
+			f.mu.Unlock()
+			for wrote.Load() < 256<<20 {
+				f.mu.Lock()
+				n, err := f.conn.Write(chunk)
+				f.mu.Unlock()
+				wrote.Add(int64(n))
+				if err != nil {
+					break
+				}
+			}
+			return nil, "", "" // never answer
+		})
+		q := dialFake(t, f)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err := q.Execute(ctx, "flood", nil, nil)
+		if !errors.Is(err, errQMPLineTooLong) {
+			t.Fatalf("Execute against an endless reply: %v; want errQMPLineTooLong", err)
 		}
 	})
 }
