@@ -479,7 +479,7 @@ type ExecResult struct {
 	Stdout   *string `json:"stdout,omitempty"`
 	Tag      *string `json:"tag,omitempty"`
 
-	// Truncated Output past 10 MiB per stream was dropped.
+	// Truncated Output past 10 MiB per stream, or past what the server holds for all synchronous execs at once, was dropped.
 	Truncated *bool `json:"truncated,omitempty"`
 }
 
