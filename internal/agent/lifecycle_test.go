@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/wrenn/wrenn/internal/agent"
 	"github.com/wrenn/wrenn/internal/agent/state"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/network"
 )
 
 // TestLifecycle: create -> exec -> files -> pause/resume -> destroy of a real
@@ -105,6 +107,9 @@ func TestCreateRejectsBadInput(t *testing.T) {
 		{name: "bad on_timeout", req: agent.CreateRequest{OnTimeout: "explode"}, want: errdefs.ErrInvalidArgument},
 		{name: "bad id", req: agent.CreateRequest{ID: "../etc"}, want: errdefs.ErrInvalidArgument},
 		{name: "unknown template", req: agent.CreateRequest{Template: "nope"}, want: errdefs.ErrNotFound},
+		// The harness's pool has the default egress ceiling (issue 11 hole 7).
+		{name: "allow_out past the egress ceiling", req: agent.CreateRequest{
+			Network: network.Policy{Internet: true, AllowOut: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}, want: errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
