@@ -165,7 +165,17 @@ func pivot(root string) error {
 		return fmt.Errorf("jail: enter new root: %w", err)
 	}
 	if err := unix.PivotRoot(".", "."); err != nil {
-		return fmt.Errorf("jail: pivot_root: %w", err)
+		if !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("jail: pivot_root: %w", err)
+		}
+		// The agent's root is not a mount point (it runs from an
+		// initramfs): pivot_root cannot work there. A chroot in this
+		// private namespace still shows the VMM nothing else; leaving it
+		// needs CAP_SYS_CHROOT, which an unprivileged VMM lacks.
+		if err := unix.Chroot("."); err != nil {
+			return fmt.Errorf("jail: chroot: %w", err)
+		}
+		return unix.Chdir("/")
 	}
 	if err := unix.Fchdir(oldRoot); err != nil {
 		return fmt.Errorf("jail: enter old root: %w", err)
