@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -229,5 +230,45 @@ func TestProxiedBodyMayIdle(t *testing.T) {
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(data), "body=helloworld") {
 		t.Fatalf("status %d %s, want the whole body proxied", resp.StatusCode, data)
+	}
+}
+
+// A client that stops reading a response cannot hold its handler and
+// connection forever: each write must complete within WriteTimeout, else
+// the server drops the connection. (Before, the write blocked for as long
+// as the client liked.)
+func TestStalledReaderIsCut(t *testing.T) {
+	fa := &fakeAgents{agents: map[uuid.UUID]*fakeAgent{}}
+	te := newTestEnv(t, shortDeadlines, func(d *Deps) { d.Agents = fa })
+	env := &sbEnv{testEnv: te, agents: fa, guest: startGuest(t), team: te.newTeam(t, "stall")}
+	env.addHost(t)
+	sb := env.create(t, map[string]any{})
+
+	closed := make(chan string, 16)
+	hs := httptest.NewUnstartedServer(env.Server.Handler())
+	hs.Config.ConnState = func(c net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			closed <- c.RemoteAddr().String()
+		}
+	}
+	hs.Start()
+	defer hs.Close()
+	conn, err := net.Dial("tcp", hs.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// 10 MB of output: far more than the socket buffers hold.
+	body := `{"cmd":"head -c 10000000 /dev/zero | tr '\\0' a"}`
+	fmt.Fprintf(conn, "POST /v1/sandboxes/%s/exec HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		sb.Id, env.team.Key, len(body), body)
+	// Read nothing.
+	select {
+	case addr := <-closed:
+		if addr != conn.LocalAddr().String() {
+			t.Fatalf("closed %s, not the stalled client %s", addr, conn.LocalAddr())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server still holds a connection whose client stopped reading 30 s ago")
 	}
 }
