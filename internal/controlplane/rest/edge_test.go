@@ -20,6 +20,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/controlplane/auth"
 )
 
 // shortDeadlines makes the slow-client bounds testable: 1 KiB per second
@@ -271,4 +272,26 @@ func TestStalledReaderIsCut(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the server still holds a connection whose client stopped reading 30 s ago")
 	}
+}
+
+// Password checks beyond what the CPUs can hash are refused at once (503
+// with Retry-After) instead of queueing without bound.
+func TestLoginHashesBounded(t *testing.T) {
+	gate := auth.NewHashGate(1, 0, time.Second)
+	env := newTestEnv(t, func(d *Deps) { d.HashGate = gate })
+	a := env.newTeam(t, "hashes")
+	hold, held := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- gate.Do(context.Background(), func() { close(held); <-hold }) }()
+	<-held
+	resp := env.do(t, "POST", "/v1/auth/login", "", map[string]any{"email": a.Email, "password": a.Password})
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("no Retry-After")
+	}
+	wantError(t, resp, http.StatusServiceUnavailable, "unavailable")
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	env.doJSON(t, "POST", "/v1/auth/login", "", map[string]any{"email": a.Email, "password": a.Password}, http.StatusOK, nil)
 }
