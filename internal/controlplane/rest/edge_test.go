@@ -295,3 +295,49 @@ func TestLoginHashesBounded(t *testing.T) {
 	}
 	env.doJSON(t, "POST", "/v1/auth/login", "", map[string]any{"email": a.Email, "password": a.Password}, http.StatusOK, nil)
 }
+
+// Over HTTP/2 (h2c, as SDKs behind a TLS proxy speak) a trickled body is
+// cut the same way, and only its stream fails.
+func TestSlowBodyHTTP2(t *testing.T) {
+	env := newTestEnv(t, shortDeadlines)
+	hs := httptest.NewUnstartedServer(env.Server.Handler())
+	hs.Config.Protocols = new(http.Protocols)
+	hs.Config.Protocols.SetHTTP1(true)
+	hs.Config.Protocols.SetUnencryptedHTTP2(true)
+	hs.Start()
+	defer hs.Close()
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
+
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() {
+		for _, b := range []byte(`{"email":"h2@example.com","password":"xxxxxxxxxxxxxxxx"}`) {
+			if _, err := pw.Write([]byte{b}); err != nil {
+				return
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	start := time.Now()
+	req, _ := http.NewRequest("POST", hs.URL+"/v1/auth/login", pr)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusRequestTimeout || time.Since(start) > 8*time.Second {
+		t.Fatalf("HTTP/%d status %d after %v: %s; want HTTP/2 408 within seconds", resp.ProtoMajor, resp.StatusCode, time.Since(start), data)
+	}
+	// The connection still serves other streams.
+	r2, err := client.Get(hs.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+}

@@ -31,8 +31,12 @@ type errorBody struct {
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if bodyTimedOut(r) || errors.Is(err, errBodyTooSlow) {
 		// Whatever the handler made of the failed read, the client was
-		// too slow; the connection cannot be reused.
-		w.Header().Set("Connection", "close")
+		// too slow; an HTTP/1 connection cannot be reused. (On HTTP/2 the
+		// stream alone failed; "Connection: close" would end every other
+		// stream of the client's connection.)
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
 		var b errorBody
 		b.Error.Code, b.Error.Message = "request_timeout", errBodyTooSlow.Error()
 		writeJSON(w, http.StatusRequestTimeout, b)

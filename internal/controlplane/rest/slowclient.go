@@ -19,6 +19,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -149,17 +150,19 @@ type progressBody struct {
 	lim   progressLimits
 	state *bodyState
 
+	// mu serialises Reads; eof is apart so that done never waits on a
+	// Read a handler left blocked.
 	mu      sync.Mutex
 	waited  time.Duration // time blocked in Read this window
 	got     int           // bytes received this window
-	eof     bool
-	noDeadl bool // the connection does not support deadlines
+	noDeadl bool          // the connection does not support deadlines
+	eof     atomic.Bool
 }
 
 func (p *progressBody) Read(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.eof {
+	if p.eof.Load() {
 		return 0, io.EOF
 	}
 	if p.waited >= p.lim.window {
@@ -185,7 +188,7 @@ func (p *progressBody) Read(b []byte) (int, error) {
 	}
 	switch {
 	case err == io.EOF:
-		p.eof = true
+		p.eof.Store(true)
 	case err != nil && (errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err)):
 		p.state.set()
 		return n, errBodyTooSlow
@@ -198,11 +201,7 @@ func (p *progressBody) Read(b []byte) (int, error) {
 	return n, err
 }
 
-func (p *progressBody) done() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.eof
-}
+func (p *progressBody) done() bool { return p.eof.Load() }
 
 func (p *progressBody) Close() error { return p.body.Close() }
 
