@@ -224,6 +224,41 @@ func TestHole3SignupClosedByDefault(t *testing.T) {
 	}
 }
 
+// Hole 3: WRENN_SIGNUP=invite admits only the invited email, once, into
+// the inviting team with the invited role; a token is not a skeleton key.
+func TestHole3InviteOnlySignup(t *testing.T) {
+	world(t)
+	cp := startBareCP(t, "", "WRENN_SIGNUP=invite")
+	c := client{base: cp.URL}
+	invited := "invited-" + randHex(4) + "@example.com"
+	var inv struct {
+		Token string `json:"token"`
+	}
+	w.a.sessionClient().json(t, "POST", "/v1/teams/"+w.a.teamID+"/invites",
+		map[string]string{"email": invited, "role": "member"}, http.StatusCreated, &inv)
+
+	wantError(t, "invite mode: signup without a token", c.do(t, "POST", "/v1/auth/signup",
+		map[string]string{"email": "walk-in-" + randHex(4) + "@example.com", "password": "pw-" + randHex(12)}), http.StatusForbidden, "permission_denied")
+	r := c.do(t, "POST", "/v1/auth/signup", map[string]string{"email": "thief-" + randHex(4) + "@example.com", "password": "pw-" + randHex(12), "invite_token": inv.Token})
+	if r.status < 400 || r.status >= 500 {
+		t.Errorf("someone else's email with team A's invitation: got %s, want a 4xx refusal", r)
+	}
+	var sess struct {
+		Team struct {
+			ID   string `json:"id"`
+			Role string `json:"role"`
+		} `json:"team"`
+	}
+	c.json(t, "POST", "/v1/auth/signup", map[string]string{"email": invited, "password": "pw-" + randHex(12), "invite_token": inv.Token}, http.StatusCreated, &sess)
+	if sess.Team.ID != w.a.teamID || sess.Team.Role != "member" {
+		t.Errorf("invited signup joined team %s as %q, want team A %s as member", sess.Team.ID, sess.Team.Role, w.a.teamID)
+	}
+	r = c.do(t, "POST", "/v1/auth/signup", map[string]string{"email": "again-" + randHex(4) + "@example.com", "password": "pw-" + randHex(12), "invite_token": inv.Token})
+	if r.status < 400 || r.status >= 500 {
+		t.Errorf("a used invitation again: got %s, want a 4xx refusal", r)
+	}
+}
+
 // Hole 4: per-team quotas, set by the platform admin, read by members,
 // enforced with 429 quota_exceeded naming the limit.
 func TestHole4TeamQuota(t *testing.T) {
