@@ -66,6 +66,9 @@ func TestMain(m *testing.M) {
 // stack returns the package's running stack, starting it on first use.
 func stack(t *testing.T) *devstack.Stack {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: the security suite boots a whole stack with VMs")
+	}
 	images := testenv.RequireVM(t)
 	shared.once.Do(func() { shared.err = startStack(images) })
 	if shared.err != nil {
