@@ -244,3 +244,28 @@ func TestQuotaConcurrentForks(t *testing.T) {
 		t.Errorf("%d live sandboxes, want 3 (codes %v)", live, codes)
 	}
 }
+
+// TestPlacementAdmitsDiskAndGuestMemory: a create is placed only where the
+// host's disk (free less what live sandboxes may still write) and its
+// guest-memory tmpfs have room, whatever the host's RAM: before, a 20 GiB
+// disk went onto a host with 10 GiB free and 2 GiB of guest RAM into a
+// 1 GiB tmpfs (ENOSPC and SIGBUS later, for every tenant of the host).
+func TestPlacementAdmitsDiskAndGuestMemory(t *testing.T) {
+	env := newSandboxEnv(t)
+	agent := env.addHost(t, func(h *hostSpec) { h.disk, h.guestMemory = 10<<30, 3<<30 })
+	key := env.team.Key
+
+	wantError(t, env.do(t, "POST", "/v1/sandboxes", key, map[string]any{"disk_mb": 20480}), http.StatusServiceUnavailable, "unavailable")
+	wantError(t, env.do(t, "POST", "/v1/sandboxes", key, map[string]any{"memory_mb": 4096}), http.StatusServiceUnavailable, "unavailable")
+	if n := agent.Calls("CreateSandbox"); n != 0 {
+		t.Fatalf("%d creates reached a host without room", n)
+	}
+	// 6 GiB of disk and 2 GiB of RAM fit; then the host has 4 GiB of disk
+	// (less the 2 GiB headroom) and 1 GiB of tmpfs left to promise.
+	sb := env.create(t, map[string]any{"disk_mb": 6144, "memory_mb": 2048})
+	wantError(t, env.do(t, "POST", "/v1/sandboxes", key, map[string]any{"disk_mb": 4096, "memory_mb": 512}), http.StatusServiceUnavailable, "unavailable")
+	wantError(t, env.do(t, "POST", "/v1/sandboxes", key, map[string]any{"disk_mb": 1024, "memory_mb": 2048}), http.StatusServiceUnavailable, "unavailable")
+	// A fork of it needs another 6 GiB and 2 GiB: no room on its host.
+	wantError(t, env.do(t, "POST", "/v1/sandboxes/"+sb.Id+"/fork", key, nil), http.StatusServiceUnavailable, "unavailable")
+	env.create(t, map[string]any{"disk_mb": 1024, "memory_mb": 512})
+}
