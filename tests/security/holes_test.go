@@ -298,6 +298,84 @@ func TestHole4TeamQuota(t *testing.T) {
 	}
 }
 
+// evilEnvd replaces envd inside a guest (a tenant is root there): it
+// kills envd, takes its port and answers every call with 64 MiB of zeros
+// declared as a protobuf reply. Double fork and setsid: it must outlive
+// envd, which started it, and not share the group envd's supervisor kills.
+const evilEnvd = `import os, socketserver, time, http.server
+if os.fork(): os._exit(0)
+os.setsid()
+if os.fork(): os._exit(0)
+def kill_envd():
+    for pid in os.listdir('/proc'):
+        try:
+            if pid.isdigit() and open('/proc/%s/comm' % pid).read().strip() == 'envd':
+                os.kill(int(pid), 9)
+        except OSError:
+            pass
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def answer(self):
+        n = int(self.headers.get('Content-Length') or 0)
+        if n:
+            self.rfile.read(n)
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/proto')
+        self.send_header('Content-Length', str(64 << 20))
+        self.end_headers()
+        try:
+            for _ in range(64):
+                self.wfile.write(bytes(1 << 20))
+        except OSError:
+            pass
+    do_GET = do_POST = do_PUT = do_DELETE = answer
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+for _ in range(300):
+    kill_envd()
+    try:
+        srv = S(('0.0.0.0', 49983), H)
+        break
+    except OSError:
+        time.sleep(0.05)
+srv.serve_forever()
+`
+
+// Hole 5: a tenant replaces envd in its guest with one that answers with
+// far more than any reply should hold. The control plane reads at most its
+// bound and answers 507 resource_exhausted, instead of reading it all
+// (memory) and failing on it with a 500.
+func TestHole5HostileEnvd(t *testing.T) {
+	world(t)
+	ca := w.a.keyClient()
+	var sb struct {
+		ID string `json:"id"`
+	}
+	ca.json(t, "POST", "/v1/sandboxes", map[string]any{"template": "minimal", "timeout_sec": 600}, http.StatusCreated, &sb)
+	defer ca.do(t, "DELETE", "/v1/sandboxes/"+sb.ID, nil)
+	path := "/v1/sandboxes/" + sb.ID
+	ca.json(t, "PUT", path+"/files?path=/tmp/evil.py", strings.NewReader(evilEnvd), http.StatusOK, nil)
+	ca.json(t, "POST", path+"/exec", map[string]any{"cmd": "python3 /tmp/evil.py >/tmp/evil.log 2>&1", "user": "root", "background": true}, http.StatusOK, nil)
+
+	// Until the impostor holds the port the real envd may still answer,
+	// or nobody (503 unavailable, while envd is down).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		start := time.Now()
+		r := ca.do(t, "GET", path+"/files/stat?path=/tmp", nil)
+		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable {
+			t.Logf("stat through the hostile envd: %s in %s", r, time.Since(start).Round(time.Millisecond))
+			wantError(t, "stat through a hostile envd", r, http.StatusInsufficientStorage, "resource_exhausted")
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the hostile envd never took over within a minute (last reply %s)", r)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 // Hole 6: a byoc host's address may not point the control plane at
 // loopback, link-local, private or unspecified addresses. Checked on a
 // control plane with default configuration (devstack may allow private
