@@ -170,6 +170,33 @@ func proxyAcrossTeams(t *testing.T) {
 	}
 	r = anon().doHeader(t, "GET", path, nil, http.Header{"X-Access-Token": {w.b.key}})
 	wantError(t, "B's key as X-Access-Token: proxy to A's sandbox", r, http.StatusUnauthorized, "unauthenticated")
+
+	// The same through the host-name form, 8080-<id>.<domain>.
+	host := "8080-" + w.sandboxA + ".wrenn.test"
+	for _, as := range []struct {
+		name string
+		hdr  http.Header
+		want []int
+	}{
+		{"anonymous", http.Header{}, []int{http.StatusUnauthorized}},
+		{"B's key", http.Header{"Authorization": {"Bearer " + w.b.key}}, []int{http.StatusUnauthorized, http.StatusNotFound}},
+		{"B's key as X-Access-Token", http.Header{"X-Access-Token": {w.b.key}}, []int{http.StatusUnauthorized}},
+	} {
+		req, err := http.NewRequest("GET", shared.st.URL+"/index.html", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		req.Header = as.hdr
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if !oneOf(resp.StatusCode, as.want) {
+			t.Errorf("%s: proxy to A's sandbox at %s: %s, want %v", as.name, host, resp.Status, as.want)
+		}
+	}
 }
 
 // openapiRoutes reads "METHOD /path" for every operation of api/openapi.yaml.
