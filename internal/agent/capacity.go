@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -86,10 +87,41 @@ func holdsVMM(s state.State) bool {
 // fill the guest-RAM tmpfs (SIGBUS in the VMMs that share it) or WRENN_DIR's
 // filesystem (ENOSPC for every sandbox's disk). count sandboxes of memMB
 // and diskMB each are refused with ResourceExhausted unless the guest RAM
-// and disks every existing sandbox may grow to, plus theirs, fit. Two
-// creates admitted at the same moment do not see each other (the control
-// plane places one at a time per host; this is the last line only).
-func (m *Manager) admit(ctx context.Context, count, memMB, diskMB int) error {
+// and disks every existing sandbox may grow to, plus theirs, fit. What is
+// admitted stays counted until release, which the caller defers to the end
+// of the create or fork (by then its sandboxes are in m.sandboxes): checks
+// and reservations are made under pendingMu, so concurrent admissions see
+// each other. key is the new sandbox's id for a create (once registered
+// it is counted once, as pending), or any unique string.
+func (m *Manager) admit(ctx context.Context, key string, count, memMB, diskMB int) (release func(), err error) {
+	m.pendingMu.Lock()
+	defer m.pendingMu.Unlock()
+	need := admitted{mem: int64(count) * int64(memMB) << 20, disk: int64(count) * int64(diskMB) << 20}
+	if _, dup := m.pending[key]; dup {
+		return nil, errdefs.New(errdefs.ErrAlreadyExists, "sandbox %s is already being created", key)
+	}
+	if err := m.check(ctx, need); err != nil {
+		return nil, err
+	}
+	if m.pending == nil {
+		m.pending = map[string]admitted{}
+	}
+	m.pending[key] = need
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			m.pendingMu.Lock()
+			delete(m.pending, key)
+			m.pendingMu.Unlock()
+		})
+	}, nil
+}
+
+// admitted is guest RAM and disk, in bytes, promised to sandboxes.
+type admitted struct{ mem, disk int64 }
+
+// check does admit's arithmetic; the caller holds pendingMu.
+func (m *Manager) check(ctx context.Context, need admitted) error {
 	m.mu.Lock()
 	sbs := make([]*sandbox, 0, len(m.sandboxes))
 	for _, sb := range m.sandboxes {
@@ -97,10 +129,19 @@ func (m *Manager) admit(ctx context.Context, count, memMB, diskMB int) error {
 	}
 	m.mu.Unlock()
 	var memReserved, diskReserved int64
+	for _, p := range m.pending {
+		memReserved += p.mem
+		diskReserved += p.disk
+	}
 	var live []string
 	for _, sb := range sbs {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if _, ok := m.pending[sb.rec.ID]; ok {
+			// Being created: counted as pending (its disk's written
+			// bytes still count as used, which only errs towards refusing).
+			continue
 		}
 		// A sandbox's sizes never change after it is made (rec is set
 		// before the sandbox is published under m.mu); its state needs
@@ -125,7 +166,7 @@ func (m *Manager) admit(ctx context.Context, count, memMB, diskMB int) error {
 			diskReserved += mem // its memory image
 		}
 	}
-	memNeed, diskNeed := int64(count)*int64(memMB)<<20, int64(count)*int64(diskMB)<<20
+	memNeed, diskNeed := need.mem, need.disk
 	if memSize, _, err := FSRoom(m.cfg.MemoryDir); err == nil && memSize > 0 && memReserved+memNeed > memSize {
 		return errdefs.New(errdefs.ErrResourceExhausted,
 			"no room for %d MiB of guest memory: %d MiB of the %d MiB guest-memory tmpfs are reserved", memNeed>>20, memReserved>>20, memSize>>20)

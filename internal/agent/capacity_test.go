@@ -46,21 +46,21 @@ func TestAdmitRefusesWhatTheHostCannotHold(t *testing.T) {
 	writeAllocated(t, filepath.Join(dir, "sandboxes", "running", "vm", "rootfs.qcow2"), 200<<20)
 
 	// Memory: 768 of the 1024 MiB tmpfs are promised.
-	if err := m.admit(ctx, 1, 256, 64); err != nil {
+	if err := try(ctx, m, 1, 256, 64); err != nil {
 		t.Errorf("256 MiB of RAM fits beside 768 in 1024: %v", err)
 	}
-	if err := m.admit(ctx, 1, 512, 64); !errors.Is(err, errdefs.ErrResourceExhausted) {
+	if err := try(ctx, m, 1, 512, 64); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Errorf("512 MiB of RAM beside 768 in 1024: err %v, want ResourceExhausted", err)
 	}
-	if err := m.admit(ctx, 2, 256, 16); !errors.Is(err, errdefs.ErrResourceExhausted) {
+	if err := try(ctx, m, 2, 256, 16); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Errorf("two forks of 256 MiB beside 768 in 1024: err %v, want ResourceExhausted", err)
 	}
 	// Disk: ~312 MiB free, 200 still to come for "running": 100 fits,
 	// 150 does not.
-	if err := m.admit(ctx, 1, 128, 100); err != nil {
+	if err := try(ctx, m, 1, 128, 100); err != nil {
 		t.Errorf("100 MiB of disk with 200 promised and ~312 free: %v", err)
 	}
-	if err := m.admit(ctx, 1, 128, 150); !errors.Is(err, errdefs.ErrResourceExhausted) {
+	if err := try(ctx, m, 1, 128, 150); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Errorf("150 MiB of disk with 200 promised and ~312 free: err %v, want ResourceExhausted", err)
 	}
 
@@ -75,10 +75,10 @@ func TestAdmitRefusesWhatTheHostCannotHold(t *testing.T) {
 	if used < 216<<20 || used > 217<<20 {
 		t.Errorf("SandboxDiskUsed = %d MiB, want 216 (written bytes only)", used>>20)
 	}
-	if err := m.admit(ctx, 1, 128, 64); !errors.Is(err, errdefs.ErrResourceExhausted) {
+	if err := try(ctx, m, 1, 128, 64); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Errorf("64 MiB of disk with 712 MiB promised and ~296 free: err %v, want ResourceExhausted", err)
 	}
-	if err := m.admit(ctx, 1, 256, 0); !errors.Is(err, errdefs.ErrResourceExhausted) {
+	if err := try(ctx, m, 1, 256, 0); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Errorf("no disk asked but existing disks overcommitted: err %v, want ResourceExhausted", err)
 	}
 }
@@ -116,7 +116,47 @@ func TestAdmitCountsBusySandboxes(t *testing.T) {
 	m.sandboxes["booting"] = sb
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	if err := m.admit(context.Background(), 1, 512, 256); !errors.Is(err, errdefs.ErrResourceExhausted) {
+	if err := try(context.Background(), m, 1, 512, 256); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("512 MiB beside a booting 768 MiB sandbox in 1024: err %v, want ResourceExhausted", err)
+	}
+}
+
+// try admits and releases at once: what one create or fork would be told.
+func try(ctx context.Context, m *Manager, count, memMB, diskMB int) error {
+	release, err := m.admit(ctx, "test-"+newID(), count, memMB, diskMB)
+	if release != nil {
+		release()
+	}
+	return err
+}
+
+// TestAdmitCountsAdmitted: what was admitted counts until released, before
+// its sandbox is registered, so concurrent creates cannot both take the
+// last room; a registered sandbox that is still pending is counted once.
+func TestAdmitCountsAdmitted(t *testing.T) {
+	mem := smallTmpfs(t, 1024)
+	m := &Manager{cfg: Config{Dir: t.TempDir(), MemoryDir: mem}, sandboxes: map[string]*sandbox{}}
+	ctx := context.Background()
+	first, err := m.admit(ctx, "first", 1, 768, 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.admit(ctx, "second", 1, 512, 256); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Fatalf("512 MiB beside an admitted 768 MiB in 1024: err %v, want ResourceExhausted", err)
+	}
+	// Registered (and booting) while still pending: counted once.
+	sb := &sandbox{dir: m.sandboxDir("first"), rec: &record{ID: "first", State: state.Starting, MemoryMB: 768, DiskMB: 256}}
+	m.sandboxes["first"] = sb
+	if err := try(ctx, m, 1, 256, 256); err != nil {
+		t.Fatalf("256 MiB beside one 768 MiB sandbox in 1024: %v", err)
+	}
+	first()
+	first() // a second release is a no-op
+	if len(m.pending) != 0 {
+		t.Fatalf("pending after release: %v", m.pending)
+	}
+	delete(m.sandboxes, "first")
+	if err := try(ctx, m, 1, 1024, 256); err != nil {
+		t.Fatalf("the whole tmpfs once the first is gone: %v", err)
 	}
 }

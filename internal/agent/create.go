@@ -116,9 +116,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	if err := req.normalize(); err != nil {
 		return Info{}, err
 	}
-	if err := m.admit(ctx, 1, req.MemoryMB, req.DiskMB); err != nil {
+	release, err := m.admit(ctx, req.ID, 1, req.MemoryMB, req.DiskMB)
+	if err != nil {
 		return Info{}, err
 	}
+	defer release()
 	base := filepath.Join(m.cfg.Dir, "images", req.Template, "rootfs.ext4")
 	if _, err := os.Stat(base); err != nil {
 		return Info{}, errdefs.New(errdefs.ErrNotFound, "template %q not found", req.Template)

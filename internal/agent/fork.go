@@ -52,9 +52,11 @@ func (m *Manager) ForkAs(ctx context.Context, team, id string, n int) ([]Info, e
 	if err := checkSandboxTeam(src.rec, team); err != nil {
 		return nil, err
 	}
-	if err := m.admit(ctx, n, src.rec.MemoryMB, src.rec.DiskMB); err != nil {
+	release, err := m.admit(ctx, "fork-"+id+"-"+newID(), n, src.rec.MemoryMB, src.rec.DiskMB)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	start := time.Now()
 	dir := filepath.Join(m.cfg.Dir, "snapshots", "fork-"+id+"-"+newID())
 	snap, srcRec, err := m.capture(ctx, src, dir, snapshot.KindForkSource, team)

@@ -96,6 +96,12 @@ type Manager struct {
 
 	// bg tracks background clean-up (used snapshots); Close waits for it.
 	bg sync.WaitGroup
+
+	// pending is what admitted creates and forks hold until they end
+	// (capacity.go): a sandbox is counted from its admission, not only once
+	// it is in sandboxes, so two admissions cannot take the same room.
+	pendingMu sync.Mutex
+	pending   map[string]admitted
 }
 
 // sandbox is one VM and what it holds on the host.

@@ -226,9 +226,11 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	if err := req.normalize(); err != nil {
 		return Info{}, err
 	}
-	if err := m.admit(ctx, 1, req.MemoryMB, req.DiskMB); err != nil {
+	release, err := m.admit(ctx, req.ID, 1, req.MemoryMB, req.DiskMB)
+	if err != nil {
 		return Info{}, err
 	}
+	defer release()
 	if err := snap.Compatible(m.cfg.Driver.Name(), tpl.KernelVersion); err != nil {
 		return Info{}, err
 	}
