@@ -46,7 +46,6 @@ func startHostileAgent(t *testing.T, e *env, h http.Handler) uuid.UUID {
 	return id
 }
 
-
 // endless writes chunk until the client goes away or the ceiling, and
 // records how much it wrote.
 func endless(w http.ResponseWriter, r *http.Request, chunk []byte, wrote *atomic.Int64) {
