@@ -82,6 +82,16 @@ func (l Limits) ClientOptions() []connect.ClientOption {
 	}
 }
 
+// HandlerOptions are the Connect handler options that apply l to what a
+// peer sends a server: message cap and the counting codec (a few MiB of
+// nested empty entries would otherwise decode to hundreds of MiB).
+func (l Limits) HandlerOptions() []connect.HandlerOption {
+	return []connect.HandlerOption{
+		connect.WithReadMaxBytes(l.MaxMessageBytes),
+		connect.WithCodec(countingCodec{l}),
+	}
+}
+
 // Doer wraps next so every response body it returns fails fast once it
 // runs past l: a unary body past MaxMessageBytes, a stream envelope
 // declaring more. Use it only for Connect clients (plain downloads are

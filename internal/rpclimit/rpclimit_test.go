@@ -2,17 +2,23 @@ package rpclimit
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"testing/iotest"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/proto/envd/filesystem"
 	"github.com/wrenn/wrenn/proto/envd/process"
+	"github.com/wrenn/wrenn/proto/envd/process/processconnect"
 )
 
 func frame(size int) []byte {
@@ -79,5 +85,35 @@ func TestCountEntries(t *testing.T) {
 	nested.Processes[0].Config.Envs = nil
 	if err := count(nested); err != nil {
 		t.Fatalf("1 process with 2 args: %v", err)
+	}
+}
+
+// TestHandlerOptionsRefuseBeforeDecode: a server built with HandlerOptions
+// refuses a request with more list entries than allowed before its
+// handler runs (the stub handler would answer Unimplemented).
+func TestHandlerOptionsRefuseBeforeDecode(t *testing.T) {
+	l := Limits{Peer: "test", MaxMessageBytes: 1 << 20, MaxRepeated: 3}
+	mux := http.NewServeMux()
+	mux.Handle(processconnect.NewProcessHandler(processconnect.UnimplementedProcessHandler{}, l.HandlerOptions()...))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	client := processconnect.NewProcessClient(srv.Client(), srv.URL)
+	start := func(args ...string) error {
+		stream, err := client.Start(context.Background(), connect.NewRequest(&process.StartRequest{
+			Process: &process.ProcessConfig{Cmd: "x", Args: args}}))
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
+		for stream.Receive() {
+		}
+		return stream.Err()
+	}
+	err := start("a", "b", "c", "d")
+	if connect.CodeOf(err) == connect.CodeUnimplemented || err == nil || !strings.Contains(err.Error(), "list entries") {
+		t.Fatalf("4 args under a limit of 3: %v; want a refusal naming list entries", err)
+	}
+	if err := start("a", "b", "c"); connect.CodeOf(err) != connect.CodeUnimplemented {
+		t.Fatalf("3 args under a limit of 3: %v; want the handler's Unimplemented", err)
 	}
 }

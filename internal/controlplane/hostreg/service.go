@@ -25,6 +25,7 @@ import (
 	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/controlplane/hostaddr"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/rpclimit"
 	"github.com/wrenn/wrenn/internal/store"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -44,6 +45,15 @@ const (
 	maxListItems    = 10_000
 	maxString       = 256
 )
+
+// requestLimits apply before a request is decoded: the counts above are
+// checked on decoded messages, too late for a few MiB of nested empty
+// entries that decode to hundreds of MiB.
+var requestLimits = rpclimit.Limits{
+	Peer:            "host agent",
+	MaxMessageBytes: maxRequestBytes,
+	MaxRepeated:     2*maxSandboxIDs + 8*maxListItems, // ids and their states, plus lists
+}
 
 // resolveTimeout bounds the lookup of a byoc host's name at registration.
 const resolveTimeout = 5 * time.Second
@@ -92,7 +102,7 @@ func New(pool *pgxpool.Pool, ca *CA, clk Clock, log *slog.Logger) *Service {
 // Handler returns the path to mount the service at and its handler
 // (rest.Deps.RegistryPath and Registry).
 func (s *Service) Handler() (string, http.Handler) {
-	return hostagentv1connect.NewHostRegistryServiceHandler(s, connect.WithReadMaxBytes(maxRequestBytes))
+	return hostagentv1connect.NewHostRegistryServiceHandler(s, requestLimits.HandlerOptions()...)
 }
 
 var errBadToken = errdefs.New(errdefs.ErrUnauthenticated, "registration token is invalid, expired or already used")
