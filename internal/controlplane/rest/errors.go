@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/rpclimit"
 )
 
 var (
@@ -46,7 +47,15 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var b errorBody
 	b.Error.Code = errdefs.Code(err)
 	b.Error.Message = err.Error()
-	if status >= 500 && status != http.StatusServiceUnavailable && status != http.StatusGatewayTimeout {
+	var overLimit *rpclimit.LimitError
+	internal := status >= 500 && status != http.StatusServiceUnavailable && status != http.StatusGatewayTimeout
+	if errors.As(err, &overLimit) {
+		// A guest or agent answered past a read cap: the cap is the
+		// caller's answer (their own guest may be the culprit), and it
+		// names nothing internal.
+		loggerFrom(r).Warn("reply over a read limit", "method", r.Method, "path", r.URL.Path, "err", err)
+		b.Error.Message = overLimit.Error()
+	} else if internal {
 		loggerFrom(r).Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		b.Error.Message = "internal error"
 	} else if msg, hide := hostFailure(err); hide {

@@ -216,7 +216,8 @@ func (e *testEnv) doJSON(t *testing.T, method, path, cred string, body any, want
 
 // wantError checks that resp is an error with the given status and REST
 // error code ({"error":{"code":...}}).
-func wantError(t *testing.T, resp *http.Response, status int, code string) {
+// wantError checks an error answer's status and code and returns its message.
+func wantError(t *testing.T, resp *http.Response, status int, code string) string {
 	t.Helper()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
@@ -235,6 +236,7 @@ func wantError(t *testing.T, resp *http.Response, status int, code string) {
 	if b.Error.Message == "" {
 		t.Fatalf("error %q has no message", code)
 	}
+	return b.Error.Message
 }
 
 // newPlatformAdmin is newTeam whose user is then made platform admin the

@@ -84,7 +84,10 @@ func TestHostileEnvdGiganticLists(t *testing.T) {
 	}))
 	for _, path := range []string{"/files/list?path=/", "/processes"} {
 		resp := e.do(t, "GET", "/v1/sandboxes/"+sb.Id+path, e.team.Key, nil)
-		wantError(t, resp, http.StatusInsufficientStorage, "resource_exhausted")
+		msg := wantError(t, resp, http.StatusInsufficientStorage, "resource_exhausted")
+		if !strings.Contains(msg, "list entries") {
+			t.Errorf("GET %s: message %q does not name the limit", path, msg)
+		}
 	}
 }
 
