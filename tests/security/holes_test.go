@@ -367,6 +367,9 @@ func TestHole5HostileEnvd(t *testing.T) {
 		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable {
 			t.Logf("stat through the hostile envd: %s in %s", r, time.Since(start).Round(time.Millisecond))
 			wantError(t, "stat through a hostile envd", r, http.StatusInsufficientStorage, "resource_exhausted")
+			if msg := r.errorMessage(); !strings.Contains(strings.ToLower(msg), "limit") && !strings.Contains(msg, "MiB") {
+				t.Errorf("the refusal does not say which bound was passed: %q", msg)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
