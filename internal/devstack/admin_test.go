@@ -38,13 +38,15 @@ func TestAdminIsPlatformAdmin(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bin, "wrenn-agent"), nil, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	t.Chdir(root)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	up := func() *devstack.Stack {
 		t.Helper()
 		var progress strings.Builder
+		// BinDir relative to the working directory, as make up passes it.
 		st, err := devstack.Up(ctx, devstack.Config{
-			Dir: dir, BinDir: bin, CPAddr: freeAddr(t), DatabaseURL: dsn, NoAgent: true, Out: &progress,
+			Dir: dir, BinDir: filepath.Base(bin), CPAddr: freeAddr(t), DatabaseURL: dsn, NoAgent: true, Out: &progress,
 			CPEnv: []string{"WRENN_METRICS_ADDR=" + freeAddr(t)},
 		})
 		if err != nil {

@@ -120,6 +120,11 @@ type Stack struct {
 // Up starts everything and returns once the local host is online.
 func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	cfg.defaults()
+	// Some children run in another directory (wrenn-cp admin in Dir), so
+	// a relative BinDir (make up's ./builds) must not stay relative.
+	if cfg.BinDir, err = filepath.Abs(cfg.BinDir); err != nil {
+		return nil, fmt.Errorf("bin dir: %w", err)
+	}
 	s := &Stack{cfg: cfg, URL: "http://" + cfg.CPAddr, client: &http.Client{}}
 	if cfg.TLS {
 		s.URL = "https://" + cfg.CPAddr
