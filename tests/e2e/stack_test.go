@@ -14,17 +14,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/devstack"
+	"github.com/wrenn/wrenn/internal/devstack/stacktest"
 	"github.com/wrenn/wrenn/internal/testenv"
 )
 
@@ -60,46 +58,17 @@ func stack(t *testing.T) *devstack.Stack {
 func startStack(images testenv.Images) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	root, err := os.MkdirTemp("", "wrenn-e2e-")
+	ws, err := stacktest.New(ctx, images, "wrenn-e2e-", "wrenn-cp", "wrenn-agent", "wrenn")
 	if err != nil {
 		return err
 	}
-	// PostgreSQL (as postgres) and the VMMs (their own uids) pass through.
-	if err := os.Chmod(root, 0o755); err != nil {
-		return err
-	}
-	shared.dir = root
-	bin := filepath.Join(root, "bin")
-	dir := filepath.Join(root, "wrenn")
-	for _, d := range []string{bin, filepath.Join(dir, "images")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
-		}
-	}
-	// Kernels and the base image are shared read-only with the machine's
-	// WRENN_DIR; templates the tests make stay in the temporary one.
-	for link, target := range map[string]string{
-		filepath.Join(dir, "kernels"):           filepath.Join(images.Dir, "kernels"),
-		filepath.Join(dir, "images", "minimal"): filepath.Dir(images.Rootfs),
-	} {
-		if err := os.Symlink(target, link); err != nil {
-			return err
-		}
-	}
-	start := time.Now()
-	for _, c := range []string{"wrenn-cp", "wrenn-agent", "wrenn"} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, c), "./cmd/"+c)
-		cmd.Dir = repoRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build %s: %v\n%s", c, err, out)
-		}
-	}
-	shared.bin = bin
-	fmt.Fprintf(os.Stderr, "e2e: built binaries in %s\n", time.Since(start).Round(time.Millisecond))
+	root, dir := ws.Root, ws.Dir
+	shared.dir, shared.bin = root, ws.Bin
+	fmt.Fprintf(os.Stderr, "e2e: built binaries in %s\n", ws.BuildTime.Round(time.Millisecond))
 
 	shared.cfg = devstack.Config{
 		Dir:       dir,
-		BinDir:    bin,
+		BinDir:    ws.Bin,
 		CPAddr:    freeAddr(),
 		AgentAddr: freeAddr(),
 		PGPort:    5433,
@@ -138,20 +107,8 @@ func startStack(images testenv.Images) error {
 	return nil
 }
 
-func repoRoot() string {
-	wd, _ := os.Getwd()
-	return filepath.Clean(filepath.Join(wd, "..", ".."))
-}
-
 // freeAddr returns a loopback address with a port nobody listens on.
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr() string { return stacktest.FreeAddr() }
 
 // client is a tiny REST client for the journeys that exercise the raw API.
 type client struct {

@@ -24,10 +24,8 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -35,6 +33,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/devstack"
+	"github.com/wrenn/wrenn/internal/devstack/stacktest"
 	"github.com/wrenn/wrenn/internal/pgcluster"
 	"github.com/wrenn/wrenn/internal/testenv"
 )
@@ -80,46 +79,19 @@ func stack(t *testing.T) *devstack.Stack {
 func startStack(images testenv.Images) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	root, err := os.MkdirTemp("", "wrenn-security-")
+	ws, err := stacktest.New(ctx, images, "wrenn-security-", "wrenn-cp", "wrenn-agent")
 	if err != nil {
 		return err
 	}
-	// PostgreSQL (as postgres) and the VMMs (their own uids) pass through.
-	if err := os.Chmod(root, 0o755); err != nil {
-		return err
-	}
-	shared.dir = root
-	bin := filepath.Join(root, "bin")
-	dir := filepath.Join(root, "wrenn")
-	for _, d := range []string{bin, filepath.Join(dir, "images")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
-		}
-	}
-	for link, target := range map[string]string{
-		filepath.Join(dir, "kernels"):           filepath.Join(images.Dir, "kernels"),
-		filepath.Join(dir, "images", "minimal"): filepath.Dir(images.Rootfs),
-	} {
-		if err := os.Symlink(target, link); err != nil {
-			return err
-		}
-	}
-	start := time.Now()
-	for _, c := range []string{"wrenn-cp", "wrenn-agent"} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, c), "./cmd/"+c)
-		cmd.Dir = repoRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build %s: %v\n%s", c, err, out)
-		}
-	}
-	shared.bin = bin
-	fmt.Fprintf(os.Stderr, "security: built binaries in %s\n", time.Since(start).Round(time.Millisecond))
+	root, dir := ws.Root, ws.Dir
+	shared.dir, shared.bin = root, ws.Bin
+	fmt.Fprintf(os.Stderr, "security: built binaries in %s\n", ws.BuildTime.Round(time.Millisecond))
 
 	shared.metricsAddr = freeAddr()
 	k := mrand.IntN(50)
 	cfg := devstack.Config{
 		Dir:       dir,
-		BinDir:    bin,
+		BinDir:    ws.Bin,
 		CPAddr:    freeAddr(),
 		AgentAddr: freeAddr(),
 		PGPort:    pgPort,
@@ -198,20 +170,17 @@ func destroyAllSandboxes(ctx context.Context) (int, error) {
 	return n, err
 }
 
+// repoRoot is the checkout's top directory.
 func repoRoot() string {
-	wd, _ := os.Getwd()
-	return filepath.Clean(filepath.Join(wd, "..", ".."))
-}
-
-// freeAddr returns a loopback address with a port nobody listens on.
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	root, err := stacktest.RepoRoot()
 	if err != nil {
 		panic(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return root
 }
+
+// freeAddr returns a loopback address with a port nobody listens on.
+func freeAddr() string { return stacktest.FreeAddr() }
 
 // client is a tiny REST client: base URL and one credential (an API key or
 // a session token; empty: unauthenticated), and optionally the team a
