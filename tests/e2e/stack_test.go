@@ -76,7 +76,7 @@ func startStack(images testenv.Images) error {
 		CPEnv:     []string{"WRENN_DOMAIN=wrenn.test", "WRENN_LOG_LEVEL=debug", "WRENN_METRICS_ADDR=" + freeAddr()},
 		// Its own names, ranges and ports: a real agent (make up) or a
 		// benchmark stack may run on the same machine.
-		AgentEnv: []string{"WRENN_LOG_LEVEL=debug", "WRENN_AGENT_NAME=we2e",
+		AgentEnv: []string{"WRENN_LOG_LEVEL=debug", "WRENN_AGENT_NAME=we2e", "WRENN_AGENT_REAPER_INTERVAL=1s",
 			"WRENN_AGENT_HOST_CIDR=10.90.0.0/16", "WRENN_AGENT_VETH_CIDR=10.91.0.0/16",
 			"WRENN_AGENT_METRICS_ADDR=" + freeAddr(), "WRENN_AGENT_VMM_UID_BASE=400000"},
 	}

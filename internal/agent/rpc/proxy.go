@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/wrenn/wrenn/internal/agent/state"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -37,6 +39,8 @@ type proxy struct {
 	// errLog takes the reverse proxy's own complaints (a guest hanging up
 	// mid-stream), which are routine.
 	errLog *log.Logger
+	// connectErrors writes refusals of envd's Connect calls.
+	connectErrors *connect.ErrorWriter
 }
 
 // envd serves /sandboxes/{id}/envd/{rest...}.
@@ -52,11 +56,11 @@ func (p *proxy) port(w http.ResponseWriter, r *http.Request) {
 	id, ps := r.PathValue("id"), r.PathValue("port")
 	port, err := strconv.Atoi(ps)
 	if err != nil || port < 1 || port > 65535 {
-		p.done(w, "port", errdefs.New(errdefs.ErrInvalidArgument, "port %q: want 1-65535", ps))
+		p.done(w, r, "port", errdefs.New(errdefs.ErrInvalidArgument, "port %q: want 1-65535", ps))
 		return
 	}
 	if port == envdclient.Port || port == p.cfg.EnvdPort {
-		p.done(w, "port", errdefs.New(errdefs.ErrPermissionDenied, "port %d is envd's; use /sandboxes/%s/envd/", port, id))
+		p.done(w, r, "port", errdefs.New(errdefs.ErrPermissionDenied, "port %d is envd's; use /sandboxes/%s/envd/", port, id))
 		return
 	}
 	p.forward(w, r, "port", id, port, "/sandboxes/"+id+"/ports/"+ps, false)
@@ -67,11 +71,11 @@ func (p *proxy) port(w http.ResponseWriter, r *http.Request) {
 func (p *proxy) forward(w http.ResponseWriter, r *http.Request, kind, id string, port int, prefix string, withToken bool) {
 	info, err := p.cfg.Manager.Get(r.Context(), id)
 	if err != nil {
-		p.done(w, kind, err)
+		p.done(w, r, kind, err)
 		return
 	}
 	if info.State != state.Running || info.Address == "" {
-		p.done(w, kind, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", id, info.State))
+		p.done(w, r, kind, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", id, info.State))
 		return
 	}
 	stop := p.keepTouching(id)
@@ -159,10 +163,17 @@ func (p *proxy) keepTouching(id string) (stop func()) {
 	}
 }
 
-// done answers a request the proxy refuses, and counts it.
-func (p *proxy) done(w http.ResponseWriter, kind string, err error) {
+// done answers a request the proxy refuses, and counts it. A Connect or
+// gRPC call to envd gets the error in its own protocol, so the caller's
+// client reads the code (failed_precondition for a paused sandbox,
+// not_found for a gone one) instead of an error body it cannot parse.
+func (p *proxy) done(w http.ResponseWriter, r *http.Request, kind string, err error) {
 	status := errdefs.HTTPStatus(err)
-	writeProxyError(w, status, errdefs.Code(err), err.Error())
+	if kind == "envd" && r.Method == http.MethodPost && p.connectErrors.IsSupported(r) {
+		_ = p.connectErrors.Write(w, r, errdefs.ToConnect(err))
+	} else {
+		writeProxyError(w, status, errdefs.Code(err), err.Error())
+	}
 	p.cfg.Metrics.proxied(kind, status)
 }
 

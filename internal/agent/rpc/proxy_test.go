@@ -13,9 +13,14 @@ import (
 	"strings"
 	"testing"
 
+	"connectrpc.com/connect"
 	"github.com/coder/websocket"
 
 	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/proto/envd/filesystem"
+	"github.com/wrenn/wrenn/proto/envd/filesystem/filesystemconnect"
+	"github.com/wrenn/wrenn/proto/envd/process"
+	"github.com/wrenn/wrenn/proto/envd/process/processconnect"
 )
 
 // fakeGuest stands in for a guest: envd and a user's server on one
@@ -206,6 +211,40 @@ func TestProxyRefusals(t *testing.T) {
 			t.Errorf("status %d body %+v, want 502 unavailable", status, body)
 		}
 	})
+}
+
+// TestProxyRefusalsSpeakConnect: envd's Connect calls through the proxy
+// to a paused or unknown sandbox fail with the Connect code of the
+// refusal, unary and streaming, so the control plane can answer 409 or
+// 404 (an error body in the REST shape read as "unknown", a 500).
+func TestProxyRefusalsSpeakConnect(t *testing.T) {
+	g := newFakeGuest(t)
+	m := newFakeManager()
+	paused := running("sb2")
+	paused.State = state.Paused
+	m.add(paused)
+	s := startAgent(t, m, serverOpts{envdPort: g.port(t)})
+	ctx := context.Background()
+	for _, tt := range []struct {
+		id   string
+		want connect.Code
+	}{{"sb2", connect.CodeFailedPrecondition}, {"nope", connect.CodeNotFound}} {
+		base := s.url + "/sandboxes/" + tt.id + "/envd"
+		_, err := filesystemconnect.NewFilesystemClient(s.client, base).Stat(ctx, connect.NewRequest(&filesystem.StatRequest{Path: "/"}))
+		if code := connect.CodeOf(err); code != tt.want {
+			t.Errorf("unary Stat on %s: %v (code %v), want %v", tt.id, err, code, tt.want)
+		}
+		stream, err := processconnect.NewProcessClient(s.client, base).Start(ctx, connect.NewRequest(&process.StartRequest{Process: &process.ProcessConfig{Cmd: "true"}}))
+		if err == nil {
+			for stream.Receive() {
+			}
+			err = stream.Err()
+			stream.Close()
+		}
+		if code := connect.CodeOf(err); code != tt.want {
+			t.Errorf("streaming Start on %s: %v (code %v), want %v", tt.id, err, code, tt.want)
+		}
+	}
 }
 
 // TestProxyStreams checks a response arrives chunk by chunk: the guest

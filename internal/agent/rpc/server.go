@@ -109,7 +109,7 @@ func NewHandler(cfg Config) http.Handler {
 	mux := http.NewServeMux()
 	path, h := hostagentv1connect.NewHostAgentServiceHandler(s, opts...)
 	mux.Handle(path, h)
-	p := &proxy{cfg: cfg, errLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)}
+	p := &proxy{cfg: cfg, errLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug), connectErrors: connect.NewErrorWriter()}
 	// Each route also without its trailing slash: the mux would answer that
 	// with a redirect to this agent's own URL, which means nothing to the
 	// client on the far side of the control plane's proxy.
