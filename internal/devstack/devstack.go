@@ -460,13 +460,17 @@ func (s *Stack) waitHealthy(ctx context.Context) error {
 
 // waitHostOnline waits for a heartbeat from the agent started at since:
 // after a restart the host may still look online from the previous run.
+// Registration alone marks a host online, but the scheduler admits nothing
+// until a heartbeat has reported the host's free memory and disk, so that
+// is waited for too (a create right after Up answered "no host with room").
 func (s *Stack) waitHostOnline(ctx context.Context, since time.Time) error {
 	return s.poll(ctx, "host online", s.agent, func(ctx context.Context) (bool, error) {
 		var list struct {
 			Hosts []struct {
-				ID              string    `json:"id"`
-				Status          string    `json:"status"`
-				LastHeartbeatAt time.Time `json:"last_heartbeat_at"`
+				ID                   string    `json:"id"`
+				Status               string    `json:"status"`
+				LastHeartbeatAt      time.Time `json:"last_heartbeat_at"`
+				MemoryAvailableBytes int64     `json:"memory_available_bytes"`
 			} `json:"hosts"`
 		}
 		if err := s.call(ctx, http.MethodGet, "/v1/hosts", s.Admin.APIKey, nil, http.StatusOK, &list); err != nil {
@@ -474,7 +478,7 @@ func (s *Stack) waitHostOnline(ctx context.Context, since time.Time) error {
 		}
 		for _, h := range list.Hosts {
 			fresh := h.LastHeartbeatAt.After(since.Add(-time.Second))
-			if h.Status == "online" && fresh && (s.HostID == "" || h.ID == s.HostID) {
+			if h.Status == "online" && fresh && h.MemoryAvailableBytes > 0 && (s.HostID == "" || h.ID == s.HostID) {
 				s.HostID = h.ID
 				return true, nil
 			}
