@@ -23,7 +23,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -88,7 +87,6 @@ func startStack(images testenv.Images) error {
 	fmt.Fprintf(os.Stderr, "security: built binaries in %s\n", ws.BuildTime.Round(time.Millisecond))
 
 	shared.metricsAddr = freeAddr()
-	k := mrand.IntN(50)
 	cfg := devstack.Config{
 		Dir:       dir,
 		BinDir:    ws.Bin,
@@ -102,12 +100,15 @@ func startStack(images testenv.Images) error {
 		// the default on a control plane of its own).
 		CPEnv: []string{"WRENN_DOMAIN=wrenn.test", "WRENN_LOG_LEVEL=debug", "WRENN_METRICS_ADDR=" + shared.metricsAddr,
 			"WRENN_SIGNUP=open"},
-		// Its own names, ranges and ports: tests/e2e's stack (10.90-91,
-		// uids from 400000), a make up stack, a benchmark or another run
-		// of this suite may be on the same machine.
-		AgentEnv: []string{"WRENN_LOG_LEVEL=debug", "WRENN_AGENT_NAME=wsec" + randHex(2),
-			fmt.Sprintf("WRENN_AGENT_HOST_CIDR=10.%d.0.0/16", 100+2*k), fmt.Sprintf("WRENN_AGENT_VETH_CIDR=10.%d.0.0/16", 101+2*k),
-			"WRENN_AGENT_METRICS_ADDR=" + freeAddr(), fmt.Sprintf("WRENN_AGENT_VMM_UID_BASE=%d", 410000+1000*k)},
+		// Its own names, ranges and ports: tests/e2e's stack (we2e,
+		// 10.90-91, uids from 400000), a make up stack or a benchmark may
+		// be on the same machine. The name is fixed, as tests/e2e's is: the
+		// agent leaves host-wide state named after it (nftables table,
+		// cgroup parent, guest-memory tmpfs) for its successor to adopt,
+		// and a name per run left one of each behind every run.
+		AgentEnv: []string{"WRENN_LOG_LEVEL=debug", "WRENN_AGENT_NAME=wsec",
+			"WRENN_AGENT_HOST_CIDR=10.100.0.0/16", "WRENN_AGENT_VETH_CIDR=10.101.0.0/16",
+			"WRENN_AGENT_METRICS_ADDR=" + freeAddr(), "WRENN_AGENT_VMM_UID_BASE=410000"},
 	}
 	st, err := devstack.Up(ctx, cfg)
 	if err != nil {
