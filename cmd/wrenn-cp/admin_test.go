@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/wrenn/wrenn/internal/controlplane/config"
 	"github.com/wrenn/wrenn/internal/pgtest"
@@ -23,27 +21,13 @@ import (
 func TestAdminSubcommand(t *testing.T) {
 	_, dsn := pgtest.NewWithDSN(t)
 	t.Chdir(t.TempDir()) // no ./.env
-	cfg, err := config.Parse([]string{"--listen", "127.0.0.1:0"},
-		[]string{"DATABASE_URL=" + dsn, "WRENN_JWT_SECRET=0123456789abcdef0123456789abcdef"}, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var logs bytes.Buffer
+	d := startDaemon(t, dsn, newTestLogger(&logs), "--listen", "127.0.0.1:0")
+	cfg := d.cfg
 	if cfg.Signup != config.SignupClosed {
 		t.Fatalf("default WRENN_SIGNUP %q, want closed", cfg.Signup)
 	}
-	var logs bytes.Buffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addr := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, newTestLogger(&logs), func(a string) { addr <- a }) }()
-	var base string
-	select {
-	case a := <-addr:
-		base = "http://" + a
-	case err := <-done:
-		t.Fatalf("run returned before serving: %v", err)
-	}
+	base := "http://" + d.addr
 	call := func(method, path, cred string, body any, want int, out any) {
 		t.Helper()
 		b, _ := json.Marshal(body)
@@ -96,15 +80,7 @@ func TestAdminSubcommand(t *testing.T) {
 	call("POST", "/v1/api-keys", sess.Token, map[string]any{"name": "platform", "platform": true}, http.StatusCreated, &key)
 	call("POST", "/v1/hosts", key.Key, map[string]string{"type": "regular"}, http.StatusCreated, nil)
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("run did not return after cancel")
-	}
+	d.stop(t)
 	if !strings.Contains(logs.String(), "no platform admin") {
 		t.Errorf("start-up did not say there is no platform admin:\n%s", logs.String())
 	}

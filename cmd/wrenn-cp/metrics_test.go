@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wrenn/wrenn/internal/controlplane/config"
 	"github.com/wrenn/wrenn/internal/pgtest"
 )
 
@@ -26,24 +24,9 @@ func TestMetricsOnTheirOwnListener(t *testing.T) {
 	}
 	metricsAddr := l.Addr().String()
 	l.Close()
-	cfg, err := config.Parse([]string{"--listen", "127.0.0.1:0", "--metrics-listen", metricsAddr},
-		[]string{"DATABASE_URL=" + dsn, "WRENN_JWT_SECRET=0123456789abcdef0123456789abcdef"}, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs bytes.Buffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addr := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, newTestLogger(&logs), func(a string) { addr <- a }) }()
-	var base string
-	select {
-	case a := <-addr:
-		base = "http://" + a
-	case err := <-done:
-		t.Fatalf("run returned before serving: %v", err)
-	}
+	d := startDaemon(t, dsn, newTestLogger(&logs), "--listen", "127.0.0.1:0", "--metrics-listen", metricsAddr)
+	base := "http://" + d.addr
 
 	get := func(url string) (int, string) {
 		t.Helper()
@@ -63,15 +46,7 @@ func TestMetricsOnTheirOwnListener(t *testing.T) {
 		t.Errorf("GET /metrics on WRENN_METRICS_ADDR: %d, body lacks wrenn_api_requests_total or go_goroutines:\n%.500s", code, body)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("run did not return after cancel")
-	}
+	d.stop(t)
 	if c, err := net.DialTimeout("tcp", metricsAddr, time.Second); err == nil {
 		c.Close()
 		t.Error("the metrics listener is still open after shutdown")

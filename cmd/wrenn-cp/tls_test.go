@@ -15,7 +15,6 @@ import (
 
 	"github.com/wrenn/wrenn/internal/agent/registration"
 	"github.com/wrenn/wrenn/internal/capin"
-	"github.com/wrenn/wrenn/internal/controlplane/config"
 	"github.com/wrenn/wrenn/internal/pgtest"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
@@ -27,26 +26,9 @@ import (
 func TestRunServesSelfSignedTLS(t *testing.T) {
 	_, dsn := pgtest.NewWithDSN(t)
 	t.Chdir(t.TempDir())
-	cfg, err := config.Parse([]string{"--listen", "127.0.0.1:0", "--tls", "self-signed"},
-		[]string{"DATABASE_URL=" + dsn, "WRENN_JWT_SECRET=0123456789abcdef0123456789abcdef"}, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	logs := &lockedBuffer{b: &bytes.Buffer{}}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addr := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil)), func(a string) { addr <- a })
-	}()
-	var base string
-	select {
-	case a := <-addr:
-		base = "https://" + a
-	case err := <-done:
-		t.Fatalf("run returned before serving: %v", err)
-	}
+	d := startDaemon(t, dsn, slog.New(slog.NewJSONHandler(logs, nil)), "--listen", "127.0.0.1:0", "--tls", "self-signed")
+	base := "https://" + d.addr
 	logs.mu.Lock()
 	text := logs.b.String()
 	logs.mu.Unlock()
@@ -87,7 +69,7 @@ func TestRunServesSelfSignedTLS(t *testing.T) {
 	}
 	hb := connect.NewRequest(&hostagentv1.HeartbeatRequest{})
 	hb.Header().Set("Authorization", "Bearer wrh_"+strings.Repeat("0", 64))
-	if _, err := reg.Heartbeat(ctx, hb); connect.CodeOf(err) != connect.CodeUnauthenticated {
+	if _, err := reg.Heartbeat(context.Background(), hb); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("registry over TLS with an unknown credential: %v, want unauthenticated", err)
 	}
 
@@ -103,15 +85,7 @@ func TestRunServesSelfSignedTLS(t *testing.T) {
 		}
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("run did not return after cancel")
-	}
+	d.stop(t)
 }
 
 // Plain HTTP on every interface is allowed but loud; the CA fingerprint is
@@ -119,28 +93,9 @@ func TestRunServesSelfSignedTLS(t *testing.T) {
 func TestRunWarnsPlainHTTPBeyondLoopback(t *testing.T) {
 	_, dsn := pgtest.NewWithDSN(t)
 	t.Chdir(t.TempDir())
-	cfg, err := config.Parse([]string{"--listen", "0.0.0.0:0"},
-		[]string{"DATABASE_URL=" + dsn, "WRENN_JWT_SECRET=0123456789abcdef0123456789abcdef"}, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	logs := &lockedBuffer{b: &bytes.Buffer{}}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addr := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil)), func(a string) { addr <- a })
-	}()
-	select {
-	case <-addr:
-	case err := <-done:
-		t.Fatalf("run returned before serving: %v", err)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("run: %v", err)
-	}
+	d := startDaemon(t, dsn, slog.New(slog.NewJSONHandler(logs, nil)), "--listen", "0.0.0.0:0")
+	d.stop(t)
 	logs.mu.Lock()
 	text := logs.b.String()
 	logs.mu.Unlock()
