@@ -297,6 +297,24 @@ func (e SandboxState) Valid() bool {
 	}
 }
 
+// Defines values for CreateAPIKeyJSONBodyFormat.
+const (
+	E2b   CreateAPIKeyJSONBodyFormat = "e2b"
+	Wrenn CreateAPIKeyJSONBodyFormat = "wrenn"
+)
+
+// Valid indicates whether the value is a known member of the CreateAPIKeyJSONBodyFormat enum.
+func (e CreateAPIKeyJSONBodyFormat) Valid() bool {
+	switch e {
+	case E2b:
+		return true
+	case Wrenn:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for SignalProcessJSONBodySignal.
 const (
 	SignalProcessJSONBodySignalSIGKILL SignalProcessJSONBodySignal = "SIGKILL"
@@ -397,7 +415,7 @@ type CreatedAPIKey struct {
 	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
 	Id        openapi_types.UUID  `json:"id"`
 
-	// Key wrn_ + 32 hex; shown once.
+	// Key wrn_ + 32 hex (or e2b_ + 40 hex); shown once.
 	Key        string     `json:"key"`
 	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
 	Name       string     `json:"name"`
@@ -791,13 +809,19 @@ type QuotaExceeded = Error
 
 // CreateAPIKeyJSONBody defines parameters for CreateAPIKey.
 type CreateAPIKeyJSONBody struct {
-	Name *string `json:"name,omitempty"`
+	// Format The key's shape: `wrenn` is `wrn_` + 32 hex; `e2b` is `e2b_` + 40 hex, the
+	// shape E2B's SDKs and tools expect. Both are accepted everywhere.
+	Format *CreateAPIKeyJSONBodyFormat `json:"format,omitempty"`
+	Name   *string                     `json:"name,omitempty"`
 
 	// Platform A key with platform rights (adding and managing `regular` hosts). Only a
 	// platform admin's session (not an API key) may ask; otherwise 403
 	// `permission_denied`. Other keys have only their team's rights.
 	Platform *bool `json:"platform,omitempty"`
 }
+
+// CreateAPIKeyJSONBodyFormat defines parameters for CreateAPIKey.
+type CreateAPIKeyJSONBodyFormat string
 
 // ListAuditLogsParams defines parameters for ListAuditLogs.
 type ListAuditLogsParams struct {

@@ -325,7 +325,7 @@ func (s *Server) resolvePrincipal(r *http.Request) (Principal, error) {
 		}
 		team = &id
 	}
-	if strings.HasPrefix(cred, auth.APIKeyPrefix) {
+	if auth.HasAPIKeyPrefix(cred) {
 		return s.apiKeyPrincipal(r.Context(), cred, team)
 	}
 	p, err := s.sessionPrincipal(r.Context(), cred, team)
@@ -349,8 +349,8 @@ func credential(r *http.Request) (string, error) {
 		return tok, nil
 	}
 	if k := strings.TrimSpace(r.Header.Get(apiKeyHeader)); k != "" {
-		if !strings.HasPrefix(k, auth.APIKeyPrefix) {
-			return "", unauthenticated("%s must be an API key (wrn_…)", apiKeyHeader)
+		if !auth.HasAPIKeyPrefix(k) {
+			return "", unauthenticated("%s must be an API key (wrn_… or e2b_…)", apiKeyHeader)
 		}
 		return k, nil
 	}
