@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/controlplane/sandboxes"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
@@ -236,8 +237,8 @@ func TestCreateSandboxAllHostsFail(t *testing.T) {
 	for _, a := range env.agents.agents {
 		total += a.Calls("CreateSandbox")
 	}
-	if total != maxCreateAttempts {
-		t.Errorf("%d attempts, want %d", total, maxCreateAttempts)
+	if total != sandboxes.MaxCreateAttempts {
+		t.Errorf("%d attempts, want %d", total, sandboxes.MaxCreateAttempts)
 	}
 	var page struct{ Sandboxes []api.Sandbox }
 	env.doJSON(t, "GET", "/v1/sandboxes?state=starting,error", env.team.Key, nil, http.StatusOK, &page)

@@ -21,6 +21,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/auth"
 	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/ratelimit"
+	"github.com/wrenn/wrenn/internal/controlplane/sandboxes"
 	"github.com/wrenn/wrenn/internal/store"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -109,9 +110,8 @@ type Server struct {
 	loginByAccount     *ratelimit.LoginThrottle
 	loginByAccountAddr *ratelimit.LoginThrottle
 
-	// placementHook, when set (tests only), runs between reading the hosts'
-	// reservations and recording the new sandbox's, to widen that window.
-	placementHook func()
+	// sandboxes is the sandbox lifecycle every sandbox route calls.
+	sandboxes *sandboxes.Service
 
 	// execOutput bounds the output synchronous execs hold at once.
 	execOutput byteBudget
@@ -132,6 +132,9 @@ func New(d Deps) *Server {
 		d.HashGate = auth.NewHashGate(0, -1, 0)
 	}
 	s := &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiterSet{}}
+	s.sandboxes = sandboxes.New(sandboxes.Config{
+		Pool: d.Pool, Agents: agentsRPC(d.Agents), Clock: d.Clock, Logger: d.Logger, TeamLimits: d.TeamLimits,
+	})
 	s.clientIP = ratelimit.NewClientIP(d.TrustedProxies, d.ClientIPHeader)
 	s.hashes = d.HashGate
 	s.loginByAccountAddr = ratelimit.NewLoginThrottle(d.Clock)
@@ -139,6 +142,19 @@ func New(d Deps) *Server {
 	s.loginByAccount.FreeFailures = accountFreeFailures
 	return s
 }
+
+// agentsRPC is the service's view of the agents; a nil Agents stays nil
+// (the service then answers unavailable) rather than a typed nil.
+func agentsRPC(a Agents) sandboxes.Agents {
+	if a == nil {
+		return nil
+	}
+	return a
+}
+
+// Sandboxes is the sandbox service the API calls (the control plane's
+// lifetime sweeper runs on the same one).
+func (s *Server) Sandboxes() *sandboxes.Service { return s.sandboxes }
 
 // Handler returns the HTTP handler for every route.
 // Slow-client deadlines apply to every request, the host-name sandbox
