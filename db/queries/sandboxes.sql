@@ -7,11 +7,11 @@
 INSERT INTO sandboxes (id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb,
                        timeout_sec, on_timeout, metadata, network, public_ports,
                        access_token_hash, forked_from, end_at, auto_resume, public_traffic,
-                       traffic_token_hash, created_at, updated_at)
+                       traffic_token_hash, access_token_sealed, created_at, updated_at)
 VALUES (@id, @team_id, @host_id, @template, @state, @vcpus, @memory_mb, @disk_mb,
         @timeout_sec, @on_timeout, @metadata, @network, @public_ports,
         @access_token_hash, @forked_from, sqlc.narg(end_at)::timestamptz, @auto_resume, @public_traffic,
-        @traffic_token_hash, @now::timestamptz, @now::timestamptz)
+        @traffic_token_hash, @access_token_sealed, @now::timestamptz, @now::timestamptz)
 RETURNING *;
 
 -- name: GetTeamSandbox :one
@@ -52,7 +52,8 @@ WHERE id = @id AND state = 'starting';
 -- name: MarkSandboxRunning :one
 -- A create finished. No row: the sandbox was deleted meanwhile.
 UPDATE sandboxes
-SET state = 'running', access_token_hash = @access_token_hash, updated_at = @now::timestamptz
+SET state = 'running', access_token_hash = @access_token_hash, access_token_sealed = @access_token_sealed,
+    updated_at = @now::timestamptz
 WHERE id = @id AND state = 'starting'
 RETURNING *;
 
@@ -145,4 +146,13 @@ WHERE id = @id AND team_id = @team_id;
 SELECT * FROM sandboxes
 WHERE end_at IS NOT NULL AND end_at <= @now::timestamptz AND state = 'running'
 ORDER BY end_at
+LIMIT @max_rows;
+
+-- name: StaleStartingSandboxes :many
+-- Creates nobody finishes: still starting long after their last attempt
+-- began (each attempt moves updated_at), e.g. the replica running them
+-- died. The sweeper fails them.
+SELECT * FROM sandboxes
+WHERE state = 'starting' AND updated_at < @before::timestamptz
+ORDER BY updated_at
 LIMIT @max_rows;

@@ -14,7 +14,7 @@ import (
 )
 
 const expiredSandboxes = `-- name: ExpiredSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
 WHERE end_at IS NOT NULL AND end_at <= $1::timestamptz AND state = 'running'
 ORDER BY end_at
 LIMIT $2
@@ -61,6 +61,7 @@ func (q *Queries) ExpiredSandboxes(ctx context.Context, arg ExpiredSandboxesPara
 			&i.PublicTraffic,
 			&i.TrafficTokenHash,
 			&i.MemoryDropped,
+			&i.AccessTokenSealed,
 		); err != nil {
 			return nil, err
 		}
@@ -111,7 +112,7 @@ func (q *Queries) GetProxySandbox(ctx context.Context, id string) (GetProxySandb
 }
 
 const getTeamSandbox = `-- name: GetTeamSandbox :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetTeamSandboxParams struct {
@@ -147,6 +148,7 @@ func (q *Queries) GetTeamSandbox(ctx context.Context, arg GetTeamSandboxParams) 
 		&i.PublicTraffic,
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
@@ -156,35 +158,36 @@ const insertSandbox = `-- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb,
                        timeout_sec, on_timeout, metadata, network, public_ports,
                        access_token_hash, forked_from, end_at, auto_resume, public_traffic,
-                       traffic_token_hash, created_at, updated_at)
+                       traffic_token_hash, access_token_sealed, created_at, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
         $9, $10, $11, $12, $13,
         $14, $15, $16::timestamptz, $17, $18,
-        $19, $20::timestamptz, $20::timestamptz)
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped
+        $19, $20, $21::timestamptz, $21::timestamptz)
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type InsertSandboxParams struct {
-	ID               string
-	TeamID           uuid.UUID
-	HostID           *uuid.UUID
-	Template         string
-	State            string
-	Vcpus            int32
-	MemoryMb         int32
-	DiskMb           int32
-	TimeoutSec       int32
-	OnTimeout        string
-	Metadata         json.RawMessage
-	Network          json.RawMessage
-	PublicPorts      []int32
-	AccessTokenHash  []byte
-	ForkedFrom       *string
-	EndAt            *time.Time
-	AutoResume       bool
-	PublicTraffic    bool
-	TrafficTokenHash []byte
-	Now              time.Time
+	ID                string
+	TeamID            uuid.UUID
+	HostID            *uuid.UUID
+	Template          string
+	State             string
+	Vcpus             int32
+	MemoryMb          int32
+	DiskMb            int32
+	TimeoutSec        int32
+	OnTimeout         string
+	Metadata          json.RawMessage
+	Network           json.RawMessage
+	PublicPorts       []int32
+	AccessTokenHash   []byte
+	ForkedFrom        *string
+	EndAt             *time.Time
+	AutoResume        bool
+	PublicTraffic     bool
+	TrafficTokenHash  []byte
+	AccessTokenSealed []byte
+	Now               time.Time
 }
 
 // Sandboxes: the REST resource and what the scheduler needs. Every state
@@ -212,6 +215,7 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.AutoResume,
 		arg.PublicTraffic,
 		arg.TrafficTokenHash,
+		arg.AccessTokenSealed,
 		arg.Now,
 	)
 	var i Sandbox
@@ -240,12 +244,13 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.PublicTraffic,
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
 
 const listTeamSandboxes = `-- name: ListTeamSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
 WHERE team_id = $1
   AND state = ANY($2::text[])
   AND metadata @> $3::jsonb
@@ -300,6 +305,7 @@ func (q *Queries) ListTeamSandboxes(ctx context.Context, arg ListTeamSandboxesPa
 			&i.PublicTraffic,
 			&i.TrafficTokenHash,
 			&i.MemoryDropped,
+			&i.AccessTokenSealed,
 		); err != nil {
 			return nil, err
 		}
@@ -312,7 +318,7 @@ func (q *Queries) ListTeamSandboxes(ctx context.Context, arg ListTeamSandboxesPa
 }
 
 const listTeamSandboxesAfter = `-- name: ListTeamSandboxesAfter :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
 WHERE team_id = $1
   AND state = ANY($2::text[])
   AND metadata @> $3::jsonb
@@ -374,6 +380,7 @@ func (q *Queries) ListTeamSandboxesAfter(ctx context.Context, arg ListTeamSandbo
 			&i.PublicTraffic,
 			&i.TrafficTokenHash,
 			&i.MemoryDropped,
+			&i.AccessTokenSealed,
 		); err != nil {
 			return nil, err
 		}
@@ -416,20 +423,27 @@ func (q *Queries) MarkSandboxFailed(ctx context.Context, arg MarkSandboxFailedPa
 
 const markSandboxRunning = `-- name: MarkSandboxRunning :one
 UPDATE sandboxes
-SET state = 'running', access_token_hash = $1, updated_at = $2::timestamptz
-WHERE id = $3 AND state = 'starting'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped
+SET state = 'running', access_token_hash = $1, access_token_sealed = $2,
+    updated_at = $3::timestamptz
+WHERE id = $4 AND state = 'starting'
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type MarkSandboxRunningParams struct {
-	AccessTokenHash []byte
-	Now             time.Time
-	ID              string
+	AccessTokenHash   []byte
+	AccessTokenSealed []byte
+	Now               time.Time
+	ID                string
 }
 
 // A create finished. No row: the sandbox was deleted meanwhile.
 func (q *Queries) MarkSandboxRunning(ctx context.Context, arg MarkSandboxRunningParams) (Sandbox, error) {
-	row := q.db.QueryRow(ctx, markSandboxRunning, arg.AccessTokenHash, arg.Now, arg.ID)
+	row := q.db.QueryRow(ctx, markSandboxRunning,
+		arg.AccessTokenHash,
+		arg.AccessTokenSealed,
+		arg.Now,
+		arg.ID,
+	)
 	var i Sandbox
 	err := row.Scan(
 		&i.ID,
@@ -456,6 +470,7 @@ func (q *Queries) MarkSandboxRunning(ctx context.Context, arg MarkSandboxRunning
 		&i.PublicTraffic,
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
@@ -559,7 +574,7 @@ const setSandboxEndAt = `-- name: SetSandboxEndAt :one
 UPDATE sandboxes
 SET end_at = $1::timestamptz, on_timeout = $2, updated_at = $3::timestamptz
 WHERE id = $4 AND team_id = $5
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type SetSandboxEndAtParams struct {
@@ -605,6 +620,7 @@ func (q *Queries) SetSandboxEndAt(ctx context.Context, arg SetSandboxEndAtParams
 		&i.PublicTraffic,
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
@@ -653,7 +669,7 @@ const setSandboxNetwork = `-- name: SetSandboxNetwork :one
 UPDATE sandboxes
 SET network = $1, updated_at = $2::timestamptz
 WHERE id = $3 AND team_id = $4
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type SetSandboxNetworkParams struct {
@@ -696,6 +712,7 @@ func (q *Queries) SetSandboxNetwork(ctx context.Context, arg SetSandboxNetworkPa
 		&i.PublicTraffic,
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
@@ -704,7 +721,7 @@ const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes
 SET timeout_sec = $1, on_timeout = $2, updated_at = $3::timestamptz
 WHERE id = $4 AND team_id = $5
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type SetSandboxTimeoutParams struct {
@@ -749,15 +766,77 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.PublicTraffic,
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
+}
+
+const staleStartingSandboxes = `-- name: StaleStartingSandboxes :many
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
+WHERE state = 'starting' AND updated_at < $1::timestamptz
+ORDER BY updated_at
+LIMIT $2
+`
+
+type StaleStartingSandboxesParams struct {
+	Before  time.Time
+	MaxRows int32
+}
+
+// Creates nobody finishes: still starting long after their last attempt
+// began (each attempt moves updated_at), e.g. the replica running them
+// died. The sweeper fails them.
+func (q *Queries) StaleStartingSandboxes(ctx context.Context, arg StaleStartingSandboxesParams) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, staleStartingSandboxes, arg.Before, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Sandbox{}
+	for rows.Next() {
+		var i Sandbox
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.HostID,
+			&i.Template,
+			&i.State,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.TimeoutSec,
+			&i.OnTimeout,
+			&i.Metadata,
+			&i.Network,
+			&i.PublicPorts,
+			&i.AccessTokenHash,
+			&i.Error,
+			&i.ForkedFrom,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.StoppedAt,
+			&i.EndAt,
+			&i.AutoResume,
+			&i.PublicTraffic,
+			&i.TrafficTokenHash,
+			&i.MemoryDropped,
+			&i.AccessTokenSealed,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const stopSandbox = `-- name: StopSandbox :one
 UPDATE sandboxes
 SET state = 'stopped', stopped_at = $1::timestamptz, updated_at = $1::timestamptz
 WHERE id = $2 AND team_id = $3 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type StopSandboxParams struct {
@@ -794,6 +873,7 @@ func (q *Queries) StopSandbox(ctx context.Context, arg StopSandboxParams) (Sandb
 		&i.PublicTraffic,
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
@@ -802,7 +882,7 @@ const transitionSandbox = `-- name: TransitionSandbox :one
 UPDATE sandboxes
 SET state = $1, updated_at = $2::timestamptz
 WHERE id = $3 AND team_id = $4 AND state = ANY($5::text[])
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type TransitionSandboxParams struct {
@@ -849,6 +929,7 @@ func (q *Queries) TransitionSandbox(ctx context.Context, arg TransitionSandboxPa
 		&i.PublicTraffic,
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }

@@ -134,6 +134,7 @@ func New(d Deps) *Server {
 	s := &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiterSet{}}
 	s.sandboxes = sandboxes.New(sandboxes.Config{
 		Pool: d.Pool, Agents: agentsRPC(d.Agents), Clock: d.Clock, Logger: d.Logger, TeamLimits: d.TeamLimits,
+		TokenSecret: d.JWTSecret,
 	})
 	s.clientIP = ratelimit.NewClientIP(d.TrustedProxies, d.ClientIPHeader)
 	s.hashes = d.HashGate

@@ -332,7 +332,9 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 		}
 		token, err := s.createOn(ctx, h.ID, areq)
 		if err == nil {
-			row, err := s.q.MarkSandboxRunning(ctx, store.MarkSandboxRunningParams{ID: id, AccessTokenHash: HashToken(token), Now: s.clk.Now()})
+			row, err := s.q.MarkSandboxRunning(ctx, store.MarkSandboxRunningParams{
+				ID: id, AccessTokenHash: HashToken(token), AccessTokenSealed: s.seal.seal(id, token), Now: s.clk.Now(),
+			})
 			if store.IsNoRows(err) {
 				// Deleted (or its host declared lost) while it started: the
 				// store no longer expects it, so do not leave it running.

@@ -67,22 +67,28 @@ type PauseOptions struct {
 // DropMemory, only its disk).
 func (s *Service) Pause(ctx context.Context, team uuid.UUID, id string, o PauseOptions) (store.Sandbox, error) {
 	return s.transition(ctx, team, id, OpPause, func(ctx context.Context, sb store.Sandbox) error {
-		ctx, cancel := context.WithTimeout(ctx, agentPauseTimeout)
-		defer cancel()
-		ag, err := s.agentFor(ctx, sb.HostID)
-		if err != nil {
-			return err
-		}
-		if _, err := ag.PauseSandbox(ctx, connect.NewRequest(pauseRequest(sb.ID, o))); err != nil {
-			return agentErr("pause sandbox "+sb.ID, err)
-		}
-		if err := s.q.SetSandboxMemoryDropped(ctx, store.SetSandboxMemoryDroppedParams{
-			ID: sb.ID, TeamID: sb.TeamID, MemoryDropped: o.DropMemory, Now: s.clk.Now(),
-		}); err != nil {
-			return fmt.Errorf("record how sandbox %s was paused: %w", sb.ID, err)
-		}
-		return nil
+		return s.pauseOnHost(ctx, sb, o)
 	})
+}
+
+// pauseOnHost is the agent side of a pause and the record of how it was
+// done.
+func (s *Service) pauseOnHost(ctx context.Context, sb store.Sandbox, o PauseOptions) error {
+	ctx, cancel := context.WithTimeout(ctx, agentPauseTimeout)
+	defer cancel()
+	ag, err := s.agentFor(ctx, sb.HostID)
+	if err != nil {
+		return err
+	}
+	if _, err := ag.PauseSandbox(ctx, connect.NewRequest(pauseRequest(sb.ID, o))); err != nil {
+		return agentErr("pause sandbox "+sb.ID, err)
+	}
+	if err := s.q.SetSandboxMemoryDropped(ctx, store.SetSandboxMemoryDroppedParams{
+		ID: sb.ID, TeamID: sb.TeamID, MemoryDropped: o.DropMemory, Now: s.clk.Now(),
+	}); err != nil {
+		return fmt.Errorf("record how sandbox %s was paused: %w", sb.ID, err)
+	}
+	return nil
 }
 
 // Resume brings a paused or hibernated sandbox back.
@@ -163,7 +169,8 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 			ID: f.GetId(), TeamID: sb.TeamID, HostID: sb.HostID, Template: sb.Template, State: string(Running),
 			Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb, DiskMb: sb.DiskMb, TimeoutSec: sb.TimeoutSec,
 			OnTimeout: sb.OnTimeout, Metadata: sb.Metadata, Network: sb.Network, PublicPorts: sb.PublicPorts,
-			AccessTokenHash: HashToken(f.GetAccessToken()), ForkedFrom: &sb.ID, Now: s.clk.Now(),
+			AccessTokenHash: HashToken(f.GetAccessToken()), AccessTokenSealed: s.seal.seal(f.GetId(), f.GetAccessToken()),
+			ForkedFrom: &sb.ID, Now: s.clk.Now(),
 			EndAt: forkDeadline(sb, s.clk.Now()), AutoResume: sb.AutoResume, PublicTraffic: sb.PublicTraffic,
 			TrafficTokenHash: sb.TrafficTokenHash,
 		})

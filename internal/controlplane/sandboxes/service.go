@@ -71,6 +71,10 @@ type Config struct {
 	Logger *slog.Logger
 	// TeamLimits are the default per-team quotas (0: unlimited).
 	TeamLimits quota.Limits
+	// TokenSecret derives the key that seals sandboxes' access tokens in
+	// the store (the control plane's own secret); empty: tokens are kept
+	// as hashes only and cannot be given again.
+	TokenSecret []byte
 	// PlacementHook, when set (tests only), runs between reading the
 	// hosts' reservations and recording the new sandbox's or hold, to
 	// widen that window.
@@ -86,6 +90,7 @@ type Service struct {
 	log    *slog.Logger
 	quota  quota.Enforcer
 	hook   func()
+	seal   *sealer
 }
 
 // New returns a Service.
@@ -98,7 +103,7 @@ func New(c Config) *Service {
 	}
 	return &Service{
 		pool: c.Pool, q: store.New(c.Pool), agents: c.Agents, clk: c.Clock, log: c.Logger,
-		quota: quota.Enforcer{Defaults: c.TeamLimits}, hook: c.PlacementHook,
+		quota: quota.Enforcer{Defaults: c.TeamLimits}, hook: c.PlacementHook, seal: newSealer(c.TokenSecret),
 	}
 }
 
