@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
@@ -15,10 +14,6 @@ import (
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 )
-
-// holdTTL bounds how long a hold left by a crashed replica counts: longer
-// than any agent call it covers (forks and resumes).
-const holdTTL = 10 * time.Minute
 
 func (s *Server) mountLimits(r chi.Router) {
 	r.Get("/teams/{teamID}/limits", s.sbHandler(s.getTeamLimits))

@@ -170,6 +170,8 @@ func (s *Server) routes() *chi.Mux {
 	if s.deps.Registry != nil {
 		r.Mount(s.deps.RegistryPath, s.deps.Registry)
 	}
+	// E2B's API lives at the root (its SDKs append paths to E2B_API_URL).
+	s.mountE2B(r)
 	r.Route("/v1", func(r chi.Router) {
 		s.mountPublicAuth(r)
 		s.mountPortProxy(r)

@@ -195,6 +195,12 @@ type TemplateRef struct {
 	Builtin   bool
 	// Home is where a team template's files are.
 	Home *uuid.UUID
+	// VCPUs and MemoryMB are a snapshot template's shape (its memory image
+	// restores only into the same); 0 for images that boot any shape.
+	VCPUs    int
+	MemoryMB int
+	// Snapshot: the template holds a memory snapshot.
+	Snapshot bool
 }
 
 // ResolveTemplate finds the template a team means by name: its own first,
@@ -203,7 +209,11 @@ func (s *Service) ResolveTemplate(ctx context.Context, team uuid.UUID, name stri
 	t, err := s.q.GetTeamTemplate(ctx, store.GetTeamTemplateParams{TeamID: team, Name: name})
 	switch {
 	case err == nil:
-		return TemplateRef{AgentName: t.AgentName, Home: t.HostID}, nil
+		ref := TemplateRef{AgentName: t.AgentName, Home: t.HostID, Snapshot: t.Snapshot}
+		if t.Snapshot {
+			ref.VCPUs, ref.MemoryMB = int(t.Vcpus), int(t.MemoryMb)
+		}
+		return ref, nil
 	case !store.IsNoRows(err):
 		return TemplateRef{}, fmt.Errorf("look up template %s: %w", name, err)
 	}
