@@ -66,6 +66,9 @@ type PauseOptions struct {
 // Pause stops a running sandbox's vCPUs, keeping its memory (or, with
 // DropMemory, only its disk).
 func (s *Service) Pause(ctx context.Context, team uuid.UUID, id string, o PauseOptions) (store.Sandbox, error) {
+	if o.DropMemory {
+		return store.Sandbox{}, errdefs.New(errdefs.ErrInvalidArgument, "a filesystem-only pause (memory: false) is not supported yet")
+	}
 	return s.transition(ctx, team, id, OpPause, func(ctx context.Context, sb store.Sandbox) error {
 		return s.pauseOnHost(ctx, sb, o)
 	})
