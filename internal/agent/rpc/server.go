@@ -39,6 +39,9 @@ type Manager interface {
 	SetTimeout(ctx context.Context, id string, timeout time.Duration, on agent.OnTimeout) error
 	SetNetwork(ctx context.Context, id string, pol network.Policy) error
 	Metrics(ctx context.Context, id string) (agent.Metrics, error)
+	// MetricsHistory is the sandbox's sampled history in a range (zero
+	// times: unbounded), oldest first.
+	MetricsHistory(id string, from, to time.Time) ([]agent.MetricsSample, error)
 	ConsoleLog(ctx context.Context, id string, n int64) ([]byte, error)
 	SnapshotTemplateAs(ctx context.Context, team, id, name string) error
 	DeleteTemplateAs(ctx context.Context, team, name string) error
@@ -264,11 +267,22 @@ func (s *service) GetSandboxMetrics(ctx context.Context, req *connect.Request[ho
 	if err := needID("id", req.Msg.GetId()); err != nil {
 		return nil, errdefs.ToConnect(err)
 	}
+	from, to, err := msRange(req.Msg.GetStartUnixMs(), req.Msg.GetEndUnixMs())
+	if err != nil {
+		return nil, errdefs.ToConnect(err)
+	}
 	m, err := s.m.Metrics(ctx, req.Msg.GetId())
 	if err != nil {
 		return nil, errdefs.ToConnect(err)
 	}
-	return connect.NewResponse(metricsToProto(m)), nil
+	// After "now": a sample taken meanwhile is then in the history too.
+	hist, err := s.m.MetricsHistory(req.Msg.GetId(), from, to)
+	if err != nil {
+		return nil, errdefs.ToConnect(err)
+	}
+	out := metricsToProto(m)
+	out.Samples = samplesToProto(hist)
+	return connect.NewResponse(out), nil
 }
 
 func (s *service) GetSandboxLogs(ctx context.Context, req *connect.Request[hostagentv1.GetSandboxLogsRequest]) (*connect.Response[hostagentv1.GetSandboxLogsResponse], error) {
