@@ -35,6 +35,9 @@ type harness struct {
 	dir    string
 	pcfg   network.PoolConfig
 	clock  agent.Clock // nil: the system clock
+	// metricsInterval turns the metrics sampler's history on (0: off);
+	// tests call SampleMetrics themselves.
+	metricsInterval time.Duration
 	run    int
 	cgroup string
 	images testenv.Images
@@ -139,7 +142,8 @@ func (h *harness) newManager() (*agent.Manager, error) {
 		MemoryDir: h.memoryDir(),
 		// Test processes running at the same time get disjoint VMM
 		// identities too, as they get disjoint slots.
-		VMMUIDBase: agent.DefaultVMMUIDBase + uint32(h.run%50)*64,
+		VMMUIDBase:      agent.DefaultVMMUIDBase + uint32(h.run%50)*64,
+		MetricsInterval: h.metricsInterval,
 	})
 }
 

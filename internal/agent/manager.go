@@ -225,6 +225,9 @@ type Info struct {
 	// AccessToken authorizes calls to the guest's envd.
 	AccessToken string
 	PID         int
+	// MemoryDropped is set on a sandbox paused without its memory
+	// (PauseDropMemory): resuming it cold-boots the guest from its disk.
+	MemoryDropped bool
 }
 
 func (sb *sandbox) info() Info {
@@ -233,7 +236,7 @@ func (sb *sandbox) info() Info {
 		ID: r.ID, Template: r.Template, State: r.State, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
 		DiskMB: r.DiskMB, Metadata: r.Metadata, Network: r.Network, Timeout: r.Timeout,
 		OnTimeout: r.OnTimeout, CreatedAt: r.CreatedAt, KernelVersion: r.KernelVersion,
-		AccessToken: r.AccessToken, LastActiveAt: sb.lastActiveAt(),
+		AccessToken: r.AccessToken, LastActiveAt: sb.lastActiveAt(), MemoryDropped: r.MemoryDropped,
 	}
 	if sb.slot != nil {
 		in.Address = sb.slot.HostIP().String()

@@ -91,6 +91,7 @@ func sandboxToProto(in agent.Info, withToken bool) *hostagentv1.Sandbox {
 		CreatedAtUnixMs:    unixMs(in.CreatedAt),
 		LastActiveAtUnixMs: unixMs(in.LastActiveAt),
 		KernelVersion:      in.KernelVersion,
+		MemoryDropped:      in.MemoryDropped,
 	}
 	if withToken {
 		out.AccessToken = in.AccessToken

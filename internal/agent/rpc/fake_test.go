@@ -153,7 +153,10 @@ func (f *fakeManager) Destroy(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeManager) Pause(_ context.Context, id string) error     { return f.simple("Pause", id) }
+func (f *fakeManager) Pause(_ context.Context, id string) error { return f.simple("Pause", id) }
+func (f *fakeManager) PauseDropMemory(_ context.Context, id string) error {
+	return f.simple("PauseDropMemory", id)
+}
 func (f *fakeManager) Hibernate(_ context.Context, id string) error { return f.simple("Hibernate", id) }
 
 func (f *fakeManager) ResumeAs(_ context.Context, team, id string) error {

@@ -31,6 +31,8 @@ type Manager interface {
 	List(ctx context.Context) ([]agent.Info, error)
 	Destroy(ctx context.Context, id string) error
 	Pause(ctx context.Context, id string) error
+	// PauseDropMemory is the filesystem-only pause (drop_memory).
+	PauseDropMemory(ctx context.Context, id string) error
 	// The *As calls carry the team the control plane acts for: the
 	// manager refuses a sandbox or snapshot template another team owns.
 	ResumeAs(ctx context.Context, team, id string) error
@@ -190,7 +192,11 @@ func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[hosta
 }
 
 func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[hostagentv1.PauseSandboxRequest]) (*connect.Response[hostagentv1.PauseSandboxResponse], error) {
-	return byID[hostagentv1.PauseSandboxResponse](ctx, "id", req.Msg.GetId(), s.m.Pause)
+	pause := s.m.Pause
+	if req.Msg.GetDropMemory() {
+		pause = s.m.PauseDropMemory
+	}
+	return byID[hostagentv1.PauseSandboxResponse](ctx, "id", req.Msg.GetId(), pause)
 }
 
 func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[hostagentv1.ResumeSandboxRequest]) (*connect.Response[hostagentv1.ResumeSandboxResponse], error) {

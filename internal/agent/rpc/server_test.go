@@ -153,6 +153,32 @@ func TestReadSandboxes(t *testing.T) {
 	}
 }
 
+// TestMemoryDroppedReported: a sandbox paused without its memory says so
+// in Get and List; others do not.
+func TestMemoryDroppedReported(t *testing.T) {
+	m := newFakeManager()
+	m.add(running("sb1"))
+	p := running("sb2")
+	p.State, p.MemoryDropped, p.CreatedAt = state.Paused, true, p.CreatedAt.Add(time.Second)
+	m.add(p)
+	s := startAgent(t, m, serverOpts{})
+	ctx := context.Background()
+	got, err := s.rpc.GetSandbox(ctx, connect.NewRequest(&hostagentv1.GetSandboxRequest{Id: "sb2"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb := got.Msg.GetSandbox(); !sb.GetMemoryDropped() || sb.GetState() != hostagentv1.SandboxState_SANDBOX_STATE_PAUSED {
+		t.Errorf("get = %v, want paused with memory_dropped", sb)
+	}
+	list, err := s.rpc.ListSandboxes(ctx, connect.NewRequest(&hostagentv1.ListSandboxesRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sbs := list.Msg.GetSandboxes(); len(sbs) != 2 || sbs[0].GetMemoryDropped() || !sbs[1].GetMemoryDropped() {
+		t.Errorf("list = %v", sbs)
+	}
+}
+
 func TestLifecycleCalls(t *testing.T) {
 	m := newFakeManager()
 	m.add(running("sb1"))
@@ -164,6 +190,10 @@ func TestLifecycleCalls(t *testing.T) {
 	}{
 		{"Pause", func(id string) error {
 			_, err := s.rpc.PauseSandbox(ctx, connect.NewRequest(&hostagentv1.PauseSandboxRequest{Id: id}))
+			return err
+		}},
+		{"PauseDropMemory", func(id string) error {
+			_, err := s.rpc.PauseSandbox(ctx, connect.NewRequest(&hostagentv1.PauseSandboxRequest{Id: id, DropMemory: true}))
 			return err
 		}},
 		{"Resume", func(id string) error {
