@@ -35,13 +35,13 @@ type harness struct {
 	dir    string
 	pcfg   network.PoolConfig
 	clock  agent.Clock // nil: the system clock
-	// metricsInterval turns the metrics sampler's history on (0: off);
-	// tests call SampleMetrics themselves.
-	metricsInterval time.Duration
 	run    int
 	cgroup string
 	images testenv.Images
 	accel  qemu.Accel
+	// metricsInterval turns the metrics sampler's history on (0: off);
+	// tests call SampleMetrics themselves.
+	metricsInterval time.Duration
 }
 
 func newHarness(t testing.TB) *harness {
