@@ -3,9 +3,12 @@
 package agent_test
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -144,4 +147,79 @@ func TestPauseDropMemory(t *testing.T) {
 	if err := m.Destroy(ctx, id); err != nil {
 		t.Fatalf("destroy: %v", err)
 	}
+}
+
+// TestPauseDropMemoryInterrupted: an agent that died inside a pause
+// without memory, after recording it but before its VMM was stopped (or
+// inside the cold boot of a resume), leaves a record that says paused
+// without memory and a VMM that still runs. The next agent stops that VMM,
+// frees its memory and keeps the sandbox paused without memory, resumable.
+func TestPauseDropMemoryInterrupted(t *testing.T) {
+	h := newHarness(t)
+	ctx := ctxFor(t, 10*time.Minute)
+	m := h.agent(ctx)
+	info, err := m.Create(ctx, agent.CreateRequest{MemoryMB: 256})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	id := info.ID
+	if err := m.Close(); err != nil { // the agent goes; the VMM runs on
+		t.Fatal(err)
+	}
+	recPath := filepath.Join(h.dir, "sandboxes", id, "sandbox.json")
+	b, err := os.ReadFile(recPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec["state"], rec["memory_dropped"] = "paused", true
+	if b, err = json.Marshal(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(recPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	m = h.agent(ctx)
+	t.Cleanup(func() { _ = m.Destroy(ctxFor(t, time.Minute), id) })
+	got, err := m.Get(ctx, id)
+	if err != nil || got.State != state.Paused || !got.MemoryDropped || got.PID != 0 || got.Address != info.Address {
+		t.Fatalf("after the restart: %+v, %v", got, err)
+	}
+	// The VMM was this test process's child (the first "agent" booted it
+	// in-process and let go of it), so once stopped it is a zombie until
+	// the test exits; a real restarted agent is not its parent.
+	if st := procState(info.PID); st != "" && st != "Z" {
+		t.Fatalf("VMM pid %d left running by the restart: state %s", info.PID, st)
+	}
+	if _, err := os.Stat(filepath.Join(h.memoryDir(), id+".mem")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("guest memory file after the restart: %v, want none", err)
+	}
+	if err := m.Resume(ctx, id); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if out, _, _ := run(ctx, t, m, id, "echo up"); out != "up\n" {
+		t.Fatalf("exec after the resume: %q", out)
+	}
+	if err := m.Destroy(ctx, id); err != nil {
+		t.Fatalf("destroy: %v", err)
+	}
+}
+
+// procState is a process's state letter from /proc/<pid>/stat ("R", "S",
+// "Z", ...), or "" when there is no such process.
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2 : i+3]
+	}
+	return "?"
 }
