@@ -9,9 +9,27 @@ import (
 )
 
 // e2bMetricsOf converts an agent's metrics answer to E2B samples within
-// rng: the agent's history when it keeps one, else the current reading.
-// E2B's memCache has no source in Wrenn's guest metrics and is 0.
+// rng: the agent's history (sampled every few seconds while the sandbox
+// runs), or, when it has none yet (a sandbox that just started, an agent
+// that does not sample), the current reading. E2B's memCache has no source
+// in Wrenn's guest metrics and is 0.
 func e2bMetricsOf(sb store.Sandbox, m *hostagentv1.GetSandboxMetricsResponse, now time.Time, rng sandboxes.MetricsRange) []e2bMetric {
+	if hist := m.GetSamples(); len(hist) > 0 {
+		out := make([]e2bMetric, 0, len(hist))
+		for _, x := range hist {
+			t := time.UnixMilli(x.GetTimeUnixMs()).UTC()
+			cpus := int(x.GetCpuCount())
+			if cpus == 0 {
+				cpus = int(sb.Vcpus)
+			}
+			out = append(out, e2bMetric{
+				Timestamp: t, TimestampUnix: t.Unix(), CPUCount: cpus, CPUUsedPct: x.GetCpuUsedPct(),
+				MemUsed: x.GetMemUsedBytes(), MemTotal: x.GetMemTotalBytes(),
+				DiskUsed: x.GetDiskUsedBytes(), DiskTotal: x.GetDiskTotalBytes(),
+			})
+		}
+		return out
+	}
 	in := func(t time.Time) bool {
 		return (rng.Start.IsZero() || !t.Before(rng.Start)) && (rng.End.IsZero() || !t.After(rng.End))
 	}

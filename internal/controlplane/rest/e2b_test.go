@@ -105,11 +105,17 @@ func TestE2BSandboxLifecycle(t *testing.T) {
 	env.e2bDo(t, "POST", "/v2/sandboxes/"+sb.SandboxID+"/connect", map[string]any{}, http.StatusOK, &conn)
 	env.e2bErr(t, "POST", "/sandboxes/"+sb.SandboxID+"/resume", map[string]any{}, http.StatusConflict)
 
-	// Metrics: a list of samples with every key Python requires.
+	// Metrics: the agent's history, with every key Python requires, and
+	// the range (unix seconds) passed on.
 	var ms []map[string]any
 	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID+"/metrics", nil, http.StatusOK, &ms)
-	if len(ms) != 1 {
+	if len(ms) != 2 || ms[1]["timestampUnix"] != float64(1_700_000_005) || ms[1]["cpuUsedPct"] != float64(20) {
 		t.Fatalf("metrics %v", ms)
+	}
+	var later []e2bMetric
+	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID+"/metrics?start=1700000003", nil, http.StatusOK, &later)
+	if len(later) != 1 || later[0].TimestampUnix != 1_700_000_005 || later[0].MemTotal != 512<<20 {
+		t.Fatalf("metrics from 1700000003: %+v", later)
 	}
 	for _, k := range []string{"timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal", "memCache", "diskUsed", "diskTotal"} {
 		if _, ok := ms[0][k]; !ok {
@@ -127,6 +133,22 @@ func TestE2BSandboxLifecycle(t *testing.T) {
 		t.Fatalf("agent's policy %v", pol)
 	}
 	env.e2bErr(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", map[string]any{"allowOut": []string{"example.com"}}, http.StatusBadRequest)
+
+	// A filesystem-only pause shows as such and resumes by connect.
+	env.e2bDo(t, "POST", "/sandboxes/"+sb.SandboxID+"/pause", map[string]any{"memory": false}, http.StatusNoContent, nil)
+	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID, nil, http.StatusOK, &d)
+	if d.State != "paused" || d.PauseMode != "filesystem" {
+		t.Fatalf("after a filesystem pause: state %q pauseMode %q", d.State, d.PauseMode)
+	}
+	if !agent.droppedMemory(sb.SandboxID) {
+		t.Fatal("the agent was not asked to drop the sandbox's memory")
+	}
+	env.e2bDo(t, "POST", "/sandboxes/"+sb.SandboxID+"/connect", map[string]any{}, http.StatusCreated, &conn)
+	d = e2bDetail{}
+	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID, nil, http.StatusOK, &d)
+	if d.State != "running" || d.PauseMode != "" {
+		t.Fatalf("after resuming a filesystem pause: state %q pauseMode %q", d.State, d.PauseMode)
+	}
 
 	// Kill: 204, then 404 with code 404 (the JS SDK returns false by it).
 	env.e2bDo(t, "DELETE", "/sandboxes/"+sb.SandboxID, nil, http.StatusNoContent, nil)
