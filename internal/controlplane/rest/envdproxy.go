@@ -1,0 +1,248 @@
+package rest
+
+// envd through the control plane, as E2B's SDKs reach it: on the host name
+// 49983-{id}.{domain}, or on any path of wrenn-cp with the headers
+// E2b-Sandbox-Id and E2b-Sandbox-Port: 49983 (the SDKs send both on every
+// envd request; with E2B_SANDBOX_URL the headers are all that names the
+// sandbox). The request goes to the agent's envd route, which adds envd's
+// own token.
+//
+// The caller proves itself with the sandbox's access token in
+// X-Access-Token (the SDKs' envdAccessToken, compared in constant time
+// with the stored SHA-256), or with its team's credentials (X-API-Key, or
+// Authorization: Bearer). Authorization: Basic is envd's own (the SDKs
+// name the guest user that way) and goes through untouched.
+//
+// Refusals are answered the way E2B's edge answers them, because the SDKs
+// act on the status: a sandbox that does not exist, is gone, belongs to
+// another team or is paused answers 502 (the SDKs' isRunning() reads 502
+// as "not running", and Connect maps it to Unavailable, which they report
+// as "sandbox not found / timed out"); Connect calls get Connect errors
+// (Unavailable, Unauthenticated), plain HTTP a JSON body
+// {"sandboxId", "message", "code"}.
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/store"
+)
+
+const (
+	// headerSandboxID and headerSandboxPort name the sandbox and port when
+	// the URL does not (E2B's SDKs send both, in this spelling, to envd).
+	headerSandboxID   = "E2b-Sandbox-Id"
+	headerSandboxPort = "E2b-Sandbox-Port"
+	// headerTrafficToken carries E2B's traffic access token for a
+	// sandbox's user ports (sandbox.trafficAccessToken; E2B documents it
+	// in this lower-case spelling, which HTTP treats the same).
+	headerTrafficToken = "E2b-Traffic-Access-Token"
+	// autoResumeTimeout bounds one resume triggered by traffic, whoever
+	// of the waiting callers is still there.
+	autoResumeTimeout = 2 * time.Minute
+)
+
+// connectErrors writes Connect-protocol errors for envd's RPC calls.
+var connectErrors = connect.NewErrorWriter()
+
+// envdRefusal is a refusal of an envd request, in E2B's terms.
+type envdRefusal struct {
+	status int
+	code   connect.Code
+	msg    string
+}
+
+func (e *envdRefusal) Error() string { return e.msg }
+
+// envdGone is the answer for a sandbox that cannot be reached: missing,
+// another team's, stopped or paused.
+func envdGone(id, why string) *envdRefusal {
+	return &envdRefusal{status: http.StatusBadGateway, code: connect.CodeUnavailable, msg: fmt.Sprintf("sandbox %s %s", id, why)}
+}
+
+// writeEnvdError answers an envd request: a Connect error to a Connect
+// call, else E2B's JSON error body.
+func writeEnvdError(w http.ResponseWriter, r *http.Request, id string, e *envdRefusal) {
+	if r.Method == http.MethodPost && connectErrors.IsSupported(r) {
+		_ = connectErrors.Write(w, r, connect.NewError(e.code, errors.New(e.msg)))
+		return
+	}
+	if e.status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="wrenn"`)
+	}
+	writeJSON(w, e.status, struct {
+		SandboxID string `json:"sandboxId"`
+		Message   string `json:"message"`
+		Code      int    `json:"code"`
+	}{id, e.msg, e.status})
+}
+
+// proxyEnvd authorizes a request for a sandbox's envd and forwards it, with
+// rest (escaped, starting with '/') as envd's path.
+func (s *Server) proxyEnvd(w http.ResponseWriter, r *http.Request, id, rest string) {
+	if err := checkText("sandbox id", id); err != nil {
+		writeEnvdError(w, r, "", &envdRefusal{status: http.StatusBadRequest, code: connect.CodeInvalidArgument, msg: err.Error()})
+		return
+	}
+	sb, err := s.q.GetProxySandbox(r.Context(), id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		writeEnvdError(w, r, id, envdGone(id, "was not found"))
+		return
+	}
+	if err != nil {
+		s.log.Error("envd proxy: load sandbox", "sandbox_id", id, "err", err)
+		writeEnvdError(w, r, id, &envdRefusal{status: http.StatusInternalServerError, code: connect.CodeInternal, msg: "internal error"})
+		return
+	}
+	if refusal := s.authorizeEnvd(r, sb); refusal != nil {
+		writeEnvdError(w, r, id, refusal)
+		return
+	}
+	sb, err = s.resumeForTraffic(r.Context(), sb)
+	if err != nil {
+		writeEnvdError(w, r, id, &envdRefusal{status: http.StatusBadGateway, code: connect.CodeUnavailable, msg: fmt.Sprintf("sandbox %s: auto-resume: %v", id, err)})
+		return
+	}
+	switch sb.State {
+	case stRunning:
+	case stPaused:
+		writeEnvdError(w, r, id, envdGone(id, "is paused: resume it (Sandbox.connect) first"))
+		return
+	case stStopped:
+		writeEnvdError(w, r, id, envdGone(id, "was not found"))
+		return
+	default:
+		writeEnvdError(w, r, id, envdGone(id, "is "+sb.State+", not running"))
+		return
+	}
+	s.forwardGuest(w, r, sb, guestTarget{agentPath: "/sandboxes/" + url.PathEscape(sb.ID) + "/envd", rest: rest, port: envdPort},
+		func(w http.ResponseWriter, r *http.Request, status int, msg string) {
+			code := connect.CodeUnavailable
+			if status == http.StatusBadRequest {
+				code = connect.CodeInvalidArgument
+			} else if status >= 500 && status != http.StatusBadGateway && status != http.StatusServiceUnavailable {
+				code = connect.CodeInternal
+			}
+			writeEnvdError(w, r, sb.ID, &envdRefusal{status: status, code: code, msg: msg})
+		})
+}
+
+// authorizeEnvd checks the caller's right to sb's envd: the sandbox's
+// access token, or credentials of its team. Another team's credentials
+// get the answer a missing sandbox gets.
+func (s *Server) authorizeEnvd(r *http.Request, sb store.GetProxySandboxRow) *envdRefusal {
+	if token := r.Header.Get(headerAccessToken); token != "" {
+		if len(sb.AccessTokenHash) == 0 || subtle.ConstantTimeCompare(hashToken(token), sb.AccessTokenHash) != 1 {
+			return &envdRefusal{status: http.StatusUnauthorized, code: connect.CodeUnauthenticated, msg: "wrong access token in header " + headerAccessToken}
+		}
+		return nil
+	}
+	team, ok, err := s.teamCredentials(r)
+	switch {
+	case err != nil:
+		return &envdRefusal{status: errdefs.HTTPStatus(err), code: connect.CodeUnauthenticated, msg: err.Error()}
+	case ok && team == sb.TeamID:
+		return nil
+	case ok:
+		return envdGone(sb.ID, "was not found")
+	}
+	msg := "missing access token: send the sandbox's envdAccessToken in header " + headerAccessToken
+	if r.URL.Query().Has("signature") {
+		// A pre-signed URL (the SDKs' uploadUrl/downloadUrl) is made from
+		// the token itself, which the control plane does not keep: only
+		// its hash. Checking one needs envd, which the agent's route
+		// admits with envd's token whatever the query says.
+		msg = "pre-signed file URLs are not accepted through wrenn-cp: send header " + headerAccessToken
+	}
+	return &envdRefusal{status: http.StatusUnauthorized, code: connect.CodeUnauthenticated, msg: msg}
+}
+
+// teamCredentials resolves the caller's team from an API key or session
+// token, if the request carries one. ok is false when it carries none.
+// An Authorization header other than Bearer is left out: on the envd
+// route it is envd's own (Basic, naming the guest user).
+func (s *Server) teamCredentials(r *http.Request) (team uuid.UUID, ok bool, err error) {
+	bearer := isBearer(r.Header.Get("Authorization"))
+	if !bearer && r.Header.Get(apiKeyHeader) == "" {
+		return uuid.Nil, false, nil
+	}
+	rr := r
+	if !bearer && r.Header.Get("Authorization") != "" {
+		rr = r.Clone(r.Context())
+		rr.Header.Del("Authorization")
+	}
+	p, err := s.resolvePrincipal(rr)
+	if err != nil {
+		if !errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrInvalidArgument) {
+			// A store failure, a team header naming another team:
+			// either way the caller does not reach this sandbox.
+			s.log.Debug("envd proxy: team credentials", "err", err)
+		}
+		return uuid.Nil, false, err
+	}
+	return p.TeamID, true, nil
+}
+
+// isBearer reports whether an Authorization value uses the Bearer scheme
+// (the API's credentials), as opposed to one the guest may need.
+func isBearer(v string) bool {
+	scheme, _, _ := strings.Cut(strings.TrimSpace(v), " ")
+	return strings.EqualFold(scheme, "Bearer")
+}
+
+// resumeForTraffic resumes sb when it is paused and asked to resume on
+// traffic (auto_resume, memory kept) and Deps.AutoResume is set, and
+// returns its row as it is afterwards. Concurrent requests for one
+// sandbox share one resume; each waits only as long as its own request
+// lasts, and the resume itself is not cut short by the caller that
+// started it leaving.
+func (s *Server) resumeForTraffic(ctx context.Context, sb store.GetProxySandboxRow) (store.GetProxySandboxRow, error) {
+	resume := s.deps.AutoResume
+	if sb.State != stPaused || !sb.AutoResume || sb.MemoryDropped || resume == nil {
+		return sb, nil
+	}
+	ch := s.resumes.DoChan(sb.ID, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), autoResumeTimeout)
+		defer cancel()
+		// Another group of callers may have resumed it a moment ago.
+		cur, err := s.q.GetProxySandbox(ctx, sb.ID)
+		if err != nil {
+			return nil, fmt.Errorf("reload sandbox %s: %w", sb.ID, err)
+		}
+		if cur.State != stPaused {
+			return nil, nil
+		}
+		if err := resume(ctx, sb.TeamID, sb.ID); err != nil {
+			return nil, fmt.Errorf("resume sandbox %s: %w", sb.ID, err)
+		}
+		return nil, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return sb, res.Err
+		}
+	case <-ctx.Done():
+		return sb, ctx.Err()
+	}
+	cur, err := s.q.GetProxySandbox(ctx, sb.ID)
+	if err != nil {
+		return sb, fmt.Errorf("reload sandbox %s: %w", sb.ID, err)
+	}
+	return cur, nil
+}
+
+// resumeGroup deduplicates traffic-triggered resumes per sandbox id.
+type resumeGroup = singleflight.Group
