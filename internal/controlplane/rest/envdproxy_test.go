@@ -1,0 +1,516 @@
+package rest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+
+	"github.com/wrenn/wrenn/proto/envd/process"
+	"github.com/wrenn/wrenn/proto/envd/process/processconnect"
+)
+
+// recordingTransport notes every request wrenn-cp sends to an agent.
+type recordingTransport struct {
+	rt   http.RoundTripper
+	mu   sync.Mutex
+	reqs []*http.Request
+}
+
+func (rt *recordingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rt.mu.Lock()
+	rt.reqs = append(rt.reqs, r.Clone(context.Background()))
+	rt.mu.Unlock()
+	return rt.rt.RoundTrip(r)
+}
+
+// last is the latest request the agent got (nil: none).
+func (rt *recordingTransport) last() *http.Request {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.reqs) == 0 {
+		return nil
+	}
+	return rt.reqs[len(rt.reqs)-1]
+}
+
+func (rt *recordingTransport) count() int {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return len(rt.reqs)
+}
+
+// record wraps agent's client so the test sees what reaches the agent.
+func record(a *fakeAgent) *recordingTransport {
+	rt := &recordingTransport{rt: a.Client.Transport}
+	a.Client = &http.Client{Transport: rt}
+	return rt
+}
+
+// sandboxRequest is a request for the sandbox's envd or port the way
+// E2B's SDK sends it: host is "" for the header form (wrenn-cp's own
+// URL with E2b-Sandbox-Id and E2b-Sandbox-Port), else the Host to use.
+func sandboxRequest(t *testing.T, env *sbEnv, method, host, id string, port int, path string, hdr http.Header, body io.Reader) *http.Response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, method, env.Srv.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	} else {
+		req.Header.Set("E2b-Sandbox-Id", id)
+		req.Header.Set("E2b-Sandbox-Port", fmt.Sprint(port))
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
+	}
+	resp, err := env.Srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// e2bError is E2B's edge error body.
+type e2bError struct {
+	SandboxID string `json:"sandboxId"`
+	Message   string `json:"message"`
+	Code      int    `json:"code"`
+}
+
+func readE2BError(t *testing.T, resp *http.Response, status int) e2bError {
+	t.Helper()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != status {
+		t.Fatalf("status %d, want %d: %s", resp.StatusCode, status, data)
+	}
+	var e e2bError
+	if err := json.Unmarshal(data, &e); err != nil || e.Code != status || e.Message == "" {
+		t.Fatalf("body %s: want E2B's {sandboxId, message, code} (%v)", data, err)
+	}
+	return e
+}
+
+// headerTransport adds headers to every request (as the SDK's fetch
+// wrapper does for its Connect transport).
+type headerTransport struct {
+	hdr http.Header
+	rt  http.RoundTripper
+}
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, vs := range h.hdr {
+		r.Header[k] = vs
+	}
+	return h.rt.RoundTrip(r)
+}
+
+// processClient is a Connect client for envd's process service through
+// wrenn-cp in the header form (E2B_SANDBOX_URL).
+func processClient(env *sbEnv, id, token string) processconnect.ProcessClient {
+	hdr := http.Header{"E2b-Sandbox-Id": {id}, "E2b-Sandbox-Port": {"49983"}}
+	if token != "" {
+		hdr.Set("X-Access-Token", token)
+	}
+	hc := &http.Client{Transport: headerTransport{hdr: hdr, rt: env.Srv.Client().Transport}}
+	return processconnect.NewProcessClient(hc, env.Srv.URL)
+}
+
+// streamGap runs a process that writes "one", waits, writes "two", and
+// reports how long after "one" arrived the stream ended: a proxy that
+// buffered would deliver both at the end.
+func streamGap(t *testing.T, pc processconnect.ProcessClient) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := pc.Start(ctx, connect.NewRequest(&process.StartRequest{Process: &process.ProcessConfig{
+		Cmd: "/bin/sh", Args: []string{"-c", "echo one; sleep 1.5; echo two"}}}))
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	defer stream.Close()
+	var first time.Time
+	var out strings.Builder
+	for stream.Receive() {
+		if b := stream.Msg().GetEvent().GetData().GetStdout(); len(b) > 0 {
+			if first.IsZero() {
+				first = time.Now()
+			}
+			out.Write(b)
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	if out.String() != "one\ntwo\n" || first.IsZero() {
+		t.Fatalf("stdout %q", out.String())
+	}
+	return time.Since(first)
+}
+
+func TestEnvdProxy(t *testing.T) {
+	env := newSandboxEnv(t)
+	agent := env.addHost(t)
+	rec := record(agent)
+	sb := env.create(t, map[string]any{})
+	token := *sb.AccessToken
+	host := "49983-" + sb.Id + ".wrenn.test"
+	tok := http.Header{"X-Access-Token": {token}}
+	other := env.newTeam(t, "other")
+	envdPath := "/sandboxes/" + sb.Id + "/envd"
+
+	for _, form := range []struct{ name, host string }{{"host form", host}, {"header form", ""}} {
+		t.Run(form.name+" reaches envd", func(t *testing.T) {
+			resp := sandboxRequest(t, env, "GET", form.host, sb.Id, 49983, "/health", tok, nil)
+			if resp.StatusCode != http.StatusNoContent {
+				t.Fatalf("health: %d", resp.StatusCode)
+			}
+			got := rec.last()
+			if got == nil || got.URL.Path != envdPath+"/health" {
+				t.Fatalf("agent got %v, want %s/health", got.URL, envdPath)
+			}
+			for _, h := range []string{"X-Access-Token", "E2b-Sandbox-Id", "E2b-Sandbox-Port"} {
+				if v := got.Header.Get(h); v != "" {
+					t.Errorf("agent saw %s: %q", h, v)
+				}
+			}
+		})
+	}
+
+	t.Run("files path and query, Basic auth kept", func(t *testing.T) {
+		dst := filepath.Join(t.TempDir(), "a b.txt")
+		q := "/files?path=" + url.QueryEscape(dst) + "&username=user"
+		basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("user:"))
+		hdr := http.Header{"X-Access-Token": {token}, "Authorization": {basic}, "Content-Type": {"application/octet-stream"}}
+		resp := sandboxRequest(t, env, "POST", "", sb.Id, 49983, q, hdr, strings.NewReader("hello through wrenn-cp"))
+		if resp.StatusCode/100 != 2 {
+			b, _ := io.ReadAll(resp.Body)
+			t.Fatalf("upload: %d %s", resp.StatusCode, b)
+		}
+		got := rec.last()
+		if got.URL.Path != envdPath+"/files" || got.URL.Query().Get("path") != dst || got.URL.Query().Get("username") != "user" {
+			t.Errorf("agent got %s", got.URL)
+		}
+		if got.Header.Get("Authorization") != basic {
+			t.Errorf("envd's Basic authorization was not passed on: %q", got.Header.Get("Authorization"))
+		}
+		resp = sandboxRequest(t, env, "GET", host, sb.Id, 49983, q, hdr, nil)
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != "hello through wrenn-cp" {
+			t.Errorf("download: %d %q", resp.StatusCode, b)
+		}
+	})
+
+	t.Run("header form wins over the API's routes", func(t *testing.T) {
+		for _, p := range []string{"/healthz", "/v1/sandboxes", "/v1/sandboxes/" + sb.Id + "/ports/8080/x"} {
+			before := rec.count()
+			sandboxRequest(t, env, "GET", "", sb.Id, 49983, p, tok, nil)
+			if rec.count() != before+1 || rec.last().URL.Path != envdPath+p {
+				t.Errorf("%s: agent got %v", p, rec.last().URL)
+			}
+		}
+	})
+
+	t.Run("team credentials", func(t *testing.T) {
+		basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("user:"))
+		resp := sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", http.Header{"X-Api-Key": {env.team.Key}, "Authorization": {basic}}, nil)
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("X-API-Key: %d", resp.StatusCode)
+		}
+		if got := rec.last(); got.Header.Get("X-Api-Key") != "" || got.Header.Get("Authorization") != basic {
+			t.Errorf("agent saw key %q auth %q", got.Header.Get("X-Api-Key"), got.Header.Get("Authorization"))
+		}
+		resp = sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"Authorization": {"Bearer " + env.team.Key}}, nil)
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("Bearer: %d", resp.StatusCode)
+		}
+		if got := rec.last(); got.Header.Get("Authorization") != "" {
+			t.Errorf("agent saw the team's key: %q", got.Header.Get("Authorization"))
+		}
+	})
+
+	t.Run("refusals", func(t *testing.T) {
+		before := rec.count()
+		e := readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
+		if e.SandboxID != sb.Id {
+			t.Errorf("sandboxId %q", e.SandboxID)
+		}
+		readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {"nope"}}, nil), http.StatusUnauthorized)
+		// A token for another sandbox is a wrong token.
+		readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token + "x"}}, nil), http.StatusUnauthorized)
+		e = readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/files?path=/etc/passwd&signature=v1_abc", nil, nil), http.StatusUnauthorized)
+		if !strings.Contains(e.Message, "pre-signed") {
+			t.Errorf("signed URL refusal says %q", e.Message)
+		}
+		readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Api-Key": {"wrn_nope"}}, nil), http.StatusUnauthorized)
+		// Another team's sandbox looks exactly like a missing one.
+		missing := readE2BError(t, sandboxRequest(t, env, "GET", "", "nosuchsandbox", 49983, "/health", tok, nil), http.StatusBadGateway)
+		cross := readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", http.Header{"X-Api-Key": {other.Key}}, nil), http.StatusBadGateway)
+		if strings.ReplaceAll(missing.Message, "nosuchsandbox", sb.Id) != cross.Message {
+			t.Errorf("other team's sandbox %q, missing one %q", cross.Message, missing.Message)
+		}
+		if rec.count() != before {
+			t.Errorf("a refused request reached the agent")
+		}
+	})
+
+	t.Run("connect errors", func(t *testing.T) {
+		ctx := context.Background()
+		_, err := processClient(env, sb.Id, "wrong").List(ctx, connect.NewRequest(&process.ListRequest{}))
+		if connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Errorf("wrong token: %v", err)
+		}
+		_, err = processClient(env, "nosuchsandbox", token).List(ctx, connect.NewRequest(&process.ListRequest{}))
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Errorf("missing sandbox: %v (the SDKs map Unavailable to 'sandbox not found / timed out')", err)
+		}
+		// A server stream refused before it starts.
+		stream, err := processClient(env, sb.Id, "").Start(ctx, connect.NewRequest(&process.StartRequest{Process: &process.ProcessConfig{Cmd: "true"}}))
+		if err == nil {
+			for stream.Receive() {
+			}
+			err = stream.Err()
+			stream.Close()
+		}
+		if connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Errorf("stream without token: %v", err)
+		}
+	})
+
+	t.Run("process output streams", func(t *testing.T) {
+		if gap := streamGap(t, processClient(env, sb.Id, token)); gap < time.Second {
+			t.Errorf("the stream ended %v after its first output: buffered", gap)
+		}
+	})
+
+	t.Run("paused and killed", func(t *testing.T) {
+		env.doJSON(t, "POST", "/v1/sandboxes/"+sb.Id+"/pause", env.team.Key, nil, http.StatusOK, nil)
+		e := readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", tok, nil), http.StatusBadGateway)
+		if !strings.Contains(e.Message, "paused") {
+			t.Errorf("paused: %q", e.Message)
+		}
+		env.doJSON(t, "POST", "/v1/sandboxes/"+sb.Id+"/resume", env.team.Key, nil, http.StatusOK, nil)
+		env.doJSON(t, "DELETE", "/v1/sandboxes/"+sb.Id, env.team.Key, nil, http.StatusNoContent, nil)
+		readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", tok, nil), http.StatusBadGateway)
+	})
+}
+
+// newResumeEnv is a sandbox env whose Deps.AutoResume calls *hook.
+func newResumeEnv(t *testing.T) (*sbEnv, *atomic.Pointer[func(context.Context, uuid.UUID, string) error]) {
+	t.Helper()
+	hook := new(atomic.Pointer[func(context.Context, uuid.UUID, string) error])
+	fa := &fakeAgents{agents: map[uuid.UUID]*fakeAgent{}}
+	te := newTestEnv(t, func(d *Deps) {
+		d.Agents = fa
+		d.AutoResume = func(ctx context.Context, team uuid.UUID, id string) error { return (*hook.Load())(ctx, team, id) }
+	})
+	return &sbEnv{testEnv: te, agents: fa, guest: startGuest(t), team: te.newTeam(t, "resume")}, hook
+}
+
+func TestProxyAutoResume(t *testing.T) {
+	env, hook := newResumeEnv(t)
+	env.addHost(t)
+	sb := env.create(t, map[string]any{})
+	token := *sb.AccessToken
+	pause := func(t *testing.T, autoResume, memoryDropped bool) {
+		t.Helper()
+		env.doJSON(t, "POST", "/v1/sandboxes/"+sb.Id+"/pause", env.team.Key, nil, http.StatusOK, nil)
+		if _, err := env.Pool.Exec(context.Background(), `UPDATE sandboxes SET auto_resume = $2, memory_dropped = $3 WHERE id = $1`, sb.Id, autoResume, memoryDropped); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var calls atomic.Int32
+	resume := func(ctx context.Context, team uuid.UUID, id string) error {
+		calls.Add(1)
+		if team != env.team.ID || id != sb.Id {
+			return fmt.Errorf("resume of %s/%s, want %s/%s", team, id, env.team.ID, sb.Id)
+		}
+		// Long enough that every request below arrives while it runs.
+		time.Sleep(300 * time.Millisecond)
+		req, _ := http.NewRequestWithContext(ctx, "POST", env.Srv.URL+"/v1/sandboxes/"+id+"/resume", nil)
+		req.Header.Set("Authorization", "Bearer "+env.team.Key)
+		resp, err := env.Srv.Client().Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("resume: %s", resp.Status)
+		}
+		return nil
+	}
+	hook.Store(&resume)
+
+	t.Run("one resume for concurrent requests", func(t *testing.T) {
+		pause(t, true, false)
+		const n = 12
+		var wg sync.WaitGroup
+		statuses := make([]int, n)
+		for i := range n {
+			wg.Go(func() {
+				req, _ := http.NewRequest("GET", env.Srv.URL+"/health", nil)
+				req.Header.Set("X-Access-Token", token)
+				switch i % 3 {
+				case 0: // envd, host form
+					req.Host = "49983-" + sb.Id + ".wrenn.test"
+				case 1: // envd, header form
+					req.Header.Set("E2b-Sandbox-Id", sb.Id)
+					req.Header.Set("E2b-Sandbox-Port", "49983")
+				case 2: // a user port
+					req.Host = "8080-" + sb.Id + ".wrenn.test"
+				}
+				resp, err := env.Srv.Client().Do(req)
+				if err != nil {
+					return
+				}
+				resp.Body.Close()
+				statuses[i] = resp.StatusCode
+			})
+		}
+		wg.Wait()
+		for i, st := range statuses {
+			if want := map[bool]int{true: 200, false: 204}[i%3 == 2]; st != want {
+				t.Errorf("request %d: %d, want %d", i, st, want)
+			}
+		}
+		if c := calls.Load(); c != 1 {
+			t.Errorf("AutoResume called %d times, want 1", c)
+		}
+		if st := env.state(t, sb.Id); st != stRunning {
+			t.Errorf("state %s", st)
+		}
+	})
+
+	t.Run("not without auto_resume or with memory dropped", func(t *testing.T) {
+		for _, c := range []struct{ auto, dropped bool }{{false, false}, {true, true}} {
+			pause(t, c.auto, c.dropped)
+			before := calls.Load()
+			resp := sandboxRequest(t, env, "GET", "49983-"+sb.Id+".wrenn.test", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil)
+			readE2BError(t, resp, http.StatusBadGateway)
+			resp = env.doHeader(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/8080/x", "", nil, http.Header{"X-Access-Token": {token}})
+			wantError(t, resp, http.StatusConflict, "failed_precondition")
+			if calls.Load() != before {
+				t.Errorf("auto_resume=%v memory_dropped=%v: resumed", c.auto, c.dropped)
+			}
+			env.doJSON(t, "POST", "/v1/sandboxes/"+sb.Id+"/resume", env.team.Key, nil, http.StatusOK, nil)
+		}
+	})
+
+	t.Run("a failed resume", func(t *testing.T) {
+		failing := func(context.Context, uuid.UUID, string) error { return errors.New("no host with room") }
+		hook.Store(&failing)
+		pause(t, true, false)
+		e := readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil), http.StatusBadGateway)
+		if !strings.Contains(e.Message, "no host with room") {
+			t.Errorf("message %q", e.Message)
+		}
+		// Unauthenticated traffic never resumes a sandbox.
+		hook.Store(&resume)
+		before := calls.Load()
+		readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
+		if calls.Load() != before {
+			t.Errorf("a request without credentials resumed the sandbox")
+		}
+	})
+}
+
+func TestUserPortE2BRules(t *testing.T) {
+	env := newSandboxEnv(t)
+	agent := env.addHost(t)
+	rec := record(agent)
+	sb := env.create(t, map[string]any{})
+	token := *sb.AccessToken
+	const traffic = "traffic-token-1"
+	set := func(t *testing.T, public bool, trafficHash []byte, publicPorts []int32) {
+		t.Helper()
+		if _, err := env.Pool.Exec(context.Background(), `UPDATE sandboxes SET public_traffic = $2, traffic_token_hash = $3, public_ports = $4 WHERE id = $1`,
+			sb.Id, public, trafficHash, publicPorts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum := sha256.Sum256([]byte(traffic))
+	get := func(t *testing.T, host string, hdr http.Header) (int, string) {
+		t.Helper()
+		resp := sandboxRequest(t, env, "GET", host, sb.Id, 8080, "/x", hdr, nil)
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	portHost := "8080-" + sb.Id + ".wrenn.test"
+	envdHost := "49983-" + sb.Id + ".wrenn.test"
+
+	t.Run("public traffic", func(t *testing.T) {
+		set(t, true, sum[:], []int32{})
+		if st, b := get(t, portHost, nil); st != 200 || !strings.Contains(b, "GET /x") {
+			t.Errorf("user port of a public sandbox: %d %s", st, b)
+		}
+		if st, _ := get(t, "", nil); st != 200 {
+			t.Errorf("header form, user port: %d", st)
+		}
+		// Never envd.
+		readE2BError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
+		wantError(t, env.do(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/49983/health", "", nil), http.StatusForbidden, "permission_denied")
+	})
+
+	t.Run("traffic token", func(t *testing.T) {
+		set(t, false, sum[:], []int32{})
+		st, b := get(t, portHost, nil)
+		if st != http.StatusForbidden || !strings.Contains(b, "e2b-traffic-access-token") {
+			t.Errorf("no token: %d %s", st, b)
+		}
+		if st, _ := get(t, portHost, http.Header{"E2b-Traffic-Access-Token": {"wrong"}}); st != http.StatusForbidden {
+			t.Errorf("wrong token: %d", st)
+		}
+		before := rec.count()
+		st, b = get(t, portHost, http.Header{"e2b-traffic-access-token": {traffic}})
+		if st != 200 || !strings.Contains(b, "GET /x") {
+			t.Errorf("traffic token: %d %s", st, b)
+		}
+		if rec.count() != before+1 || rec.last().Header.Get("E2b-Traffic-Access-Token") != "" {
+			t.Errorf("the guest saw the traffic token")
+		}
+		// The traffic token opens user ports, not envd.
+		readE2BError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", http.Header{"E2b-Traffic-Access-Token": {traffic}}, nil), http.StatusUnauthorized)
+		// The access token and the team's key still pass.
+		if st, _ := get(t, portHost, http.Header{"X-Access-Token": {token}}); st != 200 {
+			t.Errorf("access token: %d", st)
+		}
+		if st, _ := get(t, portHost, http.Header{"X-Api-Key": {env.team.Key}}); st != 200 {
+			t.Errorf("team key: %d", st)
+		}
+		// A public port needs nothing.
+		set(t, false, sum[:], []int32{8080})
+		if st, _ := get(t, portHost, nil); st != 200 {
+			t.Errorf("public port: %d", st)
+		}
+	})
+
+	t.Run("without E2B's flags: Wrenn's rules", func(t *testing.T) {
+		set(t, false, nil, []int32{49983})
+		wantError(t, env.do(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/8080/x", "", nil), http.StatusUnauthorized, "unauthenticated")
+		if st, _ := get(t, portHost, http.Header{"E2b-Traffic-Access-Token": {traffic}}); st != http.StatusForbidden {
+			t.Errorf("traffic token on a sandbox without one: %d", st)
+		}
+		// envd's port in public_ports opens nothing.
+		wantError(t, env.do(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/49983/health", "", nil), http.StatusForbidden, "permission_denied")
+		readE2BError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
+	})
+}
