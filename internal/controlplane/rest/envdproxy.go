@@ -36,6 +36,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/wrenn/wrenn/internal/controlplane/auth"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 )
@@ -127,16 +128,21 @@ func (s *Server) proxyEnvd(w http.ResponseWriter, r *http.Request, id, rest stri
 		writeEnvdError(w, r, id, envdGone(id, "is "+sb.State+", not running"))
 		return
 	}
-	s.forwardGuest(w, r, sb, guestTarget{agentPath: "/sandboxes/" + url.PathEscape(sb.ID) + "/envd", rest: rest, port: envdPort},
-		func(w http.ResponseWriter, r *http.Request, status int, msg string) {
-			code := connect.CodeUnavailable
-			if status == http.StatusBadRequest {
-				code = connect.CodeInvalidArgument
-			} else if status >= 500 && status != http.StatusBadGateway && status != http.StatusServiceUnavailable {
-				code = connect.CodeInternal
-			}
-			writeEnvdError(w, r, sb.ID, &envdRefusal{status: status, code: code, msg: msg})
-		})
+	gt := guestTarget{
+		agentPath: "/sandboxes/" + url.PathEscape(sb.ID) + "/envd", rest: rest, port: envdPort,
+		// envd takes no Bearer credentials: one here was the API's.
+		dropAuthorization: isBearer(r.Header.Get("Authorization")),
+	}
+	s.forwardGuest(w, r, sb, gt, func(w http.ResponseWriter, r *http.Request, status int, msg string) {
+		code := connect.CodeUnavailable
+		switch {
+		case status == http.StatusBadRequest:
+			code = connect.CodeInvalidArgument
+		case status == http.StatusInternalServerError:
+			code = connect.CodeInternal
+		}
+		writeEnvdError(w, r, sb.ID, &envdRefusal{status: status, code: code, msg: msg})
+	})
 }
 
 // authorizeEnvd checks the caller's right to sb's envd: the sandbox's
@@ -200,6 +206,13 @@ func (s *Server) teamCredentials(r *http.Request) (team uuid.UUID, ok bool, err 
 func isBearer(v string) bool {
 	scheme, _, _ := strings.Cut(strings.TrimSpace(v), " ")
 	return strings.EqualFold(scheme, "Bearer")
+}
+
+// isAPIKeyBearer reports whether an Authorization value carries one of
+// the API's keys (never meant for a guest).
+func isAPIKeyBearer(v string) bool {
+	scheme, tok, _ := strings.Cut(strings.TrimSpace(v), " ")
+	return strings.EqualFold(scheme, "Bearer") && auth.HasAPIKeyPrefix(strings.TrimSpace(tok))
 }
 
 // resumeForTraffic resumes sb when it is paused and asked to resume on

@@ -503,6 +503,20 @@ func TestUserPortE2BRules(t *testing.T) {
 		}
 	})
 
+	t.Run("the guest app's own Authorization passes, the API's does not", func(t *testing.T) {
+		set(t, true, nil, []int32{})
+		if st, b := get(t, portHost, http.Header{"Authorization": {"Bearer guest-app-secret"}}); st != 200 || !strings.Contains(b, `auth="Bearer guest-app-secret"`) {
+			t.Errorf("guest's bearer: %d %s", st, b)
+		}
+		if st, b := get(t, portHost, http.Header{"Authorization": {"Bearer " + env.team.Key}}); st != 200 || strings.Contains(b, env.team.Key) {
+			t.Errorf("an API key reached the guest: %d %s", st, b)
+		}
+		set(t, false, nil, []int32{})
+		if st, b := get(t, portHost, http.Header{"Authorization": {"Bearer " + env.team.Key}}); st != 200 || !strings.Contains(b, `auth=""`) {
+			t.Errorf("team credentials reached the guest: %d %s", st, b)
+		}
+	})
+
 	t.Run("without E2B's flags: Wrenn's rules", func(t *testing.T) {
 		set(t, false, nil, []int32{49983})
 		wantError(t, env.do(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/8080/x", "", nil), http.StatusUnauthorized, "unauthenticated")

@@ -159,7 +159,7 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id, portStr, 
 		writeError(w, r, fmt.Errorf("load sandbox %s: %w", id, err))
 		return
 	}
-	forward := func(w http.ResponseWriter, r *http.Request) { s.forwardPort(w, r, sb, port, rest) }
+	forward := func(w http.ResponseWriter, r *http.Request) { s.forwardPort(w, r, sb, port, rest, false) }
 	switch {
 	case slices.Contains(sb.PublicPorts, int32(port)) || sb.PublicTraffic:
 		forward(w, r)
@@ -188,7 +188,8 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id, portStr, 
 				writeError(w, r, notFound("sandbox", id))
 				return
 			}
-			forward(w, r)
+			// The credentials were the API's, not the guest's.
+			s.forwardPort(w, r, sb, port, rest, true)
 		})).ServeHTTP(w, r)
 	}
 }
@@ -204,8 +205,10 @@ func writeTrafficRefusal(w http.ResponseWriter, id, msg string) {
 }
 
 // forwardPort sends an authorized request to a user port, resuming a
-// paused sandbox first when it asked for that.
-func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.GetProxySandboxRow, port int, rest string) {
+// paused sandbox first when it asked for that. teamAuth: the request's
+// Authorization header (if any) was the team's credential, which the
+// guest must not see; otherwise it may be the guest app's own.
+func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.GetProxySandboxRow, port int, rest string, teamAuth bool) {
 	sb, err := s.resumeForTraffic(r.Context(), sb)
 	if err != nil {
 		writeError(w, r, errdefs.New(errdefs.ErrUnavailable, "sandbox %s: auto-resume: %v", sb.ID, err))
@@ -215,7 +218,7 @@ func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.Ge
 		writeError(w, r, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.ID, sb.State))
 		return
 	}
-	s.forwardGuest(w, r, sb, guestTarget{agentPath: "/sandboxes/" + url.PathEscape(sb.ID) + "/ports/" + strconv.Itoa(port), rest: rest, port: port, keepHost: true},
+	s.forwardGuest(w, r, sb, guestTarget{agentPath: "/sandboxes/" + url.PathEscape(sb.ID) + "/ports/" + strconv.Itoa(port), rest: rest, port: port, keepHost: true, dropAuthorization: teamAuth},
 		func(w http.ResponseWriter, r *http.Request, status int, msg string) {
 			var b errorBody
 			b.Error.Code = errdefs.Code(errdefs.ErrUnavailable)
@@ -236,6 +239,9 @@ type guestTarget struct {
 	// keepHost passes the client's Host on (a guest's web server sees the
 	// name its client used).
 	keepHost bool
+	// dropAuthorization removes the Authorization header (it carried the
+	// API's credentials). An API key in it is removed in any case.
+	dropAuthorization bool
 }
 
 // proxyCredentialHeaders are the control plane's credentials, which no
@@ -294,9 +300,9 @@ func (s *Server) forwardGuest(w http.ResponseWriter, r *http.Request, sb store.G
 			for _, h := range proxyCredentialHeaders {
 				out.Header.Del(h)
 			}
-			// Bearer is the API's scheme; any other (envd's Basic naming
-			// the guest user, a guest app's own) belongs to the guest.
-			if isBearer(out.Header.Get("Authorization")) {
+			// Other Authorization values (envd's Basic naming the guest
+			// user, a guest app's own token) belong to the guest.
+			if gt.dropAuthorization || isAPIKeyBearer(out.Header.Get("Authorization")) {
 				out.Header.Del("Authorization")
 			}
 			pr.SetXForwarded()
