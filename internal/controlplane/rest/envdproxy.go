@@ -10,8 +10,11 @@ package rest
 // The caller proves itself with the sandbox's access token in
 // X-Access-Token (the SDKs' envdAccessToken, compared in constant time
 // with the stored SHA-256), or with its team's credentials (X-API-Key, or
-// Authorization: Bearer). Authorization: Basic is envd's own (the SDKs
-// name the guest user that way) and goes through untouched.
+// Authorization: Bearer), or, on GET/POST /files only, with E2B's
+// pre-signed URL (signature and signature_expiration in the query, made
+// from the token; checked here when Deps.EnvdAccessToken can give the
+// token). Authorization: Basic is envd's own (the SDKs name the guest
+// user that way) and goes through untouched.
 //
 // Refusals are answered the way E2B's edge answers them, because the SDKs
 // act on the status: a sandbox that does not exist, is gone, belongs to
@@ -23,11 +26,14 @@ package rest
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -76,7 +82,7 @@ func envdGone(id, why string) *envdRefusal {
 // writeEnvdError answers an envd request: a Connect error to a Connect
 // call, else E2B's JSON error body.
 func writeEnvdError(w http.ResponseWriter, r *http.Request, id string, e *envdRefusal) {
-	if r.Method == http.MethodPost && connectErrors.IsSupported(r) {
+	if isConnectCall(r) {
 		_ = connectErrors.Write(w, r, connect.NewError(e.code, errors.New(e.msg)))
 		return
 	}
@@ -88,6 +94,18 @@ func writeEnvdError(w http.ResponseWriter, r *http.Request, id string, e *envdRe
 		Message   string `json:"message"`
 		Code      int    `json:"code"`
 	}{id, e.msg, e.status})
+}
+
+// isConnectCall reports whether r is a Connect RPC (envd's process and
+// filesystem services: POST /{package.Service}/{Method}). The path matters:
+// by content type alone envd's POST /files with application/octet-stream
+// would pass for a Connect call of an "octet-stream" codec.
+func isConnectCall(r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		return false
+	}
+	svc, method, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	return ok && strings.Contains(svc, ".") && method != "" && !strings.Contains(method, "/") && connectErrors.IsSupported(r)
 }
 
 // proxyEnvd authorizes a request for a sandbox's envd and forwards it, with
@@ -164,15 +182,66 @@ func (s *Server) authorizeEnvd(r *http.Request, sb store.GetProxySandboxRow) *en
 	case ok:
 		return envdGone(sb.ID, "was not found")
 	}
-	msg := "missing access token: send the sandbox's envdAccessToken in header " + headerAccessToken
-	if r.URL.Query().Has("signature") {
-		// A pre-signed URL (the SDKs' uploadUrl/downloadUrl) is made from
-		// the token itself, which the control plane does not keep: only
-		// its hash. Checking one needs envd, which the agent's route
-		// admits with envd's token whatever the query says.
-		msg = "pre-signed file URLs are not accepted through wrenn-cp: send header " + headerAccessToken
+	if r.URL.Path == "/files" && r.URL.Query().Has("signature") {
+		return s.checkFileSignature(r, sb)
 	}
-	return &envdRefusal{status: http.StatusUnauthorized, code: connect.CodeUnauthenticated, msg: msg}
+	return &envdRefusal{status: http.StatusUnauthorized, code: connect.CodeUnauthenticated,
+		msg: "missing access token: send the sandbox's envdAccessToken in header " + headerAccessToken}
+}
+
+// checkFileSignature admits a pre-signed /files URL (the SDKs' uploadUrl
+// and downloadUrl) as envd would: "v1_" + unpadded base64 of
+// sha256("path:operation:username:token[:expiration]"), operation "read"
+// for GET and HEAD and "write" for POST, expiration (Unix seconds) not
+// passed. The agent's route admits whatever reaches it with envd's token,
+// so the check must happen here; it needs the token in clear, which only
+// Deps.EnvdAccessToken can give.
+func (s *Server) checkFileSignature(r *http.Request, sb store.GetProxySandboxRow) *envdRefusal {
+	refuse := func(msg string) *envdRefusal {
+		return &envdRefusal{status: http.StatusUnauthorized, code: connect.CodeUnauthenticated, msg: msg}
+	}
+	if s.deps.EnvdAccessToken == nil {
+		return refuse("pre-signed file URLs are not accepted by this control plane: send header " + headerAccessToken)
+	}
+	q := r.URL.Query()
+	var op string
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		op = "read"
+	case http.MethodPost:
+		op = "write"
+	default:
+		return refuse("invalid or expired signature")
+	}
+	exp := q.Get("signature_expiration")
+	if exp != "" {
+		n, err := strconv.ParseInt(exp, 10, 64)
+		if err != nil || n < s.clk.Now().Unix() {
+			return refuse("invalid or expired signature")
+		}
+	}
+	token, err := s.deps.EnvdAccessToken(r.Context(), sb.ID)
+	if err != nil || token == "" || len(sb.AccessTokenHash) == 0 || subtle.ConstantTimeCompare(hashToken(token), sb.AccessTokenHash) != 1 {
+		// A token that is not the one on record signs nothing.
+		if err != nil {
+			s.log.Warn("envd proxy: access token for a signed URL", "sandbox_id", sb.ID, "err", err)
+		}
+		return refuse("invalid or expired signature")
+	}
+	if subtle.ConstantTimeCompare([]byte(fileSignature(q.Get("path"), op, q.Get("username"), token, exp)), []byte(q.Get("signature"))) != 1 {
+		return refuse("invalid or expired signature")
+	}
+	return nil
+}
+
+// fileSignature is E2B's v1 signature of a /files URL.
+func fileSignature(path, op, user, token, exp string) string {
+	parts := []string{path, op, user, token}
+	if exp != "" {
+		parts = append(parts, exp)
+	}
+	sum := sha256.Sum256([]byte(strings.Join(parts, ":")))
+	return "v1_" + base64.RawStdEncoding.EncodeToString(sum[:])
 }
 
 // teamCredentials resolves the caller's team from an API key or session

@@ -314,16 +314,96 @@ func TestEnvdProxy(t *testing.T) {
 	})
 }
 
+// newSandboxEnvWith is newSandboxEnv with Deps changed by opts.
+func newSandboxEnvWith(t *testing.T, opts ...func(*Deps)) *sbEnv {
+	t.Helper()
+	fa := &fakeAgents{agents: map[uuid.UUID]*fakeAgent{}}
+	te := newTestEnv(t, append([]func(*Deps){func(d *Deps) { d.Agents = fa }}, opts...)...)
+	return &sbEnv{testEnv: te, agents: fa, guest: startGuest(t), team: te.newTeam(t, "proxy")}
+}
+
 // newResumeEnv is a sandbox env whose Deps.AutoResume calls *hook.
 func newResumeEnv(t *testing.T) (*sbEnv, *atomic.Pointer[func(context.Context, uuid.UUID, string) error]) {
 	t.Helper()
 	hook := new(atomic.Pointer[func(context.Context, uuid.UUID, string) error])
-	fa := &fakeAgents{agents: map[uuid.UUID]*fakeAgent{}}
-	te := newTestEnv(t, func(d *Deps) {
-		d.Agents = fa
+	env := newSandboxEnvWith(t, func(d *Deps) {
 		d.AutoResume = func(ctx context.Context, team uuid.UUID, id string) error { return (*hook.Load())(ctx, team, id) }
 	})
-	return &sbEnv{testEnv: te, agents: fa, guest: startGuest(t), team: te.newTeam(t, "resume")}, hook
+	return env, hook
+}
+
+// TestFileSignatureMatchesSDK checks fileSignature against signatures the
+// JS SDK (e2b 2.51.0, getSignature) computed.
+func TestFileSignatureMatchesSDK(t *testing.T) {
+	for _, c := range []struct{ path, op, user, token, exp, want string }{
+		{"/home/user/a b.txt", "read", "user", "tok-123", "", "v1_958VKGxAthIp4hdibQj6kfpnipti0CE4ph5Px9zF8Hg"},
+		{"/tmp/x", "write", "", "tok-123", "1796662668", "v1_b4sCzQZoCDXhQj6c6gzFHrLi+2UKG+WHFL1ze09vOug"},
+	} {
+		if got := fileSignature(c.path, c.op, c.user, c.token, c.exp); got != c.want {
+			t.Errorf("fileSignature(%q, %q, %q, token, %q) = %s, want %s", c.path, c.op, c.user, c.exp, got, c.want)
+		}
+	}
+}
+
+func TestEnvdSignedFileURLs(t *testing.T) {
+	var tokens sync.Map // sandbox id -> token
+	env := newSandboxEnvWith(t, func(d *Deps) {
+		d.EnvdAccessToken = func(_ context.Context, id string) (string, error) {
+			if v, ok := tokens.Load(id); ok {
+				return v.(string), nil
+			}
+			return "", errors.New("no token")
+		}
+	})
+	env.addHost(t)
+	sb := env.create(t, map[string]any{})
+	token := *sb.AccessToken
+	tokens.Store(sb.Id, token)
+	host := "49983-" + sb.Id + ".wrenn.test"
+	dst := filepath.Join(t.TempDir(), "signed.txt")
+	now := env.Clock.Now().Unix()
+	signed := func(op, tok string, exp int64) string {
+		e := ""
+		q := url.Values{"path": {dst}, "username": {"user"}}
+		if exp != 0 {
+			e = fmt.Sprint(exp)
+			q.Set("signature_expiration", e)
+		}
+		q.Set("signature", fileSignature(dst, op, "user", tok, e))
+		return "/files?" + q.Encode()
+	}
+	octet := http.Header{"Content-Type": {"application/octet-stream"}}
+
+	resp := sandboxRequest(t, env, "POST", host, sb.Id, 49983, signed("write", token, now+60), octet, strings.NewReader("signed upload"))
+	if resp.StatusCode/100 != 2 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("signed upload: %d %s", resp.StatusCode, b)
+	}
+	resp = sandboxRequest(t, env, "GET", host, sb.Id, 49983, signed("read", token, 0), nil, nil)
+	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(b) != "signed upload" {
+		t.Errorf("signed download: %d %q", resp.StatusCode, b)
+	}
+	for name, path := range map[string]string{
+		"expired":            signed("read", token, now-1),
+		"read signature":     signed("read", token, 0), // used to write below
+		"another token":      signed("read", "not-the-token", 0),
+		"tampered path":      strings.Replace(signed("read", token, 0), "signed.txt", "other.txt", 1),
+		"tampered username":  strings.Replace(signed("read", token, 0), "username=user", "username=root", 1),
+		"extended lifetime":  strings.Replace(signed("read", token, now+60), fmt.Sprint(now+60), fmt.Sprint(now+6000), 1),
+		"signature on /envs": strings.Replace(signed("read", token, 0), "/files", "/envs", 1),
+	} {
+		method := "GET"
+		if name == "read signature" {
+			method = "POST"
+		}
+		e := readE2BError(t, sandboxRequest(t, env, method, host, sb.Id, 49983, path, octet, strings.NewReader("x")), http.StatusUnauthorized)
+		if name != "signature on /envs" && !strings.Contains(e.Message, "signature") {
+			t.Errorf("%s: %q", name, e.Message)
+		}
+	}
+	// A token source that disagrees with the stored hash signs nothing.
+	tokens.Store(sb.Id, "forged")
+	readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, signed("read", "forged", 0), nil, nil), http.StatusUnauthorized)
 }
 
 func TestProxyAutoResume(t *testing.T) {

@@ -91,6 +91,10 @@ type Deps struct {
 	// resume) when proxied traffic reaches it and it asked for that
 	// (auto_resume, memory kept). nil: no resume on traffic.
 	AutoResume func(ctx context.Context, team uuid.UUID, sandboxID string) error
+	// EnvdAccessToken returns a sandbox's envd access token in clear, to
+	// check E2B's pre-signed /files URLs (which are signed with it).
+	// nil: such URLs are refused (the store keeps only the token's hash).
+	EnvdAccessToken func(ctx context.Context, sandboxID string) (string, error)
 }
 
 // Server is the REST API.
