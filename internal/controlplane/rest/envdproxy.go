@@ -175,8 +175,14 @@ func (s *Server) authorizeEnvd(r *http.Request, sb store.GetProxySandboxRow) *en
 	}
 	team, ok, err := s.teamCredentials(r)
 	switch {
+	case errors.Is(err, errdefs.ErrUnauthenticated) || errors.Is(err, errdefs.ErrInvalidArgument):
+		return &envdRefusal{status: http.StatusUnauthorized, code: connect.CodeUnauthenticated, msg: err.Error()}
+	case errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrPermissionDenied):
+		// A team header naming another team, a user in no team.
+		return envdGone(sb.ID, "was not found")
 	case err != nil:
-		return &envdRefusal{status: errdefs.HTTPStatus(err), code: connect.CodeUnauthenticated, msg: err.Error()}
+		s.log.Error("envd proxy: team credentials", "sandbox_id", sb.ID, "err", err)
+		return &envdRefusal{status: http.StatusInternalServerError, code: connect.CodeInternal, msg: "internal error"}
 	case ok && team == sb.TeamID:
 		return nil
 	case ok:
@@ -260,11 +266,6 @@ func (s *Server) teamCredentials(r *http.Request) (team uuid.UUID, ok bool, err 
 	}
 	p, err := s.resolvePrincipal(rr)
 	if err != nil {
-		if !errors.Is(err, errdefs.ErrUnauthenticated) && !errors.Is(err, errdefs.ErrInvalidArgument) {
-			// A store failure, a team header naming another team:
-			// either way the caller does not reach this sandbox.
-			s.log.Debug("envd proxy: team credentials", "err", err)
-		}
 		return uuid.Nil, false, err
 	}
 	return p.TeamID, true, nil

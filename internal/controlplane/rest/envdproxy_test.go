@@ -268,6 +268,9 @@ func TestEnvdProxy(t *testing.T) {
 		if strings.ReplaceAll(missing.Message, "nosuchsandbox", sb.Id) != cross.Message {
 			t.Errorf("other team's sandbox %q, missing one %q", cross.Message, missing.Message)
 		}
+		// The team's key naming another team in X-Wrenn-Team reaches nothing.
+		readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health",
+			http.Header{"X-Api-Key": {env.team.Key}, "X-Wrenn-Team": {other.ID.String()}}, nil), http.StatusBadGateway)
 		if rec.count() != before {
 			t.Errorf("a refused request reached the agent")
 		}
