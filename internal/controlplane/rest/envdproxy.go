@@ -131,7 +131,7 @@ func (s *Server) proxyEnvd(w http.ResponseWriter, r *http.Request, id, rest stri
 	}
 	sb, err = s.resumeForTraffic(r.Context(), sb)
 	if err != nil {
-		writeEnvdError(w, r, id, &envdRefusal{status: http.StatusBadGateway, code: connect.CodeUnavailable, msg: fmt.Sprintf("sandbox %s: auto-resume: %v", id, err)})
+		writeEnvdError(w, r, id, envdGone(id, "is paused and did not resume: "+s.resumeFailure(r, id, err)))
 		return
 	}
 	switch sb.State {
@@ -325,6 +325,17 @@ func (s *Server) resumeForTraffic(ctx context.Context, sb store.GetProxySandboxR
 		return sb, fmt.Errorf("reload sandbox %s: %w", sb.ID, err)
 	}
 	return cur, nil
+}
+
+// resumeFailure is what a caller is told of a failed auto-resume: the
+// error's own words when it is one meant for clients, else (logged) a
+// generic phrase.
+func (s *Server) resumeFailure(r *http.Request, id string, err error) string {
+	if errdefs.HTTPStatus(err) == http.StatusInternalServerError {
+		loggerFrom(r).Error("auto-resume", "sandbox_id", id, "err", err)
+		return "internal error"
+	}
+	return err.Error()
 }
 
 // resumeGroup deduplicates traffic-triggered resumes per sandbox id.

@@ -20,6 +20,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
+	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/proto/envd/process"
 	"github.com/wrenn/wrenn/proto/envd/process/processconnect"
 )
@@ -499,12 +500,25 @@ func TestProxyAutoResume(t *testing.T) {
 	})
 
 	t.Run("a failed resume", func(t *testing.T) {
-		failing := func(context.Context, uuid.UUID, string) error { return errors.New("no host with room") }
+		failing := func(context.Context, uuid.UUID, string) error {
+			return errdefs.New(errdefs.ErrResourceExhausted, "no host with room")
+		}
 		hook.Store(&failing)
 		pause(t, true, false)
 		e := readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil), http.StatusBadGateway)
 		if !strings.Contains(e.Message, "no host with room") {
 			t.Errorf("message %q", e.Message)
+		}
+		// An internal failure's text stays in the log.
+		internal := func(context.Context, uuid.UUID, string) error { return errors.New("pq: secret detail") }
+		hook.Store(&internal)
+		e = readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil), http.StatusBadGateway)
+		if strings.Contains(e.Message, "secret") || !strings.Contains(e.Message, "internal error") {
+			t.Errorf("message %q", e.Message)
+		}
+		resp := env.doHeader(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/8080/x", "", nil, http.Header{"X-Access-Token": {token}})
+		if msg := wantError(t, resp, http.StatusServiceUnavailable, "unavailable"); strings.Contains(msg, "secret") {
+			t.Errorf("port: %q", msg)
 		}
 		// Unauthenticated traffic never resumes a sandbox.
 		hook.Store(&resume)

@@ -211,7 +211,7 @@ func writeTrafficRefusal(w http.ResponseWriter, id, msg string) {
 func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.GetProxySandboxRow, port int, rest string, teamAuth bool) {
 	sb, err := s.resumeForTraffic(r.Context(), sb)
 	if err != nil {
-		writeError(w, r, errdefs.New(errdefs.ErrUnavailable, "sandbox %s: auto-resume: %v", sb.ID, err))
+		writeError(w, r, errdefs.New(errdefs.ErrUnavailable, "sandbox %s is paused and did not resume: %s", sb.ID, s.resumeFailure(r, sb.ID, err)))
 		return
 	}
 	if sb.State != stRunning {
