@@ -25,12 +25,15 @@ package rest
 // {"sandboxId", "message", "code"}.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -151,6 +154,9 @@ func (s *Server) proxyEnvd(w http.ResponseWriter, r *http.Request, id, rest stri
 		// envd takes no Bearer credentials: one here was the API's.
 		dropAuthorization: isBearer(r.Header.Get("Authorization")),
 	}
+	if !isConnectCall(r) {
+		gt.modifyResponse = agentRefusalToE2B(sb.ID)
+	}
 	s.forwardGuest(w, r, sb, gt, func(w http.ResponseWriter, r *http.Request, status int, msg string) {
 		code := connect.CodeUnavailable
 		switch {
@@ -161,6 +167,52 @@ func (s *Server) proxyEnvd(w http.ResponseWriter, r *http.Request, id, rest stri
 		}
 		writeEnvdError(w, r, sb.ID, &envdRefusal{status: status, code: code, msg: msg})
 	})
+}
+
+// agentRefusalToE2B rewrites the agent's refusal of a plain-HTTP envd
+// request into E2B's answer. The store can lag behind the agent (its own
+// idle timeout pauses or removes a sandbox before the control plane hears
+// of it); the agent then answers 409 failed_precondition or 404 not_found
+// in the REST shape {"error":{"code":...}}, where the SDKs expect 502
+// (isRunning() is false on 502 and throws on anything else). envd itself
+// never answers 409 over HTTP, and its own 404 (a missing file) has
+// another shape ({"code":404,"kind":...}), which passes untouched.
+// Connect calls are left alone: the agent answers those in Connect.
+func agentRefusalToE2B(id string) func(*http.Response) error {
+	return func(resp *http.Response) error {
+		if resp.StatusCode != http.StatusConflict && resp.StatusCode != http.StatusNotFound {
+			return nil
+		}
+		// Refusals are small; a larger body is not one.
+		head, err := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		if err != nil {
+			return fmt.Errorf("read the agent's %d: %w", resp.StatusCode, err)
+		}
+		var b errorBody
+		refusal := json.Unmarshal(head, &b) == nil && (b.Error.Code == "not_found" || b.Error.Code == "failed_precondition")
+		if !refusal {
+			resp.Body = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
+			return nil
+		}
+		resp.Body.Close()
+		why := "was not found"
+		if b.Error.Code == "failed_precondition" {
+			why = "is not running"
+		}
+		body, _ := json.Marshal(struct {
+			SandboxID string `json:"sandboxId"`
+			Message   string `json:"message"`
+			Code      int    `json:"code"`
+		}{id, fmt.Sprintf("sandbox %s %s", id, why), http.StatusBadGateway})
+		resp.StatusCode, resp.Status = http.StatusBadGateway, "502 "+http.StatusText(http.StatusBadGateway)
+		resp.Header = http.Header{"Content-Type": {"application/json"}, "Content-Length": {strconv.Itoa(len(body))}}
+		resp.ContentLength = int64(len(body))
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		return nil
+	}
 }
 
 // authorizeEnvd checks the caller's right to sb's envd: the sandbox's

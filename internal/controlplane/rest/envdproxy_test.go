@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -624,4 +625,47 @@ func TestUserPortE2BRules(t *testing.T) {
 		wantError(t, env.do(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/49983/health", "", nil), http.StatusForbidden, "permission_denied")
 		readE2BError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
 	})
+}
+
+// TestEnvdProxyAgentRefusals: when the agent knows better than the store
+// (it paused or removed the sandbox on its own), its refusals of plain
+// HTTP reach the SDK as E2B's 502; envd's own errors pass untouched.
+func TestEnvdProxyAgentRefusals(t *testing.T) {
+	env := newSandboxEnv(t)
+	agent := env.addHost(t)
+	sb := env.create(t, map[string]any{})
+	stub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch strings.TrimPrefix(r.URL.Path, "/sandboxes/"+sb.Id+"/envd") {
+		case "/gone": // the real agent's shape (internal/agent/rpc writeProxyError)
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"error":{"code":"not_found","message":"sandbox not found"}}`)
+		case "/paused":
+			w.WriteHeader(http.StatusConflict)
+			io.WriteString(w, `{"error":{"code":"failed_precondition","message":"sandbox is paused, not running"}}`)
+		case "/files": // envd's own
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"code":404,"kind":"not_found","message":"no such file"}`)
+		default:
+			w.WriteHeader(http.StatusTeapot)
+		}
+	}))
+	t.Cleanup(stub.Close)
+	env.agents.mu.Lock()
+	agent.URL, agent.Client = stub.URL, stub.Client()
+	env.agents.mu.Unlock()
+	host := "49983-" + sb.Id + ".wrenn.test"
+	tok := http.Header{"X-Access-Token": {*sb.AccessToken}}
+
+	if e := readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/gone", tok, nil), http.StatusBadGateway); !strings.Contains(e.Message, "was not found") {
+		t.Errorf("agent's 404: %q", e.Message)
+	}
+	if e := readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/paused", tok, nil), http.StatusBadGateway); !strings.Contains(e.Message, "not running") {
+		t.Errorf("agent's 409: %q", e.Message)
+	}
+	resp := sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/files?path=/nope", tok, nil)
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusNotFound || string(b) != `{"code":404,"kind":"not_found","message":"no such file"}` {
+		t.Errorf("envd's own 404 changed: %d %s", resp.StatusCode, b)
+	}
 }

@@ -242,6 +242,8 @@ type guestTarget struct {
 	// dropAuthorization removes the Authorization header (it carried the
 	// API's credentials). An API key in it is removed in any case.
 	dropAuthorization bool
+	// modifyResponse, if set, may rewrite the agent's response.
+	modifyResponse func(*http.Response) error
 }
 
 // proxyCredentialHeaders are the control plane's credentials, which no
@@ -307,8 +309,9 @@ func (s *Server) forwardGuest(w http.ResponseWriter, r *http.Request, sb store.G
 			}
 			pr.SetXForwarded()
 		},
-		Transport:     transport,
-		FlushInterval: -1,
+		Transport:      transport,
+		FlushInterval:  -1,
+		ModifyResponse: gt.modifyResponse,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
 				return // the caller left; nobody to answer
