@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/coder/websocket"
 	"github.com/google/uuid"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -594,6 +595,21 @@ func TestUserPortE2BRules(t *testing.T) {
 		if st, _ := get(t, portHost, http.Header{"X-Api-Key": {env.team.Key}}); st != 200 {
 			t.Errorf("team key: %d", st)
 		}
+		// A WebSocket on the host name, with the traffic token.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(env.Srv.URL, "http")+"/ws", &websocket.DialOptions{
+			Host: portHost, HTTPHeader: http.Header{"E2b-Traffic-Access-Token": {traffic}}})
+		if err != nil {
+			t.Fatalf("websocket with the traffic token: %v", err)
+		}
+		if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+			t.Fatal(err)
+		}
+		if _, b, err := c.Read(ctx); err != nil || string(b) != "echo:hi" {
+			t.Errorf("websocket read %q %v", b, err)
+		}
+		c.Close(websocket.StatusNormalClosure, "")
 		// A public port needs nothing.
 		set(t, false, sum[:], []int32{8080})
 		if st, _ := get(t, portHost, nil); st != 200 {
