@@ -64,6 +64,12 @@ const (
 	autoResumeTimeout = 2 * time.Minute
 )
 
+// Sandbox states the proxy tells apart, as the store spells them.
+const (
+	statePaused  = "paused"
+	stateStopped = "stopped"
+)
+
 // connectErrors writes Connect-protocol errors for envd's RPC calls.
 var connectErrors = connect.NewErrorWriter()
 
@@ -139,10 +145,10 @@ func (s *Server) proxyEnvd(w http.ResponseWriter, r *http.Request, id, rest stri
 	}
 	switch sb.State {
 	case stRunning:
-	case stPaused:
+	case statePaused:
 		writeEnvdError(w, r, id, envdGone(id, "is paused: resume it (Sandbox.connect) first"))
 		return
-	case stStopped:
+	case stateStopped:
 		writeEnvdError(w, r, id, envdGone(id, "was not found"))
 		return
 	default:
@@ -345,7 +351,7 @@ func isAPIKeyBearer(v string) bool {
 // started it leaving.
 func (s *Server) resumeForTraffic(ctx context.Context, sb store.GetProxySandboxRow) (store.GetProxySandboxRow, error) {
 	resume := s.deps.AutoResume
-	if sb.State != stPaused || !sb.AutoResume || sb.MemoryDropped || resume == nil {
+	if sb.State != statePaused || !sb.AutoResume || sb.MemoryDropped || resume == nil {
 		return sb, nil
 	}
 	ch := s.resumes.DoChan(sb.ID, func() (any, error) {
@@ -356,7 +362,7 @@ func (s *Server) resumeForTraffic(ctx context.Context, sb store.GetProxySandboxR
 		if err != nil {
 			return nil, fmt.Errorf("reload sandbox %s: %w", sb.ID, err)
 		}
-		if cur.State != stPaused {
+		if cur.State != statePaused {
 			return nil, nil
 		}
 		if err := resume(ctx, sb.TeamID, sb.ID); err != nil {
