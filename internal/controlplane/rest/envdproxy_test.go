@@ -92,20 +92,20 @@ func sandboxRequest(t *testing.T, env *sbEnv, method, host, id string, port int,
 	return resp
 }
 
-// e2bError is E2B's edge error body.
-type e2bError struct {
+// edgeError is the error body of E2B's edge (its proxy in front of sandboxes).
+type edgeError struct {
 	SandboxID string `json:"sandboxId"`
 	Message   string `json:"message"`
 	Code      int    `json:"code"`
 }
 
-func readE2BError(t *testing.T, resp *http.Response, status int) e2bError {
+func readEdgeError(t *testing.T, resp *http.Response, status int) edgeError {
 	t.Helper()
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != status {
 		t.Fatalf("status %d, want %d: %s", resp.StatusCode, status, data)
 	}
-	var e e2bError
+	var e edgeError
 	if err := json.Unmarshal(data, &e); err != nil || e.Code != status || e.Message == "" {
 		t.Fatalf("body %s: want E2B's {sandboxId, message, code} (%v)", data, err)
 	}
@@ -253,26 +253,26 @@ func TestEnvdProxy(t *testing.T) {
 
 	t.Run("refusals", func(t *testing.T) {
 		before := rec.count()
-		e := readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
+		e := readEdgeError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
 		if e.SandboxID != sb.Id {
 			t.Errorf("sandboxId %q", e.SandboxID)
 		}
-		readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {"nope"}}, nil), http.StatusUnauthorized)
+		readEdgeError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {"nope"}}, nil), http.StatusUnauthorized)
 		// A token for another sandbox is a wrong token.
-		readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token + "x"}}, nil), http.StatusUnauthorized)
-		e = readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/files?path=/etc/passwd&signature=v1_abc", nil, nil), http.StatusUnauthorized)
+		readEdgeError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token + "x"}}, nil), http.StatusUnauthorized)
+		e = readEdgeError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/files?path=/etc/passwd&signature=v1_abc", nil, nil), http.StatusUnauthorized)
 		if !strings.Contains(e.Message, "pre-signed") {
 			t.Errorf("signed URL refusal says %q", e.Message)
 		}
-		readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Api-Key": {"wrn_nope"}}, nil), http.StatusUnauthorized)
+		readEdgeError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Api-Key": {"wrn_nope"}}, nil), http.StatusUnauthorized)
 		// Another team's sandbox looks exactly like a missing one.
-		missing := readE2BError(t, sandboxRequest(t, env, "GET", "", "nosuchsandbox", 49983, "/health", tok, nil), http.StatusBadGateway)
-		cross := readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", http.Header{"X-Api-Key": {other.Key}}, nil), http.StatusBadGateway)
+		missing := readEdgeError(t, sandboxRequest(t, env, "GET", "", "nosuchsandbox", 49983, "/health", tok, nil), http.StatusBadGateway)
+		cross := readEdgeError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", http.Header{"X-Api-Key": {other.Key}}, nil), http.StatusBadGateway)
 		if strings.ReplaceAll(missing.Message, "nosuchsandbox", sb.Id) != cross.Message {
 			t.Errorf("other team's sandbox %q, missing one %q", cross.Message, missing.Message)
 		}
 		// The team's key naming another team in X-Wrenn-Team reaches nothing.
-		readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health",
+		readEdgeError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health",
 			http.Header{"X-Api-Key": {env.team.Key}, "X-Wrenn-Team": {other.ID.String()}}, nil), http.StatusBadGateway)
 		if rec.count() != before {
 			t.Errorf("a refused request reached the agent")
@@ -310,13 +310,13 @@ func TestEnvdProxy(t *testing.T) {
 
 	t.Run("paused and killed", func(t *testing.T) {
 		env.doJSON(t, "POST", "/v1/sandboxes/"+sb.Id+"/pause", env.team.Key, nil, http.StatusOK, nil)
-		e := readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", tok, nil), http.StatusBadGateway)
+		e := readEdgeError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", tok, nil), http.StatusBadGateway)
 		if !strings.Contains(e.Message, "paused") {
 			t.Errorf("paused: %q", e.Message)
 		}
 		env.doJSON(t, "POST", "/v1/sandboxes/"+sb.Id+"/resume", env.team.Key, nil, http.StatusOK, nil)
 		env.doJSON(t, "DELETE", "/v1/sandboxes/"+sb.Id, env.team.Key, nil, http.StatusNoContent, nil)
-		readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", tok, nil), http.StatusBadGateway)
+		readEdgeError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/health", tok, nil), http.StatusBadGateway)
 	})
 }
 
@@ -402,14 +402,14 @@ func TestEnvdSignedFileURLs(t *testing.T) {
 		if name == "read signature" {
 			method = "POST"
 		}
-		e := readE2BError(t, sandboxRequest(t, env, method, host, sb.Id, 49983, path, octet, strings.NewReader("x")), http.StatusUnauthorized)
+		e := readEdgeError(t, sandboxRequest(t, env, method, host, sb.Id, 49983, path, octet, strings.NewReader("x")), http.StatusUnauthorized)
 		if name != "signature on /envs" && !strings.Contains(e.Message, "signature") {
 			t.Errorf("%s: %q", name, e.Message)
 		}
 	}
 	// A token source that disagrees with the stored hash signs nothing.
 	tokens.Store(sb.Id, "forged")
-	readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, signed("read", "forged", 0), nil, nil), http.StatusUnauthorized)
+	readEdgeError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, signed("read", "forged", 0), nil, nil), http.StatusUnauthorized)
 }
 
 func TestProxyAutoResume(t *testing.T) {
@@ -491,7 +491,7 @@ func TestProxyAutoResume(t *testing.T) {
 			pause(t, c.auto, c.dropped)
 			before := calls.Load()
 			resp := sandboxRequest(t, env, "GET", "49983-"+sb.Id+".wrenn.test", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil)
-			readE2BError(t, resp, http.StatusBadGateway)
+			readEdgeError(t, resp, http.StatusBadGateway)
 			resp = env.doHeader(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/8080/x", "", nil, http.Header{"X-Access-Token": {token}})
 			wantError(t, resp, http.StatusConflict, "failed_precondition")
 			if calls.Load() != before {
@@ -507,14 +507,14 @@ func TestProxyAutoResume(t *testing.T) {
 		}
 		hook.Store(&failing)
 		pause(t, true, false)
-		e := readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil), http.StatusBadGateway)
+		e := readEdgeError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil), http.StatusBadGateway)
 		if !strings.Contains(e.Message, "no host with room") {
 			t.Errorf("message %q", e.Message)
 		}
 		// An internal failure's text stays in the log.
 		internal := func(context.Context, uuid.UUID, string) error { return errors.New("pq: secret detail") }
 		hook.Store(&internal)
-		e = readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil), http.StatusBadGateway)
+		e = readEdgeError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", http.Header{"X-Access-Token": {token}}, nil), http.StatusBadGateway)
 		if strings.Contains(e.Message, "secret") || !strings.Contains(e.Message, "internal error") {
 			t.Errorf("message %q", e.Message)
 		}
@@ -525,7 +525,7 @@ func TestProxyAutoResume(t *testing.T) {
 		// Unauthenticated traffic never resumes a sandbox.
 		hook.Store(&resume)
 		before := calls.Load()
-		readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
+		readEdgeError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
 		if calls.Load() != before {
 			t.Errorf("a request without credentials resumed the sandbox")
 		}
@@ -565,7 +565,7 @@ func TestUserPortE2BRules(t *testing.T) {
 			t.Errorf("header form, user port: %d", st)
 		}
 		// Never envd.
-		readE2BError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
+		readEdgeError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
 		wantError(t, env.do(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/49983/health", "", nil), http.StatusForbidden, "permission_denied")
 	})
 
@@ -587,7 +587,7 @@ func TestUserPortE2BRules(t *testing.T) {
 			t.Errorf("the guest saw the traffic token")
 		}
 		// The traffic token opens user ports, not envd.
-		readE2BError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", http.Header{"E2b-Traffic-Access-Token": {traffic}}, nil), http.StatusUnauthorized)
+		readEdgeError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", http.Header{"E2b-Traffic-Access-Token": {traffic}}, nil), http.StatusUnauthorized)
 		// The access token and the team's key still pass.
 		if st, _ := get(t, portHost, http.Header{"X-Access-Token": {token}}); st != 200 {
 			t.Errorf("access token: %d", st)
@@ -639,7 +639,7 @@ func TestUserPortE2BRules(t *testing.T) {
 		}
 		// envd's port in public_ports opens nothing.
 		wantError(t, env.do(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/49983/health", "", nil), http.StatusForbidden, "permission_denied")
-		readE2BError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
+		readEdgeError(t, sandboxRequest(t, env, "GET", envdHost, sb.Id, 49983, "/health", nil, nil), http.StatusUnauthorized)
 	})
 }
 
@@ -673,10 +673,10 @@ func TestEnvdProxyAgentRefusals(t *testing.T) {
 	host := "49983-" + sb.Id + ".wrenn.test"
 	tok := http.Header{"X-Access-Token": {*sb.AccessToken}}
 
-	if e := readE2BError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/gone", tok, nil), http.StatusBadGateway); !strings.Contains(e.Message, "was not found") {
+	if e := readEdgeError(t, sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/gone", tok, nil), http.StatusBadGateway); !strings.Contains(e.Message, "was not found") {
 		t.Errorf("agent's 404: %q", e.Message)
 	}
-	if e := readE2BError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/paused", tok, nil), http.StatusBadGateway); !strings.Contains(e.Message, "not running") {
+	if e := readEdgeError(t, sandboxRequest(t, env, "GET", "", sb.Id, 49983, "/paused", tok, nil), http.StatusBadGateway); !strings.Contains(e.Message, "not running") {
 		t.Errorf("agent's 409: %q", e.Message)
 	}
 	resp := sandboxRequest(t, env, "GET", host, sb.Id, 49983, "/files?path=/nope", tok, nil)
