@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -87,6 +88,14 @@ type Deps struct {
 	// TeamLimits are the default per-team quotas (WRENN_TEAM_MAX_*; 0:
 	// unlimited); a platform admin may override them per team.
 	TeamLimits quota.Limits
+	// AutoResume resumes a paused sandbox of team (the sandbox service's
+	// resume) when proxied traffic reaches it and it asked for that
+	// (auto_resume, memory kept). nil: no resume on traffic.
+	AutoResume func(ctx context.Context, team uuid.UUID, sandboxID string) error
+	// EnvdAccessToken returns a sandbox's envd access token in clear, to
+	// check E2B's pre-signed /files URLs (which are signed with it).
+	// nil: such URLs are refused (the store keeps only the token's hash).
+	EnvdAccessToken func(ctx context.Context, sandboxID string) (string, error)
 }
 
 // Server is the REST API.
@@ -115,6 +124,10 @@ type Server struct {
 
 	// execOutput bounds the output synchronous execs hold at once.
 	execOutput byteBudget
+
+	// resumes shares one traffic-triggered resume per sandbox among the
+	// requests waiting on it (envdproxy.go).
+	resumes resumeGroup
 }
 
 // New returns a Server.
