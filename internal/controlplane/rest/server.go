@@ -149,6 +149,18 @@ func New(d Deps) *Server {
 		Pool: d.Pool, Agents: agentsRPC(d.Agents), Clock: d.Clock, Logger: d.Logger, TeamLimits: d.TeamLimits,
 		TokenSecret: d.JWTSecret,
 	})
+	// The proxy's hooks default to the service: traffic resumes a paused
+	// sandbox that asked for it, and pre-signed file URLs are checked
+	// against its sealed token.
+	if s.deps.AutoResume == nil {
+		s.deps.AutoResume = func(ctx context.Context, team uuid.UUID, id string) error {
+			_, err := s.sandboxes.Resume(ctx, team, id)
+			return err
+		}
+	}
+	if s.deps.EnvdAccessToken == nil {
+		s.deps.EnvdAccessToken = s.sandboxes.AccessTokenByID
+	}
 	s.clientIP = ratelimit.NewClientIP(d.TrustedProxies, d.ClientIPHeader)
 	s.hashes = d.HashGate
 	s.loginByAccountAddr = ratelimit.NewLoginThrottle(d.Clock)
