@@ -108,7 +108,7 @@ type Server struct {
 	// limiters are the rate limiters by kind (see newLimiter): made once
 	// per server, however often the router is built.
 	limMu    sync.Mutex
-	limiters map[string]*limiterSet
+	limiters map[string]*limiter
 
 	// Abuse limits of the public auth routes (see mountPublicAuth).
 	clientIP *ratelimit.ClientIP
@@ -144,7 +144,7 @@ func New(d Deps) *Server {
 	if d.HashGate == nil {
 		d.HashGate = auth.NewHashGate(0, -1, 0)
 	}
-	s := &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiterSet{}}
+	s := &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiter{}}
 	s.sandboxes = sandboxes.New(sandboxes.Config{
 		Pool: d.Pool, Agents: agentsRPC(d.Agents), Clock: d.Clock, Logger: d.Logger, TeamLimits: d.TeamLimits,
 		TokenSecret: d.JWTSecret,
