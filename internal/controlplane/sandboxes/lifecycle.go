@@ -43,10 +43,16 @@ func (s *Service) transitionRow(ctx context.Context, sb store.Sandbox, op Op,
 		ID: sb.ID, TeamID: sb.TeamID, FromStates: Strings(From(op)), ToState: string(To(op)), Now: s.clk.Now(),
 	})
 	if store.IsNoRows(err) {
-		// Something else moved it meanwhile (a delete, the host monitor).
+		// Something else moved it meanwhile: a delete, the host monitor,
+		// or the agent's own report of this very change (an event or a
+		// heartbeat that arrived between the agent's answer and this
+		// update), which is success.
 		cur, gerr := s.Get(ctx, sb.TeamID, sb.ID)
 		if gerr != nil {
 			return store.Sandbox{}, gerr
+		}
+		if to := To(op); to != "" && State(cur.State) == to {
+			return cur, nil
 		}
 		return store.Sandbox{}, WrongState(cur, op)
 	}
