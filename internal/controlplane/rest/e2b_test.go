@@ -336,6 +336,21 @@ func TestE2BDeadlines(t *testing.T) {
 	if sw, err := svc.Sweep(ctx); err != nil || len(sw.Expired) != 0 {
 		t.Fatalf("sweep of a paused sandbox: %+v %v", sw, err)
 	}
+	// Resumed (here by traffic's auto-resume hook would do the same), it
+	// gets a fresh deadline of its timeout from now, and is paused again
+	// when that passes.
+	if _, err := svc.Resume(ctx, env.team.ID, paused.SandboxID); err != nil {
+		t.Fatal(err)
+	}
+	var d api.E2BSandboxDetail
+	env.e2bDo(t, "GET", "/sandboxes/"+paused.SandboxID, nil, http.StatusOK, &d)
+	if want := env.Clock.Now().Add(60 * time.Second); !d.EndAt.Equal(want) || d.State != "running" {
+		t.Fatalf("after resume: %s, endAt %v, want running until %v", d.State, d.EndAt, want)
+	}
+	env.Clock.Advance(61 * time.Second)
+	if sw, err := svc.Sweep(ctx); err != nil || len(sw.Expired) != 1 {
+		t.Fatalf("sweep after the resumed sandbox's deadline: %+v %v", sw, err)
+	}
 
 	// A create left starting by a control plane that died is failed.
 	if _, err := env.Pool.Exec(ctx, `INSERT INTO sandboxes (id, team_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, updated_at)

@@ -114,7 +114,7 @@ func (s *Service) Resume(ctx context.Context, team uuid.UUID, id string) (store.
 		}
 		defer s.releaseHold(ctx, hold)
 	}
-	return s.transitionRow(ctx, sb, OpResume, func(ctx context.Context, sb store.Sandbox) error {
+	row, err := s.transitionRow(ctx, sb, OpResume, func(ctx context.Context, sb store.Sandbox) error {
 		ctx, cancel := context.WithTimeout(ctx, agentResumeTimeout)
 		defer cancel()
 		ag, err := s.agentFor(ctx, sb.HostID)
@@ -134,6 +134,19 @@ func (s *Service) Resume(ctx context.Context, team uuid.UUID, id string) (store.
 		}
 		return nil
 	})
+	if err != nil || row.EndAt == nil {
+		return row, err
+	}
+	// A sandbox with an absolute deadline (E2B's) starts a fresh one, its
+	// timeout from now, as the agent restarts its idle timer.
+	end := s.clk.Now().Add(time.Duration(row.TimeoutSec) * time.Second)
+	row, err = s.q.SetSandboxEndAt(context.WithoutCancel(ctx), store.SetSandboxEndAtParams{
+		ID: row.ID, TeamID: row.TeamID, EndAt: &end, OnTimeout: row.OnTimeout, Now: s.clk.Now(),
+	})
+	if err != nil {
+		return store.Sandbox{}, fmt.Errorf("record deadline of resumed sandbox %s: %w", sb.ID, err)
+	}
+	return row, nil
 }
 
 // Fork makes count copies of a running or paused sandbox on its host. A

@@ -64,19 +64,14 @@ func (s *Service) Sweep(ctx context.Context) (Swept, error) {
 	return out, errs
 }
 
-// expire applies a running sandbox's on_timeout. The deadline is cleared
-// first by the same guarded update that reads it, so the next sweep does
-// not take it again.
+// expire applies a running sandbox's on_timeout. A paused sandbox is not
+// swept again (only running ones are), and its resume gives it a fresh
+// deadline (Resume).
 func (s *Service) expire(ctx context.Context, sb store.Sandbox) error {
 	if sb.OnTimeout == OnTimeoutPause {
 		_, err := s.transitionRow(ctx, sb, OpPause, func(ctx context.Context, sb store.Sandbox) error {
 			return s.pauseOnHost(ctx, sb, PauseOptions{})
 		})
-		if err == nil {
-			_, err = s.q.SetSandboxEndAt(context.WithoutCancel(ctx), store.SetSandboxEndAtParams{
-				ID: sb.ID, TeamID: sb.TeamID, EndAt: nil, OnTimeout: sb.OnTimeout, Now: s.clk.Now(),
-			})
-		}
 		return err
 	}
 	return s.deleteRow(ctx, sb)
