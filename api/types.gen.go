@@ -888,9 +888,23 @@ type SandboxMetrics struct {
 	GuestDiskUsedBytes  *int64   `json:"guest_disk_used_bytes,omitempty"`
 	GuestMemTotalBytes  *int64   `json:"guest_mem_total_bytes,omitempty"`
 	GuestMemUsedBytes   *int64   `json:"guest_mem_used_bytes,omitempty"`
-	SnapshotBytes       *int64   `json:"snapshot_bytes,omitempty"`
-	VmmCpuUsageUs       *int64   `json:"vmm_cpu_usage_us,omitempty"`
-	VmmMemoryBytes      *int64   `json:"vmm_memory_bytes,omitempty"`
+
+	// Samples Oldest first.
+	Samples        *[]SandboxMetricsSample `json:"samples,omitempty"`
+	SnapshotBytes  *int64                  `json:"snapshot_bytes,omitempty"`
+	VmmCpuUsageUs  *int64                  `json:"vmm_cpu_usage_us,omitempty"`
+	VmmMemoryBytes *int64                  `json:"vmm_memory_bytes,omitempty"`
+}
+
+// SandboxMetricsSample defines model for SandboxMetricsSample.
+type SandboxMetricsSample struct {
+	CpuCount       int       `json:"cpu_count"`
+	CpuUsedPct     float64   `json:"cpu_used_pct"`
+	DiskTotalBytes int64     `json:"disk_total_bytes"`
+	DiskUsedBytes  int64     `json:"disk_used_bytes"`
+	MemTotalBytes  int64     `json:"mem_total_bytes"`
+	MemUsedBytes   int64     `json:"mem_used_bytes"`
+	Time           time.Time `json:"time"`
 }
 
 // SandboxState defines model for SandboxState.
@@ -1173,6 +1187,23 @@ type GetSandboxLogsParams struct {
 	TailBytes *int `form:"tail_bytes,omitempty" json:"tail_bytes,omitempty"`
 }
 
+// GetSandboxMetricsParams defines parameters for GetSandboxMetrics.
+type GetSandboxMetricsParams struct {
+	// Since History from this time on (RFC 3339); default all the agent keeps.
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until History up to this time (RFC 3339).
+	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
+}
+
+// PauseSandboxJSONBody defines parameters for PauseSandbox.
+type PauseSandboxJSONBody struct {
+	// KeepMemory false: keep only the disk (the VM is stopped after a guest `sync`); resuming
+	// cold-boots the sandbox from its disk with the same id, address and token, and
+	// running processes are gone. A sandbox paused so cannot be forked or snapshotted.
+	KeepMemory *bool `json:"keep_memory,omitempty"`
+}
+
 // SignalProcessJSONBody defines parameters for SignalProcess.
 type SignalProcessJSONBody struct {
 	Signal SignalProcessJSONBodySignal `json:"signal"`
@@ -1286,6 +1317,9 @@ type ForkSandboxJSONRequestBody ForkSandboxJSONBody
 
 // SetSandboxNetworkJSONRequestBody defines body for SetSandboxNetwork for application/json ContentType.
 type SetSandboxNetworkJSONRequestBody = NetworkPolicy
+
+// PauseSandboxJSONRequestBody defines body for PauseSandbox for application/json ContentType.
+type PauseSandboxJSONRequestBody PauseSandboxJSONBody
 
 // SignalProcessJSONRequestBody defines body for SignalProcess for application/json ContentType.
 type SignalProcessJSONRequestBody SignalProcessJSONBody

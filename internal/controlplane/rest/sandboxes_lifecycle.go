@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -33,7 +34,12 @@ func (s *Server) lifecycle(w http.ResponseWriter, r *http.Request, op string,
 
 func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	return s.lifecycle(w, r, "pause", func(ctx context.Context, sb store.Sandbox) (store.Sandbox, error) {
-		return s.sandboxes.Pause(ctx, sb.TeamID, sb.ID, sandboxes.PauseOptions{})
+		var body api.PauseSandboxJSONBody
+		if err := decodeJSON(w, r, &body, true); err != nil {
+			return store.Sandbox{}, err
+		}
+		o := sandboxes.PauseOptions{DropMemory: body.KeepMemory != nil && !*body.KeepMemory}
+		return s.sandboxes.Pause(ctx, sb.TeamID, sb.ID, o)
 	})
 }
 
@@ -102,12 +108,37 @@ func (s *Server) setSandboxNetwork(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) sandboxMetrics(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	m, err := s.sandboxes.Metrics(ctx, principal(ctx).TeamID, chi.URLParam(r, "sandboxID"), sandboxes.MetricsRange{})
+	var rng sandboxes.MetricsRange
+	for _, f := range []struct {
+		name string
+		dst  *time.Time
+	}{{"since", &rng.Start}, {"until", &rng.End}} {
+		if v := r.URL.Query().Get(f.name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return invalid("%s %q: want an RFC 3339 time", f.name, v)
+			}
+			*f.dst = t
+		}
+	}
+	if !rng.Start.IsZero() && !rng.End.IsZero() && rng.End.Before(rng.Start) {
+		return invalid("until is before since")
+	}
+	m, err := s.sandboxes.Metrics(ctx, principal(ctx).TeamID, chi.URLParam(r, "sandboxID"), rng)
 	if err != nil {
 		return err
 	}
+	samples := make([]api.SandboxMetricsSample, len(m.GetSamples()))
+	for i, x := range m.GetSamples() {
+		samples[i] = api.SandboxMetricsSample{
+			Time: time.UnixMilli(x.GetTimeUnixMs()).UTC(), CpuCount: int(x.GetCpuCount()), CpuUsedPct: x.GetCpuUsedPct(),
+			MemUsedBytes: x.GetMemUsedBytes(), MemTotalBytes: x.GetMemTotalBytes(),
+			DiskUsedBytes: x.GetDiskUsedBytes(), DiskTotalBytes: x.GetDiskTotalBytes(),
+		}
+	}
 	pct := float32(m.GetGuestCpuUsedPct())
 	writeJSON(w, http.StatusOK, api.SandboxMetrics{
+		Samples: &samples,
 		VmmMemoryBytes: valuePtr(m.GetVmmMemoryBytes()), VmmCpuUsageUs: valuePtr(m.GetVmmCpuUsageUs()),
 		DiskAllocatedBytes: valuePtr(m.GetDiskAllocatedBytes()), SnapshotBytes: valuePtr(m.GetSnapshotBytes()),
 		GuestMemTotalBytes: valuePtr(m.GetGuestMemTotalBytes()), GuestMemUsedBytes: valuePtr(m.GetGuestMemUsedBytes()),
