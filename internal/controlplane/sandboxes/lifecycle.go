@@ -206,7 +206,7 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 			// the store already has is someone else's sandbox: the agent
 			// answered nonsense, and it is not destroyed on its word.
 			insertErr = errors.Join(insertErr, fmt.Errorf("record fork %s: %w", f.GetId(), err))
-			if isUniqueViolation(err) {
+			if store.IsUniqueViolation(err) {
 				continue
 			}
 			if derr := s.destroyOnHost(actx, *sb.HostID, f.GetId()); derr != nil {
