@@ -146,7 +146,6 @@ func (s *Service) inTx(ctx context.Context, fn func(q *store.Queries) error) err
 	return store.InTx(ctx, s.pool, fn)
 }
 
-
 // destroyOnHost destroys a sandbox on its host; one the host does not hold
 // is already destroyed.
 func (s *Service) destroyOnHost(ctx context.Context, host uuid.UUID, id string) error {
