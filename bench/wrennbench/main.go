@@ -73,6 +73,9 @@ type Config struct {
 	// plane figures, from binaries in BinDir (built when empty).
 	Stack  bool
 	BinDir string
+	// SDKCache holds the pinned E2B SDK environments (internal/sdkenv),
+	// kept between runs.
+	SDKCache string
 
 	Accel                   string
 	CPUProfile, Trace       string
@@ -126,6 +129,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.ListRows, "list-rows", 1000, "sandbox rows behind GET /v1/sandboxes")
 	fs.BoolVar(&c.Stack, "stack", true, "start PostgreSQL, wrenn-cp and wrenn-agent for the control-plane figures")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "directory with wrenn-cp and wrenn-agent (default: build them)")
+	fs.StringVar(&c.SDKCache, "sdk-cache", "/var/cache/wrenn/sdkenv", "cache of the pinned E2B SDK environments (installed on first use)")
 	fs.StringVar(&c.Accel, "accel", "auto", "accelerator: auto (probe, as the agent does), tcg or kvm")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the benchmark process (the in-process agent) to this file")
 	fs.StringVar(&c.Trace, "trace", "", "write an execution trace of the benchmark process to this file")
