@@ -29,6 +29,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,30 @@ import (
 // they need (python3 with its venv module, or node and npm) is not
 // installed: a reason to skip, not a failed install.
 var ErrNoRuntime = errors.New("runtime not installed")
+
+// Option changes how Python and Node install (never what: options are not
+// part of the key).
+type Option func(*settings)
+
+type settings struct {
+	output io.Writer
+}
+
+// Output copies the installers' output (venv, pip, npm) to w as it comes,
+// for a log that shows a long install's progress; w is called from one
+// goroutine at a time. Without it, only a failed install's error carries
+// the end of that output.
+func Output(w io.Writer) Option {
+	return func(s *settings) { s.output = w }
+}
+
+func options(opts []Option) settings {
+	var s settings
+	for _, o := range opts {
+		o(&s)
+	}
+	return s
+}
 
 // keyLen is how many hex digits of the SHA-256 name an entry: 96 bits, far
 // past any chance of two inputs meeting in one cache.
@@ -61,14 +86,15 @@ const lockPoll = 100 * time.Millisecond
 // real path). The first call for a key runs `python3 -m venv` and
 // `python -m pip install -r`; later calls only look. The error of a failed
 // install carries the end of the installer's output.
-func Python(ctx context.Context, cacheDir string, requirements []byte) (python string, err error) {
+func Python(ctx context.Context, cacheDir string, requirements []byte, opts ...Option) (python string, err error) {
+	o := options(opts)
 	ident, err := pythonIdentity(ctx)
 	if err != nil {
 		return "", err
 	}
 	name := "python-" + key("python", ident, requirements)
 	dir, err := ensure(ctx, cacheDir, name, func(ctx context.Context, tmp string) error {
-		return buildPython(ctx, tmp, filepath.Join(cacheDir, name), requirements)
+		return buildPython(ctx, o, tmp, filepath.Join(cacheDir, name), requirements)
 	})
 	if err != nil {
 		return "", fmt.Errorf("python environment in %s: %w", cacheDir, err)
@@ -88,7 +114,8 @@ func Python(ctx context.Context, cacheDir string, requirements []byte) (python s
 //
 // The key covers both files and the node in PATH (its version: native
 // modules are bound to its ABI).
-func Node(ctx context.Context, cacheDir string, packageJSON, packageLock []byte) (nodeModulesDir string, err error) {
+func Node(ctx context.Context, cacheDir string, packageJSON, packageLock []byte, opts ...Option) (nodeModulesDir string, err error) {
+	o := options(opts)
 	if len(bytes.TrimSpace(packageJSON)) == 0 || len(bytes.TrimSpace(packageLock)) == 0 {
 		return "", errors.New("node environment: npm ci needs both package.json and package-lock.json")
 	}
@@ -103,7 +130,7 @@ func Node(ctx context.Context, cacheDir string, packageJSON, packageLock []byte)
 				return err
 			}
 		}
-		return run(ctx, tmp, nil, "npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--no-update-notifier")
+		return run(ctx, o, tmp, "npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--no-update-notifier")
 	})
 	if err != nil {
 		return "", fmt.Errorf("node environment in %s: %w", cacheDir, err)
@@ -161,9 +188,9 @@ func nodeIdentity(ctx context.Context) ([]byte, error) {
 
 // buildPython makes the virtualenv in tmp, installs requirements into it
 // and points its scripts at final, where it will be renamed to.
-func buildPython(ctx context.Context, tmp, final string, requirements []byte) error {
+func buildPython(ctx context.Context, o settings, tmp, final string, requirements []byte) error {
 	// tmp exists and is empty (MkdirTemp), which venv accepts.
-	if err := run(ctx, tmp, nil, "python3", "-m", "venv", tmp); err != nil {
+	if err := run(ctx, o, tmp, "python3", "-m", "venv", tmp); err != nil {
 		return err
 	}
 	// Kept in the environment: what it was made from, for whoever looks.
@@ -173,7 +200,7 @@ func buildPython(ctx context.Context, tmp, final string, requirements []byte) er
 	}
 	// No version check (a network call and a warning on every install),
 	// no prompts; PIP_* settings of the caller still apply.
-	if err := run(ctx, tmp, nil, filepath.Join(tmp, "bin", "python"), "-m", "pip", "install",
+	if err := run(ctx, o, tmp, filepath.Join(tmp, "bin", "python"), "-m", "pip", "install",
 		"--no-input", "--disable-pip-version-check", "-r", req); err != nil {
 		return err
 	}
@@ -297,12 +324,17 @@ func lock(ctx context.Context, path string) (func(), error) {
 // run runs an install step in dir; its error carries the end of the
 // step's output, which says what went wrong (a missing package, no
 // network).
-func run(ctx context.Context, dir string, env []string, name string, args ...string) error {
+func run(ctx context.Context, o settings, dir string, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
 	var out tailBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var w io.Writer = &out
+	if o.output != nil {
+		w = io.MultiWriter(&out, o.output)
+	}
+	// One writer for both: exec then gives them one pipe, so that the
+	// writer is never called from two goroutines at once.
+	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s %s: %w", filepath.Base(name), strings.Join(args, " "), ctx.Err())

@@ -1,6 +1,7 @@
 package sdkenv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -259,12 +260,16 @@ func TestPythonInstall(t *testing.T) {
 	defer cancel()
 	cache := t.TempDir()
 	req := []byte("six==1.17.0\n")
-	python, err := Python(ctx, cache, req)
+	var log bytes.Buffer
+	python, err := Python(ctx, cache, req, Output(&log))
 	if errors.Is(err, ErrNoRuntime) {
 		t.Skipf("python3 cannot make a virtualenv here: %v", err)
 	}
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "Successfully installed six-1.17.0") {
+		t.Errorf("Output got no pip output: %q", log.String())
 	}
 	out, err := exec.CommandContext(ctx, python, "-c", "import six, sys; print(six.__version__, sys.prefix)").CombinedOutput()
 	if err != nil {
@@ -280,12 +285,13 @@ func TestPythonInstall(t *testing.T) {
 		t.Fatalf("bin/pip after the rename: %v: %s", err, out)
 	}
 	start := time.Now()
-	again, err := Python(ctx, cache, req)
+	log.Reset()
+	again, err := Python(ctx, cache, req, Output(&log))
 	if err != nil || again != python {
 		t.Fatalf("second call: %s %v, want %s", again, err, python)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("second call took %s: it must reuse the environment", d)
+	if d := time.Since(start); d > 5*time.Second || log.Len() > 0 {
+		t.Errorf("second call took %s and printed %q: it must reuse the environment", d, log.String())
 	}
 	other, err := Python(ctx, cache, []byte("six==1.16.0\n"))
 	if err != nil {
