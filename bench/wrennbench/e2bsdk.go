@@ -159,6 +159,44 @@ func fillE2BFigures(sdk, v1 *Figure, samples []e2bSample, info []string, failed 
 	diff := sdk.P50 - v1.P50
 	sdk.note("compat layer at p50: %s ms (E2B SDK) − %s ms (/v1) = %+.1f ms (%+.1f%%); the goal allows +%s ms",
 		num(sdk.P50), num(v1.P50), diff, 100*diff/v1.P50, num(limit-v1.P50))
+	if d := pairedDiffs(samples); len(d) > 0 {
+		ps := summarize(d)
+		sdk.note("paired by round (each round ran both, so drift cancels): median E2B − /v1 %+.1f ms over %d rounds, min %+.1f ms, max %+.1f ms",
+			ms(ps.P50), ps.N, ms(ps.Min), ms(ps.Max))
+	}
+}
+
+// pairedDiffs is, for each timed round that has both variants, the SDK's
+// total minus /v1's.
+func pairedDiffs(samples []e2bSample) []time.Duration {
+	type pair struct{ e2b, v1 *e2bSample }
+	rounds := map[int]*pair{}
+	var order []int
+	for i := range samples {
+		s := &samples[i]
+		if s.Warmup {
+			continue
+		}
+		p, ok := rounds[s.I]
+		if !ok {
+			p = &pair{}
+			rounds[s.I] = p
+			order = append(order, s.I)
+		}
+		switch s.Variant {
+		case "e2b":
+			p.e2b = s
+		case "v1":
+			p.v1 = s
+		}
+	}
+	var d []time.Duration
+	for _, i := range order {
+		if p := rounds[i]; p.e2b != nil && p.v1 != nil {
+			d = append(d, msDur(p.e2b.TotalMS)-msDur(p.v1.TotalMS))
+		}
+	}
+	return d
 }
 
 // runE2BDriver runs e2bsdk.py and collects its samples and info lines; the

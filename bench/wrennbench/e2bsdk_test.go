@@ -63,6 +63,9 @@ func TestE2BFiguresGoal(t *testing.T) {
 			if !diffNote {
 				t.Fatalf("no note with the difference at p50: %q", sdk.Notes)
 			}
+			if d := pairedDiffs(e2bRun(tt.v1, tt.e2b)); len(d) != len(tt.v1) || ms(d[0]) != tt.e2b[0]-tt.v1[0] {
+				t.Fatalf("paired differences %v: want one per timed round, e2b − v1", d)
+			}
 		})
 	}
 }
