@@ -69,6 +69,42 @@ func (e CreateHostRequestType) Valid() bool {
 	}
 }
 
+// Defines values for E2BSandboxDetailPauseMode.
+const (
+	Filesystem E2BSandboxDetailPauseMode = "filesystem"
+	Full       E2BSandboxDetailPauseMode = "full"
+)
+
+// Valid indicates whether the value is a known member of the E2BSandboxDetailPauseMode enum.
+func (e E2BSandboxDetailPauseMode) Valid() bool {
+	switch e {
+	case Filesystem:
+		return true
+	case Full:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for E2BSandboxDetailState.
+const (
+	E2BSandboxDetailStatePaused  E2BSandboxDetailState = "paused"
+	E2BSandboxDetailStateRunning E2BSandboxDetailState = "running"
+)
+
+// Valid indicates whether the value is a known member of the E2BSandboxDetailState enum.
+func (e E2BSandboxDetailState) Valid() bool {
+	switch e {
+	case E2BSandboxDetailStatePaused:
+		return true
+	case E2BSandboxDetailStateRunning:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for FileEventType.
 const (
 	Chmod  FileEventType = "chmod"
@@ -333,6 +369,24 @@ func (e SignalProcessJSONBodySignal) Valid() bool {
 	}
 }
 
+// Defines values for E2bListSandboxesParamsOrder.
+const (
+	Asc  E2bListSandboxesParamsOrder = "asc"
+	Desc E2bListSandboxesParamsOrder = "desc"
+)
+
+// Valid indicates whether the value is a known member of the E2bListSandboxesParamsOrder enum.
+func (e E2bListSandboxesParamsOrder) Valid() bool {
+	switch e {
+	case Asc:
+		return true
+	case Desc:
+		return true
+	default:
+		return false
+	}
+}
+
 // APIKey defines model for APIKey.
 type APIKey struct {
 	CreatedAt  time.Time           `json:"created_at"`
@@ -449,6 +503,166 @@ type CreatedInvite struct {
 
 	// Token wri_ + 64 hex; one-time, shown once: the signup invite_token.
 	Token string `json:"token"`
+}
+
+// E2BConnect defines model for E2BConnect.
+type E2BConnect struct {
+	AutoPause *bool `json:"autoPause,omitempty"`
+
+	// Memory false asks for a cold boot; only for a sandbox paused without its memory.
+	Memory  *bool `json:"memory,omitempty"`
+	Timeout *int  `json:"timeout,omitempty"`
+}
+
+// E2BError defines model for E2BError.
+type E2BError struct {
+	// Code The HTTP status.
+	Code int `json:"code"`
+
+	// ErrorCode Wrenn's machine-readable code (`not_found`, …).
+	ErrorCode *string `json:"error_code,omitempty"`
+	Message   string  `json:"message"`
+}
+
+// E2BForkResult defines model for E2BForkResult.
+type E2BForkResult struct {
+	Error   *E2BError   `json:"error,omitempty"`
+	Sandbox *E2BSandbox `json:"sandbox,omitempty"`
+}
+
+// E2BLifecycle defines model for E2BLifecycle.
+type E2BLifecycle struct {
+	AutoResume bool      `json:"autoResume"`
+	OnTimeout  OnTimeout `json:"onTimeout"`
+}
+
+// E2BNetwork Egress (IPv4 CIDRs or addresses) and inbound traffic rules.
+type E2BNetwork struct {
+	AllowOut *[]string `json:"allowOut,omitempty"`
+
+	// AllowPublicTraffic Create only; default true. false: user ports need the trafficAccessToken (header e2b-traffic-access-token).
+	AllowPublicTraffic *bool `json:"allowPublicTraffic,omitempty"`
+
+	// AllowInternetAccess Network update only (E2B spells it in snake case).
+	AllowInternetAccess *bool     `json:"allow_internet_access,omitempty"`
+	DenyOut             *[]string `json:"denyOut,omitempty"`
+
+	// DnsServers Not supported (400).
+	DnsServers *[]string `json:"dnsServers,omitempty"`
+
+	// EgressProxy Not supported (400).
+	EgressProxy interface{} `json:"egressProxy,omitempty"`
+
+	// HttpsPorts Not supported (400).
+	HttpsPorts *[]int `json:"httpsPorts,omitempty"`
+
+	// MaskRequestHost Not supported (400).
+	MaskRequestHost *string `json:"maskRequestHost,omitempty"`
+
+	// Rules Not supported (400).
+	Rules interface{} `json:"rules,omitempty"`
+}
+
+// E2BNewSandbox defines model for E2BNewSandbox.
+type E2BNewSandbox struct {
+	AllowInternetAccess *bool `json:"allow_internet_access,omitempty"`
+
+	// AutoPause Pause instead of kill at the deadline.
+	AutoPause *bool `json:"autoPause,omitempty"`
+
+	// AutoPauseMemory false is not supported (400).
+	AutoPauseMemory *bool `json:"autoPauseMemory,omitempty"`
+
+	// AutoResume `{"enabled": true}` (or a bare boolean): a paused sandbox resumes when traffic reaches it.
+	AutoResume interface{}        `json:"autoResume,omitempty"`
+	EnvVars    *map[string]string `json:"envVars,omitempty"`
+
+	// Iam Not supported (400 unless empty).
+	Iam interface{} `json:"iam,omitempty"`
+
+	// Mcp Not supported (400 unless empty).
+	Mcp      interface{}        `json:"mcp,omitempty"`
+	Metadata *map[string]string `json:"metadata,omitempty"`
+
+	// Network Egress (IPv4 CIDRs or addresses) and inbound traffic rules.
+	Network *E2BNetwork `json:"network,omitempty"`
+
+	// Secure Ignored; envd always requires the access token.
+	Secure *bool `json:"secure,omitempty"`
+
+	// TemplateID `base` (or empty) is the default template; a snapshot id creates from that snapshot.
+	TemplateID *string `json:"templateID,omitempty"`
+
+	// Timeout Seconds from now until the on-timeout action.
+	Timeout *int `json:"timeout,omitempty"`
+
+	// VolumeMounts Not supported (400 unless empty).
+	VolumeMounts interface{} `json:"volumeMounts,omitempty"`
+}
+
+// E2BSandbox defines model for E2BSandbox.
+type E2BSandbox struct {
+	Alias           *string `json:"alias,omitempty"`
+	ClientID        string  `json:"clientID"`
+	Domain          *string `json:"domain,omitempty"`
+	EnvdAccessToken *string `json:"envdAccessToken,omitempty"`
+
+	// EnvdVersion The E2B envd version Wrenn's envd implements (docs/e2b-compat.md).
+	EnvdVersion        string  `json:"envdVersion"`
+	SandboxID          string  `json:"sandboxID"`
+	TemplateID         string  `json:"templateID"`
+	TrafficAccessToken *string `json:"trafficAccessToken,omitempty"`
+}
+
+// E2BSandboxDetail defines model for E2BSandboxDetail.
+type E2BSandboxDetail struct {
+	Alias               *string            `json:"alias,omitempty"`
+	AllowInternetAccess *bool              `json:"allowInternetAccess,omitempty"`
+	ClientID            string             `json:"clientID"`
+	CpuCount            int                `json:"cpuCount"`
+	DiskSizeMB          int                `json:"diskSizeMB"`
+	Domain              *string            `json:"domain,omitempty"`
+	EndAt               time.Time          `json:"endAt"`
+	EnvdAccessToken     *string            `json:"envdAccessToken,omitempty"`
+	EnvdVersion         string             `json:"envdVersion"`
+	Lifecycle           *E2BLifecycle      `json:"lifecycle,omitempty"`
+	MemoryMB            int                `json:"memoryMB"`
+	Metadata            *map[string]string `json:"metadata,omitempty"`
+
+	// Network Egress (IPv4 CIDRs or addresses) and inbound traffic rules.
+	Network    *E2BNetwork                `json:"network,omitempty"`
+	PauseMode  *E2BSandboxDetailPauseMode `json:"pauseMode,omitempty"`
+	SandboxID  string                     `json:"sandboxID"`
+	StartedAt  time.Time                  `json:"startedAt"`
+	State      E2BSandboxDetailState      `json:"state"`
+	TemplateID string                     `json:"templateID"`
+}
+
+// E2BSandboxDetailPauseMode defines model for E2BSandboxDetail.PauseMode.
+type E2BSandboxDetailPauseMode string
+
+// E2BSandboxDetailState defines model for E2BSandboxDetail.State.
+type E2BSandboxDetailState string
+
+// E2BSandboxMetric defines model for E2BSandboxMetric.
+type E2BSandboxMetric struct {
+	CpuCount   int     `json:"cpuCount"`
+	CpuUsedPct float64 `json:"cpuUsedPct"`
+	DiskTotal  int64   `json:"diskTotal"`
+	DiskUsed   int64   `json:"diskUsed"`
+
+	// MemCache Always 0 (no source yet).
+	MemCache      int64     `json:"memCache"`
+	MemTotal      int64     `json:"memTotal"`
+	MemUsed       int64     `json:"memUsed"`
+	Timestamp     time.Time `json:"timestamp"`
+	TimestampUnix int64     `json:"timestampUnix"`
+}
+
+// E2BSnapshot defines model for E2BSnapshot.
+type E2BSnapshot struct {
+	Names      []string `json:"names"`
+	SnapshotID string   `json:"snapshotID"`
 }
 
 // Error defines model for Error.
@@ -786,6 +1000,12 @@ type User struct {
 // Cursor defines model for Cursor.
 type Cursor = string
 
+// E2BMetadataFilter defines model for E2BMetadataFilter.
+type E2BMetadataFilter = string
+
+// E2BNextToken defines model for E2BNextToken.
+type E2BNextToken = string
+
 // FilePath defines model for FilePath.
 type FilePath = string
 
@@ -806,6 +1026,61 @@ type TeamID = openapi_types.UUID
 
 // QuotaExceeded defines model for QuotaExceeded.
 type QuotaExceeded = Error
+
+// E2bListRunningSandboxesParams defines parameters for E2bListRunningSandboxes.
+type E2bListRunningSandboxesParams struct {
+	// Metadata A query string of `key=value` pairs (all must match) whose keys and values are escaped
+	// once more, as E2B's SDKs send it.
+	Metadata *E2BMetadataFilter `form:"metadata,omitempty" json:"metadata,omitempty"`
+}
+
+// E2bForkSandboxJSONBody defines parameters for E2bForkSandbox.
+type E2bForkSandboxJSONBody struct {
+	Count   *int `json:"count,omitempty"`
+	Timeout *int `json:"timeout,omitempty"`
+}
+
+// E2bSandboxMetricsParams defines parameters for E2bSandboxMetrics.
+type E2bSandboxMetricsParams struct {
+	// Start Unix seconds.
+	Start *int64 `form:"start,omitempty" json:"start,omitempty"`
+
+	// End Unix seconds.
+	End *int64 `form:"end,omitempty" json:"end,omitempty"`
+}
+
+// E2bPauseSandboxJSONBody defines parameters for E2bPauseSandbox.
+type E2bPauseSandboxJSONBody struct {
+	// Memory false: keep only the filesystem; resuming cold-boots the sandbox from its disk.
+	Memory              *bool `json:"memory,omitempty"`
+	RequireHealthyGuest *bool `json:"requireHealthyGuest,omitempty"`
+}
+
+// E2bRefreshSandboxJSONBody defines parameters for E2bRefreshSandbox.
+type E2bRefreshSandboxJSONBody struct {
+	Duration *int `json:"duration,omitempty"`
+}
+
+// E2bCreateSnapshotJSONBody defines parameters for E2bCreateSnapshot.
+type E2bCreateSnapshotJSONBody struct {
+	Memory *bool         `json:"memory,omitempty"`
+	Name   *TemplateName `json:"name,omitempty"`
+}
+
+// E2bSetSandboxTimeoutJSONBody defines parameters for E2bSetSandboxTimeout.
+type E2bSetSandboxTimeoutJSONBody struct {
+	Timeout int `json:"timeout"`
+}
+
+// E2bListSnapshotsParams defines parameters for E2bListSnapshots.
+type E2bListSnapshotsParams struct {
+	SandboxID *string `form:"sandboxID,omitempty" json:"sandboxID,omitempty"`
+	Name      *string `form:"name,omitempty" json:"name,omitempty"`
+	Limit     *int    `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// NextToken A previous page's X-Next-Token.
+	NextToken *E2BNextToken `form:"nextToken,omitempty" json:"nextToken,omitempty"`
+}
 
 // CreateAPIKeyJSONBody defines parameters for CreateAPIKey.
 type CreateAPIKeyJSONBody struct {
@@ -929,6 +1204,59 @@ type UpdateMemberJSONBody struct {
 	Role Role `json:"role"`
 }
 
+// E2bListSandboxesParams defines parameters for E2bListSandboxes.
+type E2bListSandboxesParams struct {
+	// Metadata A query string of `key=value` pairs (all must match) whose keys and values are escaped
+	// once more, as E2B's SDKs send it.
+	Metadata *E2BMetadataFilter `form:"metadata,omitempty" json:"metadata,omitempty"`
+
+	// State Comma-separated: `running`, `paused` (default both).
+	State *string `form:"state,omitempty" json:"state,omitempty"`
+
+	// StartedAfter RFC 3339 time.
+	StartedAfter *time.Time `form:"startedAfter,omitempty" json:"startedAfter,omitempty"`
+
+	// Template A template id or alias.
+	Template *string `form:"template,omitempty" json:"template,omitempty"`
+
+	// Order By start time; default desc.
+	Order *E2bListSandboxesParamsOrder `form:"order,omitempty" json:"order,omitempty"`
+	Limit *int                         `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// NextToken A previous page's X-Next-Token.
+	NextToken *E2BNextToken `form:"nextToken,omitempty" json:"nextToken,omitempty"`
+}
+
+// E2bListSandboxesParamsOrder defines parameters for E2bListSandboxes.
+type E2bListSandboxesParamsOrder string
+
+// E2bCreateSandboxV1JSONRequestBody defines body for E2bCreateSandboxV1 for application/json ContentType.
+type E2bCreateSandboxV1JSONRequestBody = E2BNewSandbox
+
+// E2bConnectSandboxV1JSONRequestBody defines body for E2bConnectSandboxV1 for application/json ContentType.
+type E2bConnectSandboxV1JSONRequestBody = E2BConnect
+
+// E2bForkSandboxJSONRequestBody defines body for E2bForkSandbox for application/json ContentType.
+type E2bForkSandboxJSONRequestBody E2bForkSandboxJSONBody
+
+// E2bSetSandboxNetworkJSONRequestBody defines body for E2bSetSandboxNetwork for application/json ContentType.
+type E2bSetSandboxNetworkJSONRequestBody = E2BNetwork
+
+// E2bPauseSandboxJSONRequestBody defines body for E2bPauseSandbox for application/json ContentType.
+type E2bPauseSandboxJSONRequestBody E2bPauseSandboxJSONBody
+
+// E2bRefreshSandboxJSONRequestBody defines body for E2bRefreshSandbox for application/json ContentType.
+type E2bRefreshSandboxJSONRequestBody E2bRefreshSandboxJSONBody
+
+// E2bResumeSandboxJSONRequestBody defines body for E2bResumeSandbox for application/json ContentType.
+type E2bResumeSandboxJSONRequestBody = E2BConnect
+
+// E2bCreateSnapshotJSONRequestBody defines body for E2bCreateSnapshot for application/json ContentType.
+type E2bCreateSnapshotJSONRequestBody E2bCreateSnapshotJSONBody
+
+// E2bSetSandboxTimeoutJSONRequestBody defines body for E2bSetSandboxTimeout for application/json ContentType.
+type E2bSetSandboxTimeoutJSONRequestBody E2bSetSandboxTimeoutJSONBody
+
 // CreateAPIKeyJSONRequestBody defines body for CreateAPIKey for application/json ContentType.
 type CreateAPIKeyJSONRequestBody CreateAPIKeyJSONBody
 
@@ -982,3 +1310,9 @@ type AddMemberJSONRequestBody = AddMemberRequest
 
 // UpdateMemberJSONRequestBody defines body for UpdateMember for application/json ContentType.
 type UpdateMemberJSONRequestBody UpdateMemberJSONBody
+
+// E2bCreateSandboxJSONRequestBody defines body for E2bCreateSandbox for application/json ContentType.
+type E2bCreateSandboxJSONRequestBody = E2BNewSandbox
+
+// E2bConnectSandboxJSONRequestBody defines body for E2bConnectSandbox for application/json ContentType.
+type E2bConnectSandboxJSONRequestBody = E2BConnect

@@ -156,3 +156,7 @@ SELECT * FROM sandboxes
 WHERE state = 'starting' AND updated_at < @before::timestamptz
 ORDER BY updated_at
 LIMIT @max_rows;
+
+-- name: SandboxSealedToken :one
+-- The sealed access token (the envd proxy checks pre-signed URLs with it).
+SELECT access_token_sealed FROM sandboxes WHERE id = @id;

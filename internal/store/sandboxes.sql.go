@@ -475,6 +475,18 @@ func (q *Queries) MarkSandboxRunning(ctx context.Context, arg MarkSandboxRunning
 	return i, err
 }
 
+const sandboxSealedToken = `-- name: SandboxSealedToken :one
+SELECT access_token_sealed FROM sandboxes WHERE id = $1
+`
+
+// The sealed access token (the envd proxy checks pre-signed URLs with it).
+func (q *Queries) SandboxSealedToken(ctx context.Context, id string) ([]byte, error) {
+	row := q.db.QueryRow(ctx, sandboxSealedToken, id)
+	var access_token_sealed []byte
+	err := row.Scan(&access_token_sealed)
+	return access_token_sealed, err
+}
+
 const schedulableHosts = `-- name: SchedulableHosts :many
 SELECT h.id, h.team_id, h.type, h.status, h.cpus, h.memory_bytes,
        h.memory_available_bytes, h.load1, h.images, h.templates, h.snapshot_templates,

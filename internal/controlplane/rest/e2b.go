@@ -24,10 +24,29 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/wrenn/wrenn/api"
 	"github.com/wrenn/wrenn/internal/controlplane/sandboxes"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 )
+
+// EnvdVersion is the E2B envd version Wrenn's envd answers for: the SDKs
+// switch features on it (see docs/e2b-compat.md). Every feature the SDKs
+// gate at or below 0.6.1 is implemented (default user, octet-stream
+// uploads, CloseStdin, stdin flag, recursive watch, metrics); file
+// metadata (0.6.2) is not, so the SDK refuses it before sending rather
+// than Wrenn dropping it.
+const EnvdVersion = "0.6.1"
+
+// e2bError is E2B's error body: code is the HTTP status as a number;
+// error_code is Wrenn's machine-readable kind.
+func e2bError(status int, msg, code string) api.E2BError {
+	e := api.E2BError{Code: status, Message: msg}
+	if code != "" {
+		e.ErrorCode = &code
+	}
+	return e
+}
 
 // e2bDefaultTemplate is E2B's default template name; it means Wrenn's.
 const e2bDefaultTemplate = "base"
@@ -145,10 +164,13 @@ func clientID(sb store.Sandbox) string {
 	return sb.HostID.String()[:8]
 }
 
-func (s *Server) e2bSandboxJSON(sb store.Sandbox, token, traffic string) e2bSandbox {
-	out := e2bSandbox{
-		TemplateID: sb.Template, SandboxID: sb.ID, Alias: sb.Template, ClientID: clientID(sb),
-		EnvdVersion: EnvdVersion, EnvdAccessToken: token, Domain: s.e2bDomain(),
+func (s *Server) e2bSandboxJSON(sb store.Sandbox, token, traffic string) api.E2BSandbox {
+	out := api.E2BSandbox{
+		TemplateID: sb.Template, SandboxID: sb.ID, Alias: &sb.Template, ClientID: clientID(sb),
+		EnvdVersion: EnvdVersion, Domain: s.e2bDomain(),
+	}
+	if token != "" {
+		out.EnvdAccessToken = &token
 	}
 	if traffic != "" {
 		out.TrafficAccessToken = &traffic
@@ -165,38 +187,35 @@ func e2bEndAt(sb store.Sandbox) time.Time {
 	return sb.UpdatedAt.Add(time.Duration(sb.TimeoutSec) * time.Second)
 }
 
-func (s *Server) e2bDetailJSON(sb store.Sandbox, token string) e2bDetail {
+func (s *Server) e2bDetailJSON(sb store.Sandbox, token string) api.E2BSandboxDetail {
 	st, _ := e2bState(sb)
-	out := e2bDetail{
-		TemplateID: sb.Template, SandboxID: sb.ID, Alias: sb.Template, ClientID: clientID(sb),
+	meta := map[string]string{}
+	_ = json.Unmarshal(sb.Metadata, &meta)
+	out := api.E2BSandboxDetail{
+		TemplateID: sb.Template, SandboxID: sb.ID, Alias: &sb.Template, ClientID: clientID(sb),
 		StartedAt: sb.CreatedAt, EndAt: e2bEndAt(sb), EnvdVersion: EnvdVersion,
-		CPUCount: int(sb.Vcpus), MemoryMB: int(sb.MemoryMb), DiskSizeMB: int(sb.DiskMb),
-		State: st, Metadata: map[string]string{}, EnvdAccessToken: token, Domain: s.e2bDomain(),
-		Lifecycle: &e2bLifecycle{AutoResume: sb.AutoResume, OnTimeout: sb.OnTimeout},
+		CpuCount: int(sb.Vcpus), MemoryMB: int(sb.MemoryMb), DiskSizeMB: int(sb.DiskMb),
+		State: api.E2BSandboxDetailState(st), Metadata: &meta, Domain: s.e2bDomain(),
+		Lifecycle: &api.E2BLifecycle{AutoResume: sb.AutoResume, OnTimeout: api.OnTimeout(sb.OnTimeout)},
 	}
-	_ = json.Unmarshal(sb.Metadata, &out.Metadata)
+	if token != "" {
+		out.EnvdAccessToken = &token
+	}
 	allow := true
+	n := &api.E2BNetwork{AllowPublicTraffic: &sb.PublicTraffic}
 	if pol := sandboxes.StoredNetwork(sb); pol != nil {
 		if pol.AllowInternet != nil {
 			allow = *pol.AllowInternet
 		}
-		n := &e2bNetwork{AllowPublicTraffic: &sb.PublicTraffic}
-		if pol.AllowOut != nil {
-			n.AllowOut = *pol.AllowOut
-		}
-		if pol.DenyOut != nil {
-			n.DenyOut = *pol.DenyOut
-		}
-		out.Network = n
-	} else {
-		out.Network = &e2bNetwork{AllowPublicTraffic: &sb.PublicTraffic}
+		n.AllowOut, n.DenyOut = pol.AllowOut, pol.DenyOut
 	}
-	out.AllowInternetAccess = &allow
+	out.Network, out.AllowInternetAccess = n, &allow
 	if st == "paused" {
-		out.PauseMode = "full"
+		mode := api.E2BSandboxDetailPauseMode("full")
 		if sb.MemoryDropped {
-			out.PauseMode = "filesystem"
+			mode = "filesystem"
 		}
+		out.PauseMode = &mode
 	}
 	return out
 }
@@ -241,7 +260,7 @@ func e2bTemplate(id string) (string, error) {
 
 // e2bEgress converts E2B's allowOut/denyOut (CIDRs or IP addresses; host
 // names are refused until domain rules exist) and allow_internet_access.
-func e2bEgress(allowInternet *bool, n *e2bNetwork) (*sandboxes.Network, error) {
+func e2bEgress(allowInternet *bool, n *api.E2BNetwork) (*sandboxes.Network, error) {
 	if n == nil && allowInternet == nil {
 		return nil, nil
 	}
@@ -249,28 +268,31 @@ func e2bEgress(allowInternet *bool, n *e2bNetwork) (*sandboxes.Network, error) {
 	if n == nil {
 		return pol, nil
 	}
+	unsupported := func(field string) error {
+		return errdefs.New(errdefs.ErrInvalidArgument, "network.%s is not supported by Wrenn", field)
+	}
 	switch {
-	case len(n.EgressProxy) > 0 && string(n.EgressProxy) != "null":
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "network.egressProxy is not supported by Wrenn")
-	case len(n.Rules) > 0 && string(n.Rules) != "null" && string(n.Rules) != "{}":
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "network.rules (request transforms) are not supported by Wrenn")
+	case present(n.EgressProxy):
+		return nil, unsupported("egressProxy")
+	case present(n.Rules):
+		return nil, unsupported("rules (request transforms)")
 	case n.MaskRequestHost != nil && *n.MaskRequestHost != "":
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "network.maskRequestHost is not supported by Wrenn")
-	case len(n.HTTPSPorts) > 0:
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "network.httpsPorts is not supported by Wrenn")
-	case len(n.DNSServers) > 0:
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "network.dnsServers is not supported by Wrenn")
+		return nil, unsupported("maskRequestHost")
+	case n.HttpsPorts != nil && len(*n.HttpsPorts) > 0:
+		return nil, unsupported("httpsPorts")
+	case n.DnsServers != nil && len(*n.DnsServers) > 0:
+		return nil, unsupported("dnsServers")
 	}
 	for _, f := range []struct {
 		name string
-		in   []string
+		in   *[]string
 		out  **[]string
 	}{{"allowOut", n.AllowOut, &pol.AllowOut}, {"denyOut", n.DenyOut, &pol.DenyOut}} {
 		if f.in == nil {
 			continue
 		}
-		list := make([]string, 0, len(f.in))
-		for _, e := range f.in {
+		list := make([]string, 0, len(*f.in))
+		for _, e := range *f.in {
 			if a, err := netip.ParseAddr(e); err == nil && a.Is4() {
 				e = netip.PrefixFrom(a, 32).String()
 			}
@@ -288,27 +310,34 @@ func e2bEgress(allowInternet *bool, n *e2bNetwork) (*sandboxes.Network, error) {
 }
 
 // e2bAutoResume reads autoResume: {"enabled": bool} or a bare bool.
-func e2bAutoResume(raw json.RawMessage) (bool, error) {
-	if len(raw) == 0 || string(raw) == "null" {
+func e2bAutoResume(v any) (bool, error) {
+	switch x := v.(type) {
+	case nil:
 		return false, nil
+	case bool:
+		return x, nil
+	case map[string]any:
+		if e, ok := x["enabled"].(bool); ok || x["enabled"] == nil {
+			return e, nil
+		}
 	}
-	var b bool
-	if json.Unmarshal(raw, &b) == nil {
-		return b, nil
-	}
-	var o struct {
-		Enabled bool `json:"enabled"`
-	}
-	if err := json.Unmarshal(raw, &o); err != nil {
-		return false, invalid("autoResume: want {\"enabled\": true|false}")
-	}
-	return o.Enabled, nil
+	return false, invalid("autoResume: want {\"enabled\": true|false}")
 }
 
-// present reports whether an optional JSON value carries something.
-func present(raw json.RawMessage) bool {
-	v := strings.TrimSpace(string(raw))
-	return v != "" && v != "null" && v != "{}" && v != "[]"
+// present reports whether an optional JSON value (decoded as any)
+// carries something.
+func present(v any) bool {
+	switch x := v.(type) {
+	case nil:
+		return false
+	case map[string]any:
+		return len(x) > 0
+	case []any:
+		return len(x) > 0
+	case string:
+		return x != ""
+	}
+	return true
 }
 
 func (s *Server) e2bCreate(w http.ResponseWriter, r *http.Request) (err error) {
@@ -316,28 +345,28 @@ func (s *Server) e2bCreate(w http.ResponseWriter, r *http.Request) (err error) {
 	team := principal(ctx).TeamID
 	id := sandboxes.NewID()
 	defer func() { s.audit(ctx, "sandbox", id, "create", err, map[string]any{"api": "e2b"}) }()
-	var req e2bCreate
+	var req api.E2BNewSandbox
 	if err := e2bDecode(w, r, &req); err != nil {
 		return err
 	}
 	switch {
-	case present(req.MCP):
+	case present(req.Mcp):
 		return errdefs.New(errdefs.ErrInvalidArgument, "mcp gateways are not supported by Wrenn")
-	case present(req.IAM):
+	case present(req.Iam):
 		return errdefs.New(errdefs.ErrInvalidArgument, "iam tokens are not supported by Wrenn")
 	case present(req.VolumeMounts):
 		return errdefs.New(errdefs.ErrInvalidArgument, "volume mounts are not supported by Wrenn")
 	case req.AutoPauseMemory != nil && !*req.AutoPauseMemory:
 		return errdefs.New(errdefs.ErrInvalidArgument, "a filesystem-only pause on timeout (autoPauseMemory: false) is not supported by Wrenn; pause with memory or kill")
 	}
-	name, err := e2bTemplate(req.TemplateID)
+	name, err := e2bTemplate(deref(req.TemplateID))
 	if err != nil {
 		return err
 	}
 	spec := sandboxes.Spec{
 		Template: name, VCPUs: sandboxes.DefaultVCPUs, MemoryMB: sandboxes.DefaultMemoryMB,
 		DiskMB: sandboxes.DefaultDiskMB, TimeoutSec: sandboxes.DefaultTimeoutSec, OnTimeout: sandboxes.OnTimeoutKill,
-		Env: req.EnvVars, Metadata: req.Metadata, PublicTraffic: true,
+		Env: deref(req.EnvVars), Metadata: deref(req.Metadata), PublicTraffic: true,
 	}
 	if req.Timeout != nil {
 		if err := e2bTimeout("timeout", *req.Timeout); err != nil {
@@ -424,19 +453,14 @@ func (s *Server) e2bSetTimeout(w http.ResponseWriter, r *http.Request) (err erro
 		return err
 	}
 	defer func() { s.audit(ctx, "sandbox", sb.ID, "set_timeout", err, map[string]any{"api": "e2b"}) }()
-	var body struct {
-		Timeout *int `json:"timeout"`
-	}
+	var body api.E2bSetSandboxTimeoutJSONBody
 	if err := e2bDecode(w, r, &body); err != nil {
 		return err
 	}
-	if body.Timeout == nil {
-		return invalid("timeout: required (seconds from now)")
-	}
-	if err := e2bTimeout("timeout", *body.Timeout); err != nil {
+	if err := e2bTimeout("timeout", body.Timeout); err != nil {
 		return err
 	}
-	if _, err := s.e2bDeadline(ctx, sb, *body.Timeout, false); err != nil {
+	if _, err := s.e2bDeadline(ctx, sb, body.Timeout, false); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -450,9 +474,7 @@ func (s *Server) e2bRefresh(w http.ResponseWriter, r *http.Request) (err error) 
 		return err
 	}
 	defer func() { s.audit(ctx, "sandbox", sb.ID, "set_timeout", err, map[string]any{"api": "e2b"}) }()
-	var body struct {
-		Duration *int `json:"duration"`
-	}
+	var body api.E2bRefreshSandboxJSONBody
 	if err := e2bDecode(w, r, &body); err != nil {
 		return err
 	}
@@ -477,10 +499,7 @@ func (s *Server) e2bPause(w http.ResponseWriter, r *http.Request) (err error) {
 		return err
 	}
 	defer func() { s.audit(ctx, "sandbox", sb.ID, "pause", err, map[string]any{"api": "e2b"}) }()
-	var body struct {
-		Memory              *bool `json:"memory"`
-		RequireHealthyGuest *bool `json:"requireHealthyGuest"`
-	}
+	var body api.E2bPauseSandboxJSONBody
 	if err := e2bDecode(w, r, &body); err != nil {
 		return err
 	}
@@ -490,14 +509,6 @@ func (s *Server) e2bPause(w http.ResponseWriter, r *http.Request) (err error) {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
-}
-
-// e2bConnectBody is connect's and resume's body.
-type e2bConnectBody struct {
-	Timeout *int `json:"timeout"`
-	// Memory false asks for a cold boot (E2B's onResume "reboot").
-	Memory    *bool `json:"memory"`
-	AutoPause *bool `json:"autoPause"`
 }
 
 // e2bConnect returns a running sandbox (its deadline extended to the
@@ -519,7 +530,7 @@ func (s *Server) e2bConnectOrResume(w http.ResponseWriter, r *http.Request, must
 	if err != nil {
 		return err
 	}
-	var body e2bConnectBody
+	var body api.E2BConnect
 	if err := e2bDecode(w, r, &body); err != nil {
 		return err
 	}
@@ -582,7 +593,7 @@ func (s *Server) e2bMetrics(w http.ResponseWriter, r *http.Request) error {
 	if !rng.Start.IsZero() && !rng.End.IsZero() && rng.End.Before(rng.Start) {
 		return invalid("end is before start")
 	}
-	out := []e2bMetric{}
+	out := []api.E2BSandboxMetric{}
 	if sandboxes.State(sb.State) != sandboxes.Running {
 		// A paused sandbox has no current sample.
 		writeJSON(w, http.StatusOK, out)
@@ -604,7 +615,7 @@ func (s *Server) e2bSetNetwork(w http.ResponseWriter, r *http.Request) (err erro
 		return err
 	}
 	defer func() { s.audit(ctx, "sandbox", sb.ID, "set_network", err, map[string]any{"api": "e2b"}) }()
-	var body e2bNetwork
+	var body api.E2BNetwork
 	if err := e2bDecode(w, r, &body); err != nil {
 		return err
 	}
@@ -630,10 +641,7 @@ func (s *Server) e2bFork(w http.ResponseWriter, r *http.Request) (err error) {
 		return err
 	}
 	defer func() { s.audit(ctx, "sandbox", sb.ID, "fork", err, map[string]any{"api": "e2b"}) }()
-	var body struct {
-		Timeout *int `json:"timeout"`
-		Count   *int `json:"count"`
-	}
+	var body api.E2bForkSandboxJSONBody
 	if err := e2bDecode(w, r, &body); err != nil {
 		return err
 	}
@@ -653,7 +661,7 @@ func (s *Server) e2bFork(w http.ResponseWriter, r *http.Request) (err error) {
 	if ferr != nil && len(forks) == 0 {
 		return ferr
 	}
-	out := make([]e2bForkResult, 0, count)
+	out := make([]api.E2BForkResult, 0, count)
 	for _, f := range forks {
 		row := f.Sandbox
 		if body.Timeout != nil {
@@ -663,7 +671,7 @@ func (s *Server) e2bFork(w http.ResponseWriter, r *http.Request) (err error) {
 			}
 		}
 		j := s.e2bSandboxJSON(row, f.AccessToken, "")
-		out = append(out, e2bForkResult{Sandbox: &j})
+		out = append(out, api.E2BForkResult{Sandbox: &j})
 	}
 	for len(out) < count {
 		// The forks the store could not record were destroyed again.
@@ -671,7 +679,8 @@ func (s *Server) e2bFork(w http.ResponseWriter, r *http.Request) (err error) {
 		if ferr != nil {
 			msg = ferr.Error()
 		}
-		out = append(out, e2bForkResult{Error: &e2bError{Code: http.StatusInternalServerError, Message: msg}})
+		e := e2bError(http.StatusInternalServerError, msg, "internal")
+		out = append(out, api.E2BForkResult{Error: &e})
 	}
 	writeJSON(w, http.StatusCreated, out)
 	return nil
@@ -683,10 +692,7 @@ func (s *Server) e2bCreateSnapshot(w http.ResponseWriter, r *http.Request) (err 
 	if err != nil {
 		return err
 	}
-	var body struct {
-		Name   *string `json:"name"`
-		Memory *bool   `json:"memory"`
-	}
+	var body api.E2bCreateSnapshotJSONBody
 	name := "snap-" + sandboxes.RandomName(16)
 	defer func() {
 		s.audit(ctx, "sandbox", sb.ID, "snapshot", err, map[string]any{"api": "e2b", "template": name})
@@ -707,7 +713,7 @@ func (s *Server) e2bCreateSnapshot(w http.ResponseWriter, r *http.Request) (err 
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, e2bSnapshot{SnapshotID: t.Name, Names: []string{t.Name}})
+	writeJSON(w, http.StatusCreated, api.E2BSnapshot{SnapshotID: t.Name, Names: []string{t.Name}})
 	return nil
 }
 
@@ -722,7 +728,7 @@ func (s *Server) e2bListSnapshots(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return fmt.Errorf("list templates: %w", err)
 	}
-	var items []e2bSnapshot
+	var items []api.E2BSnapshot
 	for _, t := range rows {
 		if !t.Snapshot {
 			continue
@@ -733,10 +739,10 @@ func (s *Server) e2bListSnapshots(w http.ResponseWriter, r *http.Request) error 
 		if v := q.Get("name"); v != "" && t.Name != v {
 			continue
 		}
-		items = append(items, e2bSnapshot{SnapshotID: t.Name, Names: []string{t.Name}})
+		items = append(items, api.E2BSnapshot{SnapshotID: t.Name, Names: []string{t.Name}})
 	}
 	// Listed by name; the token is the last name of the previous page.
-	page, next := pageAfter(items, q.Get("nextToken"), limit, func(x e2bSnapshot) string { return x.SnapshotID })
+	page, next := pageAfter(items, q.Get("nextToken"), limit, func(x api.E2BSnapshot) string { return x.SnapshotID })
 	if next != "" {
 		w.Header().Set("X-Next-Token", next)
 	}
@@ -809,6 +815,15 @@ func pageAfter[T any](items []T, token string, limit int, key func(T) string) ([
 	return page, ""
 }
 
+// deref is *p, or T's zero value for nil.
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
 func nonNilSlice[T any](s []T) []T {
 	if s == nil {
 		return []T{}
@@ -841,7 +856,7 @@ func (s *Server) e2bList(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	page, next := pageAfter(items, q.Get("nextToken"), limit, func(d e2bDetail) string { return d.SandboxID })
+	page, next := pageAfter(items, q.Get("nextToken"), limit, func(d api.E2BSandboxDetail) string { return d.SandboxID })
 	if next != "" {
 		w.Header().Set("X-Next-Token", next)
 	}
@@ -856,7 +871,7 @@ const e2bListMax = 10000
 
 // e2bListed is the team's sandboxes matching an E2B list query, in its
 // order.
-func (s *Server) e2bListed(r *http.Request, q url.Values) ([]e2bDetail, error) {
+func (s *Server) e2bListed(r *http.Request, q url.Values) ([]api.E2BSandboxDetail, error) {
 	ctx := r.Context()
 	var o sandboxes.ListOptions
 	if v := q.Get("state"); v != "" {
@@ -907,7 +922,7 @@ func (s *Server) e2bListed(r *http.Request, q url.Values) ([]e2bDetail, error) {
 		}
 		o.Cursor = page.Next
 	}
-	out := make([]e2bDetail, 0, len(rows))
+	out := make([]api.E2BSandboxDetail, 0, len(rows))
 	for _, sb := range rows {
 		if !after.IsZero() && !sb.CreatedAt.After(after) {
 			continue

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wrenn/wrenn/api"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
 
@@ -33,11 +34,11 @@ func (e *sbEnv) e2bDo(t *testing.T, method, path string, body any, want int, out
 
 // e2bErr calls an E2B route that must fail and checks E2B's error shape:
 // code is the status as a number (the JS SDK tells 404 and 409 by it).
-func (e *sbEnv) e2bErr(t *testing.T, method, path string, body any, want int) e2bError {
+func (e *sbEnv) e2bErr(t *testing.T, method, path string, body any, want int) api.E2BError {
 	t.Helper()
-	var eb e2bError
+	var eb api.E2BError
 	resp := e.e2bDo(t, method, path, body, want, &eb)
-	if eb.Code != want || eb.Message == "" || eb.ErrorCode == "" {
+	if eb.Code != want || eb.Message == "" || eb.ErrorCode == nil || *eb.ErrorCode == "" {
 		t.Fatalf("%s %s: error body %+v, want code %d, a message and an error_code", method, resp.Request.URL.Path, eb, want)
 	}
 	return eb
@@ -49,12 +50,12 @@ func TestE2BSandboxLifecycle(t *testing.T) {
 
 	// The Python SDK always sends metadata and envVars; unknown fields
 	// (a newer SDK's) are ignored.
-	var sb e2bSandbox
+	var sb api.E2BSandbox
 	env.e2bDo(t, "POST", "/v2/sandboxes", map[string]any{
 		"templateID": "base", "timeout": 120, "metadata": map[string]string{"app": "x y&z", "k": "v"},
 		"envVars": map[string]string{"FOO": "bar"}, "secure": true, "someFutureField": 1,
 	}, http.StatusCreated, &sb)
-	if sb.SandboxID == "" || sb.TemplateID != "minimal" || sb.EnvdVersion != EnvdVersion || sb.EnvdAccessToken == "" ||
+	if sb.SandboxID == "" || sb.TemplateID != "minimal" || sb.EnvdVersion != EnvdVersion || deref(sb.EnvdAccessToken) == "" ||
 		sb.ClientID == "" || sb.Domain == nil || *sb.Domain != "wrenn.test" || sb.TrafficAccessToken != nil {
 		t.Fatalf("created %+v", sb)
 	}
@@ -69,11 +70,11 @@ func TestE2BSandboxLifecycle(t *testing.T) {
 			t.Errorf("detail lacks %q: %v", k, raw)
 		}
 	}
-	var d e2bDetail
+	var d api.E2BSandboxDetail
 	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID, nil, http.StatusOK, &d)
 	now := env.Clock.Now()
-	if d.State != "running" || d.Metadata["app"] != "x y&z" || !d.EndAt.Equal(now.Add(120*time.Second)) ||
-		d.EnvdAccessToken != sb.EnvdAccessToken || d.Lifecycle == nil || d.Lifecycle.OnTimeout != "kill" {
+	if d.State != "running" || deref(d.Metadata)["app"] != "x y&z" || !d.EndAt.Equal(now.Add(120*time.Second)) ||
+		deref(d.EnvdAccessToken) != deref(sb.EnvdAccessToken) || d.Lifecycle == nil || d.Lifecycle.OnTimeout != "kill" {
 		t.Fatalf("detail %+v (now %v)", d, now)
 	}
 
@@ -92,24 +93,30 @@ func TestE2BSandboxLifecycle(t *testing.T) {
 	env.e2bDo(t, "POST", "/sandboxes/"+sb.SandboxID+"/pause", map[string]any{}, http.StatusNoContent, nil)
 	env.e2bErr(t, "POST", "/sandboxes/"+sb.SandboxID+"/pause", map[string]any{}, http.StatusConflict)
 	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID, nil, http.StatusOK, &d)
-	if d.State != "paused" || d.PauseMode != "full" {
-		t.Fatalf("after pause: state %q pauseMode %q", d.State, d.PauseMode)
+	if d.State != "paused" || deref(d.PauseMode) != "full" {
+		t.Fatalf("after pause: state %q pauseMode %q", d.State, deref(d.PauseMode))
 	}
 	// Connect resumes (201) and answers the same envd token; connecting
 	// to a running sandbox answers 200.
-	var conn e2bSandbox
+	var conn api.E2BSandbox
 	env.e2bDo(t, "POST", "/v2/sandboxes/"+sb.SandboxID+"/connect", map[string]any{"timeout": 60}, http.StatusCreated, &conn)
-	if conn.EnvdAccessToken != sb.EnvdAccessToken || conn.SandboxID != sb.SandboxID {
+	if deref(conn.EnvdAccessToken) != deref(sb.EnvdAccessToken) || conn.SandboxID != sb.SandboxID {
 		t.Fatalf("connect answered %+v, want the create's token", conn)
 	}
 	env.e2bDo(t, "POST", "/v2/sandboxes/"+sb.SandboxID+"/connect", map[string]any{}, http.StatusOK, &conn)
 	env.e2bErr(t, "POST", "/sandboxes/"+sb.SandboxID+"/resume", map[string]any{}, http.StatusConflict)
 
-	// Metrics: a list of samples with every key Python requires.
+	// Metrics: the agent's history, with every key Python requires, and
+	// the range (unix seconds) passed on.
 	var ms []map[string]any
 	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID+"/metrics", nil, http.StatusOK, &ms)
-	if len(ms) != 1 {
+	if len(ms) != 2 || ms[1]["timestampUnix"] != float64(1_700_000_005) || ms[1]["cpuUsedPct"] != float64(20) {
 		t.Fatalf("metrics %v", ms)
+	}
+	var later []api.E2BSandboxMetric
+	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID+"/metrics?start=1700000003", nil, http.StatusOK, &later)
+	if len(later) != 1 || later[0].TimestampUnix != 1_700_000_005 || later[0].MemTotal != 512<<20 {
+		t.Fatalf("metrics from 1700000003: %+v", later)
 	}
 	for _, k := range []string{"timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal", "memCache", "diskUsed", "diskTotal"} {
 		if _, ok := ms[0][k]; !ok {
@@ -128,6 +135,22 @@ func TestE2BSandboxLifecycle(t *testing.T) {
 	}
 	env.e2bErr(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", map[string]any{"allowOut": []string{"example.com"}}, http.StatusBadRequest)
 
+	// A filesystem-only pause shows as such and resumes by connect.
+	env.e2bDo(t, "POST", "/sandboxes/"+sb.SandboxID+"/pause", map[string]any{"memory": false}, http.StatusNoContent, nil)
+	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID, nil, http.StatusOK, &d)
+	if d.State != "paused" || deref(d.PauseMode) != "filesystem" {
+		t.Fatalf("after a filesystem pause: state %q pauseMode %q", d.State, deref(d.PauseMode))
+	}
+	if !agent.droppedMemory(sb.SandboxID) {
+		t.Fatal("the agent was not asked to drop the sandbox's memory")
+	}
+	env.e2bDo(t, "POST", "/sandboxes/"+sb.SandboxID+"/connect", map[string]any{}, http.StatusCreated, &conn)
+	d = api.E2BSandboxDetail{}
+	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID, nil, http.StatusOK, &d)
+	if d.State != "running" || d.PauseMode != nil {
+		t.Fatalf("after resuming a filesystem pause: state %q pauseMode %q", d.State, deref(d.PauseMode))
+	}
+
 	// Kill: 204, then 404 with code 404 (the JS SDK returns false by it).
 	env.e2bDo(t, "DELETE", "/sandboxes/"+sb.SandboxID, nil, http.StatusNoContent, nil)
 	env.e2bErr(t, "DELETE", "/sandboxes/"+sb.SandboxID, nil, http.StatusNotFound)
@@ -143,7 +166,7 @@ func TestE2BCreateOptions(t *testing.T) {
 
 	// No public traffic: a traffic token; autoPause: pause on timeout;
 	// allow_internet_access false reaches the agent.
-	var sb e2bSandbox
+	var sb api.E2BSandbox
 	env.e2bDo(t, "POST", "/sandboxes", map[string]any{
 		"templateID": "minimal", "autoPause": true, "autoResume": map[string]bool{"enabled": true},
 		"allow_internet_access": false, "network": map[string]any{"allowPublicTraffic": false, "allowOut": []string{"8.8.8.8/32"}},
@@ -189,7 +212,7 @@ func TestE2BCreateOptions(t *testing.T) {
 	}
 	// No key: 401 in E2B's shape.
 	resp := env.doHeader(t, "GET", "/v2/sandboxes", "", nil, nil)
-	var eb e2bError
+	var eb api.E2BError
 	if err := json.NewDecoder(resp.Body).Decode(&eb); err != nil || resp.StatusCode != 401 || eb.Code != 401 || eb.Message == "" {
 		t.Fatalf("no key: %d %+v %v", resp.StatusCode, eb, err)
 	}
@@ -201,7 +224,7 @@ func TestE2BListAndSnapshots(t *testing.T) {
 	env.addHost(t)
 	var ids []string
 	for i, meta := range []map[string]string{{"user": "ann b", "n": "1"}, {"user": "ann b", "n": "2"}, {"user": "bob"}} {
-		var sb e2bSandbox
+		var sb api.E2BSandbox
 		env.e2bDo(t, "POST", "/v2/sandboxes", map[string]any{"templateID": "base", "metadata": meta}, http.StatusCreated, &sb)
 		ids = append(ids, sb.SandboxID)
 		env.Clock.Advance(time.Duration(i+1) * time.Second)
@@ -211,7 +234,7 @@ func TestE2BListAndSnapshots(t *testing.T) {
 	// The SDKs escape the filter's keys and values once more, then the
 	// HTTP client encodes the whole value.
 	filter := url.Values{"user": {url.QueryEscape("ann b")}}.Encode()
-	var page []e2bDetail
+	var page []api.E2BSandboxDetail
 	env.e2bDo(t, "GET", "/v2/sandboxes?metadata="+url.QueryEscape(filter), nil, http.StatusOK, &page)
 	if len(page) != 2 || page[0].SandboxID != ids[1] || page[1].SandboxID != ids[0] {
 		t.Fatalf("metadata filter: %+v", page)
@@ -237,7 +260,7 @@ func TestE2BListAndSnapshots(t *testing.T) {
 	if strings.Join(seen, ",") != strings.Join(ids, ",") {
 		t.Fatalf("paged %v, want %v", seen, ids)
 	}
-	var running []e2bDetail
+	var running []api.E2BSandboxDetail
 	env.e2bDo(t, "GET", "/sandboxes", nil, http.StatusOK, &running)
 	if len(running) != 2 {
 		t.Fatalf("GET /sandboxes (running only): %d", len(running))
@@ -246,19 +269,19 @@ func TestE2BListAndSnapshots(t *testing.T) {
 
 	// Snapshots: create (named and not), list by sandbox, create a
 	// sandbox from one, delete (404 the second time).
-	var snap e2bSnapshot
+	var snap api.E2BSnapshot
 	env.e2bDo(t, "POST", "/sandboxes/"+ids[0]+"/snapshots", map[string]any{"name": "my-snap"}, http.StatusCreated, &snap)
 	if snap.SnapshotID != "my-snap" || len(snap.Names) != 1 {
 		t.Fatalf("snapshot %+v", snap)
 	}
-	var anon e2bSnapshot
+	var anon api.E2BSnapshot
 	env.e2bDo(t, "POST", "/sandboxes/"+ids[2]+"/snapshots", map[string]any{}, http.StatusCreated, &anon)
-	var snaps []e2bSnapshot
+	var snaps []api.E2BSnapshot
 	env.e2bDo(t, "GET", "/snapshots?sandboxID="+ids[0], nil, http.StatusOK, &snaps)
 	if len(snaps) != 1 || snaps[0].SnapshotID != "my-snap" {
 		t.Fatalf("snapshots of %s: %+v", ids[0], snaps)
 	}
-	var from e2bSandbox
+	var from api.E2BSandbox
 	env.e2bDo(t, "POST", "/v2/sandboxes", map[string]any{"templateID": "my-snap"}, http.StatusCreated, &from)
 	if from.TemplateID != "my-snap" {
 		t.Fatalf("from snapshot: %+v", from)
@@ -268,9 +291,9 @@ func TestE2BListAndSnapshots(t *testing.T) {
 	env.e2bErr(t, "DELETE", "/templates/minimal", nil, http.StatusForbidden)
 
 	// Fork: one result per fork, each with its own token.
-	var forks []e2bForkResult
+	var forks []api.E2BForkResult
 	env.e2bDo(t, "POST", "/sandboxes/"+ids[0]+"/fork", map[string]any{"count": 2, "timeout": 50}, http.StatusCreated, &forks)
-	if len(forks) != 2 || forks[0].Sandbox == nil || forks[1].Sandbox == nil || forks[0].Sandbox.EnvdAccessToken == forks[1].Sandbox.EnvdAccessToken {
+	if len(forks) != 2 || forks[0].Sandbox == nil || forks[1].Sandbox == nil || deref(forks[0].Sandbox.EnvdAccessToken) == deref(forks[1].Sandbox.EnvdAccessToken) {
 		t.Fatalf("forks %+v", forks)
 	}
 	env.e2bErr(t, "POST", "/sandboxes/"+ids[0]+"/fork", map[string]any{"count": 21}, http.StatusBadRequest)
@@ -281,7 +304,7 @@ func TestE2BListAndSnapshots(t *testing.T) {
 func TestE2BDeadlines(t *testing.T) {
 	env := newSandboxEnv(t)
 	agent := env.addHost(t)
-	var killed, paused e2bSandbox
+	var killed, paused api.E2BSandbox
 	env.e2bDo(t, "POST", "/v2/sandboxes", map[string]any{"templateID": "base", "timeout": 30}, http.StatusCreated, &killed)
 	env.e2bDo(t, "POST", "/v2/sandboxes", map[string]any{"templateID": "base", "timeout": 60, "autoPause": true}, http.StatusCreated, &paused)
 	svc := env.Server.Sandboxes()

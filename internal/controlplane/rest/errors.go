@@ -39,7 +39,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 			w.Header().Set("Connection", "close")
 		}
 		if isE2BPath(r.URL.Path) {
-			writeJSON(w, http.StatusRequestTimeout, e2bError{Code: http.StatusRequestTimeout, Message: errBodyTooSlow.Error(), ErrorCode: "request_timeout"})
+			writeJSON(w, http.StatusRequestTimeout, e2bError(http.StatusRequestTimeout, errBodyTooSlow.Error(), "request_timeout"))
 			return
 		}
 		var b errorBody
@@ -73,7 +73,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// E2B's SDKs parse {"code": <status>, "message"} on every error
 		// (a missing key crashes the Python SDK; the JS SDK tells a
 		// missing sandbox by code 404).
-		writeJSON(w, status, e2bError{Code: status, Message: b.Error.Message, ErrorCode: b.Error.Code})
+		writeJSON(w, status, e2bError(status, b.Error.Message, b.Error.Code))
 		return
 	}
 	writeJSON(w, status, b)

@@ -118,6 +118,14 @@ func (s *Service) Resume(ctx context.Context, team uuid.UUID, id string) (store.
 		if _, err := ag.ResumeSandbox(ctx, connect.NewRequest(&hostagentv1.ResumeSandboxRequest{Id: sb.ID, TeamId: sb.TeamID.String()})); err != nil {
 			return agentErr("resume sandbox "+sb.ID, err)
 		}
+		if sb.MemoryDropped {
+			// It booted from its disk: running with memory again.
+			if err := s.q.SetSandboxMemoryDropped(ctx, store.SetSandboxMemoryDroppedParams{
+				ID: sb.ID, TeamID: sb.TeamID, MemoryDropped: false, Now: s.clk.Now(),
+			}); err != nil {
+				return fmt.Errorf("record sandbox %s resumed from its disk: %w", sb.ID, err)
+			}
+		}
 		return nil
 	})
 }
@@ -561,13 +569,19 @@ func roomOnHost(ctx context.Context, q *store.Queries, sb store.Sandbox, n sched
 	return errdefs.New(errdefs.ErrUnavailable, "sandbox %s's host is not online", sb.ID)
 }
 
-// pauseRequest and metricsRequest build the agent requests; the fields
-// for a memory-less pause and a metrics range arrive with the agent's
-// support for them.
-func pauseRequest(id string, _ PauseOptions) *hostagentv1.PauseSandboxRequest {
-	return &hostagentv1.PauseSandboxRequest{Id: id}
+func pauseRequest(id string, o PauseOptions) *hostagentv1.PauseSandboxRequest {
+	return &hostagentv1.PauseSandboxRequest{Id: id, DropMemory: o.DropMemory}
 }
 
-func metricsRequest(id string, _ MetricsRange) *hostagentv1.GetSandboxMetricsRequest {
-	return &hostagentv1.GetSandboxMetricsRequest{Id: id}
+// metricsRequest asks for the current reading and the history within r
+// (zero ends: unbounded).
+func metricsRequest(id string, r MetricsRange) *hostagentv1.GetSandboxMetricsRequest {
+	req := &hostagentv1.GetSandboxMetricsRequest{Id: id}
+	if !r.Start.IsZero() {
+		req.StartUnixMs = r.Start.UnixMilli()
+	}
+	if !r.End.IsZero() {
+		req.EndUnixMs = r.End.UnixMilli()
+	}
+	return req
 }

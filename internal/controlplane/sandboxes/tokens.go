@@ -1,6 +1,7 @@
 package sandboxes
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -67,4 +68,14 @@ func (s *Service) AccessToken(sb store.Sandbox) (string, error) {
 		return "", errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s's access token cannot be given again (it predates sealed tokens or the control plane's secret changed)", sb.ID)
 	}
 	return tok, nil
+}
+
+// AccessTokenByID is AccessToken for a sandbox known only by id (the envd
+// proxy, which has already authorized the caller for it).
+func (s *Service) AccessTokenByID(ctx context.Context, id string) (string, error) {
+	sealed, err := s.q.SandboxSealedToken(ctx, id)
+	if err != nil {
+		return "", store.Found(err, "sandbox", id)
+	}
+	return s.AccessToken(store.Sandbox{ID: id, AccessTokenSealed: sealed})
 }
