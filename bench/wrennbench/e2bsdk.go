@@ -103,7 +103,7 @@ func (b *bench) e2bSDK(ctx context.Context, st *devstack.Stack, sdk, v1 *Figure)
 		fail(err)
 		return
 	}
-	samples, info, failed, err := runE2BDriver(ctx, python, script, b.cfg.Samples, st)
+	samples, info, failed, err := runE2BDriver(ctx, python, script, b.cfg.E2BSamples, st)
 	fillE2BFigures(sdk, v1, samples, info, failed, err)
 }
 
