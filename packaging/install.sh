@@ -23,7 +23,7 @@ confdir=$SYSCONFDIR/wrenn
 bins=(wrenn-cp wrenn-agent wrenn)
 for b in "${bins[@]}"; do
 	if [[ ! -x $BUILDS/$b ]]; then
-		echo "install: $BUILDS/$b is missing: run make build first (as your user, then make install as root)" >&2
+		echo "install: $BUILDS/$b is missing: run make build first" >&2
 		exit 1
 	fi
 done

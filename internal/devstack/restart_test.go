@@ -39,11 +39,11 @@ func (s *syncBuffer) String() string {
 }
 
 // TestRestartKilledDaemons: on a whole stack with one sandbox (a real
-// VM), SIGKILL wrenn-cp, then wrenn-agent. Each is restarted by the stack,
-// which says so; the API answers again; and the sandbox created before is
-// still listed as running and still the same VM (a file written before
-// reads back), because the VMM outlives its agent and the new agent adopts
-// it.
+// VM), SIGKILL wrenn-cp, then wrenn-agent, then PostgreSQL. Each is
+// restarted by the stack, which says so; the API answers again; and the
+// sandbox created before is still listed as running and still the same VM
+// (a file written before reads back), because the VMM outlives its agent
+// and the new agent adopts it.
 func TestRestartKilledDaemons(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL, wrenn-cp, wrenn-agent and a VM: not in -short")
@@ -93,7 +93,7 @@ func TestRestartKilledDaemons(t *testing.T) {
 		t.Fatalf("exec before the kills: %q", out)
 	}
 
-	for _, name := range []string{devstack.CP, devstack.Agent} {
+	for _, name := range []string{devstack.CP, devstack.Agent, devstack.Postgres} {
 		pid := st.PID(name)
 		if pid == 0 {
 			t.Fatalf("%s: no pid", name)
@@ -116,19 +116,36 @@ func TestRestartKilledDaemons(t *testing.T) {
 			t.Errorf("%s after its restart: pid %d, killed %d", name, p, pid)
 		}
 		want := name + " exited: signal: killed; restarting (attempt 1)"
+		if name == devstack.Postgres {
+			want = "postgresql stopped (its server is gone); restarting (attempt 1)"
+		}
 		if !strings.Contains(progress.String(), want) {
 			t.Errorf("the stack did not say %q:\n%s", want, progress.String())
 		}
 
+		// The control plane's pool may still hold connections to the
+		// killed PostgreSQL: the API is given a few seconds to answer.
 		var got struct {
 			State string `json:"state"`
 		}
-		api.do(http.MethodGet, "/v1/sandboxes/"+sb.ID, nil, http.StatusOK, &got)
+		deadline = time.Now().Add(30 * time.Second)
+		for code := api.get("/v1/sandboxes/"+sb.ID, &got); code != http.StatusOK; code = api.get("/v1/sandboxes/"+sb.ID, &got) {
+			if time.Now().After(deadline) {
+				t.Fatalf("after %s's restart GET /v1/sandboxes/%s answers %d", name, sb.ID, code)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 		if got.State != "running" {
 			t.Errorf("after %s's restart the sandbox is %q, want running", name, got.State)
 		}
 		if out := api.exec(sb.ID, "cat /tmp/marker"); out != "kept\n" {
 			t.Errorf("after %s's restart the sandbox's file reads %q, want the one written before", name, out)
+		}
+	}
+	// Each daemon was restarted once, and none of the others was.
+	for _, name := range []string{devstack.CP, devstack.Agent, devstack.Postgres} {
+		if n := st.Restarts(name); n != 1 {
+			t.Errorf("%s restarted %d times, want 1:\n%s", name, n, progress.String())
 		}
 	}
 }
@@ -166,6 +183,28 @@ func (c apiClient) do(method, path string, body any, want int, out any) {
 			c.t.Fatalf("%s %s: decode %s: %v", method, path, b, err)
 		}
 	}
+}
+
+// get does a GET and decodes a 200 answer into out; it returns the status
+// (0 when the request failed).
+func (c apiClient) get(path string, out any) int {
+	c.t.Helper()
+	req, err := http.NewRequestWithContext(c.ctx, http.MethodGet, c.st.URL+path, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.st.Admin.APIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			c.t.Fatalf("GET %s: decode: %v", path, err)
+		}
+	}
+	return resp.StatusCode
 }
 
 // exec runs a shell command line in the sandbox and returns its stdout.

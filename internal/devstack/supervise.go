@@ -3,14 +3,21 @@ package devstack
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 )
 
 // Names of the daemons the stack supervises, for PID and Restarts.
 const (
-	CP    = "wrenn-cp"
-	Agent = "wrenn-agent"
+	CP       = "wrenn-cp"
+	Agent    = "wrenn-agent"
+	Postgres = "postgresql" // the private cluster (none with Config.DatabaseURL)
 )
+
+// pgPollInterval is how often the private PostgreSQL is checked: pg_ctl
+// runs it as a daemon of its own, not as our child, so there is no exit
+// to wait for.
+const pgPollInterval = time.Second
 
 // daemon is one supervised child: how to start it again (same arguments
 // and environment) and how to tell it serves again.
@@ -22,15 +29,16 @@ type daemon struct {
 	ready func(ctx context.Context, c *child, start time.Time) error
 }
 
-// supervise starts one supervisor per daemon. They run until Close (or
-// until one gives up), independent of ctx's cancellation: Up's context
-// bounds starting the stack, not its life.
+// supervise starts one supervisor per daemon, and one for the private
+// PostgreSQL cluster if there is one. They run until Close (or until one
+// gives up), independent of ctx's cancellation: Up's context bounds
+// starting the stack, not its life.
 func (s *Stack) supervise(ctx context.Context, ds ...*daemon) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopSupervising = cancel
-	for _, d := range ds {
+	run := func(f func(context.Context) error) {
 		s.supervisors.Go(func() {
-			if err := s.watch(ctx, d); err != nil {
+			if err := f(ctx); err != nil {
 				s.failOnce.Do(func() {
 					s.failErr = err
 					close(s.failed)
@@ -38,6 +46,38 @@ func (s *Stack) supervise(ctx context.Context, ds ...*daemon) {
 			}
 		})
 	}
+	for _, d := range ds {
+		run(func(ctx context.Context) error { return s.watch(ctx, d) })
+	}
+	if s.cluster != nil {
+		run(s.watchPostgres)
+	}
+}
+
+// crashes counts a daemon's recent crashes against the restart policy.
+type crashes struct {
+	p     RestartPolicy
+	times []time.Time
+}
+
+// add records a crash now and returns how many fall within the window,
+// whether that is too many, and how long to wait before the restart.
+func (c *crashes) add(now time.Time) (n int, giveUp bool, delay time.Duration) {
+	recent := c.times[:0]
+	for _, t := range c.times {
+		if now.Sub(t) < c.p.Window {
+			recent = append(recent, t)
+		}
+	}
+	c.times = append(recent, now)
+	n = len(c.times)
+	return n, n > c.p.MaxCrashes, min(c.p.Backoff<<(n-1), c.p.MaxBackoff)
+}
+
+func (s *Stack) countRestart(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.restarts[name]++
 }
 
 // current is the daemon's running child (nil for a name not started).
@@ -68,6 +108,12 @@ func (s *Stack) replace(name string, c *child) {
 // when the stack has none (no agent, or between a crash and its restart).
 // Fault-injection tests kill it.
 func (s *Stack) PID(name string) int {
+	if name == Postgres {
+		if s.cluster == nil {
+			return 0
+		}
+		return s.cluster.PID()
+	}
 	c := s.current(name)
 	if c == nil {
 		return 0
@@ -91,8 +137,7 @@ func (s *Stack) Restarts(name string) int {
 // watch restarts d each time it exits until ctx ends (Close), and returns
 // an error when d crashed more than the policy allows within its window.
 func (s *Stack) watch(ctx context.Context, d *daemon) error {
-	p := s.cfg.Restart
-	var crashes []time.Time
+	crashed := crashes{p: s.cfg.Restart}
 	for {
 		c := s.current(d.name)
 		select {
@@ -107,20 +152,12 @@ func (s *Stack) watch(ctx context.Context, d *daemon) error {
 		}
 		why := exitReason(c.err)
 		for {
-			now := time.Now()
-			recent := crashes[:0]
-			for _, t := range crashes {
-				if now.Sub(t) < p.Window {
-					recent = append(recent, t)
-				}
-			}
-			crashes = append(recent, now)
-			if len(crashes) > p.MaxCrashes {
+			n, giveUp, delay := crashed.add(time.Now())
+			if giveUp {
 				return fmt.Errorf("%s exited: %s; it crashed %d times within %s, giving up (see %s); last log lines:\n%s",
-					d.name, why, len(crashes), p.Window, c.logPath, tailString(c.logPath, 2048))
+					d.name, why, n, s.cfg.Restart.Window, c.logPath, tailString(c.logPath, 2048))
 			}
-			s.step("%s exited: %s; restarting (attempt %d)", d.name, why, len(crashes))
-			delay := min(p.Backoff<<(len(crashes)-1), p.MaxBackoff)
+			s.step("%s exited: %s; restarting (attempt %d)", d.name, why, n)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -152,10 +189,55 @@ func (s *Stack) watch(ctx context.Context, d *daemon) error {
 				}
 				continue
 			}
-			s.mu.Lock()
-			s.restarts[d.name]++
-			s.mu.Unlock()
+			s.countRestart(d.name)
 			s.step("%s is back (%s)", d.name, since(start))
+			break
+		}
+	}
+}
+
+// watchPostgres starts the private cluster again when its server is gone,
+// under the same policy as the daemons. The control plane keeps running
+// meanwhile (its pool reconnects); requests that need the database fail
+// until it is back.
+func (s *Stack) watchPostgres(ctx context.Context) error {
+	crashed := crashes{p: s.cfg.Restart}
+	logPath := filepath.Join(s.cluster.Dir, "server.log")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(pgPollInterval):
+		}
+		if s.cluster.PID() != 0 {
+			continue
+		}
+		why := "its server is gone"
+		for {
+			n, giveUp, delay := crashed.add(time.Now())
+			if giveUp {
+				return fmt.Errorf("postgresql stopped: %s; it stopped %d times within %s, giving up (see %s); last log lines:\n%s",
+					why, n, s.cfg.Restart.Window, logPath, tailString(logPath, 2048))
+			}
+			s.step("postgresql stopped (%s); restarting (attempt %d)", why, n)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
+			}
+			start := time.Now()
+			sctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
+			err := s.cluster.Start(sctx)
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				why = err.Error()
+				continue
+			}
+			s.countRestart(Postgres)
+			s.step("postgresql is back (%s)", since(start))
 			break
 		}
 	}
