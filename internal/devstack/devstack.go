@@ -1,7 +1,8 @@
 // Package devstack brings up a single-node Wrenn on this machine: a private
 // PostgreSQL cluster, wrenn-cp and wrenn-agent as child processes, the local
 // host registered, and on first run an admin user (made platform admin with
-// `wrenn-cp admin`), a team and an API key with platform rights.
+// `wrenn-cp admin`), a team and an API key with platform rights. While it
+// runs, a daemon that dies is restarted (RestartPolicy).
 // `make up` runs it through cmd/wrenn-up; the end-to-end tests use it to
 // start the same stack in a temporary WRENN_DIR.
 //
@@ -70,12 +71,13 @@ type Config struct {
 	// fingerprint wrenn-cp logs, saves the CA as Dir/cp-ca.crt (for
 	// `wrenn --ca-cert`), and the agent registers with a token pinning it.
 	TLS bool
-	// Restart says how wrenn-cp and wrenn-agent are restarted when they
-	// exit on their own. Zero fields take defaults (see RestartPolicy).
+	// Restart says how wrenn-cp, wrenn-agent and the private PostgreSQL
+	// are restarted when they stop on their own. Zero fields take
+	// defaults (see RestartPolicy).
 	Restart RestartPolicy
 }
 
-// RestartPolicy: a daemon that exits while the stack runs is started again
+// RestartPolicy: a daemon that stops while the stack runs is started again
 // with the same arguments and environment after Backoff, doubled for each
 // earlier crash within Window (at most MaxBackoff), until it is healthy
 // again; the MaxCrashes+1-th crash within Window gives up, and Stack.Wait
