@@ -114,8 +114,9 @@ Next:
        sudo -u postgres createdb --owner wrenn wrenn
      and set DATABASE_URL in $confdir/wrenn-cp.env (WRENN_CP_URL too).
   2. systemctl daemon-reload && systemctl enable --now wrenn-cp
-  3. Create a host (POST /v1/hosts as a platform admin, see
-     \`wrenn-cp admin --help\` for the first admin) and put its one-time token
+  3. Make the first platform admin:
+       wrenn-cp admin --env-file $confdir/wrenn-cp.env --email EMAIL --password-file -
+     add a host with its API key (wrenn host add --type regular) and put its one-time token
      in $confdir/wrenn-agent.env as WRENN_AGENT_REGISTRATION_TOKEN, with
      WRENN_AGENT_ADDRESS (host:port the control plane dials).
   4. systemctl enable --now wrenn-agent; once the journal says "registered
