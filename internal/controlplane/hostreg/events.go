@@ -42,6 +42,11 @@ func (s *Service) ReportSandboxEvents(ctx context.Context, req *connect.Request[
 	}
 	log := s.log.With("host_id", host.ID)
 	for _, ev := range evs {
+		if ev.GetVersion() <= 0 {
+			// Unversioned: it cannot be ordered against what the store
+			// has. Heartbeats carry the sandbox's state.
+			continue
+		}
 		st := sandboxes.FromAgent(ev.GetState())
 		row, err := s.q.ApplySandboxEvent(ctx, storeEvent(ev, st, host.ID, now))
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -93,9 +98,6 @@ func checkEvents(evs []*hostagentv1.SandboxEvent) error {
 	for _, ev := range evs {
 		if id := ev.GetSandboxId(); id == "" || len(id) > maxString {
 			return errdefs.New(errdefs.ErrInvalidArgument, "events: a sandbox_id is empty or over %d bytes", maxString)
-		}
-		if ev.GetVersion() <= 0 {
-			return errdefs.New(errdefs.ErrInvalidArgument, "events: sandbox %s: version must be positive", ev.GetSandboxId())
 		}
 		if len(ev.GetMessage()) > maxEventMessage {
 			return errdefs.New(errdefs.ErrInvalidArgument, "events: sandbox %s: message over %d bytes", ev.GetSandboxId(), maxEventMessage)
