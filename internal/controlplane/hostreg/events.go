@@ -42,9 +42,12 @@ func (s *Service) ReportSandboxEvents(ctx context.Context, req *connect.Request[
 	}
 	log := s.log.With("host_id", host.ID)
 	for _, ev := range evs {
-		if ev.GetVersion() <= 0 {
+		if ev.GetVersion() <= 0 || ev.GetState() == hostagentv1.SandboxState_SANDBOX_STATE_STARTING {
 			// Unversioned: it cannot be ordered against what the store
-			// has. Heartbeats carry the sandbox's state.
+			// has; heartbeats carry the sandbox's state. Starting (a
+			// resume from hibernation or disk under way) is on its way
+			// to running or back, and that event follows with a newer
+			// version.
 			continue
 		}
 		st := sandboxes.FromAgent(ev.GetState())

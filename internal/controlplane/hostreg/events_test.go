@@ -95,6 +95,11 @@ func TestEventsApplyInVersionOrder(t *testing.T) {
 	e.report(t, cred, event("sb", agentPaused, 3, reasonReaperPause))
 	e.wantRow(t, "sb", "running", 4)
 
+	// Starting (a resume from disk under way) is not applied: its
+	// outcome follows with a newer version.
+	e.report(t, cred, event("sb", hostagentv1.SandboxState_SANDBOX_STATE_STARTING, 5, reasonRequested))
+	e.wantRow(t, "sb", "running", 4)
+
 	e.report(t, cred, event("sb", agentStopped, 6, reasonReaperKill))
 	r := e.row(t, "sb")
 	if r.state != "stopped" || r.stoppedAt == nil || !r.stoppedAt.Equal(e.clk.Now()) {

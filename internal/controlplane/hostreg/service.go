@@ -272,7 +272,7 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		if err != nil {
 			return fmt.Errorf("record heartbeat: %w", err)
 		}
-		rec, err = reconcile(ctx, q, host.ID, present, dbStates(present, m.SandboxStates), m.SandboxVersions, now)
+		rec, err = reconcile(ctx, q, host.ID, present, m.SandboxStates, m.SandboxVersions, now)
 		if err != nil {
 			return err
 		}
@@ -342,8 +342,10 @@ type Repair struct {
 // heartbeat: missing ones come back or stop, newer reported states win
 // over older ones (the same version rule as events), and sandboxes the
 // host no longer holds stop.
-func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present, states []string, versions map[string]int64, now time.Time) (Reconciled, error) {
+func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present []string,
+	reported map[string]hostagentv1.SandboxState, versions map[string]int64, now time.Time) (Reconciled, error) {
 	var r Reconciled
+	states := dbStates(present, reported)
 	rows, err := q.ReconcileMissingSandboxes(ctx, store.ReconcileMissingSandboxesParams{HostID: hostID, Present: present, States: states, Now: now})
 	if err != nil {
 		return r, fmt.Errorf("reconcile missing sandboxes of host %s: %w", hostID, err)
@@ -359,7 +361,8 @@ func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present,
 	// none, and their states then repair only missing sandboxes).
 	p := store.ApplyHostSandboxStatesParams{HostID: hostID, Now: now}
 	for i, id := range present {
-		if v := versions[id]; v > 0 {
+		// Starting is an operation under way (see ReportSandboxEvents).
+		if v := versions[id]; v > 0 && reported[id] != hostagentv1.SandboxState_SANDBOX_STATE_STARTING {
 			p.Ids, p.States, p.Versions = append(p.Ids, id), append(p.States, states[i]), append(p.Versions, v)
 		}
 	}
