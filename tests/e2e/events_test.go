@@ -1,9 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,4 +96,59 @@ func TestReaperReachesControlPlane(t *testing.T) {
 		took := waitState(t, c, sb.Id, api.SandboxStateStopped, reaperReportWithin)
 		t.Logf("killed by the reaper and shown stopped %s after its create returned", took.Round(time.Millisecond))
 	})
+}
+
+// TestVMMDeathReachesControlPlane: a sandbox whose VMM dies behind the
+// agent's back (killed here as the OOM killer or a crash would) is shown
+// in error through the API within seconds, with a reason, and can be
+// deleted.
+func TestVMMDeathReachesControlPlane(t *testing.T) {
+	st := stack(t)
+	c := client{base: st.URL, cred: st.Admin.APIKey}
+	var sb api.Sandbox
+	c.json(t, "POST", "/v1/sandboxes", map[string]any{"template": "minimal", "timeout_sec": 600,
+		"metadata": map[string]string{"journey": "vmm-death"}}, http.StatusCreated, &sb)
+	defer func() { c.do(t, "DELETE", "/v1/sandboxes/"+sb.Id, nil).Body.Close() }()
+
+	pid := vmmPID(t, sb.Id)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the VMM of %s (pid %d): %v", sb.Id, pid, err)
+	}
+	took := waitState(t, c, sb.Id, api.SandboxStateError, reaperReportWithin)
+	c.json(t, "GET", "/v1/sandboxes/"+sb.Id, nil, http.StatusOK, &sb)
+	t.Logf("shown in error %s after its VMM was killed: %q", took.Round(time.Millisecond), deref(sb.Error))
+	if deref(sb.Error) == "" {
+		t.Error("a sandbox in error without a reason")
+	}
+	resp := c.do(t, "DELETE", "/v1/sandboxes/"+sb.Id, nil)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("delete the sandbox in error: %s", resp.Status)
+	}
+}
+
+// vmmPID finds the VMM process of sandbox id: the one process whose
+// command line names its directory.
+func vmmPID(t *testing.T, id string) int {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	found := 0
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("/sandboxes/"+id+"/")) {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if !strings.Contains(filepath.Base(args[0]), "qemu") && !strings.Contains(filepath.Base(args[0]), "firecracker") {
+			continue
+		}
+		if found != 0 {
+			t.Fatalf("two VMM processes name sandbox %s", id)
+		}
+		found, _ = strconv.Atoi(filepath.Base(filepath.Dir(p)))
+	}
+	if found == 0 {
+		t.Fatalf("no VMM process names sandbox %s", id)
+	}
+	return found
 }
