@@ -222,3 +222,9 @@ WHERE host_id = @host_id::uuid
   AND NOT (id = ANY(@present::text[]))
   AND created_at < @created_before
 RETURNING id;
+
+-- name: HeldHostSandboxes :many
+-- Of ids, those the database places on the host and has not stopped: a
+-- sandbox in error (its VMM died) is still the host's until deleted.
+SELECT id FROM sandboxes
+WHERE host_id = @host_id::uuid AND id = ANY(@ids::text[]) AND state <> 'stopped';

@@ -283,6 +283,38 @@ func (q *Queries) GetTeamSandbox(ctx context.Context, arg GetTeamSandboxParams) 
 	return i, err
 }
 
+const heldHostSandboxes = `-- name: HeldHostSandboxes :many
+SELECT id FROM sandboxes
+WHERE host_id = $1::uuid AND id = ANY($2::text[]) AND state <> 'stopped'
+`
+
+type HeldHostSandboxesParams struct {
+	HostID uuid.UUID
+	Ids    []string
+}
+
+// Of ids, those the database places on the host and has not stopped: a
+// sandbox in error (its VMM died) is still the host's until deleted.
+func (q *Queries) HeldHostSandboxes(ctx context.Context, arg HeldHostSandboxesParams) ([]string, error) {
+	rows, err := q.db.Query(ctx, heldHostSandboxes, arg.HostID, arg.Ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const insertSandbox = `-- name: InsertSandbox :one
 
 INSERT INTO sandboxes (id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb,

@@ -166,6 +166,19 @@ func TestEventErrorKeepsReason(t *testing.T) {
 	if r := e.row(t, "oom"); r.state != "error" || r.errText != ev.Message || r.version != 5 {
 		t.Errorf("after an OOM event: %+v", r)
 	}
+	// The host still holds it (until it is deleted): no stray.
+	_, err := e.heartbeat(cred, &hostagentv1.HeartbeatRequest{
+		SandboxIds:      []string{"oom"},
+		SandboxStates:   map[string]hostagentv1.SandboxState{"oom": agentError},
+		SandboxVersions: map[string]int64{"oom": 5},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.logs.has("host holds sandboxes the database does not place on it or considers stopped") {
+		t.Error("a sandbox in error its host holds was logged as a stray")
+	}
+	e.wantRow(t, "oom", "error", 5)
 }
 
 // TestHeartbeatRepairsMissedEvent: a pause and a kill whose events were

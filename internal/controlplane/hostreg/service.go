@@ -276,7 +276,7 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		if err != nil {
 			return err
 		}
-		known, err := q.KnownHostSandboxes(ctx, store.KnownHostSandboxesParams{HostID: host.ID, Ids: present})
+		known, err := q.HeldHostSandboxes(ctx, store.HeldHostSandboxesParams{HostID: host.ID, Ids: present})
 		if err != nil {
 			return fmt.Errorf("list known sandboxes of host %s: %w", host.ID, err)
 		}
