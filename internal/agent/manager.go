@@ -70,6 +70,10 @@ type Config struct {
 	// DefaultMetricsHistory when zero. The ring holds
 	// MetricsHistory/MetricsInterval samples (at most MaxMetricsSamples).
 	MetricsHistory time.Duration
+	// Events, when set, receives every sandbox state change (events.go),
+	// the agent's own (reaper, a VMM's death, recovery) and those asked
+	// for, for the control plane.
+	Events EventSink
 }
 
 // Defaults for zero Config and CreateRequest fields.
@@ -112,6 +116,12 @@ type Manager struct {
 
 	// sampleWait overrides sampleTimeout (tests).
 	sampleWait time.Duration
+
+	// watchCtx ends the VMM watchers (events.go) at Close; watchers tracks
+	// them.
+	watchCtx  context.Context
+	stopWatch context.CancelFunc
+	watchers  sync.WaitGroup
 }
 
 // sandbox is one VM and what it holds on the host.
@@ -120,6 +130,13 @@ type sandbox struct {
 	mu  sync.Mutex
 	dir string
 	rec *record
+	// owner reports the sandbox's state changes (nil in some tests).
+	owner *Manager
+	// cause is why the operation under way changes the state (events.go);
+	// "" is ReasonRequested. Guarded by mu.
+	cause Reason
+	// watched is the VMM a watcher waits on (events.go). Guarded by mu.
+	watched vmm.Machine
 
 	machine vmm.Machine
 	slot    *network.Slot
@@ -187,7 +204,9 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, vmmGID: vmmGID, sandboxes: map[string]*sandbox{}}, nil
+	m := &Manager{cfg: cfg, log: cfg.Logger, vmmGID: vmmGID, sandboxes: map[string]*sandbox{}}
+	m.watchCtx, m.stopWatch = context.WithCancel(context.Background())
+	return m, nil
 }
 
 func (m *Manager) sandboxDir(id string) string {
@@ -228,6 +247,8 @@ type Info struct {
 	// MemoryDropped is set on a sandbox paused without its memory
 	// (PauseDropMemory): resuming it cold-boots the guest from its disk.
 	MemoryDropped bool
+	// Version is the state's version (Event.Version).
+	Version int64
 }
 
 func (sb *sandbox) info() Info {
@@ -237,6 +258,7 @@ func (sb *sandbox) info() Info {
 		DiskMB: r.DiskMB, Metadata: r.Metadata, Network: r.Network, Timeout: r.Timeout,
 		OnTimeout: r.OnTimeout, CreatedAt: r.CreatedAt, KernelVersion: r.KernelVersion,
 		AccessToken: r.AccessToken, LastActiveAt: sb.lastActiveAt(), MemoryDropped: r.MemoryDropped,
+		Version: r.Version,
 	}
 	if sb.slot != nil {
 		in.Address = sb.slot.HostIP().String()
@@ -336,13 +358,23 @@ func (sb *sandbox) lastActiveAt() time.Time {
 	return sb.lastActive
 }
 
-// setState checks and records a transition, persisting it.
+// setState checks and records a transition, persisting it with a new
+// version, and reports it (events.go). A sandbox that now runs has its VMM
+// watched for an exit nobody asked for.
 func (sb *sandbox) setState(to state.State) error {
 	if err := sb.rec.State.Check(to); err != nil {
 		return err
 	}
 	sb.rec.State = to
-	return writeRecord(sb.dir, sb.rec)
+	sb.rec.Version++
+	err := writeRecord(sb.dir, sb.rec)
+	// Reported even when the record could not be written: the state in
+	// memory, which List and heartbeats report, has changed.
+	sb.owner.emit(sb, "")
+	if to == state.Running && sb.owner != nil {
+		sb.owner.watchMachine(sb)
+	}
+	return err
 }
 
 // newID returns a random sandbox id: 16 lowercase base32 characters, valid
@@ -377,6 +409,7 @@ func validID(id string) bool {
 // shutdown leaves guests running for the next agent to re-adopt.
 func (m *Manager) Close() error {
 	m.bg.Wait()
+	m.stopWatchers()
 	m.mu.Lock()
 	all := make([]*sandbox, 0, len(m.sandboxes))
 	for _, sb := range m.sandboxes {
