@@ -151,6 +151,9 @@ func (m *Manager) exitCause(sb *sandbox) (Reason, string) {
 func (sb *sandbox) forceState(to state.State, msg string) error {
 	sb.rec.State = to
 	sb.rec.Version++
+	if to != state.Running {
+		sb.leftRunning()
+	}
 	var err error
 	if to != state.Stopped {
 		err = writeRecord(sb.dir, sb.rec)

@@ -148,6 +148,12 @@ type sandbox struct {
 	activeMu   sync.Mutex
 	lastActive time.Time
 
+	// runCh, while the sandbox runs and someone asked (RunDone), is closed
+	// when it stops running, so proxied requests to its guest end with it
+	// rather than waiting on a dead guest's TCP. Guarded by runMu, not mu.
+	runMu sync.Mutex
+	runCh chan struct{}
+
 	// seen is the description last taken under mu, for List to report
 	// while a long operation (boot, fork copy, hibernation) holds mu.
 	seen atomic.Pointer[Info]
@@ -367,6 +373,9 @@ func (sb *sandbox) setState(to state.State) error {
 	}
 	sb.rec.State = to
 	sb.rec.Version++
+	if to != state.Running {
+		sb.leftRunning()
+	}
 	err := writeRecord(sb.dir, sb.rec)
 	// Reported even when the record could not be written: the state in
 	// memory, which List and heartbeats report, has changed.
@@ -375,6 +384,38 @@ func (sb *sandbox) setState(to state.State) error {
 		sb.owner.watchMachine(sb)
 	}
 	return err
+}
+
+// runDone is closed when the sandbox next stops running.
+func (sb *sandbox) runDone() <-chan struct{} {
+	sb.runMu.Lock()
+	defer sb.runMu.Unlock()
+	if sb.runCh == nil {
+		sb.runCh = make(chan struct{})
+	}
+	return sb.runCh
+}
+
+// leftRunning closes runDone's channel (the sandbox paused, stopped or
+// failed).
+func (sb *sandbox) leftRunning() {
+	sb.runMu.Lock()
+	defer sb.runMu.Unlock()
+	if sb.runCh != nil {
+		close(sb.runCh)
+		sb.runCh = nil
+	}
+}
+
+// RunDone returns a channel closed when sandbox id stops running (pause,
+// destroy, a dead VMM): the guest proxy ends its requests with it. The
+// caller checks that the sandbox runs after taking the channel.
+func (m *Manager) RunDone(id string) (<-chan struct{}, error) {
+	sb, err := m.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	return sb.runDone(), nil
 }
 
 // newID returns a random sandbox id: 16 lowercase base32 characters, valid
