@@ -17,6 +17,10 @@ var (
 	errMethodNotAllowed = errdefs.New(errdefs.ErrInvalidArgument, "method not allowed on this route")
 )
 
+// unavailableRetryAfter is the Retry-After (seconds) of a 503 that did not
+// set its own.
+const unavailableRetryAfter = "5"
+
 // maxJSONBody caps JSON request bodies (uploads are streamed separately).
 const maxJSONBody = 1 << 20
 
@@ -68,6 +72,11 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if errors.Is(err, errMethodNotAllowed) {
 		status = http.StatusMethodNotAllowed
+	}
+	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		// Unavailable is transient (a host unreachable or full, the
+		// database away): say when to try again, as the API promises.
+		w.Header().Set("Retry-After", unavailableRetryAfter)
 	}
 	if isE2BPath(r.URL.Path) {
 		// E2B's SDKs parse {"code": <status>, "message"} on every error

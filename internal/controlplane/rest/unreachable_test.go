@@ -66,5 +66,8 @@ func TestAgentDialErrorsNotEchoed(t *testing.T) {
 		if !strings.Contains(string(body), "host unreachable") && !strings.Contains(string(body), "internal error") {
 			t.Errorf("%s %s: %s, want host unreachable", c.method, c.path, body)
 		}
+		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "" {
+			t.Errorf("%s %s: 503 without Retry-After", c.method, c.path)
+		}
 	}
 }
