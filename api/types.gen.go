@@ -69,6 +69,42 @@ func (e CreateHostRequestType) Valid() bool {
 	}
 }
 
+// Defines values for E2BSandboxDetailPauseMode.
+const (
+	Filesystem E2BSandboxDetailPauseMode = "filesystem"
+	Full       E2BSandboxDetailPauseMode = "full"
+)
+
+// Valid indicates whether the value is a known member of the E2BSandboxDetailPauseMode enum.
+func (e E2BSandboxDetailPauseMode) Valid() bool {
+	switch e {
+	case Filesystem:
+		return true
+	case Full:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for E2BSandboxDetailState.
+const (
+	E2BSandboxDetailStatePaused  E2BSandboxDetailState = "paused"
+	E2BSandboxDetailStateRunning E2BSandboxDetailState = "running"
+)
+
+// Valid indicates whether the value is a known member of the E2BSandboxDetailState enum.
+func (e E2BSandboxDetailState) Valid() bool {
+	switch e {
+	case E2BSandboxDetailStatePaused:
+		return true
+	case E2BSandboxDetailStateRunning:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for FileEventType.
 const (
 	Chmod  FileEventType = "chmod"
@@ -297,6 +333,24 @@ func (e SandboxState) Valid() bool {
 	}
 }
 
+// Defines values for CreateAPIKeyJSONBodyFormat.
+const (
+	E2b   CreateAPIKeyJSONBodyFormat = "e2b"
+	Wrenn CreateAPIKeyJSONBodyFormat = "wrenn"
+)
+
+// Valid indicates whether the value is a known member of the CreateAPIKeyJSONBodyFormat enum.
+func (e CreateAPIKeyJSONBodyFormat) Valid() bool {
+	switch e {
+	case E2b:
+		return true
+	case Wrenn:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for SignalProcessJSONBodySignal.
 const (
 	SignalProcessJSONBodySignalSIGKILL SignalProcessJSONBodySignal = "SIGKILL"
@@ -309,6 +363,24 @@ func (e SignalProcessJSONBodySignal) Valid() bool {
 	case SignalProcessJSONBodySignalSIGKILL:
 		return true
 	case SignalProcessJSONBodySignalSIGTERM:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for E2bListSandboxesParamsOrder.
+const (
+	Asc  E2bListSandboxesParamsOrder = "asc"
+	Desc E2bListSandboxesParamsOrder = "desc"
+)
+
+// Valid indicates whether the value is a known member of the E2bListSandboxesParamsOrder enum.
+func (e E2bListSandboxesParamsOrder) Valid() bool {
+	switch e {
+	case Asc:
+		return true
+	case Desc:
 		return true
 	default:
 		return false
@@ -397,7 +469,7 @@ type CreatedAPIKey struct {
 	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
 	Id        openapi_types.UUID  `json:"id"`
 
-	// Key wrn_ + 32 hex; shown once.
+	// Key wrn_ + 32 hex (or e2b_ + 40 hex); shown once.
 	Key        string     `json:"key"`
 	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
 	Name       string     `json:"name"`
@@ -431,6 +503,166 @@ type CreatedInvite struct {
 
 	// Token wri_ + 64 hex; one-time, shown once: the signup invite_token.
 	Token string `json:"token"`
+}
+
+// E2BConnect defines model for E2BConnect.
+type E2BConnect struct {
+	AutoPause *bool `json:"autoPause,omitempty"`
+
+	// Memory false asks for a cold boot; only for a sandbox paused without its memory.
+	Memory  *bool `json:"memory,omitempty"`
+	Timeout *int  `json:"timeout,omitempty"`
+}
+
+// E2BError defines model for E2BError.
+type E2BError struct {
+	// Code The HTTP status.
+	Code int `json:"code"`
+
+	// ErrorCode Wrenn's machine-readable code (`not_found`, …).
+	ErrorCode *string `json:"error_code,omitempty"`
+	Message   string  `json:"message"`
+}
+
+// E2BForkResult defines model for E2BForkResult.
+type E2BForkResult struct {
+	Error   *E2BError   `json:"error,omitempty"`
+	Sandbox *E2BSandbox `json:"sandbox,omitempty"`
+}
+
+// E2BLifecycle defines model for E2BLifecycle.
+type E2BLifecycle struct {
+	AutoResume bool      `json:"autoResume"`
+	OnTimeout  OnTimeout `json:"onTimeout"`
+}
+
+// E2BNetwork Egress (IPv4 CIDRs or addresses) and inbound traffic rules.
+type E2BNetwork struct {
+	AllowOut *[]string `json:"allowOut,omitempty"`
+
+	// AllowPublicTraffic Create only; default true. false: user ports need the trafficAccessToken (header e2b-traffic-access-token).
+	AllowPublicTraffic *bool `json:"allowPublicTraffic,omitempty"`
+
+	// AllowInternetAccess Network update only (E2B spells it in snake case).
+	AllowInternetAccess *bool     `json:"allow_internet_access,omitempty"`
+	DenyOut             *[]string `json:"denyOut,omitempty"`
+
+	// DnsServers Not supported (400).
+	DnsServers *[]string `json:"dnsServers,omitempty"`
+
+	// EgressProxy Not supported (400).
+	EgressProxy interface{} `json:"egressProxy,omitempty"`
+
+	// HttpsPorts Not supported (400).
+	HttpsPorts *[]int `json:"httpsPorts,omitempty"`
+
+	// MaskRequestHost Not supported (400).
+	MaskRequestHost *string `json:"maskRequestHost,omitempty"`
+
+	// Rules Not supported (400).
+	Rules interface{} `json:"rules,omitempty"`
+}
+
+// E2BNewSandbox defines model for E2BNewSandbox.
+type E2BNewSandbox struct {
+	AllowInternetAccess *bool `json:"allow_internet_access,omitempty"`
+
+	// AutoPause Pause instead of kill at the deadline.
+	AutoPause *bool `json:"autoPause,omitempty"`
+
+	// AutoPauseMemory false is not supported (400).
+	AutoPauseMemory *bool `json:"autoPauseMemory,omitempty"`
+
+	// AutoResume `{"enabled": true}` (or a bare boolean): a paused sandbox resumes when traffic reaches it.
+	AutoResume interface{}        `json:"autoResume,omitempty"`
+	EnvVars    *map[string]string `json:"envVars,omitempty"`
+
+	// Iam Not supported (400 unless empty).
+	Iam interface{} `json:"iam,omitempty"`
+
+	// Mcp Not supported (400 unless empty).
+	Mcp      interface{}        `json:"mcp,omitempty"`
+	Metadata *map[string]string `json:"metadata,omitempty"`
+
+	// Network Egress (IPv4 CIDRs or addresses) and inbound traffic rules.
+	Network *E2BNetwork `json:"network,omitempty"`
+
+	// Secure Ignored; envd always requires the access token.
+	Secure *bool `json:"secure,omitempty"`
+
+	// TemplateID `base` (or empty) is the default template; a snapshot id creates from that snapshot.
+	TemplateID *string `json:"templateID,omitempty"`
+
+	// Timeout Seconds from now until the on-timeout action.
+	Timeout *int `json:"timeout,omitempty"`
+
+	// VolumeMounts Not supported (400 unless empty).
+	VolumeMounts interface{} `json:"volumeMounts,omitempty"`
+}
+
+// E2BSandbox defines model for E2BSandbox.
+type E2BSandbox struct {
+	Alias           *string `json:"alias,omitempty"`
+	ClientID        string  `json:"clientID"`
+	Domain          *string `json:"domain,omitempty"`
+	EnvdAccessToken *string `json:"envdAccessToken,omitempty"`
+
+	// EnvdVersion The E2B envd version Wrenn's envd implements (docs/e2b-compat.md).
+	EnvdVersion        string  `json:"envdVersion"`
+	SandboxID          string  `json:"sandboxID"`
+	TemplateID         string  `json:"templateID"`
+	TrafficAccessToken *string `json:"trafficAccessToken,omitempty"`
+}
+
+// E2BSandboxDetail defines model for E2BSandboxDetail.
+type E2BSandboxDetail struct {
+	Alias               *string            `json:"alias,omitempty"`
+	AllowInternetAccess *bool              `json:"allowInternetAccess,omitempty"`
+	ClientID            string             `json:"clientID"`
+	CpuCount            int                `json:"cpuCount"`
+	DiskSizeMB          int                `json:"diskSizeMB"`
+	Domain              *string            `json:"domain,omitempty"`
+	EndAt               time.Time          `json:"endAt"`
+	EnvdAccessToken     *string            `json:"envdAccessToken,omitempty"`
+	EnvdVersion         string             `json:"envdVersion"`
+	Lifecycle           *E2BLifecycle      `json:"lifecycle,omitempty"`
+	MemoryMB            int                `json:"memoryMB"`
+	Metadata            *map[string]string `json:"metadata,omitempty"`
+
+	// Network Egress (IPv4 CIDRs or addresses) and inbound traffic rules.
+	Network    *E2BNetwork                `json:"network,omitempty"`
+	PauseMode  *E2BSandboxDetailPauseMode `json:"pauseMode,omitempty"`
+	SandboxID  string                     `json:"sandboxID"`
+	StartedAt  time.Time                  `json:"startedAt"`
+	State      E2BSandboxDetailState      `json:"state"`
+	TemplateID string                     `json:"templateID"`
+}
+
+// E2BSandboxDetailPauseMode defines model for E2BSandboxDetail.PauseMode.
+type E2BSandboxDetailPauseMode string
+
+// E2BSandboxDetailState defines model for E2BSandboxDetail.State.
+type E2BSandboxDetailState string
+
+// E2BSandboxMetric defines model for E2BSandboxMetric.
+type E2BSandboxMetric struct {
+	CpuCount   int     `json:"cpuCount"`
+	CpuUsedPct float64 `json:"cpuUsedPct"`
+	DiskTotal  int64   `json:"diskTotal"`
+	DiskUsed   int64   `json:"diskUsed"`
+
+	// MemCache Always 0 (no source yet).
+	MemCache      int64     `json:"memCache"`
+	MemTotal      int64     `json:"memTotal"`
+	MemUsed       int64     `json:"memUsed"`
+	Timestamp     time.Time `json:"timestamp"`
+	TimestampUnix int64     `json:"timestampUnix"`
+}
+
+// E2BSnapshot defines model for E2BSnapshot.
+type E2BSnapshot struct {
+	Names      []string `json:"names"`
+	SnapshotID string   `json:"snapshotID"`
 }
 
 // Error defines model for Error.
@@ -656,9 +888,23 @@ type SandboxMetrics struct {
 	GuestDiskUsedBytes  *int64   `json:"guest_disk_used_bytes,omitempty"`
 	GuestMemTotalBytes  *int64   `json:"guest_mem_total_bytes,omitempty"`
 	GuestMemUsedBytes   *int64   `json:"guest_mem_used_bytes,omitempty"`
-	SnapshotBytes       *int64   `json:"snapshot_bytes,omitempty"`
-	VmmCpuUsageUs       *int64   `json:"vmm_cpu_usage_us,omitempty"`
-	VmmMemoryBytes      *int64   `json:"vmm_memory_bytes,omitempty"`
+
+	// Samples Oldest first.
+	Samples        *[]SandboxMetricsSample `json:"samples,omitempty"`
+	SnapshotBytes  *int64                  `json:"snapshot_bytes,omitempty"`
+	VmmCpuUsageUs  *int64                  `json:"vmm_cpu_usage_us,omitempty"`
+	VmmMemoryBytes *int64                  `json:"vmm_memory_bytes,omitempty"`
+}
+
+// SandboxMetricsSample defines model for SandboxMetricsSample.
+type SandboxMetricsSample struct {
+	CpuCount       int       `json:"cpu_count"`
+	CpuUsedPct     float64   `json:"cpu_used_pct"`
+	DiskTotalBytes int64     `json:"disk_total_bytes"`
+	DiskUsedBytes  int64     `json:"disk_used_bytes"`
+	MemTotalBytes  int64     `json:"mem_total_bytes"`
+	MemUsedBytes   int64     `json:"mem_used_bytes"`
+	Time           time.Time `json:"time"`
 }
 
 // SandboxState defines model for SandboxState.
@@ -768,6 +1014,12 @@ type User struct {
 // Cursor defines model for Cursor.
 type Cursor = string
 
+// E2BMetadataFilter defines model for E2BMetadataFilter.
+type E2BMetadataFilter = string
+
+// E2BNextToken defines model for E2BNextToken.
+type E2BNextToken = string
+
 // FilePath defines model for FilePath.
 type FilePath = string
 
@@ -789,15 +1041,76 @@ type TeamID = openapi_types.UUID
 // QuotaExceeded defines model for QuotaExceeded.
 type QuotaExceeded = Error
 
+// E2bListRunningSandboxesParams defines parameters for E2bListRunningSandboxes.
+type E2bListRunningSandboxesParams struct {
+	// Metadata A query string of `key=value` pairs (all must match) whose keys and values are escaped
+	// once more, as E2B's SDKs send it.
+	Metadata *E2BMetadataFilter `form:"metadata,omitempty" json:"metadata,omitempty"`
+}
+
+// E2bForkSandboxJSONBody defines parameters for E2bForkSandbox.
+type E2bForkSandboxJSONBody struct {
+	Count   *int `json:"count,omitempty"`
+	Timeout *int `json:"timeout,omitempty"`
+}
+
+// E2bSandboxMetricsParams defines parameters for E2bSandboxMetrics.
+type E2bSandboxMetricsParams struct {
+	// Start Unix seconds.
+	Start *int64 `form:"start,omitempty" json:"start,omitempty"`
+
+	// End Unix seconds.
+	End *int64 `form:"end,omitempty" json:"end,omitempty"`
+}
+
+// E2bPauseSandboxJSONBody defines parameters for E2bPauseSandbox.
+type E2bPauseSandboxJSONBody struct {
+	// Memory false: keep only the filesystem; resuming cold-boots the sandbox from its disk.
+	Memory              *bool `json:"memory,omitempty"`
+	RequireHealthyGuest *bool `json:"requireHealthyGuest,omitempty"`
+}
+
+// E2bRefreshSandboxJSONBody defines parameters for E2bRefreshSandbox.
+type E2bRefreshSandboxJSONBody struct {
+	Duration *int `json:"duration,omitempty"`
+}
+
+// E2bCreateSnapshotJSONBody defines parameters for E2bCreateSnapshot.
+type E2bCreateSnapshotJSONBody struct {
+	Memory *bool         `json:"memory,omitempty"`
+	Name   *TemplateName `json:"name,omitempty"`
+}
+
+// E2bSetSandboxTimeoutJSONBody defines parameters for E2bSetSandboxTimeout.
+type E2bSetSandboxTimeoutJSONBody struct {
+	Timeout int `json:"timeout"`
+}
+
+// E2bListSnapshotsParams defines parameters for E2bListSnapshots.
+type E2bListSnapshotsParams struct {
+	SandboxID *string `form:"sandboxID,omitempty" json:"sandboxID,omitempty"`
+	Name      *string `form:"name,omitempty" json:"name,omitempty"`
+	Limit     *int    `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// NextToken A previous page's X-Next-Token.
+	NextToken *E2BNextToken `form:"nextToken,omitempty" json:"nextToken,omitempty"`
+}
+
 // CreateAPIKeyJSONBody defines parameters for CreateAPIKey.
 type CreateAPIKeyJSONBody struct {
-	Name *string `json:"name,omitempty"`
+	// Format The key's shape: `wrenn` is `wrn_` + 32 hex; `e2b` is `e2b_` + 40 hex, the
+	// shape E2B's SDKs and tools expect. Both are accepted everywhere.
+	Format *CreateAPIKeyJSONBodyFormat `json:"format,omitempty"`
+	Name   *string                     `json:"name,omitempty"`
 
 	// Platform A key with platform rights (adding and managing `regular` hosts). Only a
 	// platform admin's session (not an API key) may ask; otherwise 403
 	// `permission_denied`. Other keys have only their team's rights.
 	Platform *bool `json:"platform,omitempty"`
 }
+
+// CreateAPIKeyJSONBodyFormat defines parameters for CreateAPIKey.
+type CreateAPIKeyJSONBodyFormat string
 
 // ListAuditLogsParams defines parameters for ListAuditLogs.
 type ListAuditLogsParams struct {
@@ -874,6 +1187,23 @@ type GetSandboxLogsParams struct {
 	TailBytes *int `form:"tail_bytes,omitempty" json:"tail_bytes,omitempty"`
 }
 
+// GetSandboxMetricsParams defines parameters for GetSandboxMetrics.
+type GetSandboxMetricsParams struct {
+	// Since History from this time on (RFC 3339); default all the agent keeps.
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until History up to this time (RFC 3339).
+	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
+}
+
+// PauseSandboxJSONBody defines parameters for PauseSandbox.
+type PauseSandboxJSONBody struct {
+	// KeepMemory false: keep only the disk (the VM is stopped after a guest `sync`); resuming
+	// cold-boots the sandbox from its disk with the same id, address and token, and
+	// running processes are gone. A sandbox paused so cannot be forked or snapshotted.
+	KeepMemory *bool `json:"keep_memory,omitempty"`
+}
+
 // SignalProcessJSONBody defines parameters for SignalProcess.
 type SignalProcessJSONBody struct {
 	Signal SignalProcessJSONBodySignal `json:"signal"`
@@ -905,6 +1235,59 @@ type UpdateMemberJSONBody struct {
 	Role Role `json:"role"`
 }
 
+// E2bListSandboxesParams defines parameters for E2bListSandboxes.
+type E2bListSandboxesParams struct {
+	// Metadata A query string of `key=value` pairs (all must match) whose keys and values are escaped
+	// once more, as E2B's SDKs send it.
+	Metadata *E2BMetadataFilter `form:"metadata,omitempty" json:"metadata,omitempty"`
+
+	// State Comma-separated: `running`, `paused` (default both).
+	State *string `form:"state,omitempty" json:"state,omitempty"`
+
+	// StartedAfter RFC 3339 time.
+	StartedAfter *time.Time `form:"startedAfter,omitempty" json:"startedAfter,omitempty"`
+
+	// Template A template id or alias.
+	Template *string `form:"template,omitempty" json:"template,omitempty"`
+
+	// Order By start time; default desc.
+	Order *E2bListSandboxesParamsOrder `form:"order,omitempty" json:"order,omitempty"`
+	Limit *int                         `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// NextToken A previous page's X-Next-Token.
+	NextToken *E2BNextToken `form:"nextToken,omitempty" json:"nextToken,omitempty"`
+}
+
+// E2bListSandboxesParamsOrder defines parameters for E2bListSandboxes.
+type E2bListSandboxesParamsOrder string
+
+// E2bCreateSandboxV1JSONRequestBody defines body for E2bCreateSandboxV1 for application/json ContentType.
+type E2bCreateSandboxV1JSONRequestBody = E2BNewSandbox
+
+// E2bConnectSandboxV1JSONRequestBody defines body for E2bConnectSandboxV1 for application/json ContentType.
+type E2bConnectSandboxV1JSONRequestBody = E2BConnect
+
+// E2bForkSandboxJSONRequestBody defines body for E2bForkSandbox for application/json ContentType.
+type E2bForkSandboxJSONRequestBody E2bForkSandboxJSONBody
+
+// E2bSetSandboxNetworkJSONRequestBody defines body for E2bSetSandboxNetwork for application/json ContentType.
+type E2bSetSandboxNetworkJSONRequestBody = E2BNetwork
+
+// E2bPauseSandboxJSONRequestBody defines body for E2bPauseSandbox for application/json ContentType.
+type E2bPauseSandboxJSONRequestBody E2bPauseSandboxJSONBody
+
+// E2bRefreshSandboxJSONRequestBody defines body for E2bRefreshSandbox for application/json ContentType.
+type E2bRefreshSandboxJSONRequestBody E2bRefreshSandboxJSONBody
+
+// E2bResumeSandboxJSONRequestBody defines body for E2bResumeSandbox for application/json ContentType.
+type E2bResumeSandboxJSONRequestBody = E2BConnect
+
+// E2bCreateSnapshotJSONRequestBody defines body for E2bCreateSnapshot for application/json ContentType.
+type E2bCreateSnapshotJSONRequestBody E2bCreateSnapshotJSONBody
+
+// E2bSetSandboxTimeoutJSONRequestBody defines body for E2bSetSandboxTimeout for application/json ContentType.
+type E2bSetSandboxTimeoutJSONRequestBody E2bSetSandboxTimeoutJSONBody
+
 // CreateAPIKeyJSONRequestBody defines body for CreateAPIKey for application/json ContentType.
 type CreateAPIKeyJSONRequestBody CreateAPIKeyJSONBody
 
@@ -935,6 +1318,9 @@ type ForkSandboxJSONRequestBody ForkSandboxJSONBody
 // SetSandboxNetworkJSONRequestBody defines body for SetSandboxNetwork for application/json ContentType.
 type SetSandboxNetworkJSONRequestBody = NetworkPolicy
 
+// PauseSandboxJSONRequestBody defines body for PauseSandbox for application/json ContentType.
+type PauseSandboxJSONRequestBody PauseSandboxJSONBody
+
 // SignalProcessJSONRequestBody defines body for SignalProcess for application/json ContentType.
 type SignalProcessJSONRequestBody SignalProcessJSONBody
 
@@ -958,3 +1344,9 @@ type AddMemberJSONRequestBody = AddMemberRequest
 
 // UpdateMemberJSONRequestBody defines body for UpdateMember for application/json ContentType.
 type UpdateMemberJSONRequestBody UpdateMemberJSONBody
+
+// E2bCreateSandboxJSONRequestBody defines body for E2bCreateSandbox for application/json ContentType.
+type E2bCreateSandboxJSONRequestBody = E2BNewSandbox
+
+// E2bConnectSandboxJSONRequestBody defines body for E2bConnectSandbox for application/json ContentType.
+type E2bConnectSandboxJSONRequestBody = E2BConnect

@@ -105,6 +105,7 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 	m, err := agent.New(agent.Config{
 		Dir: cfg.Dir, Driver: driver, Network: pool, Cgroups: groups, Logger: log,
 		VMMUIDBase: cfg.VMMUIDBase, MemoryDir: filepath.Join("/dev/shm", cfg.Name),
+		MetricsInterval: cfg.MetricsInterval, MetricsHistory: cfg.MetricsHistory,
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox manager: %w", err)
@@ -126,6 +127,7 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 		ctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
 		wg.Go(func() { m.RunReaper(ctx, cfg.ReaperInterval) })
+		wg.Go(func() { m.RunSampler(ctx) })
 		err = svc.run(ctx)
 		cancel()
 		wg.Wait()

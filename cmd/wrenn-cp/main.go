@@ -206,6 +206,12 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		monitor.Run(gctx)
 		return nil
 	})
+	// Absolute deadlines (E2B's timeouts) and creates a dead replica left
+	// starting: every second, one guarded update per sandbox.
+	g.Go(func() error {
+		api.Sandboxes().RunSweeper(gctx, time.Second)
+		return nil
+	})
 	g.Go(func() error {
 		serve := srv.Serve
 		if tlsConfig != nil {

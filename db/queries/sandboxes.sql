@@ -6,10 +6,12 @@
 -- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb,
                        timeout_sec, on_timeout, metadata, network, public_ports,
-                       access_token_hash, forked_from, created_at, updated_at)
+                       access_token_hash, forked_from, end_at, auto_resume, public_traffic,
+                       traffic_token_hash, access_token_sealed, created_at, updated_at)
 VALUES (@id, @team_id, @host_id, @template, @state, @vcpus, @memory_mb, @disk_mb,
         @timeout_sec, @on_timeout, @metadata, @network, @public_ports,
-        @access_token_hash, @forked_from, @now::timestamptz, @now::timestamptz)
+        @access_token_hash, @forked_from, sqlc.narg(end_at)::timestamptz, @auto_resume, @public_traffic,
+        @traffic_token_hash, @access_token_sealed, @now::timestamptz, @now::timestamptz)
 RETURNING *;
 
 -- name: GetTeamSandbox :one
@@ -17,7 +19,8 @@ SELECT * FROM sandboxes WHERE id = @id AND team_id = @team_id;
 
 -- name: GetProxySandbox :one
 -- What the port proxy checks before any credentials are known.
-SELECT id, team_id, host_id, state, public_ports, access_token_hash
+SELECT id, team_id, host_id, state, public_ports, access_token_hash,
+       public_traffic, traffic_token_hash, auto_resume, memory_dropped
 FROM sandboxes WHERE id = @id;
 
 -- name: ListTeamSandboxes :many
@@ -49,7 +52,8 @@ WHERE id = @id AND state = 'starting';
 -- name: MarkSandboxRunning :one
 -- A create finished. No row: the sandbox was deleted meanwhile.
 UPDATE sandboxes
-SET state = 'running', access_token_hash = @access_token_hash, updated_at = @now::timestamptz
+SET state = 'running', access_token_hash = @access_token_hash, access_token_sealed = @access_token_sealed,
+    updated_at = @now::timestamptz
 WHERE id = @id AND state = 'starting'
 RETURNING *;
 
@@ -123,3 +127,36 @@ ORDER BY h.id;
 -- sandbox's row) across requests and replicas, so two creates cannot both
 -- take a host's last room. Held for the transaction only: milliseconds.
 SELECT pg_advisory_xact_lock(7427002);
+
+-- name: SetSandboxEndAt :one
+-- An absolute deadline (E2B's timeout); NULL clears it.
+UPDATE sandboxes
+SET end_at = sqlc.narg(end_at)::timestamptz, on_timeout = @on_timeout, updated_at = @now::timestamptz
+WHERE id = @id AND team_id = @team_id
+RETURNING *;
+
+-- name: SetSandboxMemoryDropped :exec
+-- Whether the sandbox's pause kept its memory (E2B's `memory` flag).
+UPDATE sandboxes SET memory_dropped = @memory_dropped, updated_at = @now::timestamptz
+WHERE id = @id AND team_id = @team_id;
+
+-- name: ExpiredSandboxes :many
+-- Running sandboxes whose absolute deadline passed, oldest first (the
+-- lifetime sweeper's work list; each is then moved by a guarded update).
+SELECT * FROM sandboxes
+WHERE end_at IS NOT NULL AND end_at <= @now::timestamptz AND state = 'running'
+ORDER BY end_at
+LIMIT @max_rows;
+
+-- name: StaleStartingSandboxes :many
+-- Creates nobody finishes: still starting long after their last attempt
+-- began (each attempt moves updated_at), e.g. the replica running them
+-- died. The sweeper fails them.
+SELECT * FROM sandboxes
+WHERE state = 'starting' AND updated_at < @before::timestamptz
+ORDER BY updated_at
+LIMIT @max_rows;
+
+-- name: SandboxSealedToken :one
+-- The sealed access token (the envd proxy checks pre-signed URLs with it).
+SELECT access_token_sealed FROM sandboxes WHERE id = @id;

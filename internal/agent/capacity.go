@@ -149,13 +149,13 @@ func (m *Manager) check(ctx context.Context, need admitted) error {
 		// resume) counts as holding everything it may hold: List would
 		// report a booting one without its sizes.
 		busy := !sb.mu.TryLock()
-		st := state.Starting
+		st, dropped := state.Starting, false
 		if !busy {
-			st = sb.rec.State
+			st, dropped = sb.rec.State, sb.rec.MemoryDropped
 			sb.mu.Unlock()
 		}
 		mem, disk := int64(sb.rec.MemoryMB)<<20, int64(sb.rec.DiskMB)<<20
-		if busy || holdsVMM(st) {
+		if busy || (holdsVMM(st) && !dropped) {
 			memReserved += mem
 		}
 		if busy || (st != state.Stopped && st != state.Error) {

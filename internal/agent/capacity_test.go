@@ -160,3 +160,34 @@ func TestAdmitCountsAdmitted(t *testing.T) {
 		t.Fatalf("the whole tmpfs once the first is gone: %v", err)
 	}
 }
+
+// TestAdmitMemoryDropped: a sandbox paused without its memory holds no
+// guest RAM, so its room can be given to others; resuming it (a cold boot)
+// is then admitted like a create and refused when the room is gone,
+// leaving it paused without memory.
+func TestAdmitMemoryDropped(t *testing.T) {
+	mem := smallTmpfs(t, 1024)
+	m := &Manager{cfg: Config{Dir: t.TempDir(), MemoryDir: mem}, sandboxes: map[string]*sandbox{}}
+	dropped := &sandbox{dir: m.sandboxDir("dropped"), rec: &record{ID: "dropped", State: state.Paused, MemoryDropped: true, VCPUs: 1, MemoryMB: 512, DiskMB: 16}}
+	m.sandboxes["dropped"] = dropped
+	ctx := context.Background()
+	if err := try(ctx, m, 1, 768, 16); err != nil {
+		t.Fatalf("768 MiB beside a 512 MiB sandbox paused without memory in 1024: %v", err)
+	}
+	m.sandboxes["running"] = &sandbox{dir: m.sandboxDir("running"), rec: &record{ID: "running", State: state.Running, VCPUs: 1, MemoryMB: 768, DiskMB: 16}}
+	dropped.mu.Lock()
+	err := m.resumeCold(ctx, dropped)
+	dropped.mu.Unlock()
+	if !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Fatalf("cold resume of 512 MiB beside 768 running in 1024: err %v, want ResourceExhausted", err)
+	}
+	if r := dropped.rec; r.State != state.Paused || !r.MemoryDropped || dropped.machine != nil || dropped.slot != nil {
+		t.Fatalf("after a refused resume: %+v", r)
+	}
+	delete(m.sandboxes, "running")
+	dropped.mu.Lock()
+	defer dropped.mu.Unlock()
+	if err := try(ctx, m, 0, 0, 0); err != nil {
+		t.Fatalf("a locked (resuming) 512 MiB sandbox alone in 1024: %v", err)
+	}
+}

@@ -61,6 +61,13 @@ type DaemonConfig struct {
 	// ReaperInterval is WRENN_AGENT_REAPER_INTERVAL: how often idle
 	// sandboxes are looked for.
 	ReaperInterval time.Duration
+	// MetricsInterval is WRENN_AGENT_METRICS_INTERVAL: how often every
+	// running sandbox is sampled into its metrics history (Config.
+	// MetricsInterval); zero turns sampling off.
+	MetricsInterval time.Duration
+	// MetricsHistory is WRENN_AGENT_METRICS_HISTORY: how far back each
+	// sandbox's in-memory history reaches (Config.MetricsHistory).
+	MetricsHistory time.Duration
 	// Name is WRENN_AGENT_NAME: it names everything the agent creates
 	// outside WRENN_DIR (network namespaces and host links "<Name>-<i>",
 	// the nftables table, the cgroup parent, the guest memory directory
@@ -239,6 +246,26 @@ func settings() []setting {
 				c.ReaperInterval = d
 				return nil
 			}},
+		{env: "WRENN_AGENT_METRICS_INTERVAL", flag: "metrics-interval", def: DefaultMetricsInterval.String(),
+			help: "how often each running sandbox's guest is sampled into its metrics history (Go duration; 0 turns sampling off)",
+			set: func(c *DaemonConfig, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || (d != 0 && (d < time.Second || d > 10*time.Minute)) {
+					return errors.New("want 0 or a duration from 1s to 10m, like 5s")
+				}
+				c.MetricsInterval = d
+				return nil
+			}},
+		{env: "WRENN_AGENT_METRICS_HISTORY", flag: "metrics-history", def: DefaultMetricsHistory.String(),
+			help: fmt.Sprintf("how far back each sandbox's in-memory metrics history reaches (Go duration; at most %d samples are kept)", MaxMetricsSamples),
+			set: func(c *DaemonConfig, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < time.Minute || d > 24*time.Hour {
+					return errors.New("want a duration from 1m to 24h, like 1h")
+				}
+				c.MetricsHistory = d
+				return nil
+			}},
 		{env: "WRENN_AGENT_NAME", flag: "name", def: "wrenn",
 			help: "names the agent's network namespaces, nftables table, cgroup parent and /dev/shm/<name>; 1-9 of a-z, 0-9",
 			set: func(c *DaemonConfig, v string) error {
@@ -376,6 +403,8 @@ func (c DaemonConfig) LogValue() slog.Value {
 		"WRENN_AGENT_METRICS_ADDR":       c.MetricsListenAddr(),
 		"WRENN_AGENT_VMM_UID_BASE":       strconv.FormatUint(uint64(c.VMMUIDBase), 10),
 		"WRENN_AGENT_REAPER_INTERVAL":    c.ReaperInterval.String(),
+		"WRENN_AGENT_METRICS_INTERVAL":   c.MetricsInterval.String(),
+		"WRENN_AGENT_METRICS_HISTORY":    c.MetricsHistory.String(),
 		"WRENN_LOG_LEVEL":                strings.ToLower(c.LogLevel.String()),
 		"WRENN_AGENT_EGRESS_DENY":        formatEgressDeny(c.EgressDeny),
 	}

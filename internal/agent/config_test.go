@@ -32,6 +32,7 @@ WRENN_CP_TOKEN=not-ours
 	}
 	defaults := DaemonConfig{Dir: DefaultDir, VMM: "auto", ListenAddr: ":50051", VMMUIDBase: DefaultVMMUIDBase,
 		ReaperInterval: DefaultReaperInterval, LogLevel: slog.LevelInfo, Name: "wrenn",
+		MetricsInterval: DefaultMetricsInterval, MetricsHistory: DefaultMetricsHistory,
 		HostCIDR: netip.MustParsePrefix("10.11.0.0/16"), VethCIDR: netip.MustParsePrefix("10.12.0.0/16")}
 	with := func(f func(*DaemonConfig)) DaemonConfig { c := defaults; f(&c); return c }
 
@@ -64,6 +65,10 @@ WRENN_CP_TOKEN=not-ours
 			want: with(func(c *DaemonConfig) {
 				c.Name, c.HostCIDR, c.VethCIDR = "wtest", netip.MustParsePrefix("10.40.0.0/16"), netip.MustParsePrefix("10.41.0.0/16")
 			})},
+		{name: "metrics sampling off, longer history", env: []string{"WRENN_AGENT_METRICS_INTERVAL=0", "WRENN_AGENT_METRICS_HISTORY=3h"},
+			want: with(func(c *DaemonConfig) { c.MetricsInterval, c.MetricsHistory = 0, 3*time.Hour })},
+		{name: "metrics interval flag", args: []string{"--metrics-interval=10s"},
+			want: with(func(c *DaemonConfig) { c.MetricsInterval = 10 * time.Second })},
 		{name: "listen on any host", env: []string{"WRENN_HOST_LISTEN_ADDR=[::]:0"}, want: with(func(c *DaemonConfig) { c.ListenAddr = "[::]:0" })},
 		{name: "egress ceiling", env: []string{"WRENN_AGENT_EGRESS_DENY= 198.51.100.0/24, 203.0.113.7 ,fd00::1/8"},
 			want: with(func(c *DaemonConfig) {
@@ -120,6 +125,10 @@ func TestParseDaemonConfigRejects(t *testing.T) {
 		{name: "uid base overflows", env: []string{"WRENN_AGENT_VMM_UID_BASE=4294967295"}, want: []string{"WRENN_AGENT_VMM_UID_BASE="}},
 		{name: "reaper interval unparsable", env: []string{"WRENN_AGENT_REAPER_INTERVAL=often"}, want: []string{"WRENN_AGENT_REAPER_INTERVAL="}},
 		{name: "reaper interval too short", args: []string{"--reaper-interval=1ms"}, want: []string{"WRENN_AGENT_REAPER_INTERVAL=\"1ms\" (from flag --reaper-interval)"}},
+		{name: "metrics interval too short", env: []string{"WRENN_AGENT_METRICS_INTERVAL=100ms"}, want: []string{`WRENN_AGENT_METRICS_INTERVAL="100ms"`, "0 or a duration"}},
+		{name: "metrics interval unparsable", env: []string{"WRENN_AGENT_METRICS_INTERVAL=often"}, want: []string{"WRENN_AGENT_METRICS_INTERVAL="}},
+		{name: "metrics history too long", env: []string{"WRENN_AGENT_METRICS_HISTORY=48h"}, want: []string{`WRENN_AGENT_METRICS_HISTORY="48h"`}},
+		{name: "metrics history zero", env: []string{"WRENN_AGENT_METRICS_HISTORY=0"}, want: []string{"WRENN_AGENT_METRICS_HISTORY="}},
 		{name: "log level", env: []string{"WRENN_LOG_LEVEL=loud"}, want: []string{`WRENN_LOG_LEVEL="loud"`}},
 		{name: "agent name too long for interface names", env: []string{"WRENN_AGENT_NAME=averylongname"}, want: []string{"WRENN_AGENT_NAME="}},
 		{name: "agent name with a dash", env: []string{"WRENN_AGENT_NAME=a-b"}, want: []string{"WRENN_AGENT_NAME="}},

@@ -109,6 +109,11 @@ func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind sn
 	if r.State != state.Running && r.State != state.Paused {
 		return nil, record{}, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s: only a running or paused sandbox can be forked or snapshotted", r.ID, r.State)
 	}
+	if r.MemoryDropped {
+		// Forking from the disk alone would be a cold boot of a copy;
+		// not offered: resume it (a cold boot), then fork the running one.
+		return nil, record{}, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is paused without its memory (a filesystem-only pause): resume it, then fork or snapshot it", r.ID)
+	}
 	if rootDisk(r).Format != string(disk.QCOW2) {
 		return nil, record{}, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s has a raw disk: forks and template snapshots need qcow2 disks (the qemu driver)", r.ID)
 	}

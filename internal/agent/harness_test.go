@@ -39,6 +39,9 @@ type harness struct {
 	cgroup string
 	images testenv.Images
 	accel  qemu.Accel
+	// metricsInterval turns the metrics sampler's history on (0: off);
+	// tests call SampleMetrics themselves.
+	metricsInterval time.Duration
 }
 
 func newHarness(t testing.TB) *harness {
@@ -139,7 +142,8 @@ func (h *harness) newManager() (*agent.Manager, error) {
 		MemoryDir: h.memoryDir(),
 		// Test processes running at the same time get disjoint VMM
 		// identities too, as they get disjoint slots.
-		VMMUIDBase: agent.DefaultVMMUIDBase + uint32(h.run%50)*64,
+		VMMUIDBase:      agent.DefaultVMMUIDBase + uint32(h.run%50)*64,
+		MetricsInterval: h.metricsInterval,
 	})
 }
 

@@ -63,6 +63,13 @@ type Config struct {
 	// in network slot i runs as VMMUIDBase+i (see confine.go).
 	// DefaultVMMUIDBase when zero; VMMs never run as root.
 	VMMUIDBase uint32
+	// MetricsInterval is how often RunSampler samples each running
+	// sandbox into its history (history.go); zero turns sampling off.
+	MetricsInterval time.Duration
+	// MetricsHistory is how far back a sandbox's history reaches;
+	// DefaultMetricsHistory when zero. The ring holds
+	// MetricsHistory/MetricsInterval samples (at most MaxMetricsSamples).
+	MetricsHistory time.Duration
 }
 
 // Defaults for zero Config and CreateRequest fields.
@@ -102,6 +109,9 @@ type Manager struct {
 	// it is in sandboxes, so two admissions cannot take the same room.
 	pendingMu sync.Mutex
 	pending   map[string]admitted
+
+	// sampleWait overrides sampleTimeout (tests).
+	sampleWait time.Duration
 }
 
 // sandbox is one VM and what it holds on the host.
@@ -124,6 +134,11 @@ type sandbox struct {
 	// seen is the description last taken under mu, for List to report
 	// while a long operation (boot, fork copy, hibernation) holds mu.
 	seen atomic.Pointer[Info]
+
+	// history is the sandbox's recent metrics (history.go), guarded by its
+	// own lock; sampling is set while a sample of it is being taken.
+	history  metricsRing
+	sampling atomic.Bool
 }
 
 // New returns a Manager. Call Recover before serving requests.
@@ -210,6 +225,9 @@ type Info struct {
 	// AccessToken authorizes calls to the guest's envd.
 	AccessToken string
 	PID         int
+	// MemoryDropped is set on a sandbox paused without its memory
+	// (PauseDropMemory): resuming it cold-boots the guest from its disk.
+	MemoryDropped bool
 }
 
 func (sb *sandbox) info() Info {
@@ -218,7 +236,7 @@ func (sb *sandbox) info() Info {
 		ID: r.ID, Template: r.Template, State: r.State, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
 		DiskMB: r.DiskMB, Metadata: r.Metadata, Network: r.Network, Timeout: r.Timeout,
 		OnTimeout: r.OnTimeout, CreatedAt: r.CreatedAt, KernelVersion: r.KernelVersion,
-		AccessToken: r.AccessToken, LastActiveAt: sb.lastActiveAt(),
+		AccessToken: r.AccessToken, LastActiveAt: sb.lastActiveAt(), MemoryDropped: r.MemoryDropped,
 	}
 	if sb.slot != nil {
 		in.Address = sb.slot.HostIP().String()

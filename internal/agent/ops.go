@@ -50,8 +50,9 @@ func (m *Manager) Resume(ctx context.Context, id string) error {
 	return m.ResumeAs(ctx, "", id)
 }
 
-// ResumeAs continues a paused sandbox where it stopped, or restores a
-// hibernated one from its snapshot. A team, when given, must be the
+// ResumeAs continues a paused sandbox where it stopped, restores a
+// hibernated one from its snapshot, or cold-boots one paused without its
+// memory from its disk. A team, when given, must be the
 // sandbox's (PermissionDenied otherwise).
 func (m *Manager) ResumeAs(ctx context.Context, team, id string) error {
 	if err := checkTeamID(team); err != nil {
@@ -67,6 +68,9 @@ func (m *Manager) ResumeAs(ctx context.Context, team, id string) error {
 	}
 	if sb.rec.State == state.Hibernated {
 		return m.resumeHibernated(ctx, sb)
+	}
+	if sb.rec.State == state.Paused && sb.rec.MemoryDropped {
+		return m.resumeCold(ctx, sb)
 	}
 	return transitionLocked(ctx, sb, state.Running, func(ctx context.Context, sb *sandbox) error {
 		if err := sb.machine.Resume(ctx); err != nil {

@@ -42,6 +42,9 @@ type record struct {
 	DiskFormat  string    `json:"disk_format"`
 	AccessToken string    `json:"access_token"`
 	CreatedAt   time.Time `json:"created_at"`
+	// MemoryDropped marks a sandbox paused without its memory (coldpause.go):
+	// no VMM, memory or cgroup; resuming cold-boots it from its disk.
+	MemoryDropped bool `json:"memory_dropped,omitempty"`
 }
 
 func writeRecord(dir string, r *record) error {

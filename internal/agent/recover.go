@@ -96,6 +96,9 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 		log.Info("hibernated sandbox re-adopted")
 		return true, nil
 	}
+	if rec.State == state.Paused && rec.MemoryDropped {
+		return true, m.adoptMemoryDropped(ctx, sb)
+	}
 	// The kernel path only matters for a restore; Attach finds the VMM
 	// through the sandbox dir, so a missing kernel is no reason to fail.
 	kernel, _ := kernels.Find(filepath.Join(m.cfg.Dir, "kernels"), rec.KernelVersion)

@@ -37,6 +37,9 @@ func (m *Manager) Hibernate(ctx context.Context, id string) error {
 	if err := r.State.Check(state.Hibernated); err != nil {
 		return err
 	}
+	if r.MemoryDropped {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s was paused without its memory: there is no memory to hibernate", id)
+	}
 	start := time.Now()
 	dir := m.snapshotDir(id)
 	if err := snapshot.Remove(dir); err != nil {

@@ -98,6 +98,9 @@ type Admin struct {
 	Password string `json:"password"`
 	TeamID   string `json:"team_id"`
 	APIKey   string `json:"api_key"`
+	// E2BKey is a team key in E2B's shape (e2b_ + 40 hex) for E2B's
+	// SDKs (E2B_API_KEY); it has no platform rights.
+	E2BKey string `json:"e2b_api_key"`
 }
 
 // Stack is a running single-node Wrenn.
@@ -348,8 +351,7 @@ func (s *Stack) bootstrapAdmin(ctx context.Context, dsn string) error {
 			return err
 		}
 		if platform {
-			s.Admin = a
-			return nil
+			return s.saveAdmin(ctx, path, a, false)
 		}
 	}
 	var sess struct {
@@ -372,12 +374,33 @@ func (s *Stack) bootstrapAdmin(ctx context.Context, dsn string) error {
 		return fmt.Errorf("create admin api key: %w", err)
 	}
 	a.APIKey = key.Key
-	b, _ = json.MarshalIndent(a, "", "  ")
-	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
-		return fmt.Errorf("save %s: %w", path, err)
+	a.E2BKey = "" // the database may be new: make the E2B key afresh too
+	if err := s.saveAdmin(ctx, path, a, true); err != nil {
+		return err
+	}
+	s.step("admin user %s (platform admin), team \"default\" and a platform API key saved in %s", a.Email, path)
+	return nil
+}
+
+// saveAdmin makes sure a has a working E2B-format key and saves a when it
+// changed (or changed is already true).
+func (s *Stack) saveAdmin(ctx context.Context, path string, a Admin, changed bool) error {
+	if a.E2BKey == "" || s.call(ctx, http.MethodGet, "/v1/me", a.E2BKey, nil, http.StatusOK, nil) != nil {
+		var key struct {
+			Key string `json:"key"`
+		}
+		if err := s.call(ctx, http.MethodPost, "/v1/api-keys", a.APIKey, map[string]any{"name": "e2b sdk", "format": "e2b"}, http.StatusCreated, &key); err != nil {
+			return fmt.Errorf("create the E2B-format api key: %w", err)
+		}
+		a.E2BKey, changed = key.Key, true
+	}
+	if changed {
+		b, _ := json.MarshalIndent(a, "", "  ")
+		if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+			return fmt.Errorf("save %s: %w", path, err)
+		}
 	}
 	s.Admin = a
-	s.step("admin user %s (platform admin), team \"default\" and a platform API key saved in %s", a.Email, path)
 	return nil
 }
 

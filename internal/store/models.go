@@ -92,25 +92,31 @@ type QuotaHold struct {
 }
 
 type Sandbox struct {
-	ID              string
-	TeamID          uuid.UUID
-	HostID          *uuid.UUID
-	Template        string
-	State           string
-	Vcpus           int32
-	MemoryMb        int32
-	DiskMb          int32
-	TimeoutSec      int32
-	OnTimeout       string
-	Metadata        json.RawMessage
-	Network         json.RawMessage
-	PublicPorts     []int32
-	AccessTokenHash []byte
-	Error           string
-	ForkedFrom      *string
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
-	StoppedAt       *time.Time
+	ID                string
+	TeamID            uuid.UUID
+	HostID            *uuid.UUID
+	Template          string
+	State             string
+	Vcpus             int32
+	MemoryMb          int32
+	DiskMb            int32
+	TimeoutSec        int32
+	OnTimeout         string
+	Metadata          json.RawMessage
+	Network           json.RawMessage
+	PublicPorts       []int32
+	AccessTokenHash   []byte
+	Error             string
+	ForkedFrom        *string
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+	StoppedAt         *time.Time
+	EndAt             *time.Time
+	AutoResume        bool
+	PublicTraffic     bool
+	TrafficTokenHash  []byte
+	MemoryDropped     bool
+	AccessTokenSealed []byte
 }
 
 type Team struct {

@@ -13,18 +13,83 @@ import (
 	"github.com/google/uuid"
 )
 
+const expiredSandboxes = `-- name: ExpiredSandboxes :many
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
+WHERE end_at IS NOT NULL AND end_at <= $1::timestamptz AND state = 'running'
+ORDER BY end_at
+LIMIT $2
+`
+
+type ExpiredSandboxesParams struct {
+	Now     time.Time
+	MaxRows int32
+}
+
+// Running sandboxes whose absolute deadline passed, oldest first (the
+// lifetime sweeper's work list; each is then moved by a guarded update).
+func (q *Queries) ExpiredSandboxes(ctx context.Context, arg ExpiredSandboxesParams) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, expiredSandboxes, arg.Now, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Sandbox{}
+	for rows.Next() {
+		var i Sandbox
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.HostID,
+			&i.Template,
+			&i.State,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.TimeoutSec,
+			&i.OnTimeout,
+			&i.Metadata,
+			&i.Network,
+			&i.PublicPorts,
+			&i.AccessTokenHash,
+			&i.Error,
+			&i.ForkedFrom,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.StoppedAt,
+			&i.EndAt,
+			&i.AutoResume,
+			&i.PublicTraffic,
+			&i.TrafficTokenHash,
+			&i.MemoryDropped,
+			&i.AccessTokenSealed,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const getProxySandbox = `-- name: GetProxySandbox :one
-SELECT id, team_id, host_id, state, public_ports, access_token_hash
+SELECT id, team_id, host_id, state, public_ports, access_token_hash,
+       public_traffic, traffic_token_hash, auto_resume, memory_dropped
 FROM sandboxes WHERE id = $1
 `
 
 type GetProxySandboxRow struct {
-	ID              string
-	TeamID          uuid.UUID
-	HostID          *uuid.UUID
-	State           string
-	PublicPorts     []int32
-	AccessTokenHash []byte
+	ID               string
+	TeamID           uuid.UUID
+	HostID           *uuid.UUID
+	State            string
+	PublicPorts      []int32
+	AccessTokenHash  []byte
+	PublicTraffic    bool
+	TrafficTokenHash []byte
+	AutoResume       bool
+	MemoryDropped    bool
 }
 
 // What the port proxy checks before any credentials are known.
@@ -38,12 +103,16 @@ func (q *Queries) GetProxySandbox(ctx context.Context, id string) (GetProxySandb
 		&i.State,
 		&i.PublicPorts,
 		&i.AccessTokenHash,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.AutoResume,
+		&i.MemoryDropped,
 	)
 	return i, err
 }
 
 const getTeamSandbox = `-- name: GetTeamSandbox :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetTeamSandboxParams struct {
@@ -74,6 +143,12 @@ func (q *Queries) GetTeamSandbox(ctx context.Context, arg GetTeamSandboxParams) 
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.StoppedAt,
+		&i.EndAt,
+		&i.AutoResume,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
@@ -82,30 +157,37 @@ const insertSandbox = `-- name: InsertSandbox :one
 
 INSERT INTO sandboxes (id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb,
                        timeout_sec, on_timeout, metadata, network, public_ports,
-                       access_token_hash, forked_from, created_at, updated_at)
+                       access_token_hash, forked_from, end_at, auto_resume, public_traffic,
+                       traffic_token_hash, access_token_sealed, created_at, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
         $9, $10, $11, $12, $13,
-        $14, $15, $16::timestamptz, $16::timestamptz)
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at
+        $14, $15, $16::timestamptz, $17, $18,
+        $19, $20, $21::timestamptz, $21::timestamptz)
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type InsertSandboxParams struct {
-	ID              string
-	TeamID          uuid.UUID
-	HostID          *uuid.UUID
-	Template        string
-	State           string
-	Vcpus           int32
-	MemoryMb        int32
-	DiskMb          int32
-	TimeoutSec      int32
-	OnTimeout       string
-	Metadata        json.RawMessage
-	Network         json.RawMessage
-	PublicPorts     []int32
-	AccessTokenHash []byte
-	ForkedFrom      *string
-	Now             time.Time
+	ID                string
+	TeamID            uuid.UUID
+	HostID            *uuid.UUID
+	Template          string
+	State             string
+	Vcpus             int32
+	MemoryMb          int32
+	DiskMb            int32
+	TimeoutSec        int32
+	OnTimeout         string
+	Metadata          json.RawMessage
+	Network           json.RawMessage
+	PublicPorts       []int32
+	AccessTokenHash   []byte
+	ForkedFrom        *string
+	EndAt             *time.Time
+	AutoResume        bool
+	PublicTraffic     bool
+	TrafficTokenHash  []byte
+	AccessTokenSealed []byte
+	Now               time.Time
 }
 
 // Sandboxes: the REST resource and what the scheduler needs. Every state
@@ -129,6 +211,11 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.PublicPorts,
 		arg.AccessTokenHash,
 		arg.ForkedFrom,
+		arg.EndAt,
+		arg.AutoResume,
+		arg.PublicTraffic,
+		arg.TrafficTokenHash,
+		arg.AccessTokenSealed,
 		arg.Now,
 	)
 	var i Sandbox
@@ -152,12 +239,18 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.StoppedAt,
+		&i.EndAt,
+		&i.AutoResume,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
 
 const listTeamSandboxes = `-- name: ListTeamSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
 WHERE team_id = $1
   AND state = ANY($2::text[])
   AND metadata @> $3::jsonb
@@ -207,6 +300,12 @@ func (q *Queries) ListTeamSandboxes(ctx context.Context, arg ListTeamSandboxesPa
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.StoppedAt,
+			&i.EndAt,
+			&i.AutoResume,
+			&i.PublicTraffic,
+			&i.TrafficTokenHash,
+			&i.MemoryDropped,
+			&i.AccessTokenSealed,
 		); err != nil {
 			return nil, err
 		}
@@ -219,7 +318,7 @@ func (q *Queries) ListTeamSandboxes(ctx context.Context, arg ListTeamSandboxesPa
 }
 
 const listTeamSandboxesAfter = `-- name: ListTeamSandboxesAfter :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
 WHERE team_id = $1
   AND state = ANY($2::text[])
   AND metadata @> $3::jsonb
@@ -276,6 +375,12 @@ func (q *Queries) ListTeamSandboxesAfter(ctx context.Context, arg ListTeamSandbo
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.StoppedAt,
+			&i.EndAt,
+			&i.AutoResume,
+			&i.PublicTraffic,
+			&i.TrafficTokenHash,
+			&i.MemoryDropped,
+			&i.AccessTokenSealed,
 		); err != nil {
 			return nil, err
 		}
@@ -318,20 +423,27 @@ func (q *Queries) MarkSandboxFailed(ctx context.Context, arg MarkSandboxFailedPa
 
 const markSandboxRunning = `-- name: MarkSandboxRunning :one
 UPDATE sandboxes
-SET state = 'running', access_token_hash = $1, updated_at = $2::timestamptz
-WHERE id = $3 AND state = 'starting'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at
+SET state = 'running', access_token_hash = $1, access_token_sealed = $2,
+    updated_at = $3::timestamptz
+WHERE id = $4 AND state = 'starting'
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type MarkSandboxRunningParams struct {
-	AccessTokenHash []byte
-	Now             time.Time
-	ID              string
+	AccessTokenHash   []byte
+	AccessTokenSealed []byte
+	Now               time.Time
+	ID                string
 }
 
 // A create finished. No row: the sandbox was deleted meanwhile.
 func (q *Queries) MarkSandboxRunning(ctx context.Context, arg MarkSandboxRunningParams) (Sandbox, error) {
-	row := q.db.QueryRow(ctx, markSandboxRunning, arg.AccessTokenHash, arg.Now, arg.ID)
+	row := q.db.QueryRow(ctx, markSandboxRunning,
+		arg.AccessTokenHash,
+		arg.AccessTokenSealed,
+		arg.Now,
+		arg.ID,
+	)
 	var i Sandbox
 	err := row.Scan(
 		&i.ID,
@@ -353,8 +465,26 @@ func (q *Queries) MarkSandboxRunning(ctx context.Context, arg MarkSandboxRunning
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.StoppedAt,
+		&i.EndAt,
+		&i.AutoResume,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
+}
+
+const sandboxSealedToken = `-- name: SandboxSealedToken :one
+SELECT access_token_sealed FROM sandboxes WHERE id = $1
+`
+
+// The sealed access token (the envd proxy checks pre-signed URLs with it).
+func (q *Queries) SandboxSealedToken(ctx context.Context, id string) ([]byte, error) {
+	row := q.db.QueryRow(ctx, sandboxSealedToken, id)
+	var access_token_sealed []byte
+	err := row.Scan(&access_token_sealed)
+	return access_token_sealed, err
 }
 
 const schedulableHosts = `-- name: SchedulableHosts :many
@@ -452,6 +582,61 @@ func (q *Queries) SchedulableHosts(ctx context.Context, teamID uuid.UUID) ([]Sch
 	return items, nil
 }
 
+const setSandboxEndAt = `-- name: SetSandboxEndAt :one
+UPDATE sandboxes
+SET end_at = $1::timestamptz, on_timeout = $2, updated_at = $3::timestamptz
+WHERE id = $4 AND team_id = $5
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
+`
+
+type SetSandboxEndAtParams struct {
+	EndAt     *time.Time
+	OnTimeout string
+	Now       time.Time
+	ID        string
+	TeamID    uuid.UUID
+}
+
+// An absolute deadline (E2B's timeout); NULL clears it.
+func (q *Queries) SetSandboxEndAt(ctx context.Context, arg SetSandboxEndAtParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, setSandboxEndAt,
+		arg.EndAt,
+		arg.OnTimeout,
+		arg.Now,
+		arg.ID,
+		arg.TeamID,
+	)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.State,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.OnTimeout,
+		&i.Metadata,
+		&i.Network,
+		&i.PublicPorts,
+		&i.AccessTokenHash,
+		&i.Error,
+		&i.ForkedFrom,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StoppedAt,
+		&i.EndAt,
+		&i.AutoResume,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.MemoryDropped,
+		&i.AccessTokenSealed,
+	)
+	return i, err
+}
+
 const setSandboxHost = `-- name: SetSandboxHost :exec
 UPDATE sandboxes SET host_id = $1, updated_at = $2::timestamptz
 WHERE id = $3 AND state = 'starting'
@@ -469,11 +654,34 @@ func (q *Queries) SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) 
 	return err
 }
 
+const setSandboxMemoryDropped = `-- name: SetSandboxMemoryDropped :exec
+UPDATE sandboxes SET memory_dropped = $1, updated_at = $2::timestamptz
+WHERE id = $3 AND team_id = $4
+`
+
+type SetSandboxMemoryDroppedParams struct {
+	MemoryDropped bool
+	Now           time.Time
+	ID            string
+	TeamID        uuid.UUID
+}
+
+// Whether the sandbox's pause kept its memory (E2B's `memory` flag).
+func (q *Queries) SetSandboxMemoryDropped(ctx context.Context, arg SetSandboxMemoryDroppedParams) error {
+	_, err := q.db.Exec(ctx, setSandboxMemoryDropped,
+		arg.MemoryDropped,
+		arg.Now,
+		arg.ID,
+		arg.TeamID,
+	)
+	return err
+}
+
 const setSandboxNetwork = `-- name: SetSandboxNetwork :one
 UPDATE sandboxes
 SET network = $1, updated_at = $2::timestamptz
 WHERE id = $3 AND team_id = $4
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type SetSandboxNetworkParams struct {
@@ -511,6 +719,12 @@ func (q *Queries) SetSandboxNetwork(ctx context.Context, arg SetSandboxNetworkPa
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.StoppedAt,
+		&i.EndAt,
+		&i.AutoResume,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
@@ -519,7 +733,7 @@ const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes
 SET timeout_sec = $1, on_timeout = $2, updated_at = $3::timestamptz
 WHERE id = $4 AND team_id = $5
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type SetSandboxTimeoutParams struct {
@@ -559,15 +773,82 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.StoppedAt,
+		&i.EndAt,
+		&i.AutoResume,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
+}
+
+const staleStartingSandboxes = `-- name: StaleStartingSandboxes :many
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
+WHERE state = 'starting' AND updated_at < $1::timestamptz
+ORDER BY updated_at
+LIMIT $2
+`
+
+type StaleStartingSandboxesParams struct {
+	Before  time.Time
+	MaxRows int32
+}
+
+// Creates nobody finishes: still starting long after their last attempt
+// began (each attempt moves updated_at), e.g. the replica running them
+// died. The sweeper fails them.
+func (q *Queries) StaleStartingSandboxes(ctx context.Context, arg StaleStartingSandboxesParams) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, staleStartingSandboxes, arg.Before, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Sandbox{}
+	for rows.Next() {
+		var i Sandbox
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.HostID,
+			&i.Template,
+			&i.State,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.TimeoutSec,
+			&i.OnTimeout,
+			&i.Metadata,
+			&i.Network,
+			&i.PublicPorts,
+			&i.AccessTokenHash,
+			&i.Error,
+			&i.ForkedFrom,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.StoppedAt,
+			&i.EndAt,
+			&i.AutoResume,
+			&i.PublicTraffic,
+			&i.TrafficTokenHash,
+			&i.MemoryDropped,
+			&i.AccessTokenSealed,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const stopSandbox = `-- name: StopSandbox :one
 UPDATE sandboxes
 SET state = 'stopped', stopped_at = $1::timestamptz, updated_at = $1::timestamptz
 WHERE id = $2 AND team_id = $3 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type StopSandboxParams struct {
@@ -599,6 +880,12 @@ func (q *Queries) StopSandbox(ctx context.Context, arg StopSandboxParams) (Sandb
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.StoppedAt,
+		&i.EndAt,
+		&i.AutoResume,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }
@@ -607,7 +894,7 @@ const transitionSandbox = `-- name: TransitionSandbox :one
 UPDATE sandboxes
 SET state = $1, updated_at = $2::timestamptz
 WHERE id = $3 AND team_id = $4 AND state = ANY($5::text[])
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
 `
 
 type TransitionSandboxParams struct {
@@ -649,6 +936,12 @@ func (q *Queries) TransitionSandbox(ctx context.Context, arg TransitionSandboxPa
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.StoppedAt,
+		&i.EndAt,
+		&i.AutoResume,
+		&i.PublicTraffic,
+		&i.TrafficTokenHash,
+		&i.MemoryDropped,
+		&i.AccessTokenSealed,
 	)
 	return i, err
 }

@@ -141,6 +141,40 @@ var crossTeam = map[string]routeCheck{
 	"GET /v1/templates":                                          {list: true},
 	"GET /v1/templates/{templateName}":                           {},
 	"DELETE /v1/templates/{templateName}":                        {},
+	// E2B's API at the root: the same attacks in E2B's words.
+	"GET /sandboxes":                         {list: true},
+	"POST /sandboxes":                        {check: e2bCreateFromATemplate("/sandboxes")},
+	"GET /v2/sandboxes":                      {list: true, query: "?state=running,paused"},
+	"POST /v2/sandboxes":                     {check: e2bCreateFromATemplate("/v2/sandboxes")},
+	"GET /sandboxes/{sandboxID}":             {},
+	"DELETE /sandboxes/{sandboxID}":          {},
+	"POST /sandboxes/{sandboxID}/timeout":    {body: map[string]any{"timeout": 60}},
+	"POST /sandboxes/{sandboxID}/refreshes":  {body: map[string]any{"duration": 60}},
+	"POST /sandboxes/{sandboxID}/pause":      {},
+	"POST /sandboxes/{sandboxID}/resume":     {},
+	"POST /sandboxes/{sandboxID}/connect":    {},
+	"POST /v2/sandboxes/{sandboxID}/connect": {body: map[string]any{"timeout": 60}},
+	"GET /sandboxes/{sandboxID}/metrics":     {},
+	"PUT /sandboxes/{sandboxID}/network":     {body: map[string]any{"allow_internet_access": true}},
+	"POST /sandboxes/{sandboxID}/fork":       {body: map[string]any{"count": 1}},
+	"POST /sandboxes/{sandboxID}/snapshots":  {body: map[string]any{"name": "stolen-e2b"}},
+	"GET /snapshots":                         {list: true},
+	"DELETE /templates/{templateID}":         {},
+}
+
+// e2bCreateFromATemplate: B names A's snapshot template (its name and the
+// host's t-… name) as an E2B templateID.
+func e2bCreateFromATemplate(path string) func(t *testing.T) {
+	return func(t *testing.T) {
+		for _, name := range []string{w.templateA, w.templateAAgent} {
+			r := w.b.keyClient().do(t, "POST", path, map[string]any{"templateID": name, "timeout": 120})
+			if r.status == http.StatusCreated {
+				t.Errorf("B created a sandbox from A's template %s through %s: %s", name, path, r)
+				continue
+			}
+			wantError(t, "B: E2B create from A's template "+name, r, http.StatusNotFound, "not_found")
+		}
+	}
 }
 
 func anon() client { return client{base: shared.st.URL} }
@@ -359,7 +393,7 @@ func fill(t *testing.T, tmpl, hostID string) string {
 	t.Helper()
 	ids := map[string]string{
 		"teamID": w.a.teamID, "userID": w.a.userID, "keyID": w.a2KeyID, "hostID": hostID, "inviteID": w.inviteA,
-		"sandboxID": w.sandboxA, "templateName": w.templateA, "selector": "1", "port": "8080", "path": "index.html",
+		"sandboxID": w.sandboxA, "templateName": w.templateA, "templateID": w.templateA, "selector": "1", "port": "8080", "path": "index.html",
 	}
 	return pathParamRE.ReplaceAllStringFunc(tmpl, func(p string) string {
 		v, ok := ids[p[1:len(p)-1]]

@@ -239,15 +239,27 @@ type reply struct {
 }
 
 // errorCode and errorMessage read the API's {"error":{"code","message"}}.
+// errorCode is the machine-readable code of an error reply: /v1's
+// {"error":{"code"}} or, on the E2B-compatible routes, {"code": <status>,
+// "error_code"} (whose numeric code must then be the status).
 func (r reply) errorCode() string {
 	var e struct {
-		Error struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
+		Error *struct {
+			Code string `json:"code"`
 		} `json:"error"`
+		Status    any    `json:"code"`
+		ErrorCode string `json:"error_code"`
 	}
-	_ = json.Unmarshal(r.body, &e)
-	return e.Error.Code
+	if json.Unmarshal(r.body, &e) != nil {
+		return ""
+	}
+	if e.Error != nil {
+		return e.Error.Code
+	}
+	if n, ok := e.Status.(float64); ok && int(n) == r.status {
+		return e.ErrorCode
+	}
+	return ""
 }
 
 func (r reply) errorMessage() string {
@@ -255,8 +267,12 @@ func (r reply) errorMessage() string {
 		Error struct {
 			Message string `json:"message"`
 		} `json:"error"`
+		Message string `json:"message"`
 	}
 	_ = json.Unmarshal(r.body, &e)
+	if e.Error.Message == "" {
+		return e.Message
+	}
 	return e.Error.Message
 }
 

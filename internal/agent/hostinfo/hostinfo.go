@@ -168,7 +168,8 @@ func addUsage(u *hostagentv1.HostUsage, in agent.Info) {
 		holdsVMM = true
 	case state.Paused:
 		u.SandboxesPaused++
-		holdsVMM = true
+		// Paused without its memory: only its disk is held.
+		holdsVMM = !in.MemoryDropped
 	case state.Hibernated:
 		u.SandboxesPaused++
 	}

@@ -54,9 +54,11 @@ func TestCollect(t *testing.T) {
 	sb := func(id string, s state.State) agent.Info {
 		return agent.Info{ID: id, State: s, VCPUs: 2, MemoryMB: 256, DiskMB: 1024}
 	}
+	// Paused without its memory: no VMM, only its disk.
+	dropped := func(id string) agent.Info { in := sb(id, state.Paused); in.MemoryDropped = true; return in }
 	src := fakeSandboxes{
 		infos: []agent.Info{sb("a", state.Starting), sb("b", state.Running), sb("c", state.Paused),
-			sb("d", state.Hibernated), sb("e", state.Stopping), sb("f", state.Error)},
+			sb("d", state.Hibernated), sb("e", state.Stopping), sb("f", state.Error), dropped("g")},
 		templates: []agent.Template{{Name: "python", Snapshot: true, DiskBytes: 9}, {Name: "minimal", DiskBytes: 7}},
 	}
 	c := hostinfo.New(hostinfo.Config{Dir: dir, VMM: "firecracker", Accelerator: "kvm", Sandboxes: src, ProcDir: fakeProc(t)})
@@ -72,20 +74,21 @@ func TestCollect(t *testing.T) {
 		t.Errorf("specs = %v", sp)
 	}
 	// Starting and running count as running; paused and hibernated as
-	// paused; a VMM's vCPUs and memory are held by a, b, c; disk by all
-	// but the stopped.
-	if u.GetSandboxesRunning() != 2 || u.GetSandboxesPaused() != 2 || u.GetReservedVcpus() != 6 ||
-		u.GetReservedMemoryBytes() != 3*256<<20 || u.GetReservedDiskBytes() != 6*1024<<20 ||
+	// paused; a VMM's vCPUs and memory are held by a, b, c (not g, paused
+	// without its memory); disk by all but the stopped.
+	if u.GetSandboxesRunning() != 2 || u.GetSandboxesPaused() != 3 || u.GetReservedVcpus() != 6 ||
+		u.GetReservedMemoryBytes() != 3*256<<20 || u.GetReservedDiskBytes() != 7*1024<<20 ||
 		u.GetMemoryAvailableBytes() != 1024<<10 || u.GetLoad1() != 1.5 || u.GetDiskAvailableBytes() <= 0 {
 		t.Errorf("usage = %v", u)
 	}
-	if strings.Join(st.SandboxIDs, ",") != "a,b,c,d,e,f" || len(st.Templates) != 2 || st.Templates[0].GetDiskBytes() != 9 {
+	if strings.Join(st.SandboxIDs, ",") != "a,b,c,d,e,f,g" || len(st.Templates) != 2 || st.Templates[0].GetDiskBytes() != 9 {
 		t.Errorf("ids %v templates %v", st.SandboxIDs, st.Templates)
 	}
 	wantStates := map[string]hostagentv1.SandboxState{
 		"a": hostagentv1.SandboxState_SANDBOX_STATE_STARTING, "b": hostagentv1.SandboxState_SANDBOX_STATE_RUNNING,
 		"c": hostagentv1.SandboxState_SANDBOX_STATE_PAUSED, "d": hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED,
 		"e": hostagentv1.SandboxState_SANDBOX_STATE_STOPPED, "f": hostagentv1.SandboxState_SANDBOX_STATE_ERROR,
+		"g": hostagentv1.SandboxState_SANDBOX_STATE_PAUSED,
 	}
 	if !maps.Equal(st.SandboxStates, wantStates) {
 		t.Errorf("states %v, want %v", st.SandboxStates, wantStates)

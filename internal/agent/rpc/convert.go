@@ -91,6 +91,7 @@ func sandboxToProto(in agent.Info, withToken bool) *hostagentv1.Sandbox {
 		CreatedAtUnixMs:    unixMs(in.CreatedAt),
 		LastActiveAtUnixMs: unixMs(in.LastActiveAt),
 		KernelVersion:      in.KernelVersion,
+		MemoryDropped:      in.MemoryDropped,
 	}
 	if withToken {
 		out.AccessToken = in.AccessToken
@@ -160,4 +161,38 @@ func metricsToProto(m agent.Metrics) *hostagentv1.GetSandboxMetricsResponse {
 		GuestDiskTotalBytes: m.Guest.DiskTotal,
 		GuestDiskUsedBytes:  m.Guest.DiskUsed,
 	}
+}
+
+// msRange converts a wire range of Unix milliseconds (0: unbounded on that
+// side) to times, refusing negative bounds and an end before the start.
+func msRange(startMs, endMs int64) (from, to time.Time, err error) {
+	if startMs < 0 || endMs < 0 {
+		return from, to, errdefs.New(errdefs.ErrInvalidArgument, "start_unix_ms %d, end_unix_ms %d: must not be negative", startMs, endMs)
+	}
+	if startMs != 0 && endMs != 0 && endMs < startMs {
+		return from, to, errdefs.New(errdefs.ErrInvalidArgument, "end_unix_ms %d is before start_unix_ms %d", endMs, startMs)
+	}
+	if startMs != 0 {
+		from = time.UnixMilli(startMs)
+	}
+	if endMs != 0 {
+		to = time.UnixMilli(endMs)
+	}
+	return from, to, nil
+}
+
+func samplesToProto(ss []agent.MetricsSample) []*hostagentv1.MetricsSample {
+	out := make([]*hostagentv1.MetricsSample, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, &hostagentv1.MetricsSample{
+			TimeUnixMs:     s.UnixMs,
+			CpuCount:       s.CPUCount,
+			CpuUsedPct:     s.CPUUsedPct,
+			MemUsedBytes:   s.MemUsed,
+			MemTotalBytes:  s.MemTotal,
+			DiskUsedBytes:  s.DiskUsed,
+			DiskTotalBytes: s.DiskTotal,
+		})
+	}
+	return out
 }

@@ -35,6 +35,7 @@ type fakeManager struct {
 	templates []agent.Template
 	console   []byte
 	metrics   agent.Metrics
+	history   []agent.MetricsSample
 	// errs makes a method fail: by method name.
 	errs map[string]error
 	// calls records "Method id args..." in order.
@@ -48,6 +49,7 @@ type fakeManager struct {
 	}
 	lastPolicy network.Policy
 	lastTail   int64
+	lastRange  [2]time.Time
 	// teams is the team the last call of each *As method carried.
 	teams map[string]string
 }
@@ -151,7 +153,10 @@ func (f *fakeManager) Destroy(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeManager) Pause(_ context.Context, id string) error     { return f.simple("Pause", id) }
+func (f *fakeManager) Pause(_ context.Context, id string) error { return f.simple("Pause", id) }
+func (f *fakeManager) PauseDropMemory(_ context.Context, id string) error {
+	return f.simple("PauseDropMemory", id)
+}
 func (f *fakeManager) Hibernate(_ context.Context, id string) error { return f.simple("Hibernate", id) }
 
 func (f *fakeManager) ResumeAs(_ context.Context, team, id string) error {
@@ -213,6 +218,16 @@ func (f *fakeManager) Metrics(_ context.Context, id string) (agent.Metrics, erro
 		return agent.Metrics{}, err
 	}
 	return f.metrics, nil
+}
+
+func (f *fakeManager) MetricsHistory(id string, from, to time.Time) ([]agent.MetricsSample, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastRange = [2]time.Time{from, to}
+	if _, err := f.lookup("MetricsHistory", id); err != nil {
+		return nil, err
+	}
+	return f.history, nil
 }
 
 func (f *fakeManager) ConsoleLog(_ context.Context, id string, n int64) ([]byte, error) {

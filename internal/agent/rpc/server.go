@@ -31,6 +31,8 @@ type Manager interface {
 	List(ctx context.Context) ([]agent.Info, error)
 	Destroy(ctx context.Context, id string) error
 	Pause(ctx context.Context, id string) error
+	// PauseDropMemory is the filesystem-only pause (drop_memory).
+	PauseDropMemory(ctx context.Context, id string) error
 	// The *As calls carry the team the control plane acts for: the
 	// manager refuses a sandbox or snapshot template another team owns.
 	ResumeAs(ctx context.Context, team, id string) error
@@ -39,6 +41,9 @@ type Manager interface {
 	SetTimeout(ctx context.Context, id string, timeout time.Duration, on agent.OnTimeout) error
 	SetNetwork(ctx context.Context, id string, pol network.Policy) error
 	Metrics(ctx context.Context, id string) (agent.Metrics, error)
+	// MetricsHistory is the sandbox's sampled history in a range (zero
+	// times: unbounded), oldest first.
+	MetricsHistory(id string, from, to time.Time) ([]agent.MetricsSample, error)
 	ConsoleLog(ctx context.Context, id string, n int64) ([]byte, error)
 	SnapshotTemplateAs(ctx context.Context, team, id, name string) error
 	DeleteTemplateAs(ctx context.Context, team, name string) error
@@ -187,7 +192,11 @@ func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[hosta
 }
 
 func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[hostagentv1.PauseSandboxRequest]) (*connect.Response[hostagentv1.PauseSandboxResponse], error) {
-	return byID[hostagentv1.PauseSandboxResponse](ctx, "id", req.Msg.GetId(), s.m.Pause)
+	pause := s.m.Pause
+	if req.Msg.GetDropMemory() {
+		pause = s.m.PauseDropMemory
+	}
+	return byID[hostagentv1.PauseSandboxResponse](ctx, "id", req.Msg.GetId(), pause)
 }
 
 func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[hostagentv1.ResumeSandboxRequest]) (*connect.Response[hostagentv1.ResumeSandboxResponse], error) {
@@ -264,11 +273,22 @@ func (s *service) GetSandboxMetrics(ctx context.Context, req *connect.Request[ho
 	if err := needID("id", req.Msg.GetId()); err != nil {
 		return nil, errdefs.ToConnect(err)
 	}
+	from, to, err := msRange(req.Msg.GetStartUnixMs(), req.Msg.GetEndUnixMs())
+	if err != nil {
+		return nil, errdefs.ToConnect(err)
+	}
 	m, err := s.m.Metrics(ctx, req.Msg.GetId())
 	if err != nil {
 		return nil, errdefs.ToConnect(err)
 	}
-	return connect.NewResponse(metricsToProto(m)), nil
+	// After "now": a sample taken meanwhile is then in the history too.
+	hist, err := s.m.MetricsHistory(req.Msg.GetId(), from, to)
+	if err != nil {
+		return nil, errdefs.ToConnect(err)
+	}
+	out := metricsToProto(m)
+	out.Samples = samplesToProto(hist)
+	return connect.NewResponse(out), nil
 }
 
 func (s *service) GetSandboxLogs(ctx context.Context, req *connect.Request[hostagentv1.GetSandboxLogsRequest]) (*connect.Response[hostagentv1.GetSandboxLogsResponse], error) {

@@ -153,6 +153,32 @@ func TestReadSandboxes(t *testing.T) {
 	}
 }
 
+// TestMemoryDroppedReported: a sandbox paused without its memory says so
+// in Get and List; others do not.
+func TestMemoryDroppedReported(t *testing.T) {
+	m := newFakeManager()
+	m.add(running("sb1"))
+	p := running("sb2")
+	p.State, p.MemoryDropped, p.CreatedAt = state.Paused, true, p.CreatedAt.Add(time.Second)
+	m.add(p)
+	s := startAgent(t, m, serverOpts{})
+	ctx := context.Background()
+	got, err := s.rpc.GetSandbox(ctx, connect.NewRequest(&hostagentv1.GetSandboxRequest{Id: "sb2"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb := got.Msg.GetSandbox(); !sb.GetMemoryDropped() || sb.GetState() != hostagentv1.SandboxState_SANDBOX_STATE_PAUSED {
+		t.Errorf("get = %v, want paused with memory_dropped", sb)
+	}
+	list, err := s.rpc.ListSandboxes(ctx, connect.NewRequest(&hostagentv1.ListSandboxesRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sbs := list.Msg.GetSandboxes(); len(sbs) != 2 || sbs[0].GetMemoryDropped() || !sbs[1].GetMemoryDropped() {
+		t.Errorf("list = %v", sbs)
+	}
+}
+
 func TestLifecycleCalls(t *testing.T) {
 	m := newFakeManager()
 	m.add(running("sb1"))
@@ -164,6 +190,10 @@ func TestLifecycleCalls(t *testing.T) {
 	}{
 		{"Pause", func(id string) error {
 			_, err := s.rpc.PauseSandbox(ctx, connect.NewRequest(&hostagentv1.PauseSandboxRequest{Id: id}))
+			return err
+		}},
+		{"PauseDropMemory", func(id string) error {
+			_, err := s.rpc.PauseSandbox(ctx, connect.NewRequest(&hostagentv1.PauseSandboxRequest{Id: id, DropMemory: true}))
 			return err
 		}},
 		{"Resume", func(id string) error {
@@ -274,6 +304,50 @@ func TestMetricsAndLogs(t *testing.T) {
 	}
 	_, err = s.rpc.GetSandboxMetrics(ctx, connect.NewRequest(&hostagentv1.GetSandboxMetricsRequest{Id: "nope"}))
 	wantCode(t, err, connect.CodeNotFound)
+	// No range: unbounded on both sides, no samples yet.
+	if r := read(m, func() [2]time.Time { return m.lastRange }); !r[0].IsZero() || !r[1].IsZero() || len(g.GetSamples()) != 0 {
+		t.Errorf("unbounded request: range %v, samples %v", r, g.GetSamples())
+	}
+
+	// History: the range reaches the manager as times, samples come back
+	// field by field in the manager's order.
+	m.mu.Lock()
+	m.history = []agent.MetricsSample{
+		{UnixMs: 1_700_000_000_000, CPUCount: 2, CPUUsedPct: 12.5, MemUsed: 10, MemTotal: 20, DiskUsed: 30, DiskTotal: 40},
+		{UnixMs: 1_700_000_005_000, CPUCount: 2, CPUUsedPct: 50, MemUsed: 11, MemTotal: 20, DiskUsed: 31, DiskTotal: 40},
+	}
+	m.mu.Unlock()
+	met, err = s.rpc.GetSandboxMetrics(ctx, connect.NewRequest(&hostagentv1.GetSandboxMetricsRequest{Id: "sb1", StartUnixMs: 1_699_999_999_000, EndUnixMs: 1_700_000_009_000}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := read(m, func() [2]time.Time { return m.lastRange }); r[0].UnixMilli() != 1_699_999_999_000 || r[1].UnixMilli() != 1_700_000_009_000 {
+		t.Errorf("range reached the manager as %v", r)
+	}
+	samples := met.Msg.GetSamples()
+	if len(samples) != 2 {
+		t.Fatalf("samples = %v", samples)
+	}
+	if s0, s1 := samples[0], samples[1]; s0.GetTimeUnixMs() != 1_700_000_000_000 || s0.GetCpuCount() != 2 || s0.GetCpuUsedPct() != 12.5 ||
+		s0.GetMemUsedBytes() != 10 || s0.GetMemTotalBytes() != 20 || s0.GetDiskUsedBytes() != 30 || s0.GetDiskTotalBytes() != 40 ||
+		s1.GetTimeUnixMs() != 1_700_000_005_000 || s1.GetCpuUsedPct() != 50 {
+		t.Errorf("samples = %v", samples)
+	}
+	// Only a start: unbounded end.
+	if _, err := s.rpc.GetSandboxMetrics(ctx, connect.NewRequest(&hostagentv1.GetSandboxMetricsRequest{Id: "sb1", StartUnixMs: 5})); err != nil {
+		t.Fatal(err)
+	}
+	if r := read(m, func() [2]time.Time { return m.lastRange }); r[0].UnixMilli() != 5 || !r[1].IsZero() {
+		t.Errorf("start-only range reached the manager as %v", r)
+	}
+	for _, bad := range []*hostagentv1.GetSandboxMetricsRequest{
+		{Id: "sb1", StartUnixMs: -1},
+		{Id: "sb1", EndUnixMs: -1},
+		{Id: "sb1", StartUnixMs: 2000, EndUnixMs: 1000},
+	} {
+		_, err := s.rpc.GetSandboxMetrics(ctx, connect.NewRequest(bad))
+		wantCode(t, err, connect.CodeInvalidArgument)
+	}
 
 	logs, err := s.rpc.GetSandboxLogs(ctx, connect.NewRequest(&hostagentv1.GetSandboxLogsRequest{Id: "sb1"}))
 	if err != nil {

@@ -8,15 +8,49 @@ import (
 	"strings"
 )
 
-// APIKeyPrefix starts every API key, so keys are recognisable in code and
-// by secret scanners, and told apart from session tokens.
+// APIKeyPrefix starts every Wrenn-format API key, so keys are recognisable
+// in code and by secret scanners, and told apart from session tokens.
 const APIKeyPrefix = "wrn_"
 
-// apiKeyHexLen is the number of hex characters after the prefix (128 bits).
-const apiKeyHexLen = 32
+// E2BKeyPrefix starts keys in E2B's format ("e2b_" + 40 hex): E2B's SDKs
+// and tools expect that shape, so a team may ask for keys that have it.
+const E2BKeyPrefix = "e2b_"
+
+// KeyFormat is the shape of a new key: both are accepted everywhere.
+type KeyFormat string
+
+const (
+	// KeyFormatWrenn is wrn_ + 32 lowercase hex (128 bits).
+	KeyFormatWrenn KeyFormat = "wrenn"
+	// KeyFormatE2B is e2b_ + 40 lowercase hex (160 bits).
+	KeyFormatE2B KeyFormat = "e2b"
+)
+
+// apiKeyHexLen and e2bKeyHexLen are the hex characters after each prefix.
+const (
+	apiKeyHexLen = 32
+	e2bKeyHexLen = 40
+)
+
+// ParseKeyFormat reads a format name; "" is the Wrenn format.
+func ParseKeyFormat(s string) (KeyFormat, bool) {
+	switch KeyFormat(s) {
+	case "", KeyFormatWrenn:
+		return KeyFormatWrenn, true
+	case KeyFormatE2B:
+		return KeyFormatE2B, true
+	}
+	return "", false
+}
+
+// HasAPIKeyPrefix reports whether s starts like an API key of either
+// format (and so is not a session token).
+func HasAPIKeyPrefix(s string) bool {
+	return strings.HasPrefix(s, APIKeyPrefix) || strings.HasPrefix(s, E2BKeyPrefix)
+}
 
 // DisplayPrefixLen is how many leading characters of a key are stored in
-// clear to tell keys apart in listings ("wrn_" + 8 hex).
+// clear to tell keys apart in listings (the prefix + 8 hex).
 const DisplayPrefixLen = 12
 
 // NewAPIKey is a freshly generated key: Key is shown to the user once;
@@ -28,12 +62,19 @@ type NewAPIKey struct {
 }
 
 // GenerateAPIKey returns a new random key: wrn_ + 32 lowercase hex.
-func GenerateAPIKey() (NewAPIKey, error) {
-	b := make([]byte, apiKeyHexLen/2)
+func GenerateAPIKey() (NewAPIKey, error) { return GenerateAPIKeyIn(KeyFormatWrenn) }
+
+// GenerateAPIKeyIn returns a new random key in format f.
+func GenerateAPIKeyIn(f KeyFormat) (NewAPIKey, error) {
+	prefix, n := APIKeyPrefix, apiKeyHexLen
+	if f == KeyFormatE2B {
+		prefix, n = E2BKeyPrefix, e2bKeyHexLen
+	}
+	b := make([]byte, n/2)
 	if _, err := rand.Read(b); err != nil {
 		return NewAPIKey{}, fmt.Errorf("generate api key: %w", err)
 	}
-	key := APIKeyPrefix + hex.EncodeToString(b)
+	key := prefix + hex.EncodeToString(b)
 	return NewAPIKey{Key: key, Hash: HashAPIKey(key), Prefix: key[:DisplayPrefixLen]}, nil
 }
 
@@ -44,11 +85,16 @@ func HashAPIKey(key string) []byte {
 	return sum[:]
 }
 
-// IsAPIKey reports whether s has an API key's shape (wrn_ + 32 lowercase
-// hex). It says nothing about whether the key exists.
+// IsAPIKey reports whether s has an API key's shape (wrn_ + 32 or e2b_ +
+// 40 lowercase hex). It says nothing about whether the key exists.
 func IsAPIKey(s string) bool {
 	rest, ok := strings.CutPrefix(s, APIKeyPrefix)
-	if !ok || len(rest) != apiKeyHexLen {
+	n := apiKeyHexLen
+	if !ok {
+		rest, ok = strings.CutPrefix(s, E2BKeyPrefix)
+		n = e2bKeyHexLen
+	}
+	if !ok || len(rest) != n {
 		return false
 	}
 	for _, c := range rest {

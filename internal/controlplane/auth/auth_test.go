@@ -185,12 +185,37 @@ func TestAPIKeys(t *testing.T) {
 		{"no prefix", "0123456789abcdef0123456789abcdef", false},
 		{"jwt", "eyJhbGciOiJIUzI1NiJ9.e30.x", false},
 		{"non hex", "wrn_0123456789abcdef0123456789abcdeg", false},
+		{"e2b valid", "e2b_0123456789abcdef0123456789abcdef01234567", true},
+		{"e2b with wrenn length", "e2b_0123456789abcdef0123456789abcdef", false},
+		{"wrenn with e2b length", "wrn_0123456789abcdef0123456789abcdef01234567", false},
+		{"e2b uppercase", "e2b_0123456789ABCDEF0123456789abcdef01234567", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := IsAPIKey(tc.s); got != tc.want {
 				t.Fatalf("IsAPIKey(%q) = %v, want %v", tc.s, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestE2BFormatKeys(t *testing.T) {
+	k, err := GenerateAPIKeyIn(KeyFormatE2B)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !IsAPIKey(k.Key) || len(k.Key) != 44 || !strings.HasPrefix(k.Key, "e2b_") || !HasAPIKeyPrefix(k.Key) {
+		t.Fatalf("key %q does not look like e2b_ + 40 hex", k.Key)
+	}
+	if k.Prefix != k.Key[:12] {
+		t.Fatalf("prefix %q of %q", k.Prefix, k.Key)
+	}
+	for in, want := range map[string]KeyFormat{"": KeyFormatWrenn, "wrenn": KeyFormatWrenn, "e2b": KeyFormatE2B} {
+		if got, ok := ParseKeyFormat(in); !ok || got != want {
+			t.Fatalf("ParseKeyFormat(%q) = %q, %v", in, got, ok)
+		}
+	}
+	if _, ok := ParseKeyFormat("E2B"); ok {
+		t.Fatal("ParseKeyFormat accepted an unknown format")
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/controlplane/hostaddr"
+	"github.com/wrenn/wrenn/internal/controlplane/sandboxes"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/rpclimit"
 	"github.com/wrenn/wrenn/internal/store"
@@ -328,7 +329,7 @@ func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present,
 		return r, fmt.Errorf("reconcile missing sandboxes of host %s: %w", hostID, err)
 	}
 	for _, row := range rows {
-		if row.State != "stopped" {
+		if sandboxes.State(row.State) != sandboxes.Stopped {
 			r.Resumed = append(r.Resumed, row.ID)
 		} else {
 			r.Stopped = append(r.Stopped, row.ID)
@@ -349,18 +350,9 @@ func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present,
 func dbStates(present []string, reported map[string]hostagentv1.SandboxState) []string {
 	out := make([]string, len(present))
 	for i, id := range present {
-		switch reported[id] {
-		case hostagentv1.SandboxState_SANDBOX_STATE_PAUSED:
-			out[i] = "paused"
-		case hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED:
-			out[i] = "hibernated"
-		case hostagentv1.SandboxState_SANDBOX_STATE_STOPPED:
-			out[i] = "stopped"
-		case hostagentv1.SandboxState_SANDBOX_STATE_ERROR:
-			out[i] = "error"
-		default: // running, starting (it was running before it went missing), unknown
-			out[i] = "running"
-		}
+		// Starting here means it was running before it went missing;
+		// FromAgent maps it (and anything unknown) to running.
+		out[i] = string(sandboxes.FromAgent(reported[id]))
 	}
 	return out
 }

@@ -3,9 +3,13 @@ package ratelimit
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wrenn/wrenn/internal/clocktest"
 )
@@ -155,5 +159,48 @@ func TestLoginThrottleBoundedMemory(t *testing.T) {
 	}
 	if n := th.Len(); n > maxAccounts {
 		t.Fatalf("%d accounts held, cap %d", n, maxAccounts)
+	}
+}
+
+func TestLimiterMiddleware(t *testing.T) {
+	clk := newClock()
+	reg := prometheus.NewRegistry()
+	rejected := RejectedCounter()
+	reg.MustRegister(rejected)
+	l := NewLimiter("principal", 1, clk, rejected)
+	reg.MustRegister(l)
+	var refusedWait time.Duration
+	h := l.Middleware(func(r *http.Request) string { return r.Header.Get("K") },
+		func(w http.ResponseWriter, _ *http.Request, wait time.Duration) {
+			refusedWait = wait
+			w.WriteHeader(http.StatusTooManyRequests)
+		})(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	codes := func(key string, n int) []int {
+		var out []int
+		for range n {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest("GET", "/", nil)
+			req.Header.Set("K", key)
+			h.ServeHTTP(rec, req)
+			out = append(out, rec.Code)
+		}
+		return out
+	}
+	// 1 rps, burst 2: the third request at once is refused; another key
+	// has its own bucket.
+	if got := codes("a", 3); got[0] != 204 || got[1] != 204 || got[2] != 429 {
+		t.Fatalf("key a: %v", got)
+	}
+	if refusedWait <= 0 {
+		t.Fatalf("refusal wait %v", refusedWait)
+	}
+	if got := codes("b", 1); got[0] != 204 {
+		t.Fatalf("key b: %v", got)
+	}
+	if n := testutil.ToFloat64(rejected.WithLabelValues("principal")); n != 1 {
+		t.Fatalf("rejected counter %v", n)
+	}
+	if n, err := testutil.GatherAndCount(reg, "wrenn_api_rate_limit_buckets"); err != nil || n != 1 {
+		t.Fatalf("bucket gauge series %d %v", n, err)
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wrenn/wrenn/api"
 	"github.com/wrenn/wrenn/internal/controlplane/auth"
@@ -325,7 +324,7 @@ func (s *Server) resolvePrincipal(r *http.Request) (Principal, error) {
 		}
 		team = &id
 	}
-	if strings.HasPrefix(cred, auth.APIKeyPrefix) {
+	if auth.HasAPIKeyPrefix(cred) {
 		return s.apiKeyPrincipal(r.Context(), cred, team)
 	}
 	p, err := s.sessionPrincipal(r.Context(), cred, team)
@@ -349,8 +348,8 @@ func credential(r *http.Request) (string, error) {
 		return tok, nil
 	}
 	if k := strings.TrimSpace(r.Header.Get(apiKeyHeader)); k != "" {
-		if !strings.HasPrefix(k, auth.APIKeyPrefix) {
-			return "", unauthenticated("%s must be an API key (wrn_…)", apiKeyHeader)
+		if !auth.HasAPIKeyPrefix(k) {
+			return "", unauthenticated("%s must be an API key (wrn_… or e2b_…)", apiKeyHeader)
 		}
 		return k, nil
 	}
@@ -423,12 +422,12 @@ func (s *Server) rateLimit(next http.Handler) http.Handler {
 	})(next)
 }
 
-// newLimiter returns the server's limiter set for kind, at the server's
+// newLimiter returns the server's limiter for kind, at the server's
 // rate. chi builds a group's middleware once per route, so rateLimit runs
-// once per route and routes() may run more than once: the set is made on
-// first use and found again after. It exports the number of buckets it
-// holds on the server's metrics registry.
-func (s *Server) newLimiter(kind string) *limiterSet {
+// once per route and routes() may run more than once: the limiter is made
+// on first use and found again after. Its metrics go on the server's
+// registry.
+func (s *Server) newLimiter(kind string) *limiter {
 	s.limMu.Lock()
 	defer s.limMu.Unlock()
 	if l, ok := s.limiters[kind]; ok {
@@ -438,46 +437,19 @@ func (s *Server) newLimiter(kind string) *limiterSet {
 	if rps <= 0 {
 		rps = defaultRateLimit
 	}
-	l := &limiterSet{Buckets: ratelimit.NewBuckets(rps, s.clk), rejected: func() {}}
-	l.desc = prometheus.NewDesc("wrenn_api_rate_limit_buckets",
-		"Token buckets the rate limiter holds (recently active principals or client addresses).",
-		nil, prometheus.Labels{"kind": kind})
-	l.rejected = registerCollector(s.deps.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "wrenn_api_rate_limited_total",
-		Help: "Requests refused with 429, by what was limited (principal or client address).",
-	}, []string{"kind"})).WithLabelValues(kind).Inc
-	l = registerCollector(s.deps.Metrics, l)
+	rejected := registerCollector(s.deps.Metrics, ratelimit.RejectedCounter())
+	l := &limiter{registerCollector(s.deps.Metrics, ratelimit.NewLimiter(kind, rps, s.clk, rejected))}
 	s.limiters[kind] = l
 	return l
 }
 
-// limiterSet is ratelimit.Buckets exported as a metric and served as
-// middleware.
-type limiterSet struct {
-	*ratelimit.Buckets
-	rejected func()
-	desc     *prometheus.Desc
-}
+// limiter is a ratelimit.Limiter answering refusals as the API does.
+type limiter struct{ *ratelimit.Limiter }
 
-// Describe and Collect export the number of buckets held.
-func (l *limiterSet) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
-
-func (l *limiterSet) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, float64(l.Len()))
-}
-
-func (l *limiterSet) middleware(keyOf func(*http.Request) string) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			ok, wait := l.Allow(keyOf(r))
-			if !ok {
-				l.rejected()
-				writeRateLimited(w, r, wait, "too many requests")
-				return
-			}
-			next.ServeHTTP(w, r)
-		})
-	}
+func (l *limiter) middleware(keyOf func(*http.Request) string) func(http.Handler) http.Handler {
+	return l.Middleware(keyOf, func(w http.ResponseWriter, r *http.Request, wait time.Duration) {
+		writeRateLimited(w, r, wait, "too many requests")
+	})
 }
 
 // writeRateLimited answers 429 rate_limited with Retry-After (whole

@@ -38,6 +38,10 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		if r.ProtoMajor == 1 {
 			w.Header().Set("Connection", "close")
 		}
+		if isE2BPath(r.URL.Path) {
+			writeJSON(w, http.StatusRequestTimeout, e2bError(http.StatusRequestTimeout, errBodyTooSlow.Error(), "request_timeout"))
+			return
+		}
 		var b errorBody
 		b.Error.Code, b.Error.Message = "request_timeout", errBodyTooSlow.Error()
 		writeJSON(w, http.StatusRequestTimeout, b)
@@ -64,6 +68,13 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if errors.Is(err, errMethodNotAllowed) {
 		status = http.StatusMethodNotAllowed
+	}
+	if isE2BPath(r.URL.Path) {
+		// E2B's SDKs parse {"code": <status>, "message"} on every error
+		// (a missing key crashes the Python SDK; the JS SDK tells a
+		// missing sandbox by code 404).
+		writeJSON(w, status, e2bError(status, b.Error.Message, b.Error.Code))
+		return
 	}
 	writeJSON(w, status, b)
 }
@@ -97,8 +108,17 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) er
 // decodeJSONBytes is decodeJSON's parsing and checking, on a body already
 // read (the fuzz target drives it directly).
 func decodeJSONBytes(raw []byte, v any, optional bool) error {
+	return decodeJSONStrict(raw, v, optional, true)
+}
+
+// decodeJSONStrict is decodeJSONBytes with the choice to refuse unknown
+// fields: /v1 refuses them; the E2B-compatible routes ignore them, as
+// E2B's SDKs send fields a newer API version added.
+func decodeJSONStrict(raw []byte, v any, optional, strict bool) error {
 	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		switch {
 		case errors.Is(err, io.EOF) && optional:

@@ -41,6 +41,7 @@ type fakeSandbox struct {
 	token   string
 	network *hostagentv1.NetworkPolicy
 	timeout int64
+	dropped bool
 }
 
 // fakeAgent is one host's agent.
@@ -173,7 +174,19 @@ func (a *fakeAgent) PauseSandbox(_ context.Context, req *connect.Request[hostage
 	if err := a.move(req.Msg.GetId(), hostagentv1.SandboxState_SANDBOX_STATE_RUNNING, hostagentv1.SandboxState_SANDBOX_STATE_PAUSED); err != nil {
 		return nil, err
 	}
+	a.mu.Lock()
+	a.sandboxes[req.Msg.GetId()].dropped = req.Msg.GetDropMemory()
+	a.mu.Unlock()
 	return connect.NewResponse(&hostagentv1.PauseSandboxResponse{}), nil
+}
+
+// droppedMemory reports whether the sandbox's last pause dropped its
+// memory.
+func (a *fakeAgent) droppedMemory(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb, ok := a.sandboxes[id]
+	return ok && sb.dropped
 }
 
 func (a *fakeAgent) ResumeSandbox(_ context.Context, req *connect.Request[hostagentv1.ResumeSandboxRequest]) (*connect.Response[hostagentv1.ResumeSandboxResponse], error) {
@@ -245,7 +258,15 @@ func (a *fakeAgent) GetSandboxMetrics(_ context.Context, req *connect.Request[ho
 	if _, err := a.lookup(req.Msg.GetId()); err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&hostagentv1.GetSandboxMetricsResponse{VmmMemoryBytes: 123 << 20, GuestCpuUsedPct: 12.5}), nil
+	// Two samples of history, 5 s apart, filtered by the range like the
+	// real agent's.
+	var samples []*hostagentv1.MetricsSample
+	for i, at := range []int64{1_700_000_000_000, 1_700_000_005_000} {
+		if (req.Msg.GetStartUnixMs() == 0 || at >= req.Msg.GetStartUnixMs()) && (req.Msg.GetEndUnixMs() == 0 || at <= req.Msg.GetEndUnixMs()) {
+			samples = append(samples, &hostagentv1.MetricsSample{TimeUnixMs: at, CpuCount: 2, CpuUsedPct: float64(10 * (i + 1)), MemUsedBytes: 100 << 20, MemTotalBytes: 512 << 20, DiskUsedBytes: 1 << 30, DiskTotalBytes: 2 << 30})
+		}
+	}
+	return connect.NewResponse(&hostagentv1.GetSandboxMetricsResponse{VmmMemoryBytes: 123 << 20, GuestCpuUsedPct: 12.5, Samples: samples}), nil
 }
 
 func (a *fakeAgent) GetSandboxLogs(_ context.Context, req *connect.Request[hostagentv1.GetSandboxLogsRequest]) (*connect.Response[hostagentv1.GetSandboxLogsResponse], error) {

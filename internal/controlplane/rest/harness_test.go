@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/wrenn/wrenn/api"
 	"github.com/wrenn/wrenn/internal/clocktest"
 	"io"
 	"log/slog"
@@ -229,6 +230,14 @@ func wantError(t *testing.T, resp *http.Response, status int, code string) strin
 	var b errorBody
 	if err := json.Unmarshal(data, &b); err != nil {
 		t.Fatalf("error body %q is not JSON: %v", data, err)
+	}
+	if isE2BPath(resp.Request.URL.Path) {
+		// E2B's shape: {"code": <status>, "message", "error_code"}.
+		var e api.E2BError
+		if err := json.Unmarshal(data, &e); err != nil || e.Code != status || e.Message == "" {
+			t.Fatalf("%s %s: E2B error body %s (want code %d and a message)", resp.Request.Method, resp.Request.URL.Path, data, status)
+		}
+		b.Error.Code, b.Error.Message = deref(e.ErrorCode), e.Message
 	}
 	if b.Error.Code != code {
 		t.Fatalf("%s %s: error code %q, want %q; body: %s", resp.Request.Method, resp.Request.URL.Path, b.Error.Code, code, data)

@@ -597,6 +597,9 @@ type createAPIKeyRequest struct {
 	// Platform asks for a key with platform rights (regular hosts); only
 	// a platform admin's session may.
 	Platform bool `json:"platform"`
+	// Format is the key's shape: "wrenn" (default) or "e2b" (e2b_ + 40
+	// hex, what E2B's SDKs expect).
+	Format string `json:"format"`
 }
 
 func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) {
@@ -633,7 +636,11 @@ func (s *Server) doCreateAPIKey(w http.ResponseWriter, r *http.Request) (store.A
 	if req.Platform && (p.UserID == nil || !p.PlatformAdmin) {
 		return store.ApiKey{Name: name, Platform: true}, "", permissionDenied("only a platform admin, logged in (not with an API key), may create a key with platform rights")
 	}
-	gen, err := auth.GenerateAPIKey()
+	format, ok := auth.ParseKeyFormat(req.Format)
+	if !ok {
+		return store.ApiKey{Name: name}, "", invalid("format %q: must be wrenn or e2b", req.Format)
+	}
+	gen, err := auth.GenerateAPIKeyIn(format)
 	if err != nil {
 		return store.ApiKey{}, "", err
 	}

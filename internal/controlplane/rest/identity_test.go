@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -225,6 +226,21 @@ func TestAPIKeys(t *testing.T) {
 		t.Fatalf("created by key %+v", byKey)
 	}
 
+	// A key in E2B's shape, for E2B's SDKs, works in both headers.
+	var e2bKey api.CreatedAPIKey
+	env.doJSON(t, "POST", "/v1/api-keys", a.JWT, map[string]any{"name": "sdk", "format": "e2b"}, http.StatusCreated, &e2bKey)
+	if !regexp.MustCompile(`^e2b_[0-9a-f]{40}$`).MatchString(e2bKey.Key) || e2bKey.Prefix != e2bKey.Key[:12] {
+		t.Fatalf("e2b-format key %+v", e2bKey)
+	}
+	env.doJSON(t, "GET", "/v1/me", e2bKey.Key, nil, http.StatusOK, &me)
+	decode(t, env.doHeader(t, "GET", "/v1/me", "", nil, http.Header{"X-Api-Key": {e2bKey.Key}}), &me)
+	if me.ApiKeyId == nil || *me.ApiKeyId != e2bKey.Id || me.Team.Id != a.ID {
+		t.Fatalf("me with the e2b-format key %+v", me)
+	}
+	if resp := env.do(t, "DELETE", "/v1/api-keys/"+e2bKey.Id.String(), a.JWT, nil); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("revoke e2b-format key: %d", resp.StatusCode)
+	}
+
 	resp := env.do(t, "GET", "/v1/api-keys", a.JWT, nil)
 	raw := readAll(t, resp)
 	if strings.Contains(raw, created.Key) || strings.Contains(raw, `"key"`) {
@@ -236,7 +252,7 @@ func TestAPIKeys(t *testing.T) {
 	env.doJSON(t, "GET", "/v1/api-keys", mem.JWT, nil, http.StatusOK, &keys) // members may list
 	// mem's session is for their own team unless the header says so.
 	decode(t, env.doHeader(t, "GET", "/v1/api-keys", mem.JWT, nil, memHdr), &keys)
-	if len(keys.APIKeys) != 3 || keys.APIKeys[0].Id != byKey.Id {
+	if len(keys.APIKeys) != 4 || keys.APIKeys[0].Id != e2bKey.Id {
 		t.Fatalf("a's keys, newest first: %+v", keys.APIKeys)
 	}
 
@@ -251,6 +267,7 @@ func TestAPIKeys(t *testing.T) {
 		{"revoke as member", "DELETE", "/v1/api-keys/" + created.Id.String(), mem.JWT, memHdr, nil, 403, "permission_denied"},
 		{"long name", "POST", "/v1/api-keys", a.JWT, nil, map[string]any{"name": strings.Repeat("k", 101)}, 400, "invalid_argument"},
 		{"unknown field", "POST", "/v1/api-keys", a.JWT, nil, map[string]any{"scopes": []string{"all"}}, 400, "invalid_argument"},
+		{"unknown format", "POST", "/v1/api-keys", a.JWT, nil, map[string]any{"format": "aws"}, 400, "invalid_argument"},
 		{"revoke other team's", "DELETE", "/v1/api-keys/" + created.Id.String(), b.Key, nil, nil, 404, "not_found"},
 		{"revoke missing", "DELETE", "/v1/api-keys/" + uuid.NewString(), a.JWT, nil, nil, 404, "not_found"},
 		{"revoke bad id", "DELETE", "/v1/api-keys/wrn_abc", a.JWT, nil, nil, 400, "invalid_argument"},

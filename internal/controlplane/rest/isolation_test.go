@@ -18,7 +18,7 @@ import (
 // resource must be added here (the test fails on an unknown parameter).
 var resourceParams = map[string]bool{
 	"teamID": true, "userID": true, "keyID": true, "hostID": true,
-	"sandboxID": true, "templateName": true, "inviteID": true,
+	"sandboxID": true, "templateName": true, "inviteID": true, "templateID": true,
 }
 
 // nonResourceParams are URL parameters that do not name a resource.
@@ -38,6 +38,9 @@ var isolationBodies = map[string]any{
 	"POST /v1/sandboxes/{sandboxID}/files/mkdir":                 map[string]any{"path": "/tmp/x"},
 	"POST /v1/sandboxes/{sandboxID}/files/move":                  map[string]any{"from": "/tmp/x", "to": "/tmp/y"},
 	"POST /v1/sandboxes/{sandboxID}/processes/{selector}/signal": map[string]any{"signal": "SIGTERM"},
+	"POST /sandboxes/{sandboxID}/timeout":                        map[string]any{"timeout": 60},
+	"POST /sandboxes/{sandboxID}/fork":                           map[string]any{"count": 1},
+	"POST /sandboxes/{sandboxID}/snapshots":                      map[string]any{"name": "isolation"},
 }
 
 // TestTenantIsolation calls every route that names a resource with team
@@ -80,7 +83,7 @@ func TestTenantIsolation(t *testing.T) {
 	ids := map[string]string{
 		"inviteID": invite.ID,
 		"teamID":   a.ID.String(), "userID": a.UserID.String(), "keyID": key.ID, "hostID": hostID,
-		"sandboxID": sandboxID, "templateName": "a-template", "selector": "1", "port": "8080", "*": "index.html",
+		"sandboxID": sandboxID, "templateName": "a-template", "templateID": "a-template", "selector": "1", "port": "8080", "*": "index.html",
 	}
 	paramRE := regexp.MustCompile(`\{([^}]+)\}`)
 	checked := 0
@@ -134,7 +137,8 @@ func TestTenantIsolation(t *testing.T) {
 	}
 
 	// Listings never show another team's resources.
-	for _, p := range []string{"/v1/sandboxes", "/v1/hosts", "/v1/templates", "/v1/api-keys", "/v1/audit-logs", "/v1/teams"} {
+	for _, p := range []string{"/v1/sandboxes", "/v1/hosts", "/v1/templates", "/v1/api-keys", "/v1/audit-logs", "/v1/teams",
+		"/sandboxes", "/v2/sandboxes", "/v2/sandboxes?state=paused", "/snapshots"} {
 		resp := env.do(t, "GET", p, b.Key, nil)
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()

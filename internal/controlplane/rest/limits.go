@@ -5,21 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wrenn/wrenn/internal/controlplane/quota"
-	"github.com/wrenn/wrenn/internal/controlplane/scheduler"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 )
-
-// holdTTL bounds how long a hold left by a crashed replica counts: longer
-// than any agent call it covers (forks and resumes).
-const holdTTL = 10 * time.Minute
 
 func (s *Server) mountLimits(r chi.Router) {
 	r.Get("/teams/{teamID}/limits", s.sbHandler(s.getTeamLimits))
@@ -119,71 +113,4 @@ func (s *Server) existingTeam(ctx context.Context, r *http.Request) (uuid.UUID, 
 		return uuid.Nil, fmt.Errorf("get team %s: %w", id, err)
 	}
 	return id, nil
-}
-
-// holdOnHost admits want for sb's team and reserves it on sb's host (which
-// must have room for it) in one transaction, under the team's quota lock
-// and the placement lock: forks and resumes from hibernation, whose rows or
-// states only change once the host answered, still see each other and
-// every create. The caller releases the hold once the store records the
-// outcome (or the operation failed).
-// hostNeed is what the host check asks of the host (a resume's vCPUs are
-// still reserved there, so it needs only memory).
-func (s *Server) holdOnHost(ctx context.Context, sb store.Sandbox, want quota.Amount, hostNeed scheduler.Need) (uuid.UUID, error) {
-	if sb.HostID == nil {
-		return uuid.Nil, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s has no host", sb.ID)
-	}
-	var hold uuid.UUID
-	err := s.inTx(ctx, func(q *store.Queries) error {
-		if err := s.quota().Admit(ctx, q, sb.TeamID, want); err != nil {
-			return err
-		}
-		if err := q.LockPlacement(ctx); err != nil {
-			return fmt.Errorf("lock placement: %w", err)
-		}
-		if err := roomOnHost(ctx, q, sb, hostNeed); err != nil {
-			return err
-		}
-		if s.placementHook != nil {
-			s.placementHook()
-		}
-		id, err := q.InsertQuotaHold(ctx, store.InsertQuotaHoldParams{
-			TeamID: sb.TeamID, HostID: sb.HostID, Sandboxes: want.Sandboxes, Vcpus: want.VCPUs,
-			MemoryMb: want.MemoryMB, DiskMb: want.DiskMB, TtlSeconds: holdTTL.Seconds(),
-		})
-		if err != nil {
-			return fmt.Errorf("record hold for sandbox %s: %w", sb.ID, err)
-		}
-		hold = id
-		return nil
-	})
-	return hold, err
-}
-
-// releaseHold ends a hold whatever happened to the request.
-func (s *Server) releaseHold(ctx context.Context, id uuid.UUID) {
-	if id == uuid.Nil {
-		return
-	}
-	if err := quota.Release(context.WithoutCancel(ctx), s.q, id); err != nil {
-		s.log.Error("release quota hold", "hold_id", id, "err", err)
-	}
-}
-
-// roomOnHost checks that sb's own host can take n more.
-func roomOnHost(ctx context.Context, q *store.Queries, sb store.Sandbox, n scheduler.Need) error {
-	hosts, err := schedulerHosts(ctx, q, sb.TeamID)
-	if err != nil {
-		return err
-	}
-	for _, h := range hosts {
-		if h.ID == *sb.HostID {
-			if !scheduler.Fits(h, n, scheduler.Policy{}) {
-				return errdefs.New(errdefs.ErrUnavailable, "no host with room: sandbox %s's host cannot take %d vCPUs, %d MiB of memory and %d MiB of disk more",
-					sb.ID, n.VCPUs, n.MemoryBytes>>20, n.DiskBytes>>20)
-			}
-			return nil
-		}
-	}
-	return errdefs.New(errdefs.ErrUnavailable, "sandbox %s's host is not online", sb.ID)
 }

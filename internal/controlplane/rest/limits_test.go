@@ -187,7 +187,7 @@ func TestQuotaConcurrentCreates(t *testing.T) {
 	const limit, n = 3, 10
 	env, _ := newLimitsEnv(t, quota.Limits{MaxSandboxes: limit})
 	// Widen the window between the check and the insert.
-	env.Server.placementHook = func() { time.Sleep(30 * time.Millisecond) }
+	env.Server.sandboxes.SetPlacementHook(func() { time.Sleep(30 * time.Millisecond) })
 
 	var wg sync.WaitGroup
 	codes := make([]int, n)
@@ -220,7 +220,7 @@ func TestQuotaConcurrentForks(t *testing.T) {
 	const limit = 4
 	env, _ := newLimitsEnv(t, quota.Limits{MaxSandboxes: limit})
 	src := env.create(t, map[string]any{"memory_mb": 128})
-	env.Server.placementHook = func() { time.Sleep(30 * time.Millisecond) }
+	env.Server.sandboxes.SetPlacementHook(func() { time.Sleep(30 * time.Millisecond) })
 
 	var wg sync.WaitGroup
 	codes := make([]int, 6)

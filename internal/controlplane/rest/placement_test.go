@@ -15,7 +15,7 @@ func TestConcurrentCreatesDoNotOvercommit(t *testing.T) {
 	env.addHost(t, func(h *hostSpec) { h.memory, h.available = 1<<30, 1<<30 })
 	// Without the placement lock every create would read the host as
 	// empty during this pause and all six would be placed.
-	env.Server.placementHook = func() { time.Sleep(50 * time.Millisecond) }
+	env.Server.sandboxes.SetPlacementHook(func() { time.Sleep(50 * time.Millisecond) })
 
 	const n = 6
 	var wg sync.WaitGroup

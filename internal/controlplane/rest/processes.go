@@ -39,6 +39,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/controlplane/sandboxes"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
@@ -83,8 +84,8 @@ func (s *Server) mountProcesses(r chi.Router) {
 // sandboxEnvd returns a client for a running sandbox's envd, reached
 // through its host agent's guest proxy.
 func (s *Server) sandboxEnvd(ctx context.Context, sb store.Sandbox) (*envdclient.Client, error) {
-	if sb.State != stRunning {
-		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.ID, sb.State)
+	if err := sandboxes.Check(sandboxes.OpExec, sb); err != nil {
+		return nil, err
 	}
 	if sb.HostID == nil {
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s has no host", sb.ID)
@@ -139,7 +140,7 @@ func parseExec(req api.ExecRequest) (execSpec, error) {
 		e.run.Cmd, e.run.Args = req.Cmd, *req.Args
 	}
 	if req.Env != nil {
-		if err := checkEnv(*req.Env); err != nil {
+		if err := sandboxes.CheckEnv(*req.Env); err != nil {
 			return e, err
 		}
 		e.run.Env = *req.Env

@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/wrenn/wrenn/api"
+	"github.com/wrenn/wrenn/internal/controlplane/sandboxes"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
@@ -236,8 +237,8 @@ func TestCreateSandboxAllHostsFail(t *testing.T) {
 	for _, a := range env.agents.agents {
 		total += a.Calls("CreateSandbox")
 	}
-	if total != maxCreateAttempts {
-		t.Errorf("%d attempts, want %d", total, maxCreateAttempts)
+	if total != sandboxes.MaxCreateAttempts {
+		t.Errorf("%d attempts, want %d", total, sandboxes.MaxCreateAttempts)
 	}
 	var page struct{ Sandboxes []api.Sandbox }
 	env.doJSON(t, "GET", "/v1/sandboxes?state=starting,error", env.team.Key, nil, http.StatusOK, &page)
@@ -278,6 +279,13 @@ func TestSandboxLifecycle(t *testing.T) {
 		t.Fatalf("after resume: %s", got.State)
 	}
 	wantError(t, env.do(t, "POST", path+"/resume", key, nil), http.StatusConflict, "failed_precondition")
+	// A pause that keeps only the disk asks the agent to drop the memory.
+	env.doJSON(t, "POST", path+"/pause", key, map[string]any{"keep_memory": false}, http.StatusOK, &got)
+	if got.State != api.SandboxStatePaused || !agent.droppedMemory(sb.Id) {
+		t.Fatalf("after a disk-only pause: %s, dropped %v", got.State, agent.droppedMemory(sb.Id))
+	}
+	env.doJSON(t, "POST", path+"/resume", key, nil, http.StatusOK, &got)
+	wantError(t, env.do(t, "POST", path+"/pause", key, map[string]any{"keep_memory": "no"}), http.StatusBadRequest, "invalid_argument")
 
 	env.doJSON(t, "POST", path+"/timeout", key, map[string]any{"timeout_sec": 900, "on_timeout": "pause"}, http.StatusOK, &got)
 	if got.TimeoutSec != 900 || got.OnTimeout != api.Pause {
@@ -297,9 +305,14 @@ func TestSandboxLifecycle(t *testing.T) {
 
 	var m api.SandboxMetrics
 	env.doJSON(t, "GET", path+"/metrics", key, nil, http.StatusOK, &m)
-	if m.VmmMemoryBytes == nil || *m.VmmMemoryBytes != 123<<20 {
+	if m.VmmMemoryBytes == nil || *m.VmmMemoryBytes != 123<<20 || m.Samples == nil || len(*m.Samples) != 2 {
 		t.Errorf("metrics: %+v", m)
 	}
+	env.doJSON(t, "GET", path+"/metrics?since=2023-11-14T22:13:22Z", key, nil, http.StatusOK, &m)
+	if m.Samples == nil || len(*m.Samples) != 1 || (*m.Samples)[0].CpuUsedPct != 20 {
+		t.Errorf("metrics since the second sample: %+v", m.Samples)
+	}
+	wantError(t, env.do(t, "GET", path+"/metrics?since=yesterday", key, nil), http.StatusBadRequest, "invalid_argument")
 	resp := env.do(t, "GET", path+"/logs?tail_bytes=100", key, nil)
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") || string(body) != "console of "+sb.Id {

@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wrenn/wrenn/internal/controlplane/auth"
 	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/ratelimit"
+	"github.com/wrenn/wrenn/internal/controlplane/sandboxes"
 	"github.com/wrenn/wrenn/internal/store"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -86,6 +88,14 @@ type Deps struct {
 	// TeamLimits are the default per-team quotas (WRENN_TEAM_MAX_*; 0:
 	// unlimited); a platform admin may override them per team.
 	TeamLimits quota.Limits
+	// AutoResume resumes a paused sandbox of team (the sandbox service's
+	// resume) when proxied traffic reaches it and it asked for that
+	// (auto_resume, memory kept). nil: no resume on traffic.
+	AutoResume func(ctx context.Context, team uuid.UUID, sandboxID string) error
+	// EnvdAccessToken returns a sandbox's envd access token in clear, to
+	// check E2B's pre-signed /files URLs (which are signed with it).
+	// nil: such URLs are refused (the store keeps only the token's hash).
+	EnvdAccessToken func(ctx context.Context, sandboxID string) (string, error)
 }
 
 // Server is the REST API.
@@ -98,7 +108,7 @@ type Server struct {
 	// limiters are the rate limiters by kind (see newLimiter): made once
 	// per server, however often the router is built.
 	limMu    sync.Mutex
-	limiters map[string]*limiterSet
+	limiters map[string]*limiter
 
 	// Abuse limits of the public auth routes (see mountPublicAuth).
 	clientIP *ratelimit.ClientIP
@@ -109,12 +119,15 @@ type Server struct {
 	loginByAccount     *ratelimit.LoginThrottle
 	loginByAccountAddr *ratelimit.LoginThrottle
 
-	// placementHook, when set (tests only), runs between reading the hosts'
-	// reservations and recording the new sandbox's, to widen that window.
-	placementHook func()
+	// sandboxes is the sandbox lifecycle every sandbox route calls.
+	sandboxes *sandboxes.Service
 
 	// execOutput bounds the output synchronous execs hold at once.
 	execOutput byteBudget
+
+	// resumes shares one traffic-triggered resume per sandbox among the
+	// requests waiting on it (envdproxy.go).
+	resumes resumeGroup
 }
 
 // New returns a Server.
@@ -131,7 +144,23 @@ func New(d Deps) *Server {
 	if d.HashGate == nil {
 		d.HashGate = auth.NewHashGate(0, -1, 0)
 	}
-	s := &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiterSet{}}
+	s := &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiter{}}
+	s.sandboxes = sandboxes.New(sandboxes.Config{
+		Pool: d.Pool, Agents: agentsRPC(d.Agents), Clock: d.Clock, Logger: d.Logger, TeamLimits: d.TeamLimits,
+		TokenSecret: d.JWTSecret,
+	})
+	// The proxy's hooks default to the service: traffic resumes a paused
+	// sandbox that asked for it, and pre-signed file URLs are checked
+	// against its sealed token.
+	if s.deps.AutoResume == nil {
+		s.deps.AutoResume = func(ctx context.Context, team uuid.UUID, id string) error {
+			_, err := s.sandboxes.Resume(ctx, team, id)
+			return err
+		}
+	}
+	if s.deps.EnvdAccessToken == nil {
+		s.deps.EnvdAccessToken = s.sandboxes.AccessTokenByID
+	}
 	s.clientIP = ratelimit.NewClientIP(d.TrustedProxies, d.ClientIPHeader)
 	s.hashes = d.HashGate
 	s.loginByAccountAddr = ratelimit.NewLoginThrottle(d.Clock)
@@ -139,6 +168,19 @@ func New(d Deps) *Server {
 	s.loginByAccount.FreeFailures = accountFreeFailures
 	return s
 }
+
+// agentsRPC is the service's view of the agents; a nil Agents stays nil
+// (the service then answers unavailable) rather than a typed nil.
+func agentsRPC(a Agents) sandboxes.Agents {
+	if a == nil {
+		return nil
+	}
+	return a
+}
+
+// Sandboxes is the sandbox service the API calls (the control plane's
+// lifetime sweeper runs on the same one).
+func (s *Server) Sandboxes() *sandboxes.Service { return s.sandboxes }
 
 // Handler returns the HTTP handler for every route.
 // Slow-client deadlines apply to every request, the host-name sandbox
@@ -153,6 +195,8 @@ func (s *Server) routes() *chi.Mux {
 	if s.deps.Registry != nil {
 		r.Mount(s.deps.RegistryPath, s.deps.Registry)
 	}
+	// E2B's API lives at the root (its SDKs append paths to E2B_API_URL).
+	s.mountE2B(r)
 	r.Route("/v1", func(r chi.Router) {
 		s.mountPublicAuth(r)
 		s.mountPortProxy(r)

@@ -11,15 +11,12 @@ import (
 	"fmt"
 	"net/http"
 
-	"connectrpc.com/connect"
 	"github.com/go-chi/chi/v5"
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/wrenn/wrenn/api"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
-	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
 
 func (s *Server) mountTemplates(r chi.Router) {
@@ -34,14 +31,6 @@ func templateJSON(t store.Template) api.Template {
 		out.DiskBytes = &t.DiskBytes
 	}
 	return out
-}
-
-// teamOf is the team id an agent call carries ("" for none).
-func teamOf(team *uuid.UUID) string {
-	if team == nil {
-		return ""
-	}
-	return team.String()
 }
 
 func builtinJSON(b store.BuiltinTemplatesRow) api.Template {
@@ -123,21 +112,8 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) (err err
 	if b != nil {
 		return errdefs.New(errdefs.ErrPermissionDenied, "template %q is built in and cannot be deleted", name)
 	}
-	ctx = context.WithoutCancel(ctx)
-	if t.HostID != nil {
-		actx, cancel := context.WithTimeout(ctx, agentQuickTimeout)
-		defer cancel()
-		ag, err := s.agentFor(actx, t.HostID)
-		if err != nil {
-			return err
-		}
-		_, err = ag.DeleteTemplate(actx, connect.NewRequest(&hostagentv1.DeleteTemplateRequest{Name: t.AgentName, TeamId: teamOf(t.TeamID)}))
-		if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
-			return agentErr("delete template "+name, err)
-		}
-	}
-	if err := s.q.DeleteTemplate(ctx, t.ID); err != nil {
-		return fmt.Errorf("delete template %s: %w", name, err)
+	if err := s.sandboxes.DeleteTemplate(ctx, *t); err != nil {
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

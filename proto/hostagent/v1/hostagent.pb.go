@@ -222,7 +222,13 @@ type Sandbox struct {
 	LastActiveAtUnixMs int64                  `protobuf:"varint,12,opt,name=last_active_at_unix_ms,json=lastActiveAtUnixMs,proto3" json:"last_active_at_unix_ms,omitempty"`
 	KernelVersion      string                 `protobuf:"bytes,13,opt,name=kernel_version,json=kernelVersion,proto3" json:"kernel_version,omitempty"`
 	// envd's access token; only in Create and Fork responses.
-	AccessToken   string `protobuf:"bytes,14,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	AccessToken string `protobuf:"bytes,14,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	// True for a paused sandbox whose memory was dropped (PauseSandbox with
+	// drop_memory): no VMM runs and no memory image is kept; its disk,
+	// network address, access token, env and settings are. Resuming it
+	// cold-boots the guest from its disk (processes and open connections are
+	// gone). Fork and SnapshotTemplate refuse it (FailedPrecondition).
+	MemoryDropped bool `protobuf:"varint,15,opt,name=memory_dropped,json=memoryDropped,proto3" json:"memory_dropped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -353,6 +359,13 @@ func (x *Sandbox) GetAccessToken() string {
 		return x.AccessToken
 	}
 	return ""
+}
+
+func (x *Sandbox) GetMemoryDropped() bool {
+	if x != nil {
+		return x.MemoryDropped
+	}
+	return false
 }
 
 type CreateSandboxRequest struct {
@@ -775,8 +788,14 @@ func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
 }
 
 type PauseSandboxRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// false: freeze the vCPUs, memory kept in place (resume continues every
+	// process). true: filesystem-only pause (E2B's memory: false): the agent
+	// has envd sync the guest's filesystems, stops the VMM and frees its
+	// memory, keeping the disk, network slot (address), access token, env,
+	// metadata and timeout settings; Sandbox.memory_dropped reports it.
+	DropMemory    bool `protobuf:"varint,2,opt,name=drop_memory,json=dropMemory,proto3" json:"drop_memory,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -816,6 +835,13 @@ func (x *PauseSandboxRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *PauseSandboxRequest) GetDropMemory() bool {
+	if x != nil {
+		return x.DropMemory
+	}
+	return false
 }
 
 type PauseSandboxResponse struct {
@@ -1315,8 +1341,12 @@ func (*SetSandboxNetworkResponse) Descriptor() ([]byte, []int) {
 }
 
 type GetSandboxMetricsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The range of samples wanted, inclusive, in Unix milliseconds; 0 means
+	// unbounded on that side.
+	StartUnixMs   int64 `protobuf:"varint,2,opt,name=start_unix_ms,json=startUnixMs,proto3" json:"start_unix_ms,omitempty"`
+	EndUnixMs     int64 `protobuf:"varint,3,opt,name=end_unix_ms,json=endUnixMs,proto3" json:"end_unix_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1358,6 +1388,116 @@ func (x *GetSandboxMetricsRequest) GetId() string {
 	return ""
 }
 
+func (x *GetSandboxMetricsRequest) GetStartUnixMs() int64 {
+	if x != nil {
+		return x.StartUnixMs
+	}
+	return 0
+}
+
+func (x *GetSandboxMetricsRequest) GetEndUnixMs() int64 {
+	if x != nil {
+		return x.EndUnixMs
+	}
+	return 0
+}
+
+// One sample of a sandbox's history, the guest's view (envd's /metrics),
+// taken by the agent every WRENN_AGENT_METRICS_INTERVAL while the sandbox
+// runs.
+type MetricsSample struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's clock when the sample was taken.
+	TimeUnixMs     int64   `protobuf:"varint,1,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	CpuCount       int32   `protobuf:"varint,2,opt,name=cpu_count,json=cpuCount,proto3" json:"cpu_count,omitempty"`
+	CpuUsedPct     float64 `protobuf:"fixed64,3,opt,name=cpu_used_pct,json=cpuUsedPct,proto3" json:"cpu_used_pct,omitempty"`
+	MemUsedBytes   int64   `protobuf:"varint,4,opt,name=mem_used_bytes,json=memUsedBytes,proto3" json:"mem_used_bytes,omitempty"`
+	MemTotalBytes  int64   `protobuf:"varint,5,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	DiskUsedBytes  int64   `protobuf:"varint,6,opt,name=disk_used_bytes,json=diskUsedBytes,proto3" json:"disk_used_bytes,omitempty"`
+	DiskTotalBytes int64   `protobuf:"varint,7,opt,name=disk_total_bytes,json=diskTotalBytes,proto3" json:"disk_total_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MetricsSample) Reset() {
+	*x = MetricsSample{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricsSample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricsSample) ProtoMessage() {}
+
+func (x *MetricsSample) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricsSample.ProtoReflect.Descriptor instead.
+func (*MetricsSample) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MetricsSample) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+func (x *MetricsSample) GetCpuCount() int32 {
+	if x != nil {
+		return x.CpuCount
+	}
+	return 0
+}
+
+func (x *MetricsSample) GetCpuUsedPct() float64 {
+	if x != nil {
+		return x.CpuUsedPct
+	}
+	return 0
+}
+
+func (x *MetricsSample) GetMemUsedBytes() int64 {
+	if x != nil {
+		return x.MemUsedBytes
+	}
+	return 0
+}
+
+func (x *MetricsSample) GetMemTotalBytes() int64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
+func (x *MetricsSample) GetDiskUsedBytes() int64 {
+	if x != nil {
+		return x.DiskUsedBytes
+	}
+	return 0
+}
+
+func (x *MetricsSample) GetDiskTotalBytes() int64 {
+	if x != nil {
+		return x.DiskTotalBytes
+	}
+	return 0
+}
+
 type GetSandboxMetricsResponse struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	VmmMemoryBytes     int64                  `protobuf:"varint,1,opt,name=vmm_memory_bytes,json=vmmMemoryBytes,proto3" json:"vmm_memory_bytes,omitempty"`
@@ -1370,13 +1510,18 @@ type GetSandboxMetricsResponse struct {
 	GuestCpuUsedPct     float64 `protobuf:"fixed64,7,opt,name=guest_cpu_used_pct,json=guestCpuUsedPct,proto3" json:"guest_cpu_used_pct,omitempty"`
 	GuestDiskTotalBytes int64   `protobuf:"varint,8,opt,name=guest_disk_total_bytes,json=guestDiskTotalBytes,proto3" json:"guest_disk_total_bytes,omitempty"`
 	GuestDiskUsedBytes  int64   `protobuf:"varint,9,opt,name=guest_disk_used_bytes,json=guestDiskUsedBytes,proto3" json:"guest_disk_used_bytes,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The sandbox's recent history (oldest first) within the requested
+	// range: samples of the guest while it ran, kept in memory by the agent
+	// (WRENN_AGENT_METRICS_HISTORY, default 1 h; lost on an agent restart).
+	// Paused sandboxes get no new samples but keep their history.
+	Samples       []*MetricsSample `protobuf:"bytes,10,rep,name=samples,proto3" json:"samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetSandboxMetricsResponse) Reset() {
 	*x = GetSandboxMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1533,7 @@ func (x *GetSandboxMetricsResponse) String() string {
 func (*GetSandboxMetricsResponse) ProtoMessage() {}
 
 func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1546,7 @@ func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetSandboxMetricsResponse) GetVmmMemoryBytes() int64 {
@@ -1467,6 +1612,13 @@ func (x *GetSandboxMetricsResponse) GetGuestDiskUsedBytes() int64 {
 	return 0
 }
 
+func (x *GetSandboxMetricsResponse) GetSamples() []*MetricsSample {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
 type GetSandboxLogsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1478,7 +1630,7 @@ type GetSandboxLogsRequest struct {
 
 func (x *GetSandboxLogsRequest) Reset() {
 	*x = GetSandboxLogsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1642,7 @@ func (x *GetSandboxLogsRequest) String() string {
 func (*GetSandboxLogsRequest) ProtoMessage() {}
 
 func (x *GetSandboxLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1655,7 @@ func (x *GetSandboxLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxLogsRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxLogsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetSandboxLogsRequest) GetId() string {
@@ -1529,7 +1681,7 @@ type GetSandboxLogsResponse struct {
 
 func (x *GetSandboxLogsResponse) Reset() {
 	*x = GetSandboxLogsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1693,7 @@ func (x *GetSandboxLogsResponse) String() string {
 func (*GetSandboxLogsResponse) ProtoMessage() {}
 
 func (x *GetSandboxLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1706,7 @@ func (x *GetSandboxLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxLogsResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxLogsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetSandboxLogsResponse) GetConsole() []byte {
@@ -1577,7 +1729,7 @@ type SnapshotTemplateRequest struct {
 
 func (x *SnapshotTemplateRequest) Reset() {
 	*x = SnapshotTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1741,7 @@ func (x *SnapshotTemplateRequest) String() string {
 func (*SnapshotTemplateRequest) ProtoMessage() {}
 
 func (x *SnapshotTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1754,7 @@ func (x *SnapshotTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTemplateRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SnapshotTemplateRequest) GetSandboxId() string {
@@ -1635,7 +1787,7 @@ type SnapshotTemplateResponse struct {
 
 func (x *SnapshotTemplateResponse) Reset() {
 	*x = SnapshotTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1799,7 @@ func (x *SnapshotTemplateResponse) String() string {
 func (*SnapshotTemplateResponse) ProtoMessage() {}
 
 func (x *SnapshotTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1812,7 @@ func (x *SnapshotTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTemplateResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotTemplateResponse) GetTemplate() *Template {
@@ -1681,7 +1833,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1845,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1858,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteTemplateRequest) GetName() string {
@@ -1731,7 +1883,7 @@ type DeleteTemplateResponse struct {
 
 func (x *DeleteTemplateResponse) Reset() {
 	*x = DeleteTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1743,7 +1895,7 @@ func (x *DeleteTemplateResponse) String() string {
 func (*DeleteTemplateResponse) ProtoMessage() {}
 
 func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1756,7 +1908,7 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 type ListTemplatesRequest struct {
@@ -1767,7 +1919,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1931,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1944,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 type ListTemplatesResponse struct {
@@ -1804,7 +1956,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +1968,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +1981,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*Template {
@@ -1851,7 +2003,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2015,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2028,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Template) GetName() string {
@@ -1919,7 +2071,7 @@ type HostSpecs struct {
 
 func (x *HostSpecs) Reset() {
 	*x = HostSpecs{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1931,7 +2083,7 @@ func (x *HostSpecs) String() string {
 func (*HostSpecs) ProtoMessage() {}
 
 func (x *HostSpecs) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1944,7 +2096,7 @@ func (x *HostSpecs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostSpecs.ProtoReflect.Descriptor instead.
 func (*HostSpecs) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *HostSpecs) GetArch() string {
@@ -2037,7 +2189,7 @@ type HostUsage struct {
 
 func (x *HostUsage) Reset() {
 	*x = HostUsage{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2201,7 @@ func (x *HostUsage) String() string {
 func (*HostUsage) ProtoMessage() {}
 
 func (x *HostUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2214,7 @@ func (x *HostUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostUsage.ProtoReflect.Descriptor instead.
 func (*HostUsage) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *HostUsage) GetSandboxesRunning() int32 {
@@ -2150,7 +2302,7 @@ type GetHostStatusRequest struct {
 
 func (x *GetHostStatusRequest) Reset() {
 	*x = GetHostStatusRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2162,7 +2314,7 @@ func (x *GetHostStatusRequest) String() string {
 func (*GetHostStatusRequest) ProtoMessage() {}
 
 func (x *GetHostStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2175,7 +2327,7 @@ func (x *GetHostStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetHostStatusRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 type GetHostStatusResponse struct {
@@ -2189,7 +2341,7 @@ type GetHostStatusResponse struct {
 
 func (x *GetHostStatusResponse) Reset() {
 	*x = GetHostStatusResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2353,7 @@ func (x *GetHostStatusResponse) String() string {
 func (*GetHostStatusResponse) ProtoMessage() {}
 
 func (x *GetHostStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2366,7 @@ func (x *GetHostStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetHostStatusResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetHostStatusResponse) GetSpecs() *HostSpecs {
@@ -2252,7 +2404,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2264,7 +2416,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2277,7 +2429,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RegisterRequest) GetRegistrationToken() string {
@@ -2323,7 +2475,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2335,7 +2487,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2348,7 +2500,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RegisterResponse) GetHostId() string {
@@ -2403,7 +2555,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +2567,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +2580,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *HeartbeatRequest) GetSpecs() *HostSpecs {
@@ -2476,7 +2628,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2640,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2653,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *HeartbeatResponse) GetRenewAfterUnixMs() int64 {
@@ -2520,7 +2672,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2684,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2697,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RenewRequest) GetCsrPem() []byte {
@@ -2567,7 +2719,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +2731,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +2744,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RenewResponse) GetHostToken() string {
@@ -2631,7 +2783,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\rNetworkPolicy\x12%\n" +
 	"\x0eallow_internet\x18\x01 \x01(\bR\rallowInternet\x12\x1b\n" +
 	"\tallow_out\x18\x02 \x03(\tR\ballowOut\x12\x19\n" +
-	"\bdeny_out\x18\x03 \x03(\tR\adenyOut\"\xea\x04\n" +
+	"\bdeny_out\x18\x03 \x03(\tR\adenyOut\"\x91\x05\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x120\n" +
@@ -2649,7 +2801,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x12created_at_unix_ms\x18\v \x01(\x03R\x0fcreatedAtUnixMs\x122\n" +
 	"\x16last_active_at_unix_ms\x18\f \x01(\x03R\x12lastActiveAtUnixMs\x12%\n" +
 	"\x0ekernel_version\x18\r \x01(\tR\rkernelVersion\x12!\n" +
-	"\faccess_token\x18\x0e \x01(\tR\vaccessToken\x1a;\n" +
+	"\faccess_token\x18\x0e \x01(\tR\vaccessToken\x12%\n" +
+	"\x0ememory_dropped\x18\x0f \x01(\bR\rmemoryDropped\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\x04\n" +
@@ -2685,9 +2838,11 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\tsandboxes\x18\x01 \x03(\v2\x15.hostagent.v1.SandboxR\tsandboxes\"'\n" +
 	"\x15DestroySandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x18\n" +
-	"\x16DestroySandboxResponse\"%\n" +
+	"\x16DestroySandboxResponse\"F\n" +
 	"\x13PauseSandboxRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x16\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vdrop_memory\x18\x02 \x01(\bR\n" +
+	"dropMemory\"\x16\n" +
 	"\x14PauseSandboxResponse\"?\n" +
 	"\x14ResumeSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
@@ -2712,9 +2867,21 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x18SetSandboxNetworkRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
 	"\anetwork\x18\x02 \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\"\x1b\n" +
-	"\x19SetSandboxNetworkResponse\"*\n" +
+	"\x19SetSandboxNetworkResponse\"n\n" +
 	"\x18GetSandboxMetricsRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc0\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
+	"\rstart_unix_ms\x18\x02 \x01(\x03R\vstartUnixMs\x12\x1e\n" +
+	"\vend_unix_ms\x18\x03 \x01(\x03R\tendUnixMs\"\x90\x02\n" +
+	"\rMetricsSample\x12 \n" +
+	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
+	"timeUnixMs\x12\x1b\n" +
+	"\tcpu_count\x18\x02 \x01(\x05R\bcpuCount\x12 \n" +
+	"\fcpu_used_pct\x18\x03 \x01(\x01R\n" +
+	"cpuUsedPct\x12$\n" +
+	"\x0emem_used_bytes\x18\x04 \x01(\x03R\fmemUsedBytes\x12&\n" +
+	"\x0fmem_total_bytes\x18\x05 \x01(\x03R\rmemTotalBytes\x12&\n" +
+	"\x0fdisk_used_bytes\x18\x06 \x01(\x03R\rdiskUsedBytes\x12(\n" +
+	"\x10disk_total_bytes\x18\a \x01(\x03R\x0ediskTotalBytes\"\xf7\x03\n" +
 	"\x19GetSandboxMetricsResponse\x12(\n" +
 	"\x10vmm_memory_bytes\x18\x01 \x01(\x03R\x0evmmMemoryBytes\x12'\n" +
 	"\x10vmm_cpu_usage_us\x18\x02 \x01(\x03R\rvmmCpuUsageUs\x120\n" +
@@ -2724,7 +2891,9 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x14guest_mem_used_bytes\x18\x06 \x01(\x03R\x11guestMemUsedBytes\x12+\n" +
 	"\x12guest_cpu_used_pct\x18\a \x01(\x01R\x0fguestCpuUsedPct\x123\n" +
 	"\x16guest_disk_total_bytes\x18\b \x01(\x03R\x13guestDiskTotalBytes\x121\n" +
-	"\x15guest_disk_used_bytes\x18\t \x01(\x03R\x12guestDiskUsedBytes\"F\n" +
+	"\x15guest_disk_used_bytes\x18\t \x01(\x03R\x12guestDiskUsedBytes\x125\n" +
+	"\asamples\x18\n" +
+	" \x03(\v2\x1b.hostagent.v1.MetricsSampleR\asamples\"F\n" +
 	"\x15GetSandboxLogsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -2859,7 +3028,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
 	(OnTimeout)(0),                    // 1: hostagent.v1.OnTimeout
@@ -2886,38 +3055,39 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*SetSandboxNetworkRequest)(nil),  // 22: hostagent.v1.SetSandboxNetworkRequest
 	(*SetSandboxNetworkResponse)(nil), // 23: hostagent.v1.SetSandboxNetworkResponse
 	(*GetSandboxMetricsRequest)(nil),  // 24: hostagent.v1.GetSandboxMetricsRequest
-	(*GetSandboxMetricsResponse)(nil), // 25: hostagent.v1.GetSandboxMetricsResponse
-	(*GetSandboxLogsRequest)(nil),     // 26: hostagent.v1.GetSandboxLogsRequest
-	(*GetSandboxLogsResponse)(nil),    // 27: hostagent.v1.GetSandboxLogsResponse
-	(*SnapshotTemplateRequest)(nil),   // 28: hostagent.v1.SnapshotTemplateRequest
-	(*SnapshotTemplateResponse)(nil),  // 29: hostagent.v1.SnapshotTemplateResponse
-	(*DeleteTemplateRequest)(nil),     // 30: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 31: hostagent.v1.DeleteTemplateResponse
-	(*ListTemplatesRequest)(nil),      // 32: hostagent.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),     // 33: hostagent.v1.ListTemplatesResponse
-	(*Template)(nil),                  // 34: hostagent.v1.Template
-	(*HostSpecs)(nil),                 // 35: hostagent.v1.HostSpecs
-	(*HostUsage)(nil),                 // 36: hostagent.v1.HostUsage
-	(*GetHostStatusRequest)(nil),      // 37: hostagent.v1.GetHostStatusRequest
-	(*GetHostStatusResponse)(nil),     // 38: hostagent.v1.GetHostStatusResponse
-	(*RegisterRequest)(nil),           // 39: hostagent.v1.RegisterRequest
-	(*RegisterResponse)(nil),          // 40: hostagent.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),          // 41: hostagent.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),         // 42: hostagent.v1.HeartbeatResponse
-	(*RenewRequest)(nil),              // 43: hostagent.v1.RenewRequest
-	(*RenewResponse)(nil),             // 44: hostagent.v1.RenewResponse
-	nil,                               // 45: hostagent.v1.Sandbox.MetadataEntry
-	nil,                               // 46: hostagent.v1.CreateSandboxRequest.EnvEntry
-	nil,                               // 47: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                               // 48: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	(*MetricsSample)(nil),             // 25: hostagent.v1.MetricsSample
+	(*GetSandboxMetricsResponse)(nil), // 26: hostagent.v1.GetSandboxMetricsResponse
+	(*GetSandboxLogsRequest)(nil),     // 27: hostagent.v1.GetSandboxLogsRequest
+	(*GetSandboxLogsResponse)(nil),    // 28: hostagent.v1.GetSandboxLogsResponse
+	(*SnapshotTemplateRequest)(nil),   // 29: hostagent.v1.SnapshotTemplateRequest
+	(*SnapshotTemplateResponse)(nil),  // 30: hostagent.v1.SnapshotTemplateResponse
+	(*DeleteTemplateRequest)(nil),     // 31: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),    // 32: hostagent.v1.DeleteTemplateResponse
+	(*ListTemplatesRequest)(nil),      // 33: hostagent.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),     // 34: hostagent.v1.ListTemplatesResponse
+	(*Template)(nil),                  // 35: hostagent.v1.Template
+	(*HostSpecs)(nil),                 // 36: hostagent.v1.HostSpecs
+	(*HostUsage)(nil),                 // 37: hostagent.v1.HostUsage
+	(*GetHostStatusRequest)(nil),      // 38: hostagent.v1.GetHostStatusRequest
+	(*GetHostStatusResponse)(nil),     // 39: hostagent.v1.GetHostStatusResponse
+	(*RegisterRequest)(nil),           // 40: hostagent.v1.RegisterRequest
+	(*RegisterResponse)(nil),          // 41: hostagent.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),          // 42: hostagent.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),         // 43: hostagent.v1.HeartbeatResponse
+	(*RenewRequest)(nil),              // 44: hostagent.v1.RenewRequest
+	(*RenewResponse)(nil),             // 45: hostagent.v1.RenewResponse
+	nil,                               // 46: hostagent.v1.Sandbox.MetadataEntry
+	nil,                               // 47: hostagent.v1.CreateSandboxRequest.EnvEntry
+	nil,                               // 48: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                               // 49: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	45, // 1: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	46, // 1: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
 	2,  // 2: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkPolicy
 	1,  // 3: hostagent.v1.Sandbox.on_timeout:type_name -> hostagent.v1.OnTimeout
-	46, // 4: hostagent.v1.CreateSandboxRequest.env:type_name -> hostagent.v1.CreateSandboxRequest.EnvEntry
-	47, // 5: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	47, // 4: hostagent.v1.CreateSandboxRequest.env:type_name -> hostagent.v1.CreateSandboxRequest.EnvEntry
+	48, // 5: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
 	2,  // 6: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	1,  // 7: hostagent.v1.CreateSandboxRequest.on_timeout:type_name -> hostagent.v1.OnTimeout
 	3,  // 8: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
@@ -2926,60 +3096,61 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	3,  // 11: hostagent.v1.ForkSandboxResponse.sandboxes:type_name -> hostagent.v1.Sandbox
 	1,  // 12: hostagent.v1.SetSandboxTimeoutRequest.on_timeout:type_name -> hostagent.v1.OnTimeout
 	2,  // 13: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
-	34, // 14: hostagent.v1.SnapshotTemplateResponse.template:type_name -> hostagent.v1.Template
-	34, // 15: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	35, // 16: hostagent.v1.GetHostStatusResponse.specs:type_name -> hostagent.v1.HostSpecs
-	36, // 17: hostagent.v1.GetHostStatusResponse.usage:type_name -> hostagent.v1.HostUsage
-	34, // 18: hostagent.v1.GetHostStatusResponse.templates:type_name -> hostagent.v1.Template
-	35, // 19: hostagent.v1.RegisterRequest.specs:type_name -> hostagent.v1.HostSpecs
-	35, // 20: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
-	36, // 21: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
-	34, // 22: hostagent.v1.HeartbeatRequest.templates:type_name -> hostagent.v1.Template
-	48, // 23: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
-	0,  // 24: hostagent.v1.HeartbeatRequest.SandboxStatesEntry.value:type_name -> hostagent.v1.SandboxState
-	4,  // 25: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	6,  // 26: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	8,  // 27: hostagent.v1.HostAgentService.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	10, // 28: hostagent.v1.HostAgentService.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	12, // 29: hostagent.v1.HostAgentService.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	14, // 30: hostagent.v1.HostAgentService.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	16, // 31: hostagent.v1.HostAgentService.HibernateSandbox:input_type -> hostagent.v1.HibernateSandboxRequest
-	18, // 32: hostagent.v1.HostAgentService.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
-	20, // 33: hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	22, // 34: hostagent.v1.HostAgentService.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
-	24, // 35: hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	26, // 36: hostagent.v1.HostAgentService.GetSandboxLogs:input_type -> hostagent.v1.GetSandboxLogsRequest
-	28, // 37: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
-	30, // 38: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	32, // 39: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	37, // 40: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
-	39, // 41: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
-	41, // 42: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
-	43, // 43: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
-	5,  // 44: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	7,  // 45: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	9,  // 46: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	11, // 47: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	13, // 48: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	15, // 49: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	17, // 50: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
-	19, // 51: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
-	21, // 52: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	23, // 53: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	25, // 54: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	27, // 55: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
-	29, // 56: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
-	31, // 57: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	33, // 58: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	38, // 59: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
-	40, // 60: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
-	42, // 61: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
-	44, // 62: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
-	44, // [44:63] is the sub-list for method output_type
-	25, // [25:44] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	25, // 14: hostagent.v1.GetSandboxMetricsResponse.samples:type_name -> hostagent.v1.MetricsSample
+	35, // 15: hostagent.v1.SnapshotTemplateResponse.template:type_name -> hostagent.v1.Template
+	35, // 16: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	36, // 17: hostagent.v1.GetHostStatusResponse.specs:type_name -> hostagent.v1.HostSpecs
+	37, // 18: hostagent.v1.GetHostStatusResponse.usage:type_name -> hostagent.v1.HostUsage
+	35, // 19: hostagent.v1.GetHostStatusResponse.templates:type_name -> hostagent.v1.Template
+	36, // 20: hostagent.v1.RegisterRequest.specs:type_name -> hostagent.v1.HostSpecs
+	36, // 21: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
+	37, // 22: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
+	35, // 23: hostagent.v1.HeartbeatRequest.templates:type_name -> hostagent.v1.Template
+	49, // 24: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	0,  // 25: hostagent.v1.HeartbeatRequest.SandboxStatesEntry.value:type_name -> hostagent.v1.SandboxState
+	4,  // 26: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	6,  // 27: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	8,  // 28: hostagent.v1.HostAgentService.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	10, // 29: hostagent.v1.HostAgentService.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	12, // 30: hostagent.v1.HostAgentService.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	14, // 31: hostagent.v1.HostAgentService.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	16, // 32: hostagent.v1.HostAgentService.HibernateSandbox:input_type -> hostagent.v1.HibernateSandboxRequest
+	18, // 33: hostagent.v1.HostAgentService.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
+	20, // 34: hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	22, // 35: hostagent.v1.HostAgentService.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	24, // 36: hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	27, // 37: hostagent.v1.HostAgentService.GetSandboxLogs:input_type -> hostagent.v1.GetSandboxLogsRequest
+	29, // 38: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
+	31, // 39: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	33, // 40: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	38, // 41: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
+	40, // 42: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
+	42, // 43: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
+	44, // 44: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
+	5,  // 45: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	7,  // 46: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	9,  // 47: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	11, // 48: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	13, // 49: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	15, // 50: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	17, // 51: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
+	19, // 52: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
+	21, // 53: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	23, // 54: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	26, // 55: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	28, // 56: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
+	30, // 57: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
+	32, // 58: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	34, // 59: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	39, // 60: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
+	41, // 61: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
+	43, // 62: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
+	45, // 63: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
+	45, // [45:64] is the sub-list for method output_type
+	26, // [26:45] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -2993,7 +3164,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   47,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
