@@ -3,7 +3,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Sandbox, SandboxNotFoundError } from 'e2b'
-import { newSandbox, runId, poll, assertNear, REQUEST_TIMEOUT_MS, TEST_TIMEOUT_MS, SANDBOX_TIMEOUT_MS } from './helpers.mjs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { newSandbox, runId, poll, background, assertNear, REQUEST_TIMEOUT_MS, TEST_TIMEOUT_MS, SANDBOX_TIMEOUT_MS } from './helpers.mjs'
 
 const opts = { timeout: TEST_TIMEOUT_MS }
 
@@ -148,7 +149,16 @@ test('metrics', opts, async (t) => {
 test('kill', opts, async (t) => {
   const id = runId()
   const sbx = await newSandbox(t, { metadata: { 'compat-id': id } })
+  const running = await background(sbx, 'sleep 600')
   assert.equal(await sbx.kill(), true)
+  // A command stream open at the kill ends with it, as in E2B ("killed
+  // while the request was in flight"): a caller awaiting wait() is not left
+  // hanging.
+  const killedAt = Date.now()
+  const end = await Promise.race([running.ended, sleep(30_000, null, { ref: false })])
+  assert.ok(end, 'a command stream open at kill was still open 30 s later')
+  assert.ok(end.error, `the stream of a command in a killed sandbox ended without an error: ${JSON.stringify(end.res)}`)
+  console.log(`kill: the open command stream ended ${Date.now() - killedAt} ms after the kill`)
   await assert.rejects(Sandbox.getInfo(sbx.sandboxId), SandboxNotFoundError)
   assert.equal(await Sandbox.kill(sbx.sandboxId), false, 'killing a killed sandbox answers false (404)')
   const listed = await Sandbox.list({ query: { metadata: { 'compat-id': id } } }).nextItems()

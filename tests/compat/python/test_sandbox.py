@@ -10,7 +10,7 @@ from typing import List
 import pytest
 from e2b import Sandbox, SandboxInfo, SandboxNotFoundException, SandboxQuery, SandboxState
 
-from conftest import REQUEST_TIMEOUT, SANDBOX_TIMEOUT, SandboxFactory, assert_near, poll, run_id
+from conftest import REQUEST_TIMEOUT, SANDBOX_TIMEOUT, SandboxFactory, assert_near, background, poll, run_id
 
 
 def ids(items: List[SandboxInfo]) -> List[str]:
@@ -141,7 +141,15 @@ def test_metrics(new_sandbox: SandboxFactory) -> None:
 def test_kill(new_sandbox: SandboxFactory) -> None:
     rid = run_id()
     sbx = new_sandbox(metadata={"compat-id": rid})
+    running = background(sbx, "sleep 600")
     assert sbx.kill() is True
+    # A command stream open at the kill ends with it, as in E2B ("killed
+    # while the request was in flight"): a caller in wait() is not left
+    # hanging.
+    killed_at = time.monotonic()
+    assert running.done.wait(30), "a command stream open at kill was still open 30 s later"
+    assert running.error is not None, f"the stream of a command in a killed sandbox ended without an error: {running.result}"
+    print(f"kill: the open command stream ended {time.monotonic() - killed_at:.1f} s after the kill")
     with pytest.raises(SandboxNotFoundException):
         Sandbox.get_info(sbx.sandbox_id)
     assert Sandbox.kill(sbx.sandbox_id) is False, "killing a killed sandbox answers False (404)"
