@@ -10,12 +10,15 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/wrenn/wrenn/internal/version.Version=$(VERSION)
 GO      ?= go
 BUILDS  := builds
+# make install: PREFIX for the binaries, DESTDIR to stage into another root.
+PREFIX  ?= /usr/local
+DESTDIR ?=
 
 # Guest binaries must be static: the rootfs has no matching libc guarantees.
 GUEST_BINS := envd wrenn-init
 HOST_BINS  := wrenn-cp wrenn-agent wrenn wrenn-up
 
-.PHONY: help build generate check lint test test-short images kernel rootfs deps clean up dev dev-agent bench
+.PHONY: help build generate check lint test test-short images kernel rootfs deps clean up dev dev-agent bench install
 
 help:
 	@echo "make up         one-box Wrenn: deps, build, images, PostgreSQL, control plane, agent (as root)"
@@ -23,6 +26,7 @@ help:
 	@echo "make bench      performance report vs bare QEMU and gVisor (as root; BENCH_FLAGS=--quick for the short run)"
 	@echo "make dev-agent  the host agent alone, as root (REGISTER=<token> on first run)"
 	@echo "make build      build $(HOST_BINS) $(GUEST_BINS) into $(BUILDS)/"
+	@echo "make install    (as root, after make build) wrenn-cp, wrenn-agent, wrenn into $(PREFIX)/bin, their systemd units, /etc/wrenn/*.env (DESTDIR= to stage)"
 	@echo "make images     build the guest kernel and the minimal rootfs (cached under $(WRENN_CACHE))"
 	@echo "make test       install what is missing, build images, run every test (VM tests included)"
 	@echo "make check      gofmt, go vet, staticcheck, then make test"
@@ -52,6 +56,10 @@ dev-agent: build
 
 generate:
 	scripts/generate.sh
+
+# Not dependent on build: `sudo make install` must not rebuild as root.
+install:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BUILDS="$(abspath $(BUILDS))" packaging/install.sh
 
 deps:
 	scripts/deps.sh

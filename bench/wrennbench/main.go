@@ -60,6 +60,9 @@ type Config struct {
 	Concurrency       []int
 	ConcurrentSamples int
 	ExecSamples       int
+	// E2BSamples is rounds of the E2B SDK figure and its /v1 baseline
+	// (one of each per round): a 5% goal needs more than Samples.
+	E2BSamples int
 	// FileSamples transfers of 1 MiB, LargeSamples of LargeFileMB.
 	FileSamples, LargeSamples, LargeFileMB int
 	// DensityBudgetMB of Σ VMM PSS stops the density figure, or
@@ -73,6 +76,9 @@ type Config struct {
 	// plane figures, from binaries in BinDir (built when empty).
 	Stack  bool
 	BinDir string
+	// SDKCache holds the pinned E2B SDK environments (internal/sdkenv),
+	// kept between runs.
+	SDKCache string
 
 	Accel                   string
 	CPUProfile, Trace       string
@@ -92,10 +98,10 @@ type Config struct {
 func modeCounts(quick bool) Config {
 	if quick {
 		return Config{Samples: 3, BootSamples: 1, Forks: 3, ForkSamples: 1, Concurrency: []int{1, 4}, ConcurrentSamples: 1,
-			ExecSamples: 10, FileSamples: 2, LargeSamples: 1, DensityMax: 2, RPSDuration: 2 * time.Second}
+			ExecSamples: 10, E2BSamples: 5, FileSamples: 2, LargeSamples: 1, DensityMax: 2, RPSDuration: 2 * time.Second}
 	}
 	return Config{Samples: 10, BootSamples: 3, Forks: 10, ForkSamples: 3, Concurrency: []int{1, 5, 20}, ConcurrentSamples: 2,
-		ExecSamples: 50, FileSamples: 5, LargeSamples: 3, DensityMax: 64, RPSDuration: 10 * time.Second}
+		ExecSamples: 50, E2BSamples: 30, FileSamples: 5, LargeSamples: 3, DensityMax: 64, RPSDuration: 10 * time.Second}
 }
 
 // parseFlags builds the Config from args (without the program name).
@@ -117,6 +123,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&concurrency, "concurrent", "", "comma-separated concurrent-create counts (default 1,5,20, quick 1,4)")
 	fs.IntVar(&c.ConcurrentSamples, "concurrent-samples", 0, "samples per concurrent count (default 2, quick 1)")
 	fs.IntVar(&c.ExecSamples, "exec-samples", 0, "exec round trips per path (default 50, quick 10)")
+	fs.IntVar(&c.E2BSamples, "e2b-samples", 0, "rounds of the E2B SDK figure, each one SDK and one /v1 create → first command (default 30, quick 5)")
 	fs.IntVar(&c.FileSamples, "file-samples", 0, "1 MiB transfers each way (default 5, quick 2)")
 	fs.IntVar(&c.LargeSamples, "large-samples", 0, "large transfers each way (default 3, quick 1)")
 	fs.IntVar(&c.LargeFileMB, "large-file-mb", 100, "size of the large transfer in MiB")
@@ -126,6 +133,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.ListRows, "list-rows", 1000, "sandbox rows behind GET /v1/sandboxes")
 	fs.BoolVar(&c.Stack, "stack", true, "start PostgreSQL, wrenn-cp and wrenn-agent for the control-plane figures")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "directory with wrenn-cp and wrenn-agent (default: build them)")
+	fs.StringVar(&c.SDKCache, "sdk-cache", "/var/cache/wrenn/sdkenv", "cache of the pinned E2B SDK environments (installed on first use)")
 	fs.StringVar(&c.Accel, "accel", "auto", "accelerator: auto (probe, as the agent does), tcg or kvm")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the benchmark process (the in-process agent) to this file")
 	fs.StringVar(&c.Trace, "trace", "", "write an execution trace of the benchmark process to this file")
@@ -170,6 +178,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 		{"fork-samples", &c.ForkSamples, counts.ForkSamples, 100},
 		{"concurrent-samples", &c.ConcurrentSamples, counts.ConcurrentSamples, 100},
 		{"exec-samples", &c.ExecSamples, counts.ExecSamples, 100000},
+		{"e2b-samples", &c.E2BSamples, counts.E2BSamples, 1000},
 		{"file-samples", &c.FileSamples, counts.FileSamples, 1000},
 		{"large-samples", &c.LargeSamples, counts.LargeSamples, 100},
 		{"density-max", &c.DensityMax, counts.DensityMax, 500},

@@ -38,7 +38,7 @@ func measurements() []measurement {
 		{"files", "file upload and download through envd, 1 MiB and large", func(ctx context.Context, b *bench) { b.files(ctx) }},
 		{"concurrent", "concurrent creates from one template → all ready; memory of the idle ones", func(ctx context.Context, b *bench) { b.concurrent(ctx) }},
 		{"density", "idle sandboxes until a PSS budget: count and PSS per sandbox", func(ctx context.Context, b *bench) { b.density(ctx) }},
-		{"stack", "control plane (wrenn-cp + wrenn-agent): REST figures and request rates", func(ctx context.Context, b *bench) { b.stack(ctx) }},
+		{"stack", "control plane (wrenn-cp + wrenn-agent): REST figures, E2B SDK through the compat layer, request rates", func(ctx context.Context, b *bench) { b.stack(ctx) }},
 	}
 }
 

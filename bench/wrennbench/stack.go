@@ -32,7 +32,8 @@ import (
 // list rate, which sends the one raw request it counts (the SDK's List
 // follows cursors).
 
-// stackTemplate is the template the REST create figure restores from.
+// stackTemplate is the template the REST create figures (Go SDK, E2B SDK
+// and /v1 from Python) restore from.
 const stackTemplate = "wrennbench-rest"
 
 // rpsWorkers is how many requests the request-rate figures keep in flight.
@@ -42,10 +43,15 @@ const rpsWorkers = 4
 // stack that does not start skips every one of them with the reason.
 type stackFigures struct {
 	create, exec, upload, download, list, execRPS *Figure
+	// e2bSDK and v1Py: the E2B SDK through the compat layer and its
+	// baseline through /v1, from one Python process (e2bsdk.go).
+	e2bSDK, v1Py *Figure
+	// template says restFigures made stackTemplate.
+	template bool
 }
 
 func (s *stackFigures) all() []*Figure {
-	return []*Figure{s.create, s.exec, s.upload, s.download, s.list, s.execRPS}
+	return []*Figure{s.create, s.exec, s.upload, s.download, s.list, s.execRPS, s.e2bSDK, s.v1Py}
 }
 
 func (b *bench) stack(ctx context.Context) {
@@ -57,6 +63,7 @@ func (b *bench) stack(ctx context.Context) {
 		list:     &Figure{Key: "cp-list-rps", Name: fmt.Sprintf("GET /v1/sandboxes (%d rows) requests per second, %d in flight", b.cfg.ListRows, rpsWorkers), Unit: "req/s"},
 		execRPS:  (&Figure{Key: "cp-exec-rps", Name: fmt.Sprintf("POST /v1/sandboxes/{id}/exec `true` requests per second, %d in flight", rpsWorkers), Unit: "req/s"}).against("exec-envd-rps", 0),
 	}
+	figs.e2bSDK, figs.v1Py = e2bFigures()
 	defer func() { b.add(GroupCP, figs.all()...) }()
 	skipAll := func(why string) {
 		for _, f := range figs.all() {
@@ -80,6 +87,12 @@ func (b *bench) stack(ctx context.Context) {
 		return
 	}
 	b.restFigures(ctx, c, figs)
+	if figs.template {
+		b.e2bSDK(ctx, st, figs.e2bSDK, figs.v1Py)
+	} else {
+		figs.e2bSDK.failed(fmt.Errorf("template %s was not made: %s", stackTemplate, figs.create.Error))
+		figs.v1Py.failed(fmt.Errorf("template %s was not made: %s", stackTemplate, figs.create.Error))
+	}
 	b.rateFigures(ctx, &restClient{base: st.URL, key: st.Admin.APIKey, hc: hc}, dsn, st.Admin.TeamID, figs)
 }
 
@@ -177,6 +190,7 @@ func (b *bench) restFigures(ctx context.Context, c *wrenn.Client, figs *stackFig
 		failAll(err)
 		return
 	}
+	figs.template = true
 	b.measure(ctx, figs.create, b.cfg.Samples, func(ctx context.Context) (time.Duration, error) {
 		t := time.Now()
 		nsb, err := c.Sandboxes.Create(ctx, wrenn.CreateOptions{Template: stackTemplate})

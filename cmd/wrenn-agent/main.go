@@ -42,6 +42,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/agent"
 	"github.com/wrenn/wrenn/internal/agent/hostinfo"
+	"github.com/wrenn/wrenn/internal/agent/registration"
 	"github.com/wrenn/wrenn/internal/cgroup"
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/network"
@@ -102,8 +103,11 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 	}
 	log.Info("cgroups detected", "version", groups.Version())
 
+	// Sandbox state changes queue from recovery on and go to the control
+	// plane once the host's credentials are known (services.run).
+	events := registration.NewEventSender(registration.EventSenderConfig{Logger: log})
 	m, err := agent.New(agent.Config{
-		Dir: cfg.Dir, Driver: driver, Network: pool, Cgroups: groups, Logger: log,
+		Dir: cfg.Dir, Driver: driver, Network: pool, Cgroups: groups, Logger: log, Events: events,
 		VMMUIDBase: cfg.VMMUIDBase, MemoryDir: filepath.Join("/dev/shm", cfg.Name),
 		MetricsInterval: cfg.MetricsInterval, MetricsHistory: cfg.MetricsHistory,
 	})
@@ -121,7 +125,7 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 		accel = "kvm" // Firecracker runs on KVM only
 	}
 	host := hostinfo.New(hostinfo.Config{Dir: cfg.Dir, VMM: choice.Driver, Accelerator: accel, Sandboxes: m, MemoryDir: m.MemoryDir()})
-	svc, err := newServices(cfg, m, host, log)
+	svc, err := newServices(cfg, m, host, events, log)
 	if err == nil {
 		// The reaper stops with the services, also when they fail.
 		ctx, cancel := context.WithCancel(ctx)

@@ -32,12 +32,14 @@ type services struct {
 	cfg  agent.DaemonConfig
 	m    *agent.Manager
 	host *hostinfo.Collector
-	log  *slog.Logger
-	reg  *prometheus.Registry
-	rpcM *rpc.Metrics
+	// events sends the manager's sandbox events once registered.
+	events *registration.EventSender
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	rpcM   *rpc.Metrics
 }
 
-func newServices(cfg agent.DaemonConfig, m *agent.Manager, host *hostinfo.Collector, log *slog.Logger) (*services, error) {
+func newServices(cfg agent.DaemonConfig, m *agent.Manager, host *hostinfo.Collector, events *registration.EventSender, log *slog.Logger) (*services, error) {
 	reg := prometheus.NewRegistry()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "wrenn_agent_build_info", Help: "Always 1; the agent's version in a label.",
@@ -58,7 +60,7 @@ func newServices(cfg agent.DaemonConfig, m *agent.Manager, host *hostinfo.Collec
 	if err != nil {
 		return nil, fmt.Errorf("register rpc metrics: %w", err)
 	}
-	return &services{cfg: cfg, m: m, host: host, log: log, reg: reg, rpcM: rpcM}, nil
+	return &services{cfg: cfg, m: m, host: host, events: events, log: log, reg: reg, rpcM: rpcM}, nil
 }
 
 // run serves /metrics, and, once the host is registered, the control
@@ -110,6 +112,7 @@ func (n *services) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	wg.Go(func() { n.events.Run(ctx, client, id) })
 	hb := registration.NewHeartbeater(registration.HeartbeatConfig{
 		Client: client, Store: registration.NewStore(n.cfg.Dir), Identity: id,
 		Status: n.host, Interval: n.cfg.HeartbeatEvery(), Logger: n.log.With("host_id", creds.HostID),

@@ -2,7 +2,9 @@
 // the control plane and the host agent, with this machine registered as a
 // host. It prints the API URL, an admin API key and a first command to try.
 // Ctrl-C destroys the sandboxes it created and stops everything; the next
-// run reuses the database, keys and images under WRENN_DIR.
+// run reuses the database, keys and images under WRENN_DIR. A daemon that
+// dies meanwhile is restarted, and a line says so; one that keeps dying
+// stops everything (devstack.RestartPolicy).
 //
 // `make up` builds everything and runs it as root.
 package main

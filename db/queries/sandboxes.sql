@@ -160,3 +160,71 @@ LIMIT @max_rows;
 -- name: SandboxSealedToken :one
 -- The sealed access token (the envd proxy checks pre-signed URLs with it).
 SELECT access_token_sealed FROM sandboxes WHERE id = @id;
+
+-- name: ApplySandboxEvent :one
+-- An agent's report of one sandbox's state change (hostreg). Applied only
+-- to a sandbox on the reporting host, only when the report is newer than
+-- the last one applied (agent_version), and never to a row the store has
+-- stopped (stopped is final) or one still starting (its create is the
+-- control plane's to finish). No row: not applied.
+WITH old AS (
+    SELECT o.id, o.state FROM sandboxes o
+    WHERE o.id = @id::text AND o.host_id = @host_id::uuid
+    FOR UPDATE
+)
+UPDATE sandboxes s
+SET state = @state::text,
+    agent_version = @version::bigint,
+    error = CASE WHEN @state::text = 'error' THEN @error::text ELSE s.error END,
+    memory_dropped = CASE WHEN @state::text IN ('running', 'paused', 'hibernated') THEN @memory_dropped::boolean
+                          ELSE s.memory_dropped END,
+    stopped_at = CASE WHEN @state::text = 'stopped' THEN @now::timestamptz ELSE s.stopped_at END,
+    updated_at = @now::timestamptz
+FROM old
+WHERE s.id = old.id
+  AND old.state IN ('running', 'paused', 'hibernated', 'error', 'missing')
+  AND s.agent_version < @version::bigint
+RETURNING s.id, old.state AS previous_state, s.state, s.team_id;
+
+-- name: ApplyHostSandboxStates :many
+-- A heartbeat's states (states[i] and versions[i] are ids[i]'s) repair
+-- what a lost event left behind, by the same rule as ApplySandboxEvent:
+-- only on the reporting host, only newer versions, never a stopped or
+-- starting row (missing rows are ReconcileMissingSandboxes').
+WITH old AS (
+    SELECT o.id, o.state FROM sandboxes o
+    WHERE o.host_id = @host_id::uuid AND o.id = ANY(@ids::text[])
+    FOR UPDATE
+), r AS (
+    SELECT unnest(@ids::text[]) AS id, unnest(@states::text[]) AS state,
+           unnest(@versions::bigint[]) AS version
+)
+UPDATE sandboxes s
+SET state = r.state,
+    agent_version = r.version,
+    stopped_at = CASE WHEN r.state = 'stopped' THEN @now::timestamptz ELSE s.stopped_at END,
+    updated_at = @now::timestamptz
+FROM old, r
+WHERE s.id = old.id AND r.id = old.id
+  AND old.state IN ('running', 'paused', 'hibernated', 'error')
+  AND s.agent_version < r.version
+RETURNING s.id, old.state AS previous_state, s.state;
+
+-- name: StopVanishedHostSandboxes :many
+-- Sandboxes the store has running, paused or hibernated on a host that no
+-- longer holds them (its destroy event was lost). Those created after
+-- created_before are left alone: the agent may have listed its sandboxes
+-- before their create finished.
+UPDATE sandboxes
+SET state = 'stopped', stopped_at = @now::timestamptz, updated_at = @now::timestamptz
+WHERE host_id = @host_id::uuid
+  AND state IN ('running', 'paused', 'hibernated')
+  AND NOT (id = ANY(@present::text[]))
+  AND created_at < @created_before
+RETURNING id;
+
+-- name: HeldHostSandboxes :many
+-- Of ids, those the database places on the host and has not stopped: a
+-- sandbox in error (its VMM died) is still the host's until deleted.
+SELECT id FROM sandboxes
+WHERE host_id = @host_id::uuid AND id = ANY(@ids::text[]) AND state <> 'stopped';

@@ -71,9 +71,9 @@ func (m *Manager) PauseDropMemory(ctx context.Context, id string) error {
 	// From here the VMM goes away; a failure leaves the sandbox in error
 	// (destroyable), never claiming a VMM it no longer has.
 	fail := func(err error) error {
-		r.State = state.Error
-		_ = writeRecord(sb.dir, r)
-		return fmt.Errorf("pause %s without memory: %w", id, err)
+		err = fmt.Errorf("pause %s without memory: %w", id, err)
+		_ = sb.forceState(state.Error, err.Error())
+		return err
 	}
 	r.MemoryDropped = true
 	if err := sb.setState(state.Paused); err != nil {
@@ -161,8 +161,9 @@ func (m *Manager) resumeCold(ctx context.Context, sb *sandbox) error {
 	if err := plan.Run(ctx, m.log.With("sandbox_id", r.ID), steps); err != nil {
 		// Everything the boot took is undone; the disk is as it was.
 		sb.envd = nil
-		r.State, r.MemoryDropped = state.Paused, true
-		return errors.Join(fmt.Errorf("resume %s: %w", r.ID, err), writeRecord(sb.dir, r))
+		r.MemoryDropped = true
+		err = fmt.Errorf("resume %s: %w", r.ID, err)
+		return errors.Join(err, sb.forceState(state.Paused, err.Error()))
 	}
 	sb.touch(m.cfg.Clock.Now())
 	m.log.Info("sandbox cold-booted from its disk", "sandbox_id", r.ID, "duration", time.Since(start), "address", sb.slot.HostIP())

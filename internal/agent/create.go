@@ -131,7 +131,8 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	}
 
 	sb := &sandbox{
-		dir: m.sandboxDir(req.ID),
+		owner: m,
+		dir:   m.sandboxDir(req.ID),
 		rec: &record{
 			ID: req.ID, TeamID: req.TeamID, Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB,
 			DiskMB: req.DiskMB, Env: maps.Clone(req.Env), Metadata: maps.Clone(req.Metadata),

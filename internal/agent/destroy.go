@@ -39,7 +39,7 @@ func (m *Manager) destroyLocked(ctx context.Context, sb *sandbox) error {
 	if err := m.teardown(ctx, sb); err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	}
-	sb.rec.State = state.Stopped
+	_ = sb.forceState(state.Stopped, "") // no record to write: its directory is gone
 	m.forget(id)
 	m.log.Info("sandbox destroyed", "sandbox_id", id, "duration", time.Since(start))
 	return nil

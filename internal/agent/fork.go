@@ -168,13 +168,14 @@ func (m *Manager) restoreFork(ctx context.Context, snap *snapshot.Snapshot, src 
 	rec.Env = maps.Clone(src.Env)
 	rec.Metadata = maps.Clone(src.Metadata)
 	rec.State = state.Starting
+	rec.Version = 0 // a new sandbox: its own versions
 	rec.Slot = 0
 	rec.CreatedAt = m.cfg.Clock.Now().UTC()
 	// The guest's envd still holds the source's token: the client presents
 	// it once to install the fork's own.
 	token := newToken()
 	rec.AccessToken = src.AccessToken
-	sb := &sandbox{dir: m.sandboxDir(id), rec: &rec}
+	sb := &sandbox{owner: m, dir: m.sandboxDir(id), rec: &rec}
 	if err := m.register(sb); err != nil {
 		return Info{}, err
 	}

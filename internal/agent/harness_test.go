@@ -42,6 +42,8 @@ type harness struct {
 	// metricsInterval turns the metrics sampler's history on (0: off);
 	// tests call SampleMetrics themselves.
 	metricsInterval time.Duration
+	// events receives the manager's sandbox events (nil: none).
+	events agent.EventSink
 }
 
 func newHarness(t testing.TB) *harness {
@@ -144,6 +146,7 @@ func (h *harness) newManager() (*agent.Manager, error) {
 		// identities too, as they get disjoint slots.
 		VMMUIDBase:      agent.DefaultVMMUIDBase + uint32(h.run%50)*64,
 		MetricsInterval: h.metricsInterval,
+		Events:          h.events,
 	})
 }
 

@@ -70,6 +70,10 @@ type Config struct {
 	// DefaultMetricsHistory when zero. The ring holds
 	// MetricsHistory/MetricsInterval samples (at most MaxMetricsSamples).
 	MetricsHistory time.Duration
+	// Events, when set, receives every sandbox state change (events.go),
+	// the agent's own (reaper, a VMM's death, recovery) and those asked
+	// for, for the control plane.
+	Events EventSink
 }
 
 // Defaults for zero Config and CreateRequest fields.
@@ -112,6 +116,12 @@ type Manager struct {
 
 	// sampleWait overrides sampleTimeout (tests).
 	sampleWait time.Duration
+
+	// watchCtx ends the VMM watchers (events.go) at Close; watchers tracks
+	// them.
+	watchCtx  context.Context
+	stopWatch context.CancelFunc
+	watchers  sync.WaitGroup
 }
 
 // sandbox is one VM and what it holds on the host.
@@ -120,6 +130,13 @@ type sandbox struct {
 	mu  sync.Mutex
 	dir string
 	rec *record
+	// owner reports the sandbox's state changes (nil in some tests).
+	owner *Manager
+	// cause is why the operation under way changes the state (events.go);
+	// "" is ReasonRequested. Guarded by mu.
+	cause Reason
+	// watched is the VMM a watcher waits on (events.go). Guarded by mu.
+	watched vmm.Machine
 
 	machine vmm.Machine
 	slot    *network.Slot
@@ -130,6 +147,12 @@ type sandbox struct {
 	// never waits behind a long operation on it.
 	activeMu   sync.Mutex
 	lastActive time.Time
+
+	// runCh, while the sandbox runs and someone asked (RunDone), is closed
+	// when it stops running, so proxied requests to its guest end with it
+	// rather than waiting on a dead guest's TCP. Guarded by runMu, not mu.
+	runMu sync.Mutex
+	runCh chan struct{}
 
 	// seen is the description last taken under mu, for List to report
 	// while a long operation (boot, fork copy, hibernation) holds mu.
@@ -187,7 +210,9 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, vmmGID: vmmGID, sandboxes: map[string]*sandbox{}}, nil
+	m := &Manager{cfg: cfg, log: cfg.Logger, vmmGID: vmmGID, sandboxes: map[string]*sandbox{}}
+	m.watchCtx, m.stopWatch = context.WithCancel(context.Background())
+	return m, nil
 }
 
 func (m *Manager) sandboxDir(id string) string {
@@ -228,6 +253,8 @@ type Info struct {
 	// MemoryDropped is set on a sandbox paused without its memory
 	// (PauseDropMemory): resuming it cold-boots the guest from its disk.
 	MemoryDropped bool
+	// Version is the state's version (Event.Version).
+	Version int64
 }
 
 func (sb *sandbox) info() Info {
@@ -237,6 +264,7 @@ func (sb *sandbox) info() Info {
 		DiskMB: r.DiskMB, Metadata: r.Metadata, Network: r.Network, Timeout: r.Timeout,
 		OnTimeout: r.OnTimeout, CreatedAt: r.CreatedAt, KernelVersion: r.KernelVersion,
 		AccessToken: r.AccessToken, LastActiveAt: sb.lastActiveAt(), MemoryDropped: r.MemoryDropped,
+		Version: r.Version,
 	}
 	if sb.slot != nil {
 		in.Address = sb.slot.HostIP().String()
@@ -336,13 +364,58 @@ func (sb *sandbox) lastActiveAt() time.Time {
 	return sb.lastActive
 }
 
-// setState checks and records a transition, persisting it.
+// setState checks and records a transition, persisting it with a new
+// version, and reports it (events.go). A sandbox that now runs has its VMM
+// watched for an exit nobody asked for.
 func (sb *sandbox) setState(to state.State) error {
 	if err := sb.rec.State.Check(to); err != nil {
 		return err
 	}
 	sb.rec.State = to
-	return writeRecord(sb.dir, sb.rec)
+	sb.rec.Version++
+	if to != state.Running {
+		sb.leftRunning()
+	}
+	err := writeRecord(sb.dir, sb.rec)
+	// Reported even when the record could not be written: the state in
+	// memory, which List and heartbeats report, has changed.
+	sb.owner.emit(sb, "")
+	if to == state.Running && sb.owner != nil {
+		sb.owner.watchMachine(sb)
+	}
+	return err
+}
+
+// runDone is closed when the sandbox next stops running.
+func (sb *sandbox) runDone() <-chan struct{} {
+	sb.runMu.Lock()
+	defer sb.runMu.Unlock()
+	if sb.runCh == nil {
+		sb.runCh = make(chan struct{})
+	}
+	return sb.runCh
+}
+
+// leftRunning closes runDone's channel (the sandbox paused, stopped or
+// failed).
+func (sb *sandbox) leftRunning() {
+	sb.runMu.Lock()
+	defer sb.runMu.Unlock()
+	if sb.runCh != nil {
+		close(sb.runCh)
+		sb.runCh = nil
+	}
+}
+
+// RunDone returns a channel closed when sandbox id stops running (pause,
+// destroy, a dead VMM): the guest proxy ends its requests with it. The
+// caller checks that the sandbox runs after taking the channel.
+func (m *Manager) RunDone(id string) (<-chan struct{}, error) {
+	sb, err := m.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	return sb.runDone(), nil
 }
 
 // newID returns a random sandbox id: 16 lowercase base32 characters, valid
@@ -377,6 +450,7 @@ func validID(id string) bool {
 // shutdown leaves guests running for the next agent to re-adopt.
 func (m *Manager) Close() error {
 	m.bg.Wait()
+	m.stopWatchers()
 	m.mu.Lock()
 	all := make([]*sandbox, 0, len(m.sandboxes))
 	for _, sb := range m.sandboxes {

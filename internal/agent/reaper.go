@@ -44,9 +44,9 @@ func (m *Manager) reapOne(ctx context.Context, sb *sandbox) error {
 	m.log.Info("sandbox idle past its timeout", "sandbox_id", id, "on_timeout", on)
 	var err error
 	if on == OnTimeoutPause {
-		err = transitionLocked(ctx, sb, state.Paused, pauseMachine)
+		err = withCause(sb, ReasonReaperPause, func() error { return transitionLocked(ctx, sb, state.Paused, pauseMachine) })
 	} else {
-		err = m.destroyLocked(ctx, sb)
+		err = withCause(sb, ReasonReaperKill, func() error { return m.destroyLocked(ctx, sb) })
 	}
 	if err != nil {
 		return fmt.Errorf("reap %s (%s): %w", id, on, err)

@@ -45,6 +45,11 @@ type record struct {
 	// MemoryDropped marks a sandbox paused without its memory (coldpause.go):
 	// no VMM, memory or cgroup; resuming cold-boots it from its disk.
 	MemoryDropped bool `json:"memory_dropped,omitempty"`
+	// Version increases with every state change (setState, forceState):
+	// the control plane applies a report of the state only when its
+	// version is newer than the last it applied. Records from before
+	// versions start at 0.
+	Version int64 `json:"version,omitempty"`
 }
 
 func writeRecord(dir string, r *record) error {

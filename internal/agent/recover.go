@@ -87,17 +87,20 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 		log.Warn("removing sandbox dir without a record", "err", err)
 		return false, os.RemoveAll(dir)
 	}
-	sb := &sandbox{dir: dir, rec: rec}
+	sb := &sandbox{owner: m, dir: dir, rec: rec}
 	if rec.State == state.Hibernated {
 		// All files: nothing runs, nothing to attach. Resume restores it.
 		m.mu.Lock()
 		m.sandboxes[id] = sb
 		m.mu.Unlock()
 		log.Info("hibernated sandbox re-adopted")
+		m.emitRecovered(sb)
 		return true, nil
 	}
 	if rec.State == state.Paused && rec.MemoryDropped {
-		return true, m.adoptMemoryDropped(ctx, sb)
+		err := m.adoptMemoryDropped(ctx, sb)
+		m.emitRecovered(sb)
+		return true, err
 	}
 	// The kernel path only matters for a restore; Attach finds the VMM
 	// through the sandbox dir, so a missing kernel is no reason to fail.
@@ -111,18 +114,24 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 		// Error or Stopped: the VMM may still run; finish the job.
 		sb.machine = mach
 		log.Info("cleaning up interrupted sandbox", "state", rec.State)
-		return false, errors.Join(m.stopMachine(ctx, sb), m.cleanupDead(ctx, sb))
+		err := errors.Join(m.stopMachine(ctx, sb), m.cleanupDead(ctx, sb))
+		m.recoveredDead(sb, "an operation cut short by an agent restart was cleaned up")
+		return false, err
 	}
 	if err != nil {
 		if !errors.Is(err, errdefs.ErrNotFound) {
 			log.Warn("attach failed; treating the sandbox as dead", "err", err)
 		}
 		log.Info("sandbox VM is gone; cleaning up", "state", rec.State)
-		return false, m.cleanupDead(ctx, sb)
+		err := m.cleanupDead(ctx, sb)
+		m.recoveredDead(sb, "its VM was gone at agent restart (state was "+string(rec.State)+")")
+		return false, err
 	}
 	slots, err := m.cfg.Network.Adopt(rec.Slot)
 	if err != nil {
-		return false, errors.Join(fmt.Errorf("adopt network slot %d: %w", rec.Slot, err), mach.Stop(ctx), m.cleanupDead(ctx, sb))
+		err = errors.Join(fmt.Errorf("adopt network slot %d: %w", rec.Slot, err), mach.Stop(ctx), m.cleanupDead(ctx, sb))
+		m.recoveredDead(sb, "its network could not be re-adopted at agent restart")
+		return false, err
 	}
 	sb.machine, sb.slot = mach, slots[0]
 	sb.envd = m.envdClient(sb)
@@ -132,7 +141,19 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 	m.sandboxes[id] = sb
 	m.mu.Unlock()
 	log.Info("sandbox re-adopted", "state", rec.State, "pid", mach.PID(), "slot", rec.Slot)
+	sb.mu.Lock()
+	m.emitRecovered(sb)
+	m.watchMachine(sb)
+	sb.mu.Unlock()
 	return true, nil
+}
+
+// recoveredDead reports a sandbox recovery removed: stopped, with a
+// version past the last one it recorded.
+func (m *Manager) recoveredDead(sb *sandbox, msg string) {
+	sb.cause = ReasonRecovered
+	_ = sb.forceState(state.Stopped, msg)
+	sb.cause = ""
 }
 
 // cleanupDead removes what a sandbox whose VMM is not running left behind.

@@ -54,9 +54,9 @@ func (m *Manager) Hibernate(ctx context.Context, id string) error {
 	// From here the VMM goes away; a failure leaves the sandbox in error
 	// (destroyable), never half-hibernated and claiming to be paused.
 	fail := func(err error) error {
-		sb.rec.State = state.Error
-		_ = writeRecord(sb.dir, sb.rec)
-		return fmt.Errorf("hibernate %s: %w", id, err)
+		err = fmt.Errorf("hibernate %s: %w", id, err)
+		_ = sb.forceState(state.Error, err.Error())
+		return err
 	}
 	if err := m.stopMachine(ctx, sb); err != nil {
 		return fail(err)
@@ -111,8 +111,8 @@ func (m *Manager) resumeHibernated(ctx context.Context, sb *sandbox) error {
 	steps := m.restoreSteps(sb, snap, envdclient.InitRequest{})
 	if err := plan.Run(ctx, m.log.With("sandbox_id", r.ID), steps); err != nil {
 		// Everything the restore took is undone; the snapshot is intact.
-		r.State = state.Hibernated
-		return errors.Join(fmt.Errorf("resume %s: %w", r.ID, err), writeRecord(sb.dir, r))
+		err = fmt.Errorf("resume %s: %w", r.ID, err)
+		return errors.Join(err, sb.forceState(state.Hibernated, err.Error()))
 	}
 	m.retireSnapshot(snap.Dir, r.ID)
 	sb.touch(m.cfg.Clock.Now())

@@ -242,7 +242,8 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	maps.Copy(env, req.Env)
 	env[sandboxIDEnv] = req.ID
 	sb := &sandbox{
-		dir: m.sandboxDir(req.ID),
+		owner: m,
+		dir:   m.sandboxDir(req.ID),
 		rec: &record{
 			ID: req.ID, TeamID: req.TeamID, Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB,
 			DiskMB: req.DiskMB, Env: env, Metadata: maps.Clone(req.Metadata),

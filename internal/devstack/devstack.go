@@ -1,7 +1,8 @@
 // Package devstack brings up a single-node Wrenn on this machine: a private
 // PostgreSQL cluster, wrenn-cp and wrenn-agent as child processes, the local
 // host registered, and on first run an admin user (made platform admin with
-// `wrenn-cp admin`), a team and an API key with platform rights.
+// `wrenn-cp admin`), a team and an API key with platform rights. While it
+// runs, a daemon that dies is restarted (RestartPolicy).
 // `make up` runs it through cmd/wrenn-up; the end-to-end tests use it to
 // start the same stack in a temporary WRENN_DIR.
 //
@@ -28,6 +29,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -69,6 +71,42 @@ type Config struct {
 	// fingerprint wrenn-cp logs, saves the CA as Dir/cp-ca.crt (for
 	// `wrenn --ca-cert`), and the agent registers with a token pinning it.
 	TLS bool
+	// Restart says how wrenn-cp, wrenn-agent and the private PostgreSQL
+	// are restarted when they stop on their own. Zero fields take
+	// defaults (see RestartPolicy).
+	Restart RestartPolicy
+}
+
+// RestartPolicy: a daemon that stops while the stack runs is started again
+// with the same arguments and environment after Backoff, doubled for each
+// earlier crash within Window (at most MaxBackoff), until it is healthy
+// again; the MaxCrashes+1-th crash within Window gives up, and Stack.Wait
+// returns the error.
+type RestartPolicy struct {
+	// Backoff is the wait before the first restart. Default 1s.
+	Backoff time.Duration
+	// MaxBackoff caps the growing wait. Default 30s.
+	MaxBackoff time.Duration
+	// Window is how long a crash counts against the daemon. Default 5m.
+	Window time.Duration
+	// MaxCrashes is how many crashes within Window are restarted.
+	// Default 5.
+	MaxCrashes int
+}
+
+func (p *RestartPolicy) defaults() {
+	if p.Backoff == 0 {
+		p.Backoff = time.Second
+	}
+	if p.MaxBackoff == 0 {
+		p.MaxBackoff = 30 * time.Second
+	}
+	if p.Window == 0 {
+		p.Window = 5 * time.Minute
+	}
+	if p.MaxCrashes == 0 {
+		p.MaxCrashes = 5
+	}
 }
 
 func (c *Config) defaults() {
@@ -90,6 +128,7 @@ func (c *Config) defaults() {
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = 2 * time.Minute
 	}
+	c.Restart.defaults()
 }
 
 // Admin is the bootstrap account, saved in Dir/admin.json (0600).
@@ -114,10 +153,28 @@ type Stack struct {
 	CACertHash string
 	CACert     string
 	cluster    *pgcluster.Cluster
-	cp         *child
-	agent      *child
+	// cp and agent are the running daemons. Their supervisors replace
+	// the child after a restart, under mu; Close reads them only after
+	// the supervisors have returned.
+	mu       sync.Mutex
+	cp       *child
+	agent    *child
+	restarts map[string]int
 	// client reaches the control plane (trusting its CA under TLS).
 	client *http.Client
+
+	outMu sync.Mutex // progress lines come from Up and the supervisors
+
+	// Supervision: stopSupervising ends the supervisors and supervisors
+	// waits for them; closed is closed by Close, failed (with failErr)
+	// when a supervisor gives up.
+	stopSupervising context.CancelFunc
+	supervisors     sync.WaitGroup
+	closeOnce       sync.Once
+	closed          chan struct{}
+	failOnce        sync.Once
+	failed          chan struct{}
+	failErr         error
 }
 
 // Up starts everything and returns once the local host is online.
@@ -128,7 +185,8 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if cfg.BinDir, err = filepath.Abs(cfg.BinDir); err != nil {
 		return nil, fmt.Errorf("bin dir: %w", err)
 	}
-	s := &Stack{cfg: cfg, URL: "http://" + cfg.CPAddr, client: &http.Client{}}
+	s := &Stack{cfg: cfg, URL: "http://" + cfg.CPAddr, client: &http.Client{},
+		restarts: map[string]int{}, closed: make(chan struct{}), failed: make(chan struct{})}
 	if cfg.TLS {
 		s.URL = "https://" + cfg.CPAddr
 	}
@@ -183,8 +241,10 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if fi, err := os.Stat(cpLog); err == nil {
 		logStart = fi.Size()
 	}
-	s.cp, err = startChild(filepath.Join(cfg.BinDir, "wrenn-cp"), nil, cpEnv, cpLog)
-	if err != nil {
+	startCP := func() (*child, error) {
+		return startChild(filepath.Join(cfg.BinDir, "wrenn-cp"), nil, cpEnv, cpLog)
+	}
+	if s.cp, err = startCP(); err != nil {
 		return nil, err
 	}
 	if cfg.TLS {
@@ -192,9 +252,14 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
-	if err := s.waitHealthy(ctx); err != nil {
+	if err := s.waitHealthy(ctx, s.cp); err != nil {
 		return nil, err
 	}
+	cpd := &daemon{name: CP, start: startCP, ready: func(ctx context.Context, c *child, _ time.Time) error {
+		// The cluster CA lives in the database: a restarted wrenn-cp
+		// serves a certificate the stack's client already trusts.
+		return s.waitHealthy(ctx, c)
+	}}
 	s.step("control plane ready at %s (%s)", s.URL, since(start))
 
 	if err := s.bootstrapAdmin(ctx, dsn); err != nil {
@@ -202,11 +267,13 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 
 	if cfg.NoAgent {
+		s.supervise(ctx, cpd)
 		return s, nil
 	}
 	start = time.Now()
 	args := []string{}
-	if _, err := os.Stat(filepath.Join(cfg.Dir, "host-token")); errors.Is(err, os.ErrNotExist) {
+	hostToken := filepath.Join(cfg.Dir, "host-token")
+	if _, err := os.Stat(hostToken); errors.Is(err, os.ErrNotExist) {
 		token, hostID, err := s.addHost(ctx)
 		if err != nil {
 			return nil, err
@@ -219,35 +286,43 @@ func Up(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		"WRENN_CP_URL=" + s.URL,
 		"WRENN_HOST_LISTEN_ADDR=" + cfg.AgentAddr,
 	}, cfg.AgentEnv...)
-	s.agent, err = startChild(filepath.Join(cfg.BinDir, "wrenn-agent"), args, agentEnv, filepath.Join(cfg.Dir, "logs", "agent.log"))
-	if err != nil {
+	startAgent := func() (*child, error) {
+		a := args
+		// The registration token is good once: an agent that registered
+		// before it died restarts with the credential it saved.
+		if _, err := os.Stat(hostToken); err == nil {
+			a = nil
+		}
+		return startChild(filepath.Join(cfg.BinDir, "wrenn-agent"), a, agentEnv, filepath.Join(cfg.Dir, "logs", "agent.log"))
+	}
+	if s.agent, err = startAgent(); err != nil {
 		return nil, err
 	}
-	if err := s.waitHostOnline(ctx, start); err != nil {
+	if err := s.waitHostOnline(ctx, s.agent, start, false); err != nil {
 		return nil, err
 	}
 	s.step("host agent online (%s)", since(start))
+	s.supervise(ctx, cpd, &daemon{name: Agent, start: startAgent, ready: func(ctx context.Context, c *child, start time.Time) error {
+		// The control plane may be restarting too: until the deadline,
+		// an API that does not answer is only not ready yet.
+		return s.waitHostOnline(ctx, c, start, true)
+	}})
 	return s, nil
 }
 
-// Wait returns when ctx ends or a daemon exits (with its error).
+// Wait returns nil when ctx ends or the stack is closed, and an error when
+// a daemon crashed more often than Config.Restart allows; the caller then
+// calls Close. A daemon that exits otherwise is restarted (see
+// RestartPolicy), which the stack reports on Config.Out.
 func (s *Stack) Wait(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		return nil
-	case <-s.cp.done:
-		return fmt.Errorf("wrenn-cp exited: %v (see %s)", s.cp.err, s.cp.logPath)
-	case <-s.agentDone():
-		return fmt.Errorf("wrenn-agent exited: %v (see %s)", s.agent.err, s.agent.logPath)
-	}
-}
-
-// agentDone is the agent's exit, or never when there is no agent.
-func (s *Stack) agentDone() <-chan struct{} {
-	if s.agent == nil {
+	case <-s.closed:
 		return nil
+	case <-s.failed:
+		return s.failErr
 	}
-	return s.agent.done
 }
 
 // DestroySandboxes deletes the admin team's live sandboxes, so that
@@ -275,6 +350,13 @@ func (s *Stack) DestroySandboxes(ctx context.Context) (int, error) {
 // PostgreSQL cluster. Sandboxes still running are left to the agent's next
 // start (call DestroySandboxes first to remove them).
 func (s *Stack) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() { close(s.closed) })
+	// The supervisors first, so that stopping a daemon below is not taken
+	// for a crash and nothing is restarted behind Close's back.
+	if s.stopSupervising != nil {
+		s.stopSupervising()
+	}
+	s.supervisors.Wait()
 	var errs []error
 	for _, c := range []*child{s.agent, s.cp} {
 		if c != nil {
@@ -288,6 +370,8 @@ func (s *Stack) Close(ctx context.Context) error {
 }
 
 func (s *Stack) step(format string, args ...any) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
 	fmt.Fprintf(s.cfg.Out, "==> "+format+"\n", args...)
 }
 
@@ -469,8 +553,9 @@ func (s *Stack) addHost(ctx context.Context) (token, id string, err error) {
 	return out.Token, out.Host.ID, nil
 }
 
-func (s *Stack) waitHealthy(ctx context.Context) error {
-	return s.poll(ctx, "control plane healthy", s.cp, func(ctx context.Context) (bool, error) {
+// waitHealthy waits until the control plane c answers /healthz.
+func (s *Stack) waitHealthy(ctx context.Context, c *child) error {
+	return s.poll(ctx, "control plane healthy", c, func(ctx context.Context) (bool, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/healthz", nil)
 		resp, err := s.client.Do(req)
 		if err != nil {
@@ -486,8 +571,10 @@ func (s *Stack) waitHealthy(ctx context.Context) error {
 // Registration alone marks a host online, but the scheduler admits nothing
 // until a heartbeat has reported the host's free memory and disk, so that
 // is waited for too (a create right after Up answered "no host with room").
-func (s *Stack) waitHostOnline(ctx context.Context, since time.Time) error {
-	return s.poll(ctx, "host online", s.agent, func(ctx context.Context) (bool, error) {
+// With transient, an API call that fails is retried until the deadline
+// instead of ending the wait (a restarting control plane).
+func (s *Stack) waitHostOnline(ctx context.Context, c *child, since time.Time, transient bool) error {
+	return s.poll(ctx, "host online", c, func(ctx context.Context) (bool, error) {
 		var list struct {
 			Hosts []struct {
 				ID                   string    `json:"id"`
@@ -497,12 +584,17 @@ func (s *Stack) waitHostOnline(ctx context.Context, since time.Time) error {
 			} `json:"hosts"`
 		}
 		if err := s.call(ctx, http.MethodGet, "/v1/hosts", s.Admin.APIKey, nil, http.StatusOK, &list); err != nil {
+			if transient && ctx.Err() == nil {
+				return false, nil
+			}
 			return false, err
 		}
 		for _, h := range list.Hosts {
 			fresh := h.LastHeartbeatAt.After(since.Add(-time.Second))
 			if h.Status == "online" && fresh && h.MemoryAvailableBytes > 0 && (s.HostID == "" || h.ID == s.HostID) {
-				s.HostID = h.ID
+				if s.HostID == "" { // set in Up only: tests read it while supervisors run
+					s.HostID = h.ID
+				}
 				return true, nil
 			}
 		}

@@ -1,12 +1,9 @@
 package envd
 
 import (
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/wrenn/wrenn/internal/envd/envdhttp"
+	"github.com/wrenn/wrenn/internal/envd/filesig"
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
 
@@ -47,49 +45,15 @@ func (t *accessToken) check(got string) bool {
 	return subtle.ConstantTimeCompare(t.value, []byte(got)) == 1
 }
 
-// signature is E2B's pre-signed /files URL scheme, computed from the token:
-// "v1_" + unpadded base64 of sha256("path:operation:username:token[:exp]").
-// Callers hold at least a read lock.
-func (t *accessToken) signature(path, op, user string, exp string) string {
-	parts := []string{path, op, user, string(t.value)}
-	if exp != "" {
-		parts = append(parts, exp)
-	}
-	sum := sha256.Sum256([]byte(strings.Join(parts, ":")))
-	return "v1_" + base64.RawStdEncoding.EncodeToString(sum[:])
-}
-
 // checkSignature accepts a /files request whose query carries a valid,
-// unexpired signature for its path, operation and user.
+// unexpired signature for its path, operation and user (filesig).
 func (t *accessToken) checkSignature(r *http.Request, now time.Time) bool {
-	q := r.URL.Query()
-	sig := q.Get("signature")
-	if sig == "" {
-		return false
-	}
-	var op string
-	switch r.Method {
-	case http.MethodGet, http.MethodHead:
-		op = "read"
-	case http.MethodPost:
-		op = "write"
-	default:
-		return false
-	}
-	exp := q.Get("signature_expiration")
-	if exp != "" {
-		n, err := strconv.ParseInt(exp, 10, 64)
-		if err != nil || n < now.Unix() {
-			return false
-		}
-	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if t.value == nil {
 		return false
 	}
-	want := t.signature(q.Get("path"), op, q.Get("username"), exp)
-	return subtle.ConstantTimeCompare([]byte(want), []byte(sig)) == 1
+	return filesig.Valid(r.Method, r.URL.Query(), string(t.value), now)
 }
 
 // requireToken rejects requests without the access token once one is set.

@@ -116,16 +116,20 @@ func (c *Cluster) Stop(ctx context.Context) error {
 }
 
 // running reports whether postmaster.pid names a live process.
-func (c *Cluster) running() bool {
+func (c *Cluster) running() bool { return c.PID() != 0 }
+
+// PID is the server's process id when postmaster.pid names a live
+// process, else 0 (a supervisor polls it; fault tests kill it).
+func (c *Cluster) PID() int {
 	b, err := os.ReadFile(filepath.Join(c.Dir, "postmaster.pid"))
 	if err != nil {
-		return false
+		return 0
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil || pid <= 0 {
-		return false
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
 	}
-	return syscall.Kill(pid, 0) == nil
+	return pid
 }
 
 // ensureDB creates database name unless it exists.

@@ -117,6 +117,7 @@ type Sandbox struct {
 	TrafficTokenHash  []byte
 	MemoryDropped     bool
 	AccessTokenSealed []byte
+	AgentVersion      int64
 }
 
 type Team struct {

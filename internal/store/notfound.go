@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 )
@@ -28,3 +29,10 @@ func Found(err error, kind, id string) error {
 // IsNoRows reports whether err says a statement matched no row (a guarded
 // update whose precondition no longer held).
 func IsNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
+
+// IsUniqueViolation reports whether err is PostgreSQL refusing a
+// duplicate key (a name or id already taken).
+func IsUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}

@@ -13,8 +13,136 @@ import (
 	"github.com/google/uuid"
 )
 
+const applyHostSandboxStates = `-- name: ApplyHostSandboxStates :many
+WITH old AS (
+    SELECT o.id, o.state FROM sandboxes o
+    WHERE o.host_id = $2::uuid AND o.id = ANY($3::text[])
+    FOR UPDATE
+), r AS (
+    SELECT unnest($3::text[]) AS id, unnest($4::text[]) AS state,
+           unnest($5::bigint[]) AS version
+)
+UPDATE sandboxes s
+SET state = r.state,
+    agent_version = r.version,
+    stopped_at = CASE WHEN r.state = 'stopped' THEN $1::timestamptz ELSE s.stopped_at END,
+    updated_at = $1::timestamptz
+FROM old, r
+WHERE s.id = old.id AND r.id = old.id
+  AND old.state IN ('running', 'paused', 'hibernated', 'error')
+  AND s.agent_version < r.version
+RETURNING s.id, old.state AS previous_state, s.state
+`
+
+type ApplyHostSandboxStatesParams struct {
+	Now      time.Time
+	HostID   uuid.UUID
+	Ids      []string
+	States   []string
+	Versions []int64
+}
+
+type ApplyHostSandboxStatesRow struct {
+	ID            string
+	PreviousState string
+	State         string
+}
+
+// A heartbeat's states (states[i] and versions[i] are ids[i]'s) repair
+// what a lost event left behind, by the same rule as ApplySandboxEvent:
+// only on the reporting host, only newer versions, never a stopped or
+// starting row (missing rows are ReconcileMissingSandboxes').
+func (q *Queries) ApplyHostSandboxStates(ctx context.Context, arg ApplyHostSandboxStatesParams) ([]ApplyHostSandboxStatesRow, error) {
+	rows, err := q.db.Query(ctx, applyHostSandboxStates,
+		arg.Now,
+		arg.HostID,
+		arg.Ids,
+		arg.States,
+		arg.Versions,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ApplyHostSandboxStatesRow{}
+	for rows.Next() {
+		var i ApplyHostSandboxStatesRow
+		if err := rows.Scan(&i.ID, &i.PreviousState, &i.State); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const applySandboxEvent = `-- name: ApplySandboxEvent :one
+WITH old AS (
+    SELECT o.id, o.state FROM sandboxes o
+    WHERE o.id = $6::text AND o.host_id = $7::uuid
+    FOR UPDATE
+)
+UPDATE sandboxes s
+SET state = $1::text,
+    agent_version = $2::bigint,
+    error = CASE WHEN $1::text = 'error' THEN $3::text ELSE s.error END,
+    memory_dropped = CASE WHEN $1::text IN ('running', 'paused', 'hibernated') THEN $4::boolean
+                          ELSE s.memory_dropped END,
+    stopped_at = CASE WHEN $1::text = 'stopped' THEN $5::timestamptz ELSE s.stopped_at END,
+    updated_at = $5::timestamptz
+FROM old
+WHERE s.id = old.id
+  AND old.state IN ('running', 'paused', 'hibernated', 'error', 'missing')
+  AND s.agent_version < $2::bigint
+RETURNING s.id, old.state AS previous_state, s.state, s.team_id
+`
+
+type ApplySandboxEventParams struct {
+	State         string
+	Version       int64
+	Error         string
+	MemoryDropped bool
+	Now           time.Time
+	ID            string
+	HostID        uuid.UUID
+}
+
+type ApplySandboxEventRow struct {
+	ID            string
+	PreviousState string
+	State         string
+	TeamID        uuid.UUID
+}
+
+// An agent's report of one sandbox's state change (hostreg). Applied only
+// to a sandbox on the reporting host, only when the report is newer than
+// the last one applied (agent_version), and never to a row the store has
+// stopped (stopped is final) or one still starting (its create is the
+// control plane's to finish). No row: not applied.
+func (q *Queries) ApplySandboxEvent(ctx context.Context, arg ApplySandboxEventParams) (ApplySandboxEventRow, error) {
+	row := q.db.QueryRow(ctx, applySandboxEvent,
+		arg.State,
+		arg.Version,
+		arg.Error,
+		arg.MemoryDropped,
+		arg.Now,
+		arg.ID,
+		arg.HostID,
+	)
+	var i ApplySandboxEventRow
+	err := row.Scan(
+		&i.ID,
+		&i.PreviousState,
+		&i.State,
+		&i.TeamID,
+	)
+	return i, err
+}
+
 const expiredSandboxes = `-- name: ExpiredSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version FROM sandboxes
 WHERE end_at IS NOT NULL AND end_at <= $1::timestamptz AND state = 'running'
 ORDER BY end_at
 LIMIT $2
@@ -62,6 +190,7 @@ func (q *Queries) ExpiredSandboxes(ctx context.Context, arg ExpiredSandboxesPara
 			&i.TrafficTokenHash,
 			&i.MemoryDropped,
 			&i.AccessTokenSealed,
+			&i.AgentVersion,
 		); err != nil {
 			return nil, err
 		}
@@ -112,7 +241,7 @@ func (q *Queries) GetProxySandbox(ctx context.Context, id string) (GetProxySandb
 }
 
 const getTeamSandbox = `-- name: GetTeamSandbox :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetTeamSandboxParams struct {
@@ -149,8 +278,41 @@ func (q *Queries) GetTeamSandbox(ctx context.Context, arg GetTeamSandboxParams) 
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
 		&i.AccessTokenSealed,
+		&i.AgentVersion,
 	)
 	return i, err
+}
+
+const heldHostSandboxes = `-- name: HeldHostSandboxes :many
+SELECT id FROM sandboxes
+WHERE host_id = $1::uuid AND id = ANY($2::text[]) AND state <> 'stopped'
+`
+
+type HeldHostSandboxesParams struct {
+	HostID uuid.UUID
+	Ids    []string
+}
+
+// Of ids, those the database places on the host and has not stopped: a
+// sandbox in error (its VMM died) is still the host's until deleted.
+func (q *Queries) HeldHostSandboxes(ctx context.Context, arg HeldHostSandboxesParams) ([]string, error) {
+	rows, err := q.db.Query(ctx, heldHostSandboxes, arg.HostID, arg.Ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const insertSandbox = `-- name: InsertSandbox :one
@@ -163,7 +325,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
         $9, $10, $11, $12, $13,
         $14, $15, $16::timestamptz, $17, $18,
         $19, $20, $21::timestamptz, $21::timestamptz)
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version
 `
 
 type InsertSandboxParams struct {
@@ -245,12 +407,13 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
 		&i.AccessTokenSealed,
+		&i.AgentVersion,
 	)
 	return i, err
 }
 
 const listTeamSandboxes = `-- name: ListTeamSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version FROM sandboxes
 WHERE team_id = $1
   AND state = ANY($2::text[])
   AND metadata @> $3::jsonb
@@ -306,6 +469,7 @@ func (q *Queries) ListTeamSandboxes(ctx context.Context, arg ListTeamSandboxesPa
 			&i.TrafficTokenHash,
 			&i.MemoryDropped,
 			&i.AccessTokenSealed,
+			&i.AgentVersion,
 		); err != nil {
 			return nil, err
 		}
@@ -318,7 +482,7 @@ func (q *Queries) ListTeamSandboxes(ctx context.Context, arg ListTeamSandboxesPa
 }
 
 const listTeamSandboxesAfter = `-- name: ListTeamSandboxesAfter :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version FROM sandboxes
 WHERE team_id = $1
   AND state = ANY($2::text[])
   AND metadata @> $3::jsonb
@@ -381,6 +545,7 @@ func (q *Queries) ListTeamSandboxesAfter(ctx context.Context, arg ListTeamSandbo
 			&i.TrafficTokenHash,
 			&i.MemoryDropped,
 			&i.AccessTokenSealed,
+			&i.AgentVersion,
 		); err != nil {
 			return nil, err
 		}
@@ -426,7 +591,7 @@ UPDATE sandboxes
 SET state = 'running', access_token_hash = $1, access_token_sealed = $2,
     updated_at = $3::timestamptz
 WHERE id = $4 AND state = 'starting'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version
 `
 
 type MarkSandboxRunningParams struct {
@@ -471,6 +636,7 @@ func (q *Queries) MarkSandboxRunning(ctx context.Context, arg MarkSandboxRunning
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
 		&i.AccessTokenSealed,
+		&i.AgentVersion,
 	)
 	return i, err
 }
@@ -586,7 +752,7 @@ const setSandboxEndAt = `-- name: SetSandboxEndAt :one
 UPDATE sandboxes
 SET end_at = $1::timestamptz, on_timeout = $2, updated_at = $3::timestamptz
 WHERE id = $4 AND team_id = $5
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version
 `
 
 type SetSandboxEndAtParams struct {
@@ -633,6 +799,7 @@ func (q *Queries) SetSandboxEndAt(ctx context.Context, arg SetSandboxEndAtParams
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
 		&i.AccessTokenSealed,
+		&i.AgentVersion,
 	)
 	return i, err
 }
@@ -681,7 +848,7 @@ const setSandboxNetwork = `-- name: SetSandboxNetwork :one
 UPDATE sandboxes
 SET network = $1, updated_at = $2::timestamptz
 WHERE id = $3 AND team_id = $4
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version
 `
 
 type SetSandboxNetworkParams struct {
@@ -725,6 +892,7 @@ func (q *Queries) SetSandboxNetwork(ctx context.Context, arg SetSandboxNetworkPa
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
 		&i.AccessTokenSealed,
+		&i.AgentVersion,
 	)
 	return i, err
 }
@@ -733,7 +901,7 @@ const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes
 SET timeout_sec = $1, on_timeout = $2, updated_at = $3::timestamptz
 WHERE id = $4 AND team_id = $5
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version
 `
 
 type SetSandboxTimeoutParams struct {
@@ -779,12 +947,13 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
 		&i.AccessTokenSealed,
+		&i.AgentVersion,
 	)
 	return i, err
 }
 
 const staleStartingSandboxes = `-- name: StaleStartingSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version FROM sandboxes
 WHERE state = 'starting' AND updated_at < $1::timestamptz
 ORDER BY updated_at
 LIMIT $2
@@ -833,6 +1002,7 @@ func (q *Queries) StaleStartingSandboxes(ctx context.Context, arg StaleStartingS
 			&i.TrafficTokenHash,
 			&i.MemoryDropped,
 			&i.AccessTokenSealed,
+			&i.AgentVersion,
 		); err != nil {
 			return nil, err
 		}
@@ -848,7 +1018,7 @@ const stopSandbox = `-- name: StopSandbox :one
 UPDATE sandboxes
 SET state = 'stopped', stopped_at = $1::timestamptz, updated_at = $1::timestamptz
 WHERE id = $2 AND team_id = $3 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version
 `
 
 type StopSandboxParams struct {
@@ -886,15 +1056,62 @@ func (q *Queries) StopSandbox(ctx context.Context, arg StopSandboxParams) (Sandb
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
 		&i.AccessTokenSealed,
+		&i.AgentVersion,
 	)
 	return i, err
+}
+
+const stopVanishedHostSandboxes = `-- name: StopVanishedHostSandboxes :many
+UPDATE sandboxes
+SET state = 'stopped', stopped_at = $1::timestamptz, updated_at = $1::timestamptz
+WHERE host_id = $2::uuid
+  AND state IN ('running', 'paused', 'hibernated')
+  AND NOT (id = ANY($3::text[]))
+  AND created_at < $4
+RETURNING id
+`
+
+type StopVanishedHostSandboxesParams struct {
+	Now           time.Time
+	HostID        uuid.UUID
+	Present       []string
+	CreatedBefore time.Time
+}
+
+// Sandboxes the store has running, paused or hibernated on a host that no
+// longer holds them (its destroy event was lost). Those created after
+// created_before are left alone: the agent may have listed its sandboxes
+// before their create finished.
+func (q *Queries) StopVanishedHostSandboxes(ctx context.Context, arg StopVanishedHostSandboxesParams) ([]string, error) {
+	rows, err := q.db.Query(ctx, stopVanishedHostSandboxes,
+		arg.Now,
+		arg.HostID,
+		arg.Present,
+		arg.CreatedBefore,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const transitionSandbox = `-- name: TransitionSandbox :one
 UPDATE sandboxes
 SET state = $1, updated_at = $2::timestamptz
 WHERE id = $3 AND team_id = $4 AND state = ANY($5::text[])
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, on_timeout, metadata, network, public_ports, access_token_hash, error, forked_from, created_at, updated_at, stopped_at, end_at, auto_resume, public_traffic, traffic_token_hash, memory_dropped, access_token_sealed, agent_version
 `
 
 type TransitionSandboxParams struct {
@@ -942,6 +1159,7 @@ func (q *Queries) TransitionSandbox(ctx context.Context, arg TransitionSandboxPa
 		&i.TrafficTokenHash,
 		&i.MemoryDropped,
 		&i.AccessTokenSealed,
+		&i.AgentVersion,
 	)
 	return i, err
 }

@@ -74,6 +74,8 @@ type Status struct {
 	SandboxIDs []string
 	// SandboxStates are their states, by id.
 	SandboxStates map[string]hostagentv1.SandboxState
+	// SandboxVersions are their states' versions (agent.Event.Version).
+	SandboxVersions map[string]int64
 }
 
 // Collect reads specs, usage, templates and sandboxes. It fails rather
@@ -132,10 +134,14 @@ func (c *Collector) Collect(ctx context.Context) (Status, error) {
 	}
 	slices.Sort(out.Specs.Images)
 	out.SandboxStates = make(map[string]hostagentv1.SandboxState, len(infos))
+	out.SandboxVersions = make(map[string]int64, len(infos))
 	var live []string
 	for _, in := range infos {
 		out.SandboxIDs = append(out.SandboxIDs, in.ID)
 		out.SandboxStates[in.ID] = SandboxState(in.State)
+		if in.Version > 0 {
+			out.SandboxVersions[in.ID] = in.Version
+		}
 		addUsage(out.Usage, in)
 		if in.State != state.Stopped {
 			live = append(live, in.ID)

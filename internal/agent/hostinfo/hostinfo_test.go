@@ -56,8 +56,9 @@ func TestCollect(t *testing.T) {
 	}
 	// Paused without its memory: no VMM, only its disk.
 	dropped := func(id string) agent.Info { in := sb(id, state.Paused); in.MemoryDropped = true; return in }
+	versioned := func(id string, s state.State, v int64) agent.Info { in := sb(id, s); in.Version = v; return in }
 	src := fakeSandboxes{
-		infos: []agent.Info{sb("a", state.Starting), sb("b", state.Running), sb("c", state.Paused),
+		infos: []agent.Info{sb("a", state.Starting), versioned("b", state.Running, 4), versioned("c", state.Paused, 7),
 			sb("d", state.Hibernated), sb("e", state.Stopping), sb("f", state.Error), dropped("g")},
 		templates: []agent.Template{{Name: "python", Snapshot: true, DiskBytes: 9}, {Name: "minimal", DiskBytes: 7}},
 	}
@@ -92,6 +93,10 @@ func TestCollect(t *testing.T) {
 	}
 	if !maps.Equal(st.SandboxStates, wantStates) {
 		t.Errorf("states %v, want %v", st.SandboxStates, wantStates)
+	}
+	// Versions of those that have one (records from before versions: none).
+	if want := map[string]int64{"b": 4, "c": 7}; !maps.Equal(st.SandboxVersions, want) {
+		t.Errorf("versions %v, want %v", st.SandboxVersions, want)
 	}
 }
 

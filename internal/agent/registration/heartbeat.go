@@ -111,7 +111,7 @@ func (h *Heartbeater) Beat(ctx context.Context) error {
 	}
 	req := connect.NewRequest(&hostagentv1.HeartbeatRequest{
 		Specs: st.Specs, Usage: st.Usage, Templates: st.Templates, SandboxIds: st.SandboxIDs,
-		SandboxStates: st.SandboxStates,
+		SandboxStates: st.SandboxStates, SandboxVersions: st.SandboxVersions,
 	})
 	setBearer(req.Header(), creds.Token)
 	res, err := h.cfg.Client.Heartbeat(ctx, req)

@@ -12,8 +12,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -88,6 +90,12 @@ type StartConfig struct {
 	Logger    *slog.Logger
 }
 
+// tokenSum is how a registration token is remembered (never in clear).
+func tokenSum(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
 // Start decides the agent's credentials at start-up. With a token it
 // registers and saves the result, replacing any earlier registration.
 // Without one it loads the saved credentials; a changed control plane URL
@@ -100,6 +108,16 @@ func Start(ctx context.Context, cfg StartConfig) (Credentials, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Token != "" {
+		if old, err := cfg.Store.Load(); err == nil && old.RegisteredWith == tokenSum(cfg.Token) &&
+			(cfg.Address == "" || cfg.Address == old.Address) {
+			// A restart with the token it registered with (still in the
+			// unit's environment): the token is spent; the credentials
+			// it bought are what to use.
+			cfg.Logger.Info("registration token already used for the saved credentials: using them", "host_id", old.HostID)
+			cfg.Token = ""
+		}
 	}
 	if cfg.Token != "" {
 		if cfg.Address == "" || cfg.CPURL == "" {
@@ -129,6 +147,7 @@ func Start(ctx context.Context, cfg StartConfig) (Credentials, error) {
 		if err != nil {
 			return Credentials{}, err
 		}
+		c.RegisteredWith = tokenSum(cfg.Token)
 		if err := cfg.Store.Save(c); err != nil {
 			return Credentials{}, fmt.Errorf("save host credentials: %w", err)
 		}

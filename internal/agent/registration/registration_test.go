@@ -112,6 +112,30 @@ func TestRegister(t *testing.T) {
 			t.Errorf("a failed registration left credentials: %v", err)
 		}
 	})
+	t.Run("the same token again uses the saved credentials", func(t *testing.T) {
+		// A unit restarted with the spent token still in its environment
+		// file: no second registration (which the control plane refuses),
+		// the saved host instead.
+		tok := cp.NewRegistrationToken()
+		cfg := registration.StartConfig{Store: registration.NewStore(t.TempDir()), Token: tok, Address: "127.0.0.1:1", CPURL: url}
+		first, err := registration.Start(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := registration.Start(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("restart with the spent token: %v", err)
+		}
+		if again.HostID != first.HostID || again.Token != first.Token {
+			t.Errorf("restart gave host %s, want the saved %s", again.HostID, first.HostID)
+		}
+		// Another (fresh) token still registers anew.
+		cfg.Token = cp.NewRegistrationToken()
+		other, err := registration.Start(context.Background(), cfg)
+		if err != nil || other.HostID == first.HostID {
+			t.Errorf("a new token: host %s, %v; want a new registration", other.HostID, err)
+		}
+	})
 	t.Run("needs an address and a URL", func(t *testing.T) {
 		_, err := registration.Start(context.Background(), registration.StartConfig{
 			Store: registration.NewStore(t.TempDir()), Token: "x", CPURL: url})

@@ -54,6 +54,11 @@ type Credentials struct {
 	Address string
 	// CPURL is the control plane's base URL.
 	CPURL string
+	// RegisteredWith is the SHA-256 (hex) of the one-time registration
+	// token these credentials came from: a restart that passes the same
+	// token again (left in a unit's environment file) uses them instead of
+	// spending it twice.
+	RegisteredWith string
 }
 
 // state is StateFile's content.
@@ -63,6 +68,7 @@ type state struct {
 	TokenExpiresAtUnixMs  int64  `json:"host_token_expires_at_unix_ms,omitempty"`
 	RegisteredAtUnixMs    int64  `json:"registered_at_unix_ms,omitempty"`
 	CertificateNotAfterMs int64  `json:"certificate_not_after_unix_ms,omitempty"`
+	RegisteredWith        string `json:"registered_with_token_sha256,omitempty"`
 }
 
 // Store keeps the credentials under one directory (WRENN_DIR).
@@ -112,7 +118,7 @@ func (s *Store) Load() (Credentials, error) {
 	if err := json.Unmarshal(b, &st); err != nil {
 		return Credentials{}, incomplete(s.dir, StateFile, err)
 	}
-	c.Address, c.CPURL = st.Address, st.CPURL
+	c.Address, c.CPURL, c.RegisteredWith = st.Address, st.CPURL, st.RegisteredWith
 	if st.TokenExpiresAtUnixMs > 0 {
 		c.TokenExpiresAt = time.UnixMilli(st.TokenExpiresAtUnixMs)
 	}
@@ -133,7 +139,7 @@ func incomplete(dir, name string, err error) error {
 // Save writes every credential file atomically (each one whole or not at
 // all), mode 0600.
 func (s *Store) Save(c Credentials) error {
-	st := state{Address: c.Address, CPURL: c.CPURL, RegisteredAtUnixMs: time.Now().UnixMilli()}
+	st := state{Address: c.Address, CPURL: c.CPURL, RegisteredAtUnixMs: time.Now().UnixMilli(), RegisteredWith: c.RegisteredWith}
 	if !c.TokenExpiresAt.IsZero() {
 		st.TokenExpiresAtUnixMs = c.TokenExpiresAt.UnixMilli()
 	}

@@ -52,12 +52,15 @@ type fakeManager struct {
 	lastRange  [2]time.Time
 	// teams is the team the last call of each *As method carried.
 	teams map[string]string
+	// runs are the RunDone channels, closed by Destroy and stopRunning.
+	runs map[string]chan struct{}
 }
 
 var _ rpc.Manager = (*fakeManager)(nil)
 
 func newFakeManager() *fakeManager {
-	return &fakeManager{sandboxes: map[string]agent.Info{}, errs: map[string]error{}, touches: map[string]int{}, teams: map[string]string{}}
+	return &fakeManager{sandboxes: map[string]agent.Info{}, errs: map[string]error{}, touches: map[string]int{}, teams: map[string]string{},
+		runs: map[string]chan struct{}{}}
 }
 
 func (f *fakeManager) add(in agent.Info) {
@@ -150,7 +153,31 @@ func (f *fakeManager) Destroy(_ context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.sandboxes, id)
+	f.stopRunningLocked(id)
 	return nil
+}
+
+// RunDone is closed by Destroy, as the manager's is when the sandbox
+// stops running.
+func (f *fakeManager) RunDone(id string) (<-chan struct{}, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.sandboxes[id]; !ok {
+		return nil, notFound(id)
+	}
+	ch, ok := f.runs[id]
+	if !ok {
+		ch = make(chan struct{})
+		f.runs[id] = ch
+	}
+	return ch, nil
+}
+
+func (f *fakeManager) stopRunningLocked(id string) {
+	if ch, ok := f.runs[id]; ok {
+		close(ch)
+		delete(f.runs, id)
+	}
 }
 
 func (f *fakeManager) Pause(_ context.Context, id string) error { return f.simple("Pause", id) }

@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -78,6 +79,29 @@ func (p *proxy) forward(w http.ResponseWriter, r *http.Request, kind, id string,
 		p.done(w, r, kind, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", id, info.State))
 		return
 	}
+	// The request ends when the sandbox stops running (killed, paused, its
+	// VMM died): a dead guest never closes its TCP connections, so a
+	// stream open at that moment would otherwise hang for minutes.
+	gone, err := p.cfg.Manager.RunDone(id)
+	if err != nil {
+		p.done(w, r, kind, err)
+		return
+	}
+	if again, err := p.cfg.Manager.Get(r.Context(), id); err != nil || again.State != state.Running {
+		// It stopped between the two looks; the channel may be a new one.
+		p.done(w, r, kind, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", id, again.State))
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-gone:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	r = r.WithContext(ctx)
 	stop := p.keepTouching(id)
 	defer stop()
 

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/coder/websocket"
@@ -270,6 +271,40 @@ func TestProxyStreams(t *testing.T) {
 	rest, err := io.ReadAll(r)
 	if err != nil || string(rest) != "second\n" {
 		t.Fatalf("rest = %q, %v", rest, err)
+	}
+}
+
+// TestProxyEndsWithSandbox: a stream open when its sandbox is destroyed
+// ends then, though the guest never closes it (a dead VM sends no FIN).
+func TestProxyEndsWithSandbox(t *testing.T) {
+	g := newFakeGuest(t)
+	m := newFakeManager()
+	m.add(running("sb1"))
+	s := startAgent(t, m, serverOpts{envdPort: g.port(t)})
+
+	res, err := s.client.Get(s.url + "/sandboxes/sb1/envd/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	r := bufio.NewReader(res.Body)
+	if first, err := r.ReadString('\n'); err != nil || first != "first\n" {
+		t.Fatalf("first chunk = %q, %v", first, err)
+	}
+	if err := m.Destroy(context.Background(), "sb1"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(r)
+		done <- err
+	}()
+	select {
+	case <-done:
+		// Ended (an error or EOF both end the client's wait); the guest
+		// never released its second chunk.
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream stayed open 10 s after its sandbox was destroyed")
 	}
 }
 

@@ -50,6 +50,9 @@ type Manager interface {
 	Templates(ctx context.Context) ([]agent.Template, error)
 	// Touch resets a sandbox's idle timer.
 	Touch(id string) error
+	// RunDone is closed when the sandbox stops running (the guest proxy
+	// ends its requests then).
+	RunDone(id string) (<-chan struct{}, error)
 }
 
 var _ Manager = (*agent.Manager)(nil)

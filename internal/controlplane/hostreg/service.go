@@ -53,7 +53,7 @@ const (
 var requestLimits = rpclimit.Limits{
 	Peer:            "host agent",
 	MaxMessageBytes: maxRequestBytes,
-	MaxRepeated:     2*maxSandboxIDs + 8*maxListItems, // ids and their states, plus lists
+	MaxRepeated:     3*maxSandboxIDs + 8*maxListItems, // ids, their states and versions, plus lists
 }
 
 // resolveTimeout bounds the lookup of a byoc host's name at registration.
@@ -272,11 +272,11 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		if err != nil {
 			return fmt.Errorf("record heartbeat: %w", err)
 		}
-		rec, err = reconcile(ctx, q, host.ID, present, dbStates(present, m.SandboxStates), now)
+		rec, err = reconcile(ctx, q, host.ID, present, m.SandboxStates, m.SandboxVersions, now)
 		if err != nil {
 			return err
 		}
-		known, err := q.KnownHostSandboxes(ctx, store.KnownHostSandboxesParams{HostID: host.ID, Ids: present})
+		known, err := q.HeldHostSandboxes(ctx, store.HeldHostSandboxesParams{HostID: host.ID, Ids: present})
 		if err != nil {
 			return fmt.Errorf("list known sandboxes of host %s: %w", host.ID, err)
 		}
@@ -299,7 +299,12 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		log.Info("host back online")
 	}
 	if len(rec.Resumed)+len(rec.Stopped)+len(rec.Vanished) > 0 {
-		log.Info("sandboxes reconciled", "missing_to_running", rec.Resumed, "missing_to_stopped", rec.Stopped, "running_to_stopped", rec.Vanished)
+		log.Info("sandboxes reconciled", "missing_to_running", rec.Resumed, "missing_to_stopped", rec.Stopped, "vanished_to_stopped", rec.Vanished)
+	}
+	for _, d := range rec.Repaired {
+		// An event that never arrived (or an older agent's change): worth
+		// seeing, since events should have carried it already.
+		log.Info("sandbox state repaired from heartbeat", "sandbox_id", d.ID, "from", d.From, "to", d.To, "version", d.Version)
 	}
 	if len(unknown) > 0 {
 		// Never destroyed from here: a database restore or a bug on our
@@ -318,12 +323,29 @@ type Reconciled struct {
 	Resumed []string
 	// Stopped were missing and the host no longer holds them.
 	Stopped []string
-	// Vanished were running but the host does not hold them: stopped.
+	// Vanished were running, paused or hibernated but the host does not
+	// hold them: stopped.
 	Vanished []string
+	// Repaired are the sandboxes whose state the heartbeat corrected: the
+	// host reported a newer version (a lost event).
+	Repaired []Repair
 }
 
-func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present, states []string, now time.Time) (Reconciled, error) {
+// Repair is one state a heartbeat corrected.
+type Repair struct {
+	ID       string
+	From, To sandboxes.State
+	Version  int64
+}
+
+// reconcile brings the store's view of a host's sandboxes in line with a
+// heartbeat: missing ones come back or stop, newer reported states win
+// over older ones (the same version rule as events), and sandboxes the
+// host no longer holds stop.
+func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present []string,
+	reported map[string]hostagentv1.SandboxState, versions map[string]int64, now time.Time) (Reconciled, error) {
 	var r Reconciled
+	states := dbStates(present, reported)
 	rows, err := q.ReconcileMissingSandboxes(ctx, store.ReconcileMissingSandboxesParams{HostID: hostID, Present: present, States: states, Now: now})
 	if err != nil {
 		return r, fmt.Errorf("reconcile missing sandboxes of host %s: %w", hostID, err)
@@ -335,7 +357,27 @@ func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present,
 			r.Stopped = append(r.Stopped, row.ID)
 		}
 	}
-	r.Vanished, err = q.StopVanishedSandboxes(ctx, store.StopVanishedSandboxesParams{
+	// Only sandboxes whose version the agent reports (older agents send
+	// none, and their states then repair only missing sandboxes).
+	p := store.ApplyHostSandboxStatesParams{HostID: hostID, Now: now}
+	for i, id := range present {
+		// Starting is an operation under way (see ReportSandboxEvents).
+		if v := versions[id]; v > 0 && reported[id] != hostagentv1.SandboxState_SANDBOX_STATE_STARTING {
+			p.Ids, p.States, p.Versions = append(p.Ids, id), append(p.States, states[i]), append(p.Versions, v)
+		}
+	}
+	if len(p.Ids) > 0 {
+		fixed, err := q.ApplyHostSandboxStates(ctx, p)
+		if err != nil {
+			return r, fmt.Errorf("apply reported states of host %s: %w", hostID, err)
+		}
+		for _, f := range fixed {
+			if f.PreviousState != f.State {
+				r.Repaired = append(r.Repaired, Repair{ID: f.ID, From: sandboxes.State(f.PreviousState), To: sandboxes.State(f.State), Version: versions[f.ID]})
+			}
+		}
+	}
+	r.Vanished, err = q.StopVanishedHostSandboxes(ctx, store.StopVanishedHostSandboxesParams{
 		HostID: hostID, Present: present, Now: now, CreatedBefore: now.Add(-VanishGrace),
 	})
 	if err != nil {
@@ -498,6 +540,9 @@ func checkHeartbeat(m *hostagentv1.HeartbeatRequest) error {
 		if t.GetName() == "" || len(t.GetName()) > maxString {
 			return errdefs.New(errdefs.ErrInvalidArgument, "templates: a name is empty or over %d bytes", maxString)
 		}
+	}
+	if len(m.SandboxStates) > maxSandboxIDs || len(m.SandboxVersions) > maxSandboxIDs {
+		return errdefs.New(errdefs.ErrInvalidArgument, "sandbox_states, sandbox_versions: over %d entries", maxSandboxIDs)
 	}
 	return checkNames("sandbox_ids", m.SandboxIds, maxSandboxIDs)
 }

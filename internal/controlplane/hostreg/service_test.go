@@ -416,7 +416,7 @@ func TestHeartbeatReconcilesSandboxes(t *testing.T) {
 		"running-absent":     "stopped",
 		"running-absent-new": "running", // its create may still be finishing
 		"starting-absent":    "starting",
-		"paused-absent":      "paused",
+		"paused-absent":      "stopped", // its host no longer holds it
 		"other-host-running": "running",
 		"stopped-present":    "stopped",
 	} {

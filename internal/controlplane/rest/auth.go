@@ -18,7 +18,6 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/wrenn/wrenn/api"
 	"github.com/wrenn/wrenn/internal/controlplane/auth"
@@ -462,21 +461,7 @@ func writeRateLimited(w http.ResponseWriter, r *http.Request, wait time.Duration
 
 // inTx runs fn in a transaction, committed when fn returns nil.
 func (s *Server) inTx(ctx context.Context, fn func(q *store.Queries) error) error {
-	tx, err := s.deps.Pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := fn(s.q.WithTx(tx)); err != nil {
-		return err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
+	return store.InTx(ctx, s.deps.Pool, fn)
 }
 
-func isUniqueViolation(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "23505"
-}
+func isUniqueViolation(err error) bool { return store.IsUniqueViolation(err) }

@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -98,18 +97,7 @@ func (s *Server) mountE2B(r chi.Router) {
 // e2bDecode reads an E2B request body: like /v1's (size cap, JSON only,
 // text checked) but unknown fields are ignored.
 func e2bDecode(w http.ResponseWriter, r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return errdefs.New(errdefs.ErrInvalidArgument, "content type %q: send application/json", ct)
-	}
-	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return errdefs.New(errdefs.ErrTooLarge, "request body over %d bytes", maxJSONBody)
-		}
-		return bodyReadError(err)
-	}
-	return decodeJSONStrict(raw, v, true, false)
+	return decodeJSONBody(w, r, v, true, false)
 }
 
 // e2bState is how E2B shows a sandbox's state, and whether E2B shows it
@@ -750,25 +738,16 @@ func (s *Server) e2bListSnapshots(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-func (s *Server) e2bDeleteTemplate(w http.ResponseWriter, r *http.Request) (err error) {
-	ctx := r.Context()
+func (s *Server) e2bDeleteTemplate(w http.ResponseWriter, r *http.Request) error {
 	id := chi.URLParam(r, "templateID")
-	if u, uerr := url.PathUnescape(id); uerr == nil {
+	if u, err := url.PathUnescape(id); err == nil {
 		id = u
 	}
 	name, err := e2bTemplate(id)
 	if err != nil {
 		return err
 	}
-	t, b, err := s.findTemplate(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer func() { s.audit(ctx, "template", name, "delete", err, map[string]any{"api": "e2b"}) }()
-	if b != nil {
-		return errdefs.New(errdefs.ErrPermissionDenied, "template %q is built in and cannot be deleted", name)
-	}
-	if err := s.sandboxes.DeleteTemplate(ctx, *t); err != nil {
+	if err := s.deleteTeamTemplate(r.Context(), name, map[string]any{"api": "e2b"}); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -27,9 +27,7 @@ package rest
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,6 +44,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/wrenn/wrenn/internal/controlplane/auth"
+	"github.com/wrenn/wrenn/internal/envd/filesig"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 )
@@ -267,22 +266,8 @@ func (s *Server) checkFileSignature(r *http.Request, sb store.GetProxySandboxRow
 	if s.deps.EnvdAccessToken == nil {
 		return refuse("pre-signed file URLs are not accepted by this control plane: send header " + headerAccessToken)
 	}
-	q := r.URL.Query()
-	var op string
-	switch r.Method {
-	case http.MethodGet, http.MethodHead:
-		op = "read"
-	case http.MethodPost:
-		op = "write"
-	default:
+	if filesig.Operation(r.Method) == "" {
 		return refuse("invalid or expired signature")
-	}
-	exp := q.Get("signature_expiration")
-	if exp != "" {
-		n, err := strconv.ParseInt(exp, 10, 64)
-		if err != nil || n < s.clk.Now().Unix() {
-			return refuse("invalid or expired signature")
-		}
 	}
 	token, err := s.deps.EnvdAccessToken(r.Context(), sb.ID)
 	if err != nil || token == "" || len(sb.AccessTokenHash) == 0 || subtle.ConstantTimeCompare(hashToken(token), sb.AccessTokenHash) != 1 {
@@ -292,20 +277,10 @@ func (s *Server) checkFileSignature(r *http.Request, sb store.GetProxySandboxRow
 		}
 		return refuse("invalid or expired signature")
 	}
-	if subtle.ConstantTimeCompare([]byte(fileSignature(q.Get("path"), op, q.Get("username"), token, exp)), []byte(q.Get("signature"))) != 1 {
+	if !filesig.Valid(r.Method, r.URL.Query(), token, s.clk.Now()) {
 		return refuse("invalid or expired signature")
 	}
 	return nil
-}
-
-// fileSignature is E2B's v1 signature of a /files URL.
-func fileSignature(path, op, user, token, exp string) string {
-	parts := []string{path, op, user, token}
-	if exp != "" {
-		parts = append(parts, exp)
-	}
-	sum := sha256.Sum256([]byte(strings.Join(parts, ":")))
-	return "v1_" + base64.RawStdEncoding.EncodeToString(sum[:])
 }
 
 // teamCredentials resolves the caller's team from an API key or session

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/wrenn/wrenn/internal/envd/filesig"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -339,19 +340,6 @@ func newResumeEnv(t *testing.T) (*sbEnv, *atomic.Pointer[func(context.Context, u
 	return env, hook
 }
 
-// TestFileSignatureMatchesSDK checks fileSignature against signatures the
-// JS SDK (e2b 2.51.0, getSignature) computed.
-func TestFileSignatureMatchesSDK(t *testing.T) {
-	for _, c := range []struct{ path, op, user, token, exp, want string }{
-		{"/home/user/a b.txt", "read", "user", "tok-123", "", "v1_958VKGxAthIp4hdibQj6kfpnipti0CE4ph5Px9zF8Hg"},
-		{"/tmp/x", "write", "", "tok-123", "1796662668", "v1_b4sCzQZoCDXhQj6c6gzFHrLi+2UKG+WHFL1ze09vOug"},
-	} {
-		if got := fileSignature(c.path, c.op, c.user, c.token, c.exp); got != c.want {
-			t.Errorf("fileSignature(%q, %q, %q, token, %q) = %s, want %s", c.path, c.op, c.user, c.exp, got, c.want)
-		}
-	}
-}
-
 func TestEnvdSignedFileURLs(t *testing.T) {
 	var tokens sync.Map // sandbox id -> token
 	env := newSandboxEnvWith(t, func(d *Deps) {
@@ -376,7 +364,7 @@ func TestEnvdSignedFileURLs(t *testing.T) {
 			e = fmt.Sprint(exp)
 			q.Set("signature_expiration", e)
 		}
-		q.Set("signature", fileSignature(dst, op, "user", tok, e))
+		q.Set("signature", filesig.Sign(dst, op, "user", tok, e))
 		return "/files?" + q.Encode()
 	}
 	octet := http.Header{"Content-Type": {"application/octet-stream"}}

@@ -91,6 +91,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // invalid UTF-8 (checkJSONText names the field). An empty body decodes as
 // {} when optional is true.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
+	return decodeJSONBody(w, r, v, optional, true)
+}
+
+// decodeJSONBody is decodeJSON with the choice to refuse unknown fields
+// (see decodeJSONStrict).
+func decodeJSONBody(w http.ResponseWriter, r *http.Request, v any, optional, strict bool) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return errdefs.New(errdefs.ErrInvalidArgument, "content type %q: send application/json", ct)
 	}
@@ -102,7 +108,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) er
 		}
 		return bodyReadError(err)
 	}
-	return decodeJSONBytes(raw, v, optional)
+	return decodeJSONStrict(raw, v, optional, strict)
 }
 
 // decodeJSONBytes is decodeJSON's parsing and checking, on a body already

@@ -84,6 +84,11 @@ func (s *Server) mountProcesses(r chi.Router) {
 // sandboxEnvd returns a client for a running sandbox's envd, reached
 // through its host agent's guest proxy.
 func (s *Server) sandboxEnvd(ctx context.Context, sb store.Sandbox) (*envdclient.Client, error) {
+	if sandboxes.State(sb.State) == sandboxes.Stopped {
+		// Destroyed (by a delete or its timeout): nothing to run in, as
+		// for a sandbox that never was.
+		return nil, errdefs.New(errdefs.ErrNotFound, "sandbox %s was destroyed", sb.ID)
+	}
 	if err := sandboxes.Check(sandboxes.OpExec, sb); err != nil {
 		return nil, err
 	}

@@ -138,7 +138,7 @@ func (s *Server) sandboxMetrics(w http.ResponseWriter, r *http.Request) error {
 	}
 	pct := float32(m.GetGuestCpuUsedPct())
 	writeJSON(w, http.StatusOK, api.SandboxMetrics{
-		Samples: &samples,
+		Samples:        &samples,
 		VmmMemoryBytes: valuePtr(m.GetVmmMemoryBytes()), VmmCpuUsageUs: valuePtr(m.GetVmmCpuUsageUs()),
 		DiskAllocatedBytes: valuePtr(m.GetDiskAllocatedBytes()), SnapshotBytes: valuePtr(m.GetSnapshotBytes()),
 		GuestMemTotalBytes: valuePtr(m.GetGuestMemTotalBytes()), GuestMemUsedBytes: valuePtr(m.GetGuestMemUsedBytes()),

@@ -101,20 +101,24 @@ func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {
 // deleteTemplate removes a team template's files from its host, then its
 // row. A host that no longer holds them is fine; an unreachable one keeps
 // the row (503) so the files are not orphaned unseen.
-func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) (err error) {
-	ctx := r.Context()
-	name := chi.URLParam(r, "templateName")
-	t, b, err := s.findTemplate(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer func() { s.audit(ctx, "template", name, "delete", err, nil) }()
-	if b != nil {
-		return errdefs.New(errdefs.ErrPermissionDenied, "template %q is built in and cannot be deleted", name)
-	}
-	if err := s.sandboxes.DeleteTemplate(ctx, *t); err != nil {
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) error {
+	if err := s.deleteTeamTemplate(r.Context(), chi.URLParam(r, "templateName"), nil); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// deleteTeamTemplate deletes the caller's template name (a built-in one
+// is 403) and audits it once it is known to be the caller's, with detail.
+func (s *Server) deleteTeamTemplate(ctx context.Context, name string, detail map[string]any) (err error) {
+	t, b, err := s.findTemplate(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer func() { s.audit(ctx, "template", name, "delete", err, detail) }()
+	if b != nil {
+		return errdefs.New(errdefs.ErrPermissionDenied, "template %q is built in and cannot be deleted", name)
+	}
+	return s.sandboxes.DeleteTemplate(ctx, *t)
 }

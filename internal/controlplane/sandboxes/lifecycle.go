@@ -16,6 +16,7 @@ import (
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
+	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
 
 // transition runs call (the agent side of op) on a team's sandbox when the
@@ -206,7 +207,7 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 			// the store already has is someone else's sandbox: the agent
 			// answered nonsense, and it is not destroyed on its word.
 			insertErr = errors.Join(insertErr, fmt.Errorf("record fork %s: %w", f.GetId(), err))
-			if isUniqueViolation(err) {
+			if store.IsUniqueViolation(err) {
 				continue
 			}
 			if derr := s.destroyOnHost(actx, *sb.HostID, f.GetId()); derr != nil {
@@ -285,16 +286,13 @@ func (s *Service) SetTimeout(ctx context.Context, team uuid.UUID, id string, t T
 		return store.Sandbox{}, err
 	}
 	ctx = context.WithoutCancel(ctx)
-	actx, cancel := context.WithTimeout(ctx, agentQuickTimeout)
-	defer cancel()
-	ag, err := s.agentFor(actx, sb.HostID)
-	if err != nil {
+	if err := s.quickCall(ctx, sb, "set timeout of", func(ctx context.Context, ag hostagentv1connect.HostAgentServiceClient) error {
+		_, err := ag.SetSandboxTimeout(ctx, connect.NewRequest(&hostagentv1.SetSandboxTimeoutRequest{
+			Id: sb.ID, TimeoutMs: int64(t.Sec) * 1000, OnTimeout: onTimeoutProto(on),
+		}))
+		return err
+	}); err != nil {
 		return store.Sandbox{}, err
-	}
-	if _, err := ag.SetSandboxTimeout(actx, connect.NewRequest(&hostagentv1.SetSandboxTimeoutRequest{
-		Id: sb.ID, TimeoutMs: int64(t.Sec) * 1000, OnTimeout: onTimeoutProto(on),
-	})); err != nil {
-		return store.Sandbox{}, agentErr("set timeout of sandbox "+sb.ID, err)
 	}
 	row, err := s.q.SetSandboxTimeout(ctx, store.SetSandboxTimeoutParams{
 		ID: sb.ID, TeamID: sb.TeamID, TimeoutSec: int32(t.Sec), OnTimeout: on, Now: s.clk.Now(),
@@ -324,16 +322,11 @@ func (s *Service) SetNetwork(ctx context.Context, team uuid.UUID, id string, pol
 		return store.Sandbox{}, err
 	}
 	ctx = context.WithoutCancel(ctx)
-	actx, cancel := context.WithTimeout(ctx, agentQuickTimeout)
-	defer cancel()
-	ag, err := s.agentFor(actx, sb.HostID)
-	if err != nil {
+	if err := s.quickCall(ctx, sb, "set network of", func(ctx context.Context, ag hostagentv1connect.HostAgentServiceClient) error {
+		_, err := ag.SetSandboxNetwork(ctx, connect.NewRequest(&hostagentv1.SetSandboxNetworkRequest{Id: sb.ID, Network: pol.proto()}))
+		return err
+	}); err != nil {
 		return store.Sandbox{}, err
-	}
-	if _, err := ag.SetSandboxNetwork(actx, connect.NewRequest(&hostagentv1.SetSandboxNetworkRequest{
-		Id: sb.ID, Network: pol.proto(),
-	})); err != nil {
-		return store.Sandbox{}, agentErr("set network of sandbox "+sb.ID, err)
 	}
 	raw, err := json.Marshal(pol)
 	if err != nil {
@@ -355,17 +348,32 @@ func (s *Service) Metrics(ctx context.Context, team uuid.UUID, id string, r Metr
 	if err := Check(OpMetrics, sb); err != nil {
 		return nil, err
 	}
+	var out *hostagentv1.GetSandboxMetricsResponse
+	err = s.quickCall(ctx, sb, "read the metrics of", func(ctx context.Context, ag hostagentv1connect.HostAgentServiceClient) error {
+		resp, err := ag.GetSandboxMetrics(ctx, connect.NewRequest(metricsRequest(sb.ID, r)))
+		if err == nil {
+			out = resp.Msg
+		}
+		return err
+	})
+	return out, err
+}
+
+// quickCall runs one quick call (what: "set timeout of", …) on sb's agent
+// under agentQuickTimeout, its error wrapped with what was being done and
+// the agent's kind.
+func (s *Service) quickCall(ctx context.Context, sb store.Sandbox, what string,
+	call func(context.Context, hostagentv1connect.HostAgentServiceClient) error) error {
 	ctx, cancel := context.WithTimeout(ctx, agentQuickTimeout)
 	defer cancel()
 	ag, err := s.agentFor(ctx, sb.HostID)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	resp, err := ag.GetSandboxMetrics(ctx, connect.NewRequest(metricsRequest(sb.ID, r)))
-	if err != nil {
-		return nil, agentErr("metrics of sandbox "+sb.ID, err)
+	if err := call(ctx, ag); err != nil {
+		return agentErr(what+" sandbox "+sb.ID, err)
 	}
-	return resp.Msg, nil
+	return nil
 }
 
 // MetricsRange bounds the history a metrics read returns (zero: all the
@@ -391,20 +399,19 @@ func (s *Service) Logs(ctx context.Context, team uuid.UUID, id string, tail int6
 	if err := Check(OpLogs, sb); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, agentQuickTimeout)
-	defer cancel()
-	ag, err := s.agentFor(ctx, sb.HostID)
-	if err != nil {
+	var console []byte
+	if err := s.quickCall(ctx, sb, "read the logs of", func(ctx context.Context, ag hostagentv1connect.HostAgentServiceClient) error {
+		resp, err := ag.GetSandboxLogs(ctx, connect.NewRequest(&hostagentv1.GetSandboxLogsRequest{Id: sb.ID, TailBytes: tail}))
+		if err == nil {
+			console = resp.Msg.GetConsole()
+		}
+		return err
+	}); err != nil {
 		return nil, err
-	}
-	resp, err := ag.GetSandboxLogs(ctx, connect.NewRequest(&hostagentv1.GetSandboxLogsRequest{Id: sb.ID, TailBytes: tail}))
-	if err != nil {
-		return nil, agentErr("logs of sandbox "+sb.ID, err)
 	}
 	// The agent may be a tenant's own machine (BYOC): never pass on more
 	// than the tail asked for, whatever it sent (its reply is already
 	// capped by the agent pool).
-	console := resp.Msg.GetConsole()
 	limit := tail
 	if limit <= 0 {
 		limit = MaxLogTail

@@ -144,6 +144,78 @@ func (OnTimeout) EnumDescriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{1}
 }
 
+// Why a sandbox's state changed.
+type SandboxEventReason int32
+
+const (
+	SandboxEventReason_SANDBOX_EVENT_REASON_UNSPECIFIED SandboxEventReason = 0
+	// The control plane (or a local caller) asked for it.
+	SandboxEventReason_SANDBOX_EVENT_REASON_REQUESTED SandboxEventReason = 1
+	// Idle past its timeout with on_timeout pause.
+	SandboxEventReason_SANDBOX_EVENT_REASON_REAPER_PAUSE SandboxEventReason = 2
+	// Idle past its timeout with on_timeout kill.
+	SandboxEventReason_SANDBOX_EVENT_REASON_REAPER_KILL SandboxEventReason = 3
+	// The VMM process exited without being asked to.
+	SandboxEventReason_SANDBOX_EVENT_REASON_VMM_EXITED SandboxEventReason = 4
+	// The VMM was killed for exceeding its memory limit.
+	SandboxEventReason_SANDBOX_EVENT_REASON_OOM SandboxEventReason = 5
+	// The guest powered itself off (or rebooted, which ends the VMM).
+	SandboxEventReason_SANDBOX_EVENT_REASON_GUEST_POWEROFF SandboxEventReason = 6
+	// An agent restart found the sandbox (re-adopted, or dead and removed).
+	SandboxEventReason_SANDBOX_EVENT_REASON_RECOVERED SandboxEventReason = 7
+)
+
+// Enum value maps for SandboxEventReason.
+var (
+	SandboxEventReason_name = map[int32]string{
+		0: "SANDBOX_EVENT_REASON_UNSPECIFIED",
+		1: "SANDBOX_EVENT_REASON_REQUESTED",
+		2: "SANDBOX_EVENT_REASON_REAPER_PAUSE",
+		3: "SANDBOX_EVENT_REASON_REAPER_KILL",
+		4: "SANDBOX_EVENT_REASON_VMM_EXITED",
+		5: "SANDBOX_EVENT_REASON_OOM",
+		6: "SANDBOX_EVENT_REASON_GUEST_POWEROFF",
+		7: "SANDBOX_EVENT_REASON_RECOVERED",
+	}
+	SandboxEventReason_value = map[string]int32{
+		"SANDBOX_EVENT_REASON_UNSPECIFIED":    0,
+		"SANDBOX_EVENT_REASON_REQUESTED":      1,
+		"SANDBOX_EVENT_REASON_REAPER_PAUSE":   2,
+		"SANDBOX_EVENT_REASON_REAPER_KILL":    3,
+		"SANDBOX_EVENT_REASON_VMM_EXITED":     4,
+		"SANDBOX_EVENT_REASON_OOM":            5,
+		"SANDBOX_EVENT_REASON_GUEST_POWEROFF": 6,
+		"SANDBOX_EVENT_REASON_RECOVERED":      7,
+	}
+)
+
+func (x SandboxEventReason) Enum() *SandboxEventReason {
+	p := new(SandboxEventReason)
+	*p = x
+	return p
+}
+
+func (x SandboxEventReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SandboxEventReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostagent_v1_hostagent_proto_enumTypes[2].Descriptor()
+}
+
+func (SandboxEventReason) Type() protoreflect.EnumType {
+	return &file_hostagent_v1_hostagent_proto_enumTypes[2]
+}
+
+func (x SandboxEventReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SandboxEventReason.Descriptor instead.
+func (SandboxEventReason) EnumDescriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
+}
+
 // Egress policy (internal/network.Policy): deny_out beats allow_out beats
 // allow_internet; private ranges are reachable only when allow_out names them.
 type NetworkPolicy struct {
@@ -2549,8 +2621,13 @@ type HeartbeatRequest struct {
 	// agent paused while its host was unreachable comes back paused, not
 	// running. Absent (older agents): running is assumed.
 	SandboxStates map[string]SandboxState `protobuf:"bytes,5,rep,name=sandbox_states,json=sandboxStates,proto3" json:"sandbox_states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value,enum=hostagent.v1.SandboxState"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The version (SandboxEvent.version) of each state in sandbox_states:
+	// the control plane applies a state only when its version is newer than
+	// the last one it recorded. Absent (older agents): states repair only
+	// missing sandboxes.
+	SandboxVersions map[string]int64 `protobuf:"bytes,6,rep,name=sandbox_versions,json=sandboxVersions,proto3" json:"sandbox_versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *HeartbeatRequest) Reset() {
@@ -2614,6 +2691,13 @@ func (x *HeartbeatRequest) GetSandboxIds() []string {
 func (x *HeartbeatRequest) GetSandboxStates() map[string]SandboxState {
 	if x != nil {
 		return x.SandboxStates
+	}
+	return nil
+}
+
+func (x *HeartbeatRequest) GetSandboxVersions() map[string]int64 {
+	if x != nil {
+		return x.SandboxVersions
 	}
 	return nil
 }
@@ -2773,6 +2857,183 @@ func (x *RenewResponse) GetCaPem() []byte {
 		return x.CaPem
 	}
 	return nil
+}
+
+// One state change of one sandbox.
+type SandboxEvent struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// The state the sandbox is in now.
+	State         SandboxState       `protobuf:"varint,2,opt,name=state,proto3,enum=hostagent.v1.SandboxState" json:"state,omitempty"`
+	MemoryDropped bool               `protobuf:"varint,3,opt,name=memory_dropped,json=memoryDropped,proto3" json:"memory_dropped,omitempty"`
+	Reason        SandboxEventReason `protobuf:"varint,4,opt,name=reason,proto3,enum=hostagent.v1.SandboxEventReason" json:"reason,omitempty"`
+	// Why, in words (an error's text for SANDBOX_STATE_ERROR).
+	Message  string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	AtUnixMs int64  `protobuf:"varint,6,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	// Per sandbox, increases with every state change the agent records
+	// (persisted with the sandbox), so events and heartbeats can be ordered.
+	Version       int64 `protobuf:"varint,7,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxEvent) Reset() {
+	*x = SandboxEvent{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxEvent) ProtoMessage() {}
+
+func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxEvent.ProtoReflect.Descriptor instead.
+func (*SandboxEvent) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *SandboxEvent) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SandboxEvent) GetState() SandboxState {
+	if x != nil {
+		return x.State
+	}
+	return SandboxState_SANDBOX_STATE_UNSPECIFIED
+}
+
+func (x *SandboxEvent) GetMemoryDropped() bool {
+	if x != nil {
+		return x.MemoryDropped
+	}
+	return false
+}
+
+func (x *SandboxEvent) GetReason() SandboxEventReason {
+	if x != nil {
+		return x.Reason
+	}
+	return SandboxEventReason_SANDBOX_EVENT_REASON_UNSPECIFIED
+}
+
+func (x *SandboxEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *SandboxEvent) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
+func (x *SandboxEvent) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type ReportSandboxEventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*SandboxEvent        `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportSandboxEventsRequest) Reset() {
+	*x = ReportSandboxEventsRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportSandboxEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportSandboxEventsRequest) ProtoMessage() {}
+
+func (x *ReportSandboxEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportSandboxEventsRequest.ProtoReflect.Descriptor instead.
+func (*ReportSandboxEventsRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ReportSandboxEventsRequest) GetEvents() []*SandboxEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type ReportSandboxEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportSandboxEventsResponse) Reset() {
+	*x = ReportSandboxEventsResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportSandboxEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportSandboxEventsResponse) ProtoMessage() {}
+
+func (x *ReportSandboxEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportSandboxEventsResponse.ProtoReflect.Descriptor instead.
+func (*ReportSandboxEventsResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -2959,17 +3220,21 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"host_token\x18\x02 \x01(\tR\thostToken\x12?\n" +
 	"\x1dhost_token_expires_at_unix_ms\x18\x03 \x01(\x03R\x18hostTokenExpiresAtUnixMs\x12'\n" +
 	"\x0fcertificate_pem\x18\x04 \x01(\fR\x0ecertificatePem\x12\x15\n" +
-	"\x06ca_pem\x18\x05 \x01(\fR\x05caPem\"\xff\x02\n" +
+	"\x06ca_pem\x18\x05 \x01(\fR\x05caPem\"\xa3\x04\n" +
 	"\x10HeartbeatRequest\x12-\n" +
 	"\x05specs\x18\x01 \x01(\v2\x17.hostagent.v1.HostSpecsR\x05specs\x12-\n" +
 	"\x05usage\x18\x02 \x01(\v2\x17.hostagent.v1.HostUsageR\x05usage\x124\n" +
 	"\ttemplates\x18\x03 \x03(\v2\x16.hostagent.v1.TemplateR\ttemplates\x12\x1f\n" +
 	"\vsandbox_ids\x18\x04 \x03(\tR\n" +
 	"sandboxIds\x12X\n" +
-	"\x0esandbox_states\x18\x05 \x03(\v21.hostagent.v1.HeartbeatRequest.SandboxStatesEntryR\rsandboxStates\x1a\\\n" +
+	"\x0esandbox_states\x18\x05 \x03(\v21.hostagent.v1.HeartbeatRequest.SandboxStatesEntryR\rsandboxStates\x12^\n" +
+	"\x10sandbox_versions\x18\x06 \x03(\v23.hostagent.v1.HeartbeatRequest.SandboxVersionsEntryR\x0fsandboxVersions\x1a\\\n" +
 	"\x12SandboxStatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
-	"\x05value\x18\x02 \x01(\x0e2\x1a.hostagent.v1.SandboxStateR\x05value:\x028\x01\"B\n" +
+	"\x05value\x18\x02 \x01(\x0e2\x1a.hostagent.v1.SandboxStateR\x05value:\x028\x01\x1aB\n" +
+	"\x14SandboxVersionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"B\n" +
 	"\x11HeartbeatResponse\x12-\n" +
 	"\x13renew_after_unix_ms\x18\x01 \x01(\x03R\x10renewAfterUnixMs\"'\n" +
 	"\fRenewRequest\x12\x17\n" +
@@ -2979,7 +3244,20 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"host_token\x18\x01 \x01(\tR\thostToken\x12?\n" +
 	"\x1dhost_token_expires_at_unix_ms\x18\x02 \x01(\x03R\x18hostTokenExpiresAtUnixMs\x12'\n" +
 	"\x0fcertificate_pem\x18\x03 \x01(\fR\x0ecertificatePem\x12\x15\n" +
-	"\x06ca_pem\x18\x04 \x01(\fR\x05caPem*\xd0\x01\n" +
+	"\x06ca_pem\x18\x04 \x01(\fR\x05caPem\"\x92\x02\n" +
+	"\fSandboxEvent\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x120\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1a.hostagent.v1.SandboxStateR\x05state\x12%\n" +
+	"\x0ememory_dropped\x18\x03 \x01(\bR\rmemoryDropped\x128\n" +
+	"\x06reason\x18\x04 \x01(\x0e2 .hostagent.v1.SandboxEventReasonR\x06reason\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x06 \x01(\x03R\batUnixMs\x12\x18\n" +
+	"\aversion\x18\a \x01(\x03R\aversion\"P\n" +
+	"\x1aReportSandboxEventsRequest\x122\n" +
+	"\x06events\x18\x01 \x03(\v2\x1a.hostagent.v1.SandboxEventR\x06events\"\x1d\n" +
+	"\x1bReportSandboxEventsResponse*\xd0\x01\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -2991,7 +3269,16 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\tOnTimeout\x12\x1a\n" +
 	"\x16ON_TIMEOUT_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fON_TIMEOUT_KILL\x10\x01\x12\x14\n" +
-	"\x10ON_TIMEOUT_PAUSE\x10\x022\xdf\v\n" +
+	"\x10ON_TIMEOUT_PAUSE\x10\x02*\xbb\x02\n" +
+	"\x12SandboxEventReason\x12$\n" +
+	" SANDBOX_EVENT_REASON_UNSPECIFIED\x10\x00\x12\"\n" +
+	"\x1eSANDBOX_EVENT_REASON_REQUESTED\x10\x01\x12%\n" +
+	"!SANDBOX_EVENT_REASON_REAPER_PAUSE\x10\x02\x12$\n" +
+	" SANDBOX_EVENT_REASON_REAPER_KILL\x10\x03\x12#\n" +
+	"\x1fSANDBOX_EVENT_REASON_VMM_EXITED\x10\x04\x12\x1c\n" +
+	"\x18SANDBOX_EVENT_REASON_OOM\x10\x05\x12'\n" +
+	"#SANDBOX_EVENT_REASON_GUEST_POWEROFF\x10\x06\x12\"\n" +
+	"\x1eSANDBOX_EVENT_REASON_RECOVERED\x10\a2\xdf\v\n" +
 	"\x10HostAgentService\x12X\n" +
 	"\rCreateSandbox\x12\".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12O\n" +
 	"\n" +
@@ -3009,11 +3296,12 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x10SnapshotTemplate\x12%.hostagent.v1.SnapshotTemplateRequest\x1a&.hostagent.v1.SnapshotTemplateResponse\x12[\n" +
 	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponse\x12X\n" +
 	"\rListTemplates\x12\".hostagent.v1.ListTemplatesRequest\x1a#.hostagent.v1.ListTemplatesResponse\x12X\n" +
-	"\rGetHostStatus\x12\".hostagent.v1.GetHostStatusRequest\x1a#.hostagent.v1.GetHostStatusResponse2\xf0\x01\n" +
+	"\rGetHostStatus\x12\".hostagent.v1.GetHostStatusRequest\x1a#.hostagent.v1.GetHostStatusResponse2\xdc\x02\n" +
 	"\x13HostRegistryService\x12I\n" +
 	"\bRegister\x12\x1d.hostagent.v1.RegisterRequest\x1a\x1e.hostagent.v1.RegisterResponse\x12L\n" +
 	"\tHeartbeat\x12\x1e.hostagent.v1.HeartbeatRequest\x1a\x1f.hostagent.v1.HeartbeatResponse\x12@\n" +
-	"\x05Renew\x12\x1a.hostagent.v1.RenewRequest\x1a\x1b.hostagent.v1.RenewResponseB7Z5github.com/wrenn/wrenn/proto/hostagent/v1;hostagentv1b\x06proto3"
+	"\x05Renew\x12\x1a.hostagent.v1.RenewRequest\x1a\x1b.hostagent.v1.RenewResponse\x12j\n" +
+	"\x13ReportSandboxEvents\x12(.hostagent.v1.ReportSandboxEventsRequest\x1a).hostagent.v1.ReportSandboxEventsResponseB7Z5github.com/wrenn/wrenn/proto/hostagent/v1;hostagentv1b\x06proto3"
 
 var (
 	file_hostagent_v1_hostagent_proto_rawDescOnce sync.Once
@@ -3027,130 +3315,141 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 	return file_hostagent_v1_hostagent_proto_rawDescData
 }
 
-var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
-	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
-	(OnTimeout)(0),                    // 1: hostagent.v1.OnTimeout
-	(*NetworkPolicy)(nil),             // 2: hostagent.v1.NetworkPolicy
-	(*Sandbox)(nil),                   // 3: hostagent.v1.Sandbox
-	(*CreateSandboxRequest)(nil),      // 4: hostagent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),     // 5: hostagent.v1.CreateSandboxResponse
-	(*GetSandboxRequest)(nil),         // 6: hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),        // 7: hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),      // 8: hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),     // 9: hostagent.v1.ListSandboxesResponse
-	(*DestroySandboxRequest)(nil),     // 10: hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),    // 11: hostagent.v1.DestroySandboxResponse
-	(*PauseSandboxRequest)(nil),       // 12: hostagent.v1.PauseSandboxRequest
-	(*PauseSandboxResponse)(nil),      // 13: hostagent.v1.PauseSandboxResponse
-	(*ResumeSandboxRequest)(nil),      // 14: hostagent.v1.ResumeSandboxRequest
-	(*ResumeSandboxResponse)(nil),     // 15: hostagent.v1.ResumeSandboxResponse
-	(*HibernateSandboxRequest)(nil),   // 16: hostagent.v1.HibernateSandboxRequest
-	(*HibernateSandboxResponse)(nil),  // 17: hostagent.v1.HibernateSandboxResponse
-	(*ForkSandboxRequest)(nil),        // 18: hostagent.v1.ForkSandboxRequest
-	(*ForkSandboxResponse)(nil),       // 19: hostagent.v1.ForkSandboxResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 20: hostagent.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 21: hostagent.v1.SetSandboxTimeoutResponse
-	(*SetSandboxNetworkRequest)(nil),  // 22: hostagent.v1.SetSandboxNetworkRequest
-	(*SetSandboxNetworkResponse)(nil), // 23: hostagent.v1.SetSandboxNetworkResponse
-	(*GetSandboxMetricsRequest)(nil),  // 24: hostagent.v1.GetSandboxMetricsRequest
-	(*MetricsSample)(nil),             // 25: hostagent.v1.MetricsSample
-	(*GetSandboxMetricsResponse)(nil), // 26: hostagent.v1.GetSandboxMetricsResponse
-	(*GetSandboxLogsRequest)(nil),     // 27: hostagent.v1.GetSandboxLogsRequest
-	(*GetSandboxLogsResponse)(nil),    // 28: hostagent.v1.GetSandboxLogsResponse
-	(*SnapshotTemplateRequest)(nil),   // 29: hostagent.v1.SnapshotTemplateRequest
-	(*SnapshotTemplateResponse)(nil),  // 30: hostagent.v1.SnapshotTemplateResponse
-	(*DeleteTemplateRequest)(nil),     // 31: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 32: hostagent.v1.DeleteTemplateResponse
-	(*ListTemplatesRequest)(nil),      // 33: hostagent.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),     // 34: hostagent.v1.ListTemplatesResponse
-	(*Template)(nil),                  // 35: hostagent.v1.Template
-	(*HostSpecs)(nil),                 // 36: hostagent.v1.HostSpecs
-	(*HostUsage)(nil),                 // 37: hostagent.v1.HostUsage
-	(*GetHostStatusRequest)(nil),      // 38: hostagent.v1.GetHostStatusRequest
-	(*GetHostStatusResponse)(nil),     // 39: hostagent.v1.GetHostStatusResponse
-	(*RegisterRequest)(nil),           // 40: hostagent.v1.RegisterRequest
-	(*RegisterResponse)(nil),          // 41: hostagent.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),          // 42: hostagent.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),         // 43: hostagent.v1.HeartbeatResponse
-	(*RenewRequest)(nil),              // 44: hostagent.v1.RenewRequest
-	(*RenewResponse)(nil),             // 45: hostagent.v1.RenewResponse
-	nil,                               // 46: hostagent.v1.Sandbox.MetadataEntry
-	nil,                               // 47: hostagent.v1.CreateSandboxRequest.EnvEntry
-	nil,                               // 48: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                               // 49: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	(SandboxState)(0),                   // 0: hostagent.v1.SandboxState
+	(OnTimeout)(0),                      // 1: hostagent.v1.OnTimeout
+	(SandboxEventReason)(0),             // 2: hostagent.v1.SandboxEventReason
+	(*NetworkPolicy)(nil),               // 3: hostagent.v1.NetworkPolicy
+	(*Sandbox)(nil),                     // 4: hostagent.v1.Sandbox
+	(*CreateSandboxRequest)(nil),        // 5: hostagent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),       // 6: hostagent.v1.CreateSandboxResponse
+	(*GetSandboxRequest)(nil),           // 7: hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),          // 8: hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),        // 9: hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),       // 10: hostagent.v1.ListSandboxesResponse
+	(*DestroySandboxRequest)(nil),       // 11: hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),      // 12: hostagent.v1.DestroySandboxResponse
+	(*PauseSandboxRequest)(nil),         // 13: hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),        // 14: hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),        // 15: hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),       // 16: hostagent.v1.ResumeSandboxResponse
+	(*HibernateSandboxRequest)(nil),     // 17: hostagent.v1.HibernateSandboxRequest
+	(*HibernateSandboxResponse)(nil),    // 18: hostagent.v1.HibernateSandboxResponse
+	(*ForkSandboxRequest)(nil),          // 19: hostagent.v1.ForkSandboxRequest
+	(*ForkSandboxResponse)(nil),         // 20: hostagent.v1.ForkSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),    // 21: hostagent.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil),   // 22: hostagent.v1.SetSandboxTimeoutResponse
+	(*SetSandboxNetworkRequest)(nil),    // 23: hostagent.v1.SetSandboxNetworkRequest
+	(*SetSandboxNetworkResponse)(nil),   // 24: hostagent.v1.SetSandboxNetworkResponse
+	(*GetSandboxMetricsRequest)(nil),    // 25: hostagent.v1.GetSandboxMetricsRequest
+	(*MetricsSample)(nil),               // 26: hostagent.v1.MetricsSample
+	(*GetSandboxMetricsResponse)(nil),   // 27: hostagent.v1.GetSandboxMetricsResponse
+	(*GetSandboxLogsRequest)(nil),       // 28: hostagent.v1.GetSandboxLogsRequest
+	(*GetSandboxLogsResponse)(nil),      // 29: hostagent.v1.GetSandboxLogsResponse
+	(*SnapshotTemplateRequest)(nil),     // 30: hostagent.v1.SnapshotTemplateRequest
+	(*SnapshotTemplateResponse)(nil),    // 31: hostagent.v1.SnapshotTemplateResponse
+	(*DeleteTemplateRequest)(nil),       // 32: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),      // 33: hostagent.v1.DeleteTemplateResponse
+	(*ListTemplatesRequest)(nil),        // 34: hostagent.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),       // 35: hostagent.v1.ListTemplatesResponse
+	(*Template)(nil),                    // 36: hostagent.v1.Template
+	(*HostSpecs)(nil),                   // 37: hostagent.v1.HostSpecs
+	(*HostUsage)(nil),                   // 38: hostagent.v1.HostUsage
+	(*GetHostStatusRequest)(nil),        // 39: hostagent.v1.GetHostStatusRequest
+	(*GetHostStatusResponse)(nil),       // 40: hostagent.v1.GetHostStatusResponse
+	(*RegisterRequest)(nil),             // 41: hostagent.v1.RegisterRequest
+	(*RegisterResponse)(nil),            // 42: hostagent.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),            // 43: hostagent.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),           // 44: hostagent.v1.HeartbeatResponse
+	(*RenewRequest)(nil),                // 45: hostagent.v1.RenewRequest
+	(*RenewResponse)(nil),               // 46: hostagent.v1.RenewResponse
+	(*SandboxEvent)(nil),                // 47: hostagent.v1.SandboxEvent
+	(*ReportSandboxEventsRequest)(nil),  // 48: hostagent.v1.ReportSandboxEventsRequest
+	(*ReportSandboxEventsResponse)(nil), // 49: hostagent.v1.ReportSandboxEventsResponse
+	nil,                                 // 50: hostagent.v1.Sandbox.MetadataEntry
+	nil,                                 // 51: hostagent.v1.CreateSandboxRequest.EnvEntry
+	nil,                                 // 52: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                                 // 53: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	nil,                                 // 54: hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	46, // 1: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
-	2,  // 2: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkPolicy
+	50, // 1: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	3,  // 2: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkPolicy
 	1,  // 3: hostagent.v1.Sandbox.on_timeout:type_name -> hostagent.v1.OnTimeout
-	47, // 4: hostagent.v1.CreateSandboxRequest.env:type_name -> hostagent.v1.CreateSandboxRequest.EnvEntry
-	48, // 5: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
-	2,  // 6: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkPolicy
+	51, // 4: hostagent.v1.CreateSandboxRequest.env:type_name -> hostagent.v1.CreateSandboxRequest.EnvEntry
+	52, // 5: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	3,  // 6: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	1,  // 7: hostagent.v1.CreateSandboxRequest.on_timeout:type_name -> hostagent.v1.OnTimeout
-	3,  // 8: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	3,  // 9: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	3,  // 10: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
-	3,  // 11: hostagent.v1.ForkSandboxResponse.sandboxes:type_name -> hostagent.v1.Sandbox
+	4,  // 8: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	4,  // 9: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	4,  // 10: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
+	4,  // 11: hostagent.v1.ForkSandboxResponse.sandboxes:type_name -> hostagent.v1.Sandbox
 	1,  // 12: hostagent.v1.SetSandboxTimeoutRequest.on_timeout:type_name -> hostagent.v1.OnTimeout
-	2,  // 13: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
-	25, // 14: hostagent.v1.GetSandboxMetricsResponse.samples:type_name -> hostagent.v1.MetricsSample
-	35, // 15: hostagent.v1.SnapshotTemplateResponse.template:type_name -> hostagent.v1.Template
-	35, // 16: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	36, // 17: hostagent.v1.GetHostStatusResponse.specs:type_name -> hostagent.v1.HostSpecs
-	37, // 18: hostagent.v1.GetHostStatusResponse.usage:type_name -> hostagent.v1.HostUsage
-	35, // 19: hostagent.v1.GetHostStatusResponse.templates:type_name -> hostagent.v1.Template
-	36, // 20: hostagent.v1.RegisterRequest.specs:type_name -> hostagent.v1.HostSpecs
-	36, // 21: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
-	37, // 22: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
-	35, // 23: hostagent.v1.HeartbeatRequest.templates:type_name -> hostagent.v1.Template
-	49, // 24: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
-	0,  // 25: hostagent.v1.HeartbeatRequest.SandboxStatesEntry.value:type_name -> hostagent.v1.SandboxState
-	4,  // 26: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	6,  // 27: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	8,  // 28: hostagent.v1.HostAgentService.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	10, // 29: hostagent.v1.HostAgentService.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	12, // 30: hostagent.v1.HostAgentService.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	14, // 31: hostagent.v1.HostAgentService.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	16, // 32: hostagent.v1.HostAgentService.HibernateSandbox:input_type -> hostagent.v1.HibernateSandboxRequest
-	18, // 33: hostagent.v1.HostAgentService.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
-	20, // 34: hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	22, // 35: hostagent.v1.HostAgentService.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
-	24, // 36: hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	27, // 37: hostagent.v1.HostAgentService.GetSandboxLogs:input_type -> hostagent.v1.GetSandboxLogsRequest
-	29, // 38: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
-	31, // 39: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	33, // 40: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	38, // 41: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
-	40, // 42: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
-	42, // 43: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
-	44, // 44: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
-	5,  // 45: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	7,  // 46: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	9,  // 47: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	11, // 48: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	13, // 49: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	15, // 50: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	17, // 51: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
-	19, // 52: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
-	21, // 53: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	23, // 54: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	26, // 55: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	28, // 56: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
-	30, // 57: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
-	32, // 58: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	34, // 59: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	39, // 60: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
-	41, // 61: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
-	43, // 62: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
-	45, // 63: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
-	45, // [45:64] is the sub-list for method output_type
-	26, // [26:45] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	3,  // 13: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkPolicy
+	26, // 14: hostagent.v1.GetSandboxMetricsResponse.samples:type_name -> hostagent.v1.MetricsSample
+	36, // 15: hostagent.v1.SnapshotTemplateResponse.template:type_name -> hostagent.v1.Template
+	36, // 16: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	37, // 17: hostagent.v1.GetHostStatusResponse.specs:type_name -> hostagent.v1.HostSpecs
+	38, // 18: hostagent.v1.GetHostStatusResponse.usage:type_name -> hostagent.v1.HostUsage
+	36, // 19: hostagent.v1.GetHostStatusResponse.templates:type_name -> hostagent.v1.Template
+	37, // 20: hostagent.v1.RegisterRequest.specs:type_name -> hostagent.v1.HostSpecs
+	37, // 21: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
+	38, // 22: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
+	36, // 23: hostagent.v1.HeartbeatRequest.templates:type_name -> hostagent.v1.Template
+	53, // 24: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	54, // 25: hostagent.v1.HeartbeatRequest.sandbox_versions:type_name -> hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
+	0,  // 26: hostagent.v1.SandboxEvent.state:type_name -> hostagent.v1.SandboxState
+	2,  // 27: hostagent.v1.SandboxEvent.reason:type_name -> hostagent.v1.SandboxEventReason
+	47, // 28: hostagent.v1.ReportSandboxEventsRequest.events:type_name -> hostagent.v1.SandboxEvent
+	0,  // 29: hostagent.v1.HeartbeatRequest.SandboxStatesEntry.value:type_name -> hostagent.v1.SandboxState
+	5,  // 30: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	7,  // 31: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	9,  // 32: hostagent.v1.HostAgentService.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	11, // 33: hostagent.v1.HostAgentService.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	13, // 34: hostagent.v1.HostAgentService.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	15, // 35: hostagent.v1.HostAgentService.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	17, // 36: hostagent.v1.HostAgentService.HibernateSandbox:input_type -> hostagent.v1.HibernateSandboxRequest
+	19, // 37: hostagent.v1.HostAgentService.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
+	21, // 38: hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	23, // 39: hostagent.v1.HostAgentService.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	25, // 40: hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	28, // 41: hostagent.v1.HostAgentService.GetSandboxLogs:input_type -> hostagent.v1.GetSandboxLogsRequest
+	30, // 42: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
+	32, // 43: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	34, // 44: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	39, // 45: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
+	41, // 46: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
+	43, // 47: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
+	45, // 48: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
+	48, // 49: hostagent.v1.HostRegistryService.ReportSandboxEvents:input_type -> hostagent.v1.ReportSandboxEventsRequest
+	6,  // 50: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	8,  // 51: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	10, // 52: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	12, // 53: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	14, // 54: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	16, // 55: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	18, // 56: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
+	20, // 57: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
+	22, // 58: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	24, // 59: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	27, // 60: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	29, // 61: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
+	31, // 62: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
+	33, // 63: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	35, // 64: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	40, // 65: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
+	42, // 66: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
+	44, // 67: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
+	46, // 68: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
+	49, // 69: hostagent.v1.HostRegistryService.ReportSandboxEvents:output_type -> hostagent.v1.ReportSandboxEventsResponse
+	50, // [50:70] is the sub-list for method output_type
+	30, // [30:50] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -3163,8 +3462,8 @@ func file_hostagent_v1_hostagent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   48,
+			NumEnums:      3,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -208,7 +208,9 @@ type Host struct {
 	Specs      *hostagentv1.HostSpecs
 	CSRs       int
 	Heartbeats []*hostagentv1.HeartbeatRequest
-	Renewals   int
+	// Events are the sandbox events reported, in arrival order.
+	Events   []*hostagentv1.SandboxEvent
+	Renewals int
 	// Deleted hosts answer heartbeats with NotFound.
 	Deleted bool
 	// CertPEM is the last certificate issued.
@@ -336,6 +338,7 @@ func (r *Registry) Host(id string) (Host, bool) {
 	}
 	c := *h
 	c.Heartbeats = append([]*hostagentv1.HeartbeatRequest(nil), h.Heartbeats...)
+	c.Events = append([]*hostagentv1.SandboxEvent(nil), h.Events...)
 	return c, true
 }
 
@@ -392,6 +395,19 @@ func (r *Registry) Heartbeat(_ context.Context, req *connect.Request[hostagentv1
 		due = r.renewAfter.UnixMilli()
 	}
 	return connect.NewResponse(&hostagentv1.HeartbeatResponse{RenewAfterUnixMs: due}), nil
+}
+
+// ReportSandboxEvents implements HostRegistryService: it records the
+// events.
+func (r *Registry) ReportSandboxEvents(_ context.Context, req *connect.Request[hostagentv1.ReportSandboxEventsRequest]) (*connect.Response[hostagentv1.ReportSandboxEventsResponse], error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h, _, err := r.host(req.Header())
+	if err != nil {
+		return nil, err
+	}
+	h.Events = append(h.Events, req.Msg.GetEvents()...)
+	return connect.NewResponse(&hostagentv1.ReportSandboxEventsResponse{}), nil
 }
 
 // Renew implements HostRegistryService: a new certificate and token; the

@@ -105,6 +105,9 @@ const (
 	// HostRegistryServiceRenewProcedure is the fully-qualified name of the HostRegistryService's Renew
 	// RPC.
 	HostRegistryServiceRenewProcedure = "/hostagent.v1.HostRegistryService/Renew"
+	// HostRegistryServiceReportSandboxEventsProcedure is the fully-qualified name of the
+	// HostRegistryService's ReportSandboxEvents RPC.
+	HostRegistryServiceReportSandboxEventsProcedure = "/hostagent.v1.HostRegistryService/ReportSandboxEvents"
 )
 
 // HostAgentServiceClient is a client for the hostagent.v1.HostAgentService service.
@@ -591,6 +594,11 @@ type HostRegistryServiceClient interface {
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
 	// Renew issues a fresh certificate and credential before they expire.
 	Renew(context.Context, *connect.Request[v1.RenewRequest]) (*connect.Response[v1.RenewResponse], error)
+	// ReportSandboxEvents pushes sandbox state changes as they happen (the
+	// reaper's, a VMM's death, recovery, and those the control plane asked
+	// for), authenticated like Heartbeat. The heartbeat's sandbox_states and
+	// sandbox_versions repair whatever an event that was lost would have.
+	ReportSandboxEvents(context.Context, *connect.Request[v1.ReportSandboxEventsRequest]) (*connect.Response[v1.ReportSandboxEventsResponse], error)
 }
 
 // NewHostRegistryServiceClient constructs a client for the hostagent.v1.HostRegistryService
@@ -622,14 +630,21 @@ func NewHostRegistryServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(hostRegistryServiceMethods.ByName("Renew")),
 			connect.WithClientOptions(opts...),
 		),
+		reportSandboxEvents: connect.NewClient[v1.ReportSandboxEventsRequest, v1.ReportSandboxEventsResponse](
+			httpClient,
+			baseURL+HostRegistryServiceReportSandboxEventsProcedure,
+			connect.WithSchema(hostRegistryServiceMethods.ByName("ReportSandboxEvents")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // hostRegistryServiceClient implements HostRegistryServiceClient.
 type hostRegistryServiceClient struct {
-	register  *connect.Client[v1.RegisterRequest, v1.RegisterResponse]
-	heartbeat *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
-	renew     *connect.Client[v1.RenewRequest, v1.RenewResponse]
+	register            *connect.Client[v1.RegisterRequest, v1.RegisterResponse]
+	heartbeat           *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
+	renew               *connect.Client[v1.RenewRequest, v1.RenewResponse]
+	reportSandboxEvents *connect.Client[v1.ReportSandboxEventsRequest, v1.ReportSandboxEventsResponse]
 }
 
 // Register calls hostagent.v1.HostRegistryService.Register.
@@ -647,6 +662,11 @@ func (c *hostRegistryServiceClient) Renew(ctx context.Context, req *connect.Requ
 	return c.renew.CallUnary(ctx, req)
 }
 
+// ReportSandboxEvents calls hostagent.v1.HostRegistryService.ReportSandboxEvents.
+func (c *hostRegistryServiceClient) ReportSandboxEvents(ctx context.Context, req *connect.Request[v1.ReportSandboxEventsRequest]) (*connect.Response[v1.ReportSandboxEventsResponse], error) {
+	return c.reportSandboxEvents.CallUnary(ctx, req)
+}
+
 // HostRegistryServiceHandler is an implementation of the hostagent.v1.HostRegistryService service.
 type HostRegistryServiceHandler interface {
 	// Register trades a one-time registration token and a certificate signing
@@ -657,6 +677,11 @@ type HostRegistryServiceHandler interface {
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
 	// Renew issues a fresh certificate and credential before they expire.
 	Renew(context.Context, *connect.Request[v1.RenewRequest]) (*connect.Response[v1.RenewResponse], error)
+	// ReportSandboxEvents pushes sandbox state changes as they happen (the
+	// reaper's, a VMM's death, recovery, and those the control plane asked
+	// for), authenticated like Heartbeat. The heartbeat's sandbox_states and
+	// sandbox_versions repair whatever an event that was lost would have.
+	ReportSandboxEvents(context.Context, *connect.Request[v1.ReportSandboxEventsRequest]) (*connect.Response[v1.ReportSandboxEventsResponse], error)
 }
 
 // NewHostRegistryServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -684,6 +709,12 @@ func NewHostRegistryServiceHandler(svc HostRegistryServiceHandler, opts ...conne
 		connect.WithSchema(hostRegistryServiceMethods.ByName("Renew")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostRegistryServiceReportSandboxEventsHandler := connect.NewUnaryHandler(
+		HostRegistryServiceReportSandboxEventsProcedure,
+		svc.ReportSandboxEvents,
+		connect.WithSchema(hostRegistryServiceMethods.ByName("ReportSandboxEvents")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostRegistryService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostRegistryServiceRegisterProcedure:
@@ -692,6 +723,8 @@ func NewHostRegistryServiceHandler(svc HostRegistryServiceHandler, opts ...conne
 			hostRegistryServiceHeartbeatHandler.ServeHTTP(w, r)
 		case HostRegistryServiceRenewProcedure:
 			hostRegistryServiceRenewHandler.ServeHTTP(w, r)
+		case HostRegistryServiceReportSandboxEventsProcedure:
+			hostRegistryServiceReportSandboxEventsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -711,4 +744,8 @@ func (UnimplementedHostRegistryServiceHandler) Heartbeat(context.Context, *conne
 
 func (UnimplementedHostRegistryServiceHandler) Renew(context.Context, *connect.Request[v1.RenewRequest]) (*connect.Response[v1.RenewResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostRegistryService.Renew is not implemented"))
+}
+
+func (UnimplementedHostRegistryServiceHandler) ReportSandboxEvents(context.Context, *connect.Request[v1.ReportSandboxEventsRequest]) (*connect.Response[v1.ReportSandboxEventsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostRegistryService.ReportSandboxEvents is not implemented"))
 }
