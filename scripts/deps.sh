@@ -16,6 +16,10 @@ packages=(
 	btrfs-progs
 	# host networking and tests
 	iproute2 nftables
+	# E2B's Python SDK in tests/compat and the benchmark (venv + ensurepip);
+	# its JavaScript SDK needs Node >= 20.18, which this machine kind ships
+	# (Debian's nodejs is 18, so it is not installed from here)
+	python3-venv
 	# contracts
 	protobuf-compiler libprotobuf-dev
 	# control plane state

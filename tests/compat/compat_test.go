@@ -22,10 +22,7 @@ package compat
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -42,6 +39,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/devstack"
+	"github.com/wrenn/wrenn/internal/sdkenv"
 	"github.com/wrenn/wrenn/internal/devstack/stacktest"
 	"github.com/wrenn/wrenn/internal/tailfile"
 	"github.com/wrenn/wrenn/internal/testenv"
@@ -121,9 +119,9 @@ func TestCompat(t *testing.T) {
 	t.Run("python", func(t *testing.T) {
 		requireTool(t, "python3")
 		dir := filepath.Join(repo, "tests", "compat", "python")
-		venv := installPython(t, dir)
+		python := installPython(t, dir)
 		runSDK(t, dir, append(env, "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"),
-			filepath.Join(venv, "bin", "python"), "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider")
+			python, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider")
 	})
 }
 
@@ -267,24 +265,18 @@ func requireNode(t *testing.T) {
 	}
 }
 
-// installJS makes sure the pinned JS SDK is installed, with `npm ci` from
-// dir's package.json and package-lock.json, into a cache directory keyed by
-// both files' hash, and returns that directory's node_modules.
+// installJS makes sure the pinned JS SDK is installed (`npm ci` from
+// dir's package.json and package-lock.json, internal/sdkenv) and returns
+// its node_modules.
 func installJS(t *testing.T, dir string) string {
 	t.Helper()
-	files := []string{"package.json", "package-lock.json"}
-	target := filepath.Join(cacheDir, "js-"+hashFiles(t, dir, files, nil))
-	modules := filepath.Join(target, "node_modules")
-	installOnce(t, target, func(tmp string) error {
-		for _, f := range files {
-			if err := copyFile(filepath.Join(dir, f), filepath.Join(tmp, f)); err != nil {
-				return err
-			}
-		}
-		// No lifecycle scripts: the SDK and its dependencies are plain
-		// JavaScript, and a registry package gets no root shell here.
-		return command(t, tmp, nil, "npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund")
-	})
+	pkg, lock := readFile(t, filepath.Join(dir, "package.json")), readFile(t, filepath.Join(dir, "package-lock.json"))
+	w := &lineLog{t: t, prefix: "npm: "}
+	defer w.Flush()
+	modules, err := sdkenv.Node(context.Background(), cacheDir, pkg, lock, sdkenv.Output(w))
+	if err != nil {
+		t.Fatalf("install the JS SDK: %v", err)
+	}
 	return modules
 }
 
@@ -311,85 +303,26 @@ func jsRunDir(t *testing.T, dir, modules string) string {
 	return run
 }
 
-// installPython makes sure a virtualenv with dir's requirements.txt exists
-// in a cache directory keyed by that file's hash and the Python version, and
-// returns the virtualenv.
+// installPython makes sure a virtualenv with dir's requirements.txt
+// exists (internal/sdkenv) and returns its python.
 func installPython(t *testing.T, dir string) string {
 	t.Helper()
-	ver, err := exec.Command("python3", "--version").CombinedOutput()
+	w := &lineLog{t: t, prefix: "pip: "}
+	defer w.Flush()
+	py, err := sdkenv.Python(context.Background(), cacheDir, readFile(t, filepath.Join(dir, "requirements.txt")), sdkenv.Output(w))
 	if err != nil {
-		t.Fatalf("python3 --version: %v: %s", err, ver)
+		t.Fatalf("install the Python SDK: %v", err)
 	}
-	target := filepath.Join(cacheDir, "py-"+hashFiles(t, dir, []string{"requirements.txt"}, ver))
-	installOnce(t, target, func(tmp string) error {
-		// python3 -m venv needs Debian's python3-venv (ensurepip).
-		if err := command(t, cacheDir, nil, "python3", "-m", "venv", tmp); err != nil {
-			return err
-		}
-		return command(t, dir, nil, filepath.Join(tmp, "bin", "python"), "-m", "pip", "install",
-			"--no-input", "--disable-pip-version-check", "-r", filepath.Join(dir, "requirements.txt"))
-	})
-	return target
+	return py
 }
 
-// installOnce runs install into a temporary directory beside target and
-// renames it to target when it succeeds, under a lock on the cache: a
-// target that exists is complete, and two runs never install into the
-// same place.
-func installOnce(t *testing.T, target string, install func(tmp string) error) {
+func readFile(t *testing.T, path string) []byte {
 	t.Helper()
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		t.Fatalf("make %s: %v", cacheDir, err)
-	}
-	lock, err := os.OpenFile(filepath.Join(cacheDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatalf("lock %s: %v", cacheDir, err)
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if _, err := os.Stat(target); err == nil {
-		t.Logf("using %s", target)
-		return
-	} else if !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	tmp, err := os.MkdirTemp(cacheDir, "."+filepath.Base(target)+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(tmp) // after a rename there is nothing left there
-	start := time.Now()
-	if err := install(tmp); err != nil {
-		t.Fatalf("install into %s: %v", target, err)
-	}
-	// MkdirTemp made it 0700; the cache is readable like the rest of
-	// /var/cache/wrenn.
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, target); err != nil {
-		t.Fatalf("install into %s: %v", target, err)
-	}
-	t.Logf("installed %s in %s", target, time.Since(start).Round(time.Second))
-}
-
-// hashFiles is a short hash of dir's files (and extra), naming a cache entry.
-func hashFiles(t *testing.T, dir string, files []string, extra []byte) string {
-	t.Helper()
-	h := sha256.New()
-	for _, f := range files {
-		b, err := os.ReadFile(filepath.Join(dir, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(h, "%s %d\n", f, len(b))
-		h.Write(b)
-	}
-	h.Write(extra)
-	return hex.EncodeToString(h.Sum(nil))[:16]
+	return b
 }
 
 func copyFile(from, to string) error {
@@ -398,24 +331,6 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return os.WriteFile(to, b, 0o644)
-}
-
-// command runs an install step, its output into the test log.
-func command(t *testing.T, dir string, env []string, name string, args ...string) error {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	w := &lineLog{t: t, prefix: filepath.Base(name) + ": "}
-	cmd.Stdout, cmd.Stderr = w, w
-	err := cmd.Run()
-	w.Flush()
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
-	}
-	return nil
 }
 
 // runSDK runs one SDK's test runner in dir with the E2B environment,
