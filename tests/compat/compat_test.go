@@ -39,8 +39,8 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/devstack"
-	"github.com/wrenn/wrenn/internal/sdkenv"
 	"github.com/wrenn/wrenn/internal/devstack/stacktest"
+	"github.com/wrenn/wrenn/internal/sdkenv"
 	"github.com/wrenn/wrenn/internal/tailfile"
 	"github.com/wrenn/wrenn/internal/testenv"
 )
