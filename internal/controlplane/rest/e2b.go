@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -729,8 +730,15 @@ func (s *Server) e2bListSnapshots(w http.ResponseWriter, r *http.Request) error 
 		}
 		items = append(items, api.E2BSnapshot{SnapshotID: t.Name, Names: []string{t.Name}})
 	}
-	// Listed by name; the token is the last name of the previous page.
-	page, next := pageAfter(items, q.Get("nextToken"), limit, func(x api.E2BSnapshot) string { return x.SnapshotID })
+	// Listed by name, in byte order (the store's collation may order
+	// '-' otherwise).
+	slices.SortFunc(items, func(a, b api.E2BSnapshot) int { return strings.Compare(a.SnapshotID, b.SnapshotID) })
+	page, next, err := pageAfter(items, q.Get("nextToken"), limit,
+		func(x api.E2BSnapshot) string { return x.SnapshotID },
+		func(x api.E2BSnapshot, p string) bool { return x.SnapshotID > p })
+	if err != nil {
+		return err
+	}
 	if next != "" {
 		w.Header().Set("X-Next-Token", next)
 	}
@@ -766,32 +774,58 @@ func e2bLimit(v string) (int, error) {
 	return n, nil
 }
 
-// pageAfter returns the items after the one whose key is token (all from
-// the start when token is ""), at most limit, and the next token.
-func pageAfter[T any](items []T, token string, limit int, key func(T) string) ([]T, string) {
+// pageAfter returns, of items in listing order, those after the position
+// token names (from the start when token is ""), at most limit, and the
+// token of the page's last item when more follow. pos is an item's
+// position as a string; after(item, p) says whether item comes after
+// position p in the listing's order. Comparing positions rather than
+// looking for the token's item keeps a listing whole when that item is
+// deleted between pages.
+func pageAfter[T any](items []T, token string, limit int, pos func(T) string, after func(T, string) bool) ([]T, string, error) {
 	start := 0
 	if token != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(token)
-		after := string(raw)
-		if err == nil {
-			start = len(items)
-			for i, it := range items {
-				if key(it) == after {
-					start = i + 1
-					break
-				}
+		if err != nil || !utf8.Valid(raw) {
+			return nil, "", invalid("nextToken %q is not one this API returned", token)
+		}
+		p := string(raw)
+		start = len(items)
+		for i, it := range items {
+			if after(it, p) {
+				start = i
+				break
 			}
 		}
 	}
 	end := min(start+limit, len(items))
-	if start > end {
-		start = end
-	}
 	page := items[start:end]
 	if end < len(items) && len(page) > 0 {
-		return page, base64.RawURLEncoding.EncodeToString([]byte(key(page[len(page)-1])))
+		return page, base64.RawURLEncoding.EncodeToString([]byte(pos(page[len(page)-1]))), nil
 	}
-	return page, ""
+	return page, "", nil
+}
+
+// sandboxPos is a listed sandbox's position: start time (microseconds,
+// the store's precision) and id, unique and ordered like the listing.
+func sandboxPos(d api.E2BSandboxDetail) string {
+	return strconv.FormatInt(d.StartedAt.UnixMicro(), 10) + "." + d.SandboxID
+}
+
+// sandboxAfter says whether d comes after position p in a listing ordered
+// newest first (asc: oldest first).
+func sandboxAfter(asc bool) func(api.E2BSandboxDetail, string) bool {
+	return func(d api.E2BSandboxDetail, p string) bool {
+		us, id, _ := strings.Cut(p, ".")
+		n, err := strconv.ParseInt(us, 10, 64)
+		if err != nil {
+			return true // a position this API never made: from the start
+		}
+		c := d.StartedAt.UnixMicro()
+		if asc {
+			return c > n || (c == n && d.SandboxID > id)
+		}
+		return c < n || (c == n && d.SandboxID < id)
+	}
 }
 
 // deref is *p, or T's zero value for nil.
@@ -835,7 +869,10 @@ func (s *Server) e2bList(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	page, next := pageAfter(items, q.Get("nextToken"), limit, func(d api.E2BSandboxDetail) string { return d.SandboxID })
+	page, next, err := pageAfter(items, q.Get("nextToken"), limit, sandboxPos, sandboxAfter(q.Get("order") == "asc"))
+	if err != nil {
+		return err
+	}
 	if next != "" {
 		w.Header().Set("X-Next-Token", next)
 	}

@@ -260,9 +260,21 @@ func TestE2BListAndSnapshots(t *testing.T) {
 	if strings.Join(seen, ",") != strings.Join(ids, ",") {
 		t.Fatalf("paged %v, want %v", seen, ids)
 	}
+	// The item a token names may be killed before the next page: the
+	// listing goes on from its position.
+	resp := env.e2bDo(t, "GET", "/v2/sandboxes?limit=1", nil, http.StatusOK, &page)
+	if len(page) != 1 || page[0].SandboxID != ids[2] {
+		t.Fatalf("newest first, page 1: %+v", page)
+	}
+	env.e2bDo(t, "DELETE", "/sandboxes/"+ids[2], nil, http.StatusNoContent, nil)
+	env.e2bDo(t, "GET", "/v2/sandboxes?limit=1&nextToken="+url.QueryEscape(resp.Header.Get("X-Next-Token")), nil, http.StatusOK, &page)
+	if len(page) != 1 || page[0].SandboxID != ids[1] {
+		t.Fatalf("page 2 after the first page's sandbox was killed: %+v, want %s", page, ids[1])
+	}
+	env.e2bErr(t, "GET", "/v2/sandboxes?nextToken=%25%25not-a-token", nil, http.StatusBadRequest)
 	var running []api.E2BSandboxDetail
 	env.e2bDo(t, "GET", "/sandboxes", nil, http.StatusOK, &running)
-	if len(running) != 2 {
+	if len(running) != 1 {
 		t.Fatalf("GET /sandboxes (running only): %d", len(running))
 	}
 	env.e2bErr(t, "GET", "/v2/sandboxes?state=stopped", nil, http.StatusBadRequest)
@@ -275,8 +287,17 @@ func TestE2BListAndSnapshots(t *testing.T) {
 		t.Fatalf("snapshot %+v", snap)
 	}
 	var anon api.E2BSnapshot
-	env.e2bDo(t, "POST", "/sandboxes/"+ids[2]+"/snapshots", map[string]any{}, http.StatusCreated, &anon)
+	env.e2bDo(t, "POST", "/sandboxes/"+ids[1]+"/snapshots", map[string]any{}, http.StatusCreated, &anon)
 	var snaps []api.E2BSnapshot
+	// Paged by name: my-snap, then snap-….
+	r1 := env.e2bDo(t, "GET", "/snapshots?limit=1", nil, http.StatusOK, &snaps)
+	if len(snaps) != 1 || snaps[0].SnapshotID != "my-snap" || r1.Header.Get("X-Next-Token") == "" {
+		t.Fatalf("snapshots page 1: %+v (next %q)", snaps, r1.Header.Get("X-Next-Token"))
+	}
+	r2 := env.e2bDo(t, "GET", "/snapshots?limit=1&nextToken="+url.QueryEscape(r1.Header.Get("X-Next-Token")), nil, http.StatusOK, &snaps)
+	if len(snaps) != 1 || snaps[0].SnapshotID != anon.SnapshotID || r2.Header.Get("X-Next-Token") != "" {
+		t.Fatalf("snapshots page 2: %+v (next %q)", snaps, r2.Header.Get("X-Next-Token"))
+	}
 	env.e2bDo(t, "GET", "/snapshots?sandboxID="+ids[0], nil, http.StatusOK, &snaps)
 	if len(snaps) != 1 || snaps[0].SnapshotID != "my-snap" {
 		t.Fatalf("snapshots of %s: %+v", ids[0], snaps)
