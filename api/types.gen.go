@@ -574,8 +574,11 @@ type E2BNewSandbox struct {
 	AutoPauseMemory *bool `json:"autoPauseMemory,omitempty"`
 
 	// AutoResume `{"enabled": true}` (or a bare boolean): a paused sandbox resumes when traffic reaches it.
-	AutoResume interface{}        `json:"autoResume,omitempty"`
-	EnvVars    *map[string]string `json:"envVars,omitempty"`
+	AutoResume interface{} `json:"autoResume,omitempty"`
+
+	// CpuCount vCPUs (default 1). A snapshot restores only in its own count (400 otherwise).
+	CpuCount *int               `json:"cpuCount,omitempty"`
+	EnvVars  *map[string]string `json:"envVars,omitempty"`
 
 	// Iam Not supported (400 unless empty).
 	Iam interface{} `json:"iam,omitempty"`

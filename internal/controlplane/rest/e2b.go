@@ -389,6 +389,15 @@ func (s *Server) e2bCreate(w http.ResponseWriter, r *http.Request) (err error) {
 	if tmpl.Snapshot {
 		spec.VCPUs, spec.MemoryMB = tmpl.VCPUs, tmpl.MemoryMB
 	}
+	if req.CpuCount != nil {
+		switch {
+		case tmpl.Snapshot && *req.CpuCount != spec.VCPUs:
+			return invalid("cpuCount %d: template %q is a snapshot and restores only with its own %d", *req.CpuCount, name, spec.VCPUs)
+		case *req.CpuCount < 1 || *req.CpuCount > 16:
+			return invalid("cpuCount %d: must be 1-16", *req.CpuCount)
+		}
+		spec.VCPUs = *req.CpuCount
+	}
 	end := s.clk.Now().Add(time.Duration(spec.TimeoutSec) * time.Second)
 	spec.EndAt = &end
 	c, err := s.sandboxes.Create(ctx, team, id, spec)

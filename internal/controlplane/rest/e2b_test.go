@@ -62,6 +62,15 @@ func TestE2BSandboxLifecycle(t *testing.T) {
 	if !agent.Has(sb.SandboxID) {
 		t.Fatal("the agent does not hold the sandbox")
 	}
+	// cpuCount (Python SDK 2.64) sizes a sandbox from a base image.
+	var two api.E2BSandbox
+	env.e2bDo(t, "POST", "/v2/sandboxes", map[string]any{"templateID": "base", "cpuCount": 2}, http.StatusCreated, &two)
+	var twoD api.E2BSandboxDetail
+	env.e2bDo(t, "GET", "/sandboxes/"+two.SandboxID, nil, http.StatusOK, &twoD)
+	if twoD.CpuCount != 2 {
+		t.Fatalf("cpuCount 2 gave %d vCPUs", twoD.CpuCount)
+	}
+	env.e2bDo(t, "DELETE", "/sandboxes/"+two.SandboxID, nil, http.StatusNoContent, nil)
 	// Python's SDK requires these keys in the detail.
 	var raw map[string]any
 	env.e2bDo(t, "GET", "/sandboxes/"+sb.SandboxID, nil, http.StatusOK, &raw)
@@ -201,6 +210,8 @@ func TestE2BCreateOptions(t *testing.T) {
 		"volume mounts":        {"templateID": "base", "volumeMounts": []map[string]string{{"name": "v", "path": "/data"}}},
 		"domain egress rule":   {"templateID": "base", "network": map[string]any{"denyOut": []string{"example.com"}}},
 		"filesystem autopause": {"templateID": "base", "autoPause": true, "autoPauseMemory": false},
+		"cpuCount 0":           {"templateID": "base", "cpuCount": 0},
+		"cpuCount 17":          {"templateID": "base", "cpuCount": 17},
 	} {
 		t.Run(name, func(t *testing.T) {
 			want := http.StatusBadRequest
@@ -303,7 +314,9 @@ func TestE2BListAndSnapshots(t *testing.T) {
 		t.Fatalf("snapshots of %s: %+v", ids[0], snaps)
 	}
 	var from api.E2BSandbox
-	env.e2bDo(t, "POST", "/v2/sandboxes", map[string]any{"templateID": "my-snap"}, http.StatusCreated, &from)
+	// A snapshot restores only in its own shape (1 vCPU here).
+	env.e2bErr(t, "POST", "/v2/sandboxes", map[string]any{"templateID": "my-snap", "cpuCount": 2}, http.StatusBadRequest)
+	env.e2bDo(t, "POST", "/v2/sandboxes", map[string]any{"templateID": "my-snap", "cpuCount": 1}, http.StatusCreated, &from)
 	if from.TemplateID != "my-snap" {
 		t.Fatalf("from snapshot: %+v", from)
 	}
