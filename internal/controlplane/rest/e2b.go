@@ -444,69 +444,60 @@ func (s *Server) e2bDeadline(ctx context.Context, sb store.Sandbox, secs int, ex
 	return s.sandboxes.SetTimeout(ctx, sb.TeamID, sb.ID, sandboxes.Timeout{Sec: secs, EndAt: &end})
 }
 
-func (s *Server) e2bSetTimeout(w http.ResponseWriter, r *http.Request) (err error) {
+// e2bNoContent runs a change on the caller's sandbox named in the path
+// (as E2B sees it), audits it as op once the sandbox is known to be the
+// caller's, decodes the body into body, and answers 204.
+func (s *Server) e2bNoContent(w http.ResponseWriter, r *http.Request, op string, body any,
+	call func(ctx context.Context, sb store.Sandbox) error) (err error) {
 	ctx := r.Context()
 	sb, err := s.e2bSandboxOf(ctx, chi.URLParam(r, "sandboxID"))
 	if err != nil {
 		return err
 	}
-	defer func() { s.audit(ctx, "sandbox", sb.ID, "set_timeout", err, map[string]any{"api": "e2b"}) }()
-	var body api.E2bSetSandboxTimeoutJSONBody
-	if err := e2bDecode(w, r, &body); err != nil {
+	defer func() { s.audit(ctx, "sandbox", sb.ID, op, err, map[string]any{"api": "e2b"}) }()
+	if err := e2bDecode(w, r, body); err != nil {
 		return err
 	}
-	if err := e2bTimeout("timeout", body.Timeout); err != nil {
-		return err
-	}
-	if _, err := s.e2bDeadline(ctx, sb, body.Timeout, false); err != nil {
+	if err := call(ctx, sb); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
-func (s *Server) e2bRefresh(w http.ResponseWriter, r *http.Request) (err error) {
-	ctx := r.Context()
-	sb, err := s.e2bSandboxOf(ctx, chi.URLParam(r, "sandboxID"))
-	if err != nil {
-		return err
-	}
-	defer func() { s.audit(ctx, "sandbox", sb.ID, "set_timeout", err, map[string]any{"api": "e2b"}) }()
-	var body api.E2bRefreshSandboxJSONBody
-	if err := e2bDecode(w, r, &body); err != nil {
-		return err
-	}
-	secs := sandboxes.DefaultTimeoutSec
-	if body.Duration != nil {
-		if err := e2bTimeout("duration", *body.Duration); err != nil {
+func (s *Server) e2bSetTimeout(w http.ResponseWriter, r *http.Request) error {
+	var body api.E2bSetSandboxTimeoutJSONBody
+	return s.e2bNoContent(w, r, "set_timeout", &body, func(ctx context.Context, sb store.Sandbox) error {
+		if err := e2bTimeout("timeout", body.Timeout); err != nil {
 			return err
 		}
-		secs = *body.Duration
-	}
-	if _, err := s.e2bDeadline(ctx, sb, secs, true); err != nil {
+		_, err := s.e2bDeadline(ctx, sb, body.Timeout, false)
 		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	})
 }
 
-func (s *Server) e2bPause(w http.ResponseWriter, r *http.Request) (err error) {
-	ctx := r.Context()
-	sb, err := s.e2bSandboxOf(ctx, chi.URLParam(r, "sandboxID"))
-	if err != nil {
+func (s *Server) e2bRefresh(w http.ResponseWriter, r *http.Request) error {
+	var body api.E2bRefreshSandboxJSONBody
+	return s.e2bNoContent(w, r, "set_timeout", &body, func(ctx context.Context, sb store.Sandbox) error {
+		secs := sandboxes.DefaultTimeoutSec
+		if body.Duration != nil {
+			if err := e2bTimeout("duration", *body.Duration); err != nil {
+				return err
+			}
+			secs = *body.Duration
+		}
+		_, err := s.e2bDeadline(ctx, sb, secs, true)
 		return err
-	}
-	defer func() { s.audit(ctx, "sandbox", sb.ID, "pause", err, map[string]any{"api": "e2b"}) }()
+	})
+}
+
+func (s *Server) e2bPause(w http.ResponseWriter, r *http.Request) error {
 	var body api.E2bPauseSandboxJSONBody
-	if err := e2bDecode(w, r, &body); err != nil {
+	return s.e2bNoContent(w, r, "pause", &body, func(ctx context.Context, sb store.Sandbox) error {
+		o := sandboxes.PauseOptions{DropMemory: body.Memory != nil && !*body.Memory}
+		_, err := s.sandboxes.Pause(ctx, sb.TeamID, sb.ID, o)
 		return err
-	}
-	o := sandboxes.PauseOptions{DropMemory: body.Memory != nil && !*body.Memory}
-	if _, err := s.sandboxes.Pause(ctx, sb.TeamID, sb.ID, o); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	})
 }
 
 // e2bConnect returns a running sandbox (its deadline extended to the
@@ -606,30 +597,20 @@ func (s *Server) e2bMetrics(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (s *Server) e2bSetNetwork(w http.ResponseWriter, r *http.Request) (err error) {
-	ctx := r.Context()
-	sb, err := s.e2bSandboxOf(ctx, chi.URLParam(r, "sandboxID"))
-	if err != nil {
-		return err
-	}
-	defer func() { s.audit(ctx, "sandbox", sb.ID, "set_network", err, map[string]any{"api": "e2b"}) }()
+func (s *Server) e2bSetNetwork(w http.ResponseWriter, r *http.Request) error {
 	var body api.E2BNetwork
-	if err := e2bDecode(w, r, &body); err != nil {
+	return s.e2bNoContent(w, r, "set_network", &body, func(ctx context.Context, sb store.Sandbox) error {
+		if body.AllowPublicTraffic != nil {
+			return errdefs.New(errdefs.ErrInvalidArgument, "allowPublicTraffic can only be chosen at create in Wrenn")
+		}
+		// Omitted fields are cleared: the body is the whole new policy.
+		pol, err := e2bEgress(body.AllowInternetAccess, &body)
+		if err != nil {
+			return err
+		}
+		_, err = s.sandboxes.SetNetwork(ctx, sb.TeamID, sb.ID, *pol)
 		return err
-	}
-	if body.AllowPublicTraffic != nil {
-		return errdefs.New(errdefs.ErrInvalidArgument, "allowPublicTraffic can only be chosen at create in Wrenn")
-	}
-	// Omitted fields are cleared: the body is the whole new policy.
-	pol, err := e2bEgress(body.AllowInternetAccess, &body)
-	if err != nil {
-		return err
-	}
-	if _, err := s.sandboxes.SetNetwork(ctx, sb.TeamID, sb.ID, *pol); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	})
 }
 
 func (s *Server) e2bFork(w http.ResponseWriter, r *http.Request) (err error) {

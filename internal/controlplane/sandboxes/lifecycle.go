@@ -266,8 +266,8 @@ type Timeout struct {
 	Sec int
 	// OnTimeout is kill or pause; "" keeps the current one.
 	OnTimeout string
-	// EndAt, when set, is also an absolute deadline (E2B's timeout); when
-	// nil any deadline is cleared unless KeepEndAt.
+	// EndAt, when set, is also an absolute deadline (E2B's timeout); nil
+	// clears any deadline (the idle timeout alone applies, /v1's model).
 	EndAt *time.Time
 }
 
