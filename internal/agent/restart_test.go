@@ -61,7 +61,7 @@ func TestAgentProcessHelper(t *testing.T) {
 				return err
 			}
 			_, err = c.Start(ctx, envdclient.RunRequest{
-				Cmd: "/bin/sh", Args: []string{"-c", "i=0; while true; do i=$((i+1)); echo $i > count; sleep 0.2; done"},
+				Cmd: "/bin/sh", Args: []string{"-c", "i=0; while true; do i=$((i+1)); echo $i > count.new && mv count.new count; sleep 0.2; done"},
 				Tag: "counter",
 			})
 			ids[i] = info.ID

@@ -28,7 +28,7 @@ func startCounter(ctx context.Context, t *testing.T, m *agent.Manager, id string
 		t.Fatal(err)
 	}
 	for _, script := range []string{
-		"i=0; while true; do i=$((i+1)); echo $i > count; sleep 0.1; done",
+		"i=0; while true; do i=$((i+1)); echo $i > count.new && mv count.new count; sleep 0.1; done",
 		`python3 -c 'import socket
 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0",7000)); s.listen()
 while True:

@@ -77,7 +77,7 @@ print("warning: done", file=sys.stderr)
 	}
 
 	// A counter in a live process keeps counting across pause and resume.
-	if _, err := sb.Commands.Start(ctx, `i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done`, wrenn.RunOptions{Tag: "counter"}); err != nil {
+	if _, err := sb.Commands.Start(ctx, `i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new && mv /tmp/counter.new /tmp/counter; sleep 0.1; done`, wrenn.RunOptions{Tag: "counter"}); err != nil {
 		t.Fatalf("start counter: %v", err)
 	}
 	counter := func(s *wrenn.Sandbox) int {
