@@ -44,6 +44,7 @@ import (
 	"github.com/wrenn/wrenn/internal/agent/hostinfo"
 	"github.com/wrenn/wrenn/internal/agent/registration"
 	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/version"
@@ -110,6 +111,7 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 		Dir: cfg.Dir, Driver: driver, Network: pool, Cgroups: groups, Logger: log, Events: events,
 		VMMUIDBase: cfg.VMMUIDBase, MemoryDir: filepath.Join("/dev/shm", cfg.Name),
 		MetricsInterval: cfg.MetricsInterval, MetricsHistory: cfg.MetricsHistory,
+		Faults: faultpoint.New(cfg.FaultPointDir, log.With("component", "faultpoint")),
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox manager: %w", err)

@@ -34,6 +34,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/rest"
 	"github.com/wrenn/wrenn/internal/controlplane/servetls"
 	"github.com/wrenn/wrenn/internal/dbmigrate"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/store"
 	"github.com/wrenn/wrenn/internal/version"
 )
@@ -165,6 +166,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		// Per-address limits behind a reverse proxy.
 		TrustedProxies: cfg.Edge.TrustedProxies,
 		ClientIPHeader: cfg.Edge.ClientIPHeader,
+		Faults:         faultpoint.New(cfg.FaultPointDir, log.With("component", "faultpoint")),
 	})
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)

@@ -74,6 +74,9 @@ type DaemonConfig struct {
 	// /dev/shm/<Name>), so two agents on one machine (a test stack beside
 	// a real one) never touch each other's.
 	Name string
+	// FaultPointDir is WRENN_AGENT_FAULTPOINT_DIR, for fault-injection
+	// tests only (internal/faultpoint). Empty, as in production: none.
+	FaultPointDir string
 	// HostCIDR and VethCIDR are WRENN_AGENT_HOST_CIDR and
 	// WRENN_AGENT_VETH_CIDR: the per-slot address ranges (network.PoolConfig).
 	HostCIDR, VethCIDR netip.Prefix
@@ -211,6 +214,9 @@ func settings() []setting {
 				c.HeartbeatInterval = d
 				return nil
 			}},
+		{env: "WRENN_AGENT_FAULTPOINT_DIR", flag: "faultpoint-dir", def: "",
+			help: "tests only: directory of armed fault points (internal/faultpoint); empty disables them",
+			set:  func(c *DaemonConfig, v string) error { c.FaultPointDir = strings.TrimSpace(v); return nil }},
 		{env: "WRENN_AGENT_METRICS_ADDR", flag: "metrics-listen", def: "",
 			help: "plain-HTTP address for Prometheus /metrics (empty: " + DefaultMetricsAddr + ")",
 			set: func(c *DaemonConfig, v string) error {
@@ -407,6 +413,7 @@ func (c DaemonConfig) LogValue() slog.Value {
 		"WRENN_AGENT_METRICS_HISTORY":    c.MetricsHistory.String(),
 		"WRENN_LOG_LEVEL":                strings.ToLower(c.LogLevel.String()),
 		"WRENN_AGENT_EGRESS_DENY":        formatEgressDeny(c.EgressDeny),
+		"WRENN_AGENT_FAULTPOINT_DIR":     c.FaultPointDir,
 	}
 	var attrs []slog.Attr
 	for _, s := range settings() {

@@ -28,6 +28,7 @@ import (
 	"github.com/wrenn/wrenn/internal/cgroup"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/vmm"
 )
@@ -74,6 +75,9 @@ type Config struct {
 	// the agent's own (reaper, a VMM's death, recovery) and those asked
 	// for, for the control plane.
 	Events EventSink
+	// Faults are the fault points tests arm (internal/faultpoint); nil
+	// in production.
+	Faults *faultpoint.Points
 }
 
 // Defaults for zero Config and CreateRequest fields.

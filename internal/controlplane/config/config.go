@@ -66,6 +66,10 @@ type Config struct {
 	// Prometheus' /metrics, which is unauthenticated and so never on the
 	// API port; empty disables it.
 	MetricsAddr string
+	// FaultPointDir is WRENN_CP_FAULTPOINT_DIR, for fault-injection tests
+	// only (internal/faultpoint): where armed fault points are. Empty, as
+	// in production: none.
+	FaultPointDir string
 	// TeamLimits are the default per-team quotas (WRENN_TEAM_MAX_*).
 	TeamLimits TeamLimits
 	// Edge is WRENN_TRUSTED_PROXIES and WRENN_CLIENT_IP_HEADER (edge.go).
@@ -236,6 +240,9 @@ func settings() []setting {
 				}
 				return checkHostPort(c.MetricsAddr)
 			}},
+		{env: "WRENN_CP_FAULTPOINT_DIR", flag: "faultpoint-dir", def: "",
+			help: "tests only: directory of armed fault points (internal/faultpoint); empty disables them",
+			set:  func(c *Config, v string) error { c.FaultPointDir = strings.TrimSpace(v); return nil }},
 		{env: "WRENN_LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
 			set: func(c *Config, v string) error {
 				switch strings.ToLower(v) {
@@ -386,20 +393,21 @@ func loadEnvFile(c *Config) (map[string]string, error) {
 // redacted (the database URL keeps everything but its password).
 func (c Config) LogValue() slog.Value {
 	values := map[string]string{
-		"WRENN_CP_LISTEN_ADDR":  c.ListenAddr,
-		"DATABASE_URL":          redactDSN(c.DatabaseURL),
-		"WRENN_JWT_SECRET":      "<redacted>",
-		"WRENN_DOMAIN":          c.Domain,
-		"WRENN_CP_URL":          c.PublicURL,
-		"WRENN_RATE_LIMIT":      strconv.FormatFloat(c.RateLimit, 'g', -1, 64),
-		"WRENN_ALLOWED_ORIGINS": strings.Join(c.AllowedOrigins, ","),
-		"WRENN_HOST_TIMEOUT":    c.HostTimeout.String(),
-		"WRENN_METRICS_ADDR":    c.MetricsAddr,
-		"WRENN_LOG_LEVEL":       strings.ToLower(c.LogLevel.String()),
-		"WRENN_TLS":             c.TLSMode,
-		"WRENN_TLS_CERT":        c.TLSCert,
-		"WRENN_TLS_KEY":         c.TLSKey,
-		"WRENN_TLS_NAMES":       strings.Join(c.TLSNames, ","),
+		"WRENN_CP_LISTEN_ADDR":    c.ListenAddr,
+		"DATABASE_URL":            redactDSN(c.DatabaseURL),
+		"WRENN_JWT_SECRET":        "<redacted>",
+		"WRENN_DOMAIN":            c.Domain,
+		"WRENN_CP_URL":            c.PublicURL,
+		"WRENN_RATE_LIMIT":        strconv.FormatFloat(c.RateLimit, 'g', -1, 64),
+		"WRENN_ALLOWED_ORIGINS":   strings.Join(c.AllowedOrigins, ","),
+		"WRENN_HOST_TIMEOUT":      c.HostTimeout.String(),
+		"WRENN_METRICS_ADDR":      c.MetricsAddr,
+		"WRENN_CP_FAULTPOINT_DIR": c.FaultPointDir,
+		"WRENN_LOG_LEVEL":         strings.ToLower(c.LogLevel.String()),
+		"WRENN_TLS":               c.TLSMode,
+		"WRENN_TLS_CERT":          c.TLSCert,
+		"WRENN_TLS_KEY":           c.TLSKey,
+		"WRENN_TLS_NAMES":         strings.Join(c.TLSNames, ","),
 	}
 	maps.Copy(values, c.teamLimitValues())
 	maps.Copy(values, c.accessValues())

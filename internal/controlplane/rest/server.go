@@ -23,6 +23,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/ratelimit"
 	"github.com/wrenn/wrenn/internal/controlplane/sandboxes"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/store"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
 )
@@ -96,6 +97,9 @@ type Deps struct {
 	// check E2B's pre-signed /files URLs (which are signed with it).
 	// nil: such URLs are refused (the store keeps only the token's hash).
 	EnvdAccessToken func(ctx context.Context, sandboxID string) (string, error)
+	// Faults are the sandbox service's fault points (tests only; nil in
+	// production).
+	Faults *faultpoint.Points
 }
 
 // Server is the REST API.
@@ -147,7 +151,7 @@ func New(d Deps) *Server {
 	s := &Server{deps: d, q: store.New(d.Pool), log: d.Logger, clk: d.Clock, limiters: map[string]*limiter{}}
 	s.sandboxes = sandboxes.New(sandboxes.Config{
 		Pool: d.Pool, Agents: agentsRPC(d.Agents), Clock: d.Clock, Logger: d.Logger, TeamLimits: d.TeamLimits,
-		TokenSecret: d.JWTSecret,
+		TokenSecret: d.JWTSecret, Faults: d.Faults,
 	})
 	// The proxy's hooks default to the service: traffic resumes a paused
 	// sandbox that asked for it, and pre-signed file URLs are checked

@@ -16,6 +16,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/scheduler"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/store"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
@@ -324,6 +325,7 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	// From here on the store must follow what the hosts do, whether or not
 	// the client waits for the answer.
 	ctx = context.WithoutCancel(ctx)
+	s.faults.Hit(ctx, faultpoint.CPCreateRecorded)
 	areq := &hostagentv1.CreateSandboxRequest{
 		Id: id, Template: tmpl.AgentName, Vcpus: int32(spec.VCPUs), MemoryMb: int32(spec.MemoryMB),
 		DiskMb: int32(spec.DiskMB), Env: spec.Env, Metadata: spec.Metadata,
@@ -342,6 +344,7 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 		}
 		token, err := s.createOn(ctx, h.ID, areq)
 		if err == nil {
+			s.faults.Hit(ctx, faultpoint.CPCreateStarted)
 			row, err := s.q.MarkSandboxRunning(ctx, store.MarkSandboxRunningParams{
 				ID: id, AccessTokenHash: HashToken(token), AccessTokenSealed: s.seal.seal(id, token), Now: s.clk.Now(),
 			})

@@ -14,6 +14,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/scheduler"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/store"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -40,6 +41,7 @@ func (s *Service) transitionRow(ctx context.Context, sb store.Sandbox, op Op,
 	if err := call(ctx, sb); err != nil {
 		return store.Sandbox{}, err
 	}
+	s.faults.Hit(ctx, faultpoint.CPTransitionDone)
 	row, err := s.q.TransitionSandbox(ctx, store.TransitionSandboxParams{
 		ID: sb.ID, TeamID: sb.TeamID, FromStates: Strings(From(op)), ToState: string(To(op)), Now: s.clk.Now(),
 	})
@@ -183,6 +185,7 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 	if err != nil {
 		return nil, agentErr("fork sandbox "+sb.ID, err)
 	}
+	s.faults.Hit(ctx, faultpoint.CPForkStarted)
 	forks, extra := s.acceptForks(sb, resp.Msg.GetSandboxes(), count)
 	for _, id := range extra {
 		// More than was asked for: not admitted, so not kept.
@@ -447,6 +450,7 @@ func (s *Service) deleteRow(ctx context.Context, sb store.Sandbox) error {
 			}
 		}
 	}
+	s.faults.Hit(ctx, faultpoint.CPDeleteDestroyed)
 	if _, err := s.q.StopSandbox(context.WithoutCancel(ctx), store.StopSandboxParams{ID: sb.ID, TeamID: sb.TeamID, Now: s.clk.Now()}); err != nil && !store.IsNoRows(err) {
 		return fmt.Errorf("record sandbox %s stopped: %w", sb.ID, err)
 	}
@@ -507,6 +511,7 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 		}
 		return store.Template{}, err
 	}
+	s.faults.Hit(ctx, faultpoint.CPSnapshotStarted)
 	tmpl.DiskBytes = resp.GetTemplate().GetDiskBytes()
 	if err := s.q.SetTemplateDiskBytes(ctx, store.SetTemplateDiskBytesParams{ID: tmpl.ID, DiskBytes: tmpl.DiskBytes}); err != nil {
 		return store.Template{}, fmt.Errorf("record template %s size: %w", name, err)

@@ -27,6 +27,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/store"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
@@ -77,6 +78,9 @@ type Config struct {
 	// hosts' reservations and recording the new sandbox's or hold, to
 	// widen that window.
 	PlacementHook func()
+	// Faults are the fault points tests arm (internal/faultpoint); nil
+	// in production.
+	Faults *faultpoint.Points
 }
 
 // Service is the sandbox lifecycle over the store and the host agents.
@@ -89,6 +93,7 @@ type Service struct {
 	quota  quota.Enforcer
 	hook   func()
 	seal   *sealer
+	faults *faultpoint.Points
 }
 
 // New returns a Service.
@@ -102,6 +107,7 @@ func New(c Config) *Service {
 	return &Service{
 		pool: c.Pool, q: store.New(c.Pool), agents: c.Agents, clk: c.Clock, log: c.Logger,
 		quota: quota.Enforcer{Defaults: c.TeamLimits}, hook: c.PlacementHook, seal: newSealer(c.TokenSecret),
+		faults: c.Faults,
 	}
 }
 
