@@ -85,7 +85,11 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		log.Warn("no guest kernel to probe KVM with", "err", err)
 	}
-	driver, choice, err := drivers.New(ctx, drivers.Config{VMM: cfg.VMM, ProbeKernel: kernel.Path, Logger: log})
+	driver, choice, err := drivers.New(ctx, drivers.Config{
+		VMM: cfg.VMM, ProbeKernel: kernel.Path, Logger: log,
+		// A PVM host's probe waits qemu.ProbeTimeout every start otherwise.
+		ProbeCache: filepath.Join(cfg.Dir, "accel-probe.json"),
+	})
 	if err != nil {
 		return fmt.Errorf("choose vmm driver: %w", err)
 	}

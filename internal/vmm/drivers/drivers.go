@@ -42,6 +42,9 @@ type Config struct {
 	// ProbeKernel is the guest kernel qemu.Probe boots to find out whether
 	// KVM really runs guests. Without one the probe falls back to TCG.
 	ProbeKernel string
+	// ProbeCache, when set, is the file where a TCG choice is remembered
+	// across agent starts (qemu.CachedProbe); empty: probe every start.
+	ProbeCache string
 	// Logger is handed to the driver; discarded when nil.
 	Logger *slog.Logger
 
@@ -89,6 +92,11 @@ func New(ctx context.Context, cfg Config) (vmm.Driver, Choice, error) {
 	}
 	if cfg.probe == nil {
 		cfg.probe = qemu.Probe
+		if cfg.ProbeCache != "" {
+			cfg.probe = func(ctx context.Context, qemuBin, kernel string) qemu.AccelChoice {
+				return qemu.CachedProbe(ctx, qemuBin, kernel, cfg.ProbeCache)
+			}
+		}
 	}
 	if cfg.VMM == "" {
 		cfg.VMM = Auto
