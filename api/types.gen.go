@@ -158,19 +158,19 @@ func (e FileInfoType) Valid() bool {
 
 // Defines values for HostStatus.
 const (
-	Online      HostStatus = "online"
-	Pending     HostStatus = "pending"
-	Unreachable HostStatus = "unreachable"
+	HostStatusOnline      HostStatus = "online"
+	HostStatusPending     HostStatus = "pending"
+	HostStatusUnreachable HostStatus = "unreachable"
 )
 
 // Valid indicates whether the value is a known member of the HostStatus enum.
 func (e HostStatus) Valid() bool {
 	switch e {
-	case Online:
+	case HostStatusOnline:
 		return true
-	case Pending:
+	case HostStatusPending:
 		return true
-	case Unreachable:
+	case HostStatusUnreachable:
 		return true
 	default:
 		return false
@@ -327,6 +327,24 @@ func (e SandboxState) Valid() bool {
 	case SandboxStateStarting:
 		return true
 	case SandboxStateStopped:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for TemplateStatus.
+const (
+	TemplateStatusPending TemplateStatus = "pending"
+	TemplateStatusReady   TemplateStatus = "ready"
+)
+
+// Valid indicates whether the value is a known member of the TemplateStatus enum.
+func (e TemplateStatus) Valid() bool {
+	switch e {
+	case TemplateStatusPending:
+		return true
+	case TemplateStatusReady:
 		return true
 	default:
 		return false
@@ -1001,7 +1019,13 @@ type Template struct {
 	// Snapshot Creating from it is a restore, not a boot.
 	Snapshot        bool    `json:"snapshot"`
 	SourceSandboxId *string `json:"source_sandbox_id,omitempty"`
+
+	// Status pending: its host is still making it (a snapshot under way); creating from it answers 409 until it is ready. A pending template whose control plane stopped is completed or removed within a minute.
+	Status TemplateStatus `json:"status"`
 }
+
+// TemplateStatus pending: its host is still making it (a snapshot under way); creating from it answers 409 until it is ready. A pending template whose control plane stopped is completed or removed within a minute.
+type TemplateStatus string
 
 // TemplateName defines model for TemplateName.
 type TemplateName = string

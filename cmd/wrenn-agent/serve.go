@@ -119,6 +119,7 @@ func (n *services) run(ctx context.Context) error {
 		// The host is gone at the control plane: nothing may reach the
 		// sandboxes through this agent any more.
 		OnRevoked: func(error) { _ = srv.Close() },
+		Destroy:   n.m.Destroy,
 	})
 	if err := hb.Run(ctx); errors.Is(err, registration.ErrRevoked) {
 		n.log.Error("the control plane deleted this host: stopped serving RPC and deleted the credentials; register again to serve",

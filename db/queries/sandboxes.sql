@@ -148,10 +148,30 @@ WHERE end_at IS NOT NULL AND end_at <= @now::timestamptz AND state = 'running'
 ORDER BY end_at
 LIMIT @max_rows;
 
+-- name: RenewStartLeases :exec
+-- The replica running these creates or forks is alive: updated_at is
+-- their lease, renewed while the operation runs.
+UPDATE sandboxes SET updated_at = @now::timestamptz
+WHERE id = ANY(@ids::text[]) AND state = 'starting';
+
+-- name: AbandonStartingSandbox :execrows
+-- Fails a create or fork whose lease ran out, unless it was renewed or
+-- finished since the sweeper looked.
+UPDATE sandboxes
+SET state = 'error', error = @error, updated_at = @now::timestamptz
+WHERE id = @id AND state = 'starting' AND updated_at < @before::timestamptz;
+
+-- name: StopStartingSandbox :execrows
+-- A fork the host did not make: it never existed for the user, so it is
+-- stopped (not listed) rather than in error.
+UPDATE sandboxes
+SET state = 'stopped', error = @error, stopped_at = @now::timestamptz, updated_at = @now::timestamptz
+WHERE id = @id AND state = 'starting';
+
 -- name: StaleStartingSandboxes :many
--- Creates nobody finishes: still starting long after their last attempt
--- began (each attempt moves updated_at), e.g. the replica running them
--- died. The sweeper fails them.
+-- Creates and forks nobody finishes: their lease (updated_at, renewed
+-- while the operation runs) ran out, e.g. the replica running them died.
+-- The sweeper fails them.
 SELECT * FROM sandboxes
 WHERE state = 'starting' AND updated_at < @before::timestamptz
 ORDER BY updated_at
@@ -222,6 +242,17 @@ WHERE host_id = @host_id::uuid
   AND NOT (id = ANY(@present::text[]))
   AND created_at < @created_before
 RETURNING id;
+
+-- name: OrphanedHostSandboxes :many
+-- Of the sandboxes a host holds, those whose rows say they are gone:
+-- stopped, or in error while the host still runs them (a create or fork
+-- given up). Only rows settled for a while, so an operation finishing
+-- right now is not raced. The host is told to destroy them.
+SELECT id FROM sandboxes
+WHERE host_id = @host_id::uuid AND id = ANY(@ids::text[])
+  AND (state = 'stopped' OR (state = 'error' AND id = ANY(@live_ids::text[])))
+  AND updated_at < @before::timestamptz
+ORDER BY id;
 
 -- name: HeldHostSandboxes :many
 -- Of ids, those the database places on the host and has not stopped: a

@@ -21,15 +21,36 @@ ORDER BY img;
 
 -- name: InsertTemplate :one
 -- No row: the team already has a template of that name.
+-- A snapshot template starts pending (see MarkTemplateReady).
 INSERT INTO templates (team_id, name, agent_name, host_id, source_sandbox_id, snapshot,
-                       vcpus, memory_mb, created_at)
+                       vcpus, memory_mb, status, created_at, updated_at)
 VALUES (@team_id, @name, @agent_name, @host_id, @source_sandbox_id, @snapshot,
-        @vcpus, @memory_mb, @now::timestamptz)
+        @vcpus, @memory_mb, @status, @now::timestamptz, @now::timestamptz)
 ON CONFLICT DO NOTHING
 RETURNING *;
 
--- name: SetTemplateDiskBytes :exec
-UPDATE templates SET disk_bytes = @disk_bytes WHERE id = @id;
+-- name: MarkTemplateReady :execrows
+-- Its host made it. No row: the sweeper gave it up meanwhile.
+UPDATE templates SET status = 'ready', disk_bytes = @disk_bytes, updated_at = @now::timestamptz
+WHERE id = @id AND status = 'pending';
+
+-- name: RenewTemplateLeases :exec
+-- The replica making these templates is alive: the sweeper leaves them.
+UPDATE templates SET updated_at = @now::timestamptz
+WHERE id = ANY(@ids::uuid[]) AND status = 'pending';
+
+-- name: StalePendingTemplates :many
+-- Templates whose maker stopped renewing their lease (it died).
+SELECT * FROM templates
+WHERE status = 'pending' AND updated_at < @before::timestamptz
+ORDER BY updated_at
+LIMIT @max_rows;
+
+-- name: DeleteStalePendingTemplate :execrows
+-- Gives up a template nobody finished, unless its lease was renewed or it
+-- became ready since the sweeper looked.
+DELETE FROM templates
+WHERE id = @id AND status = 'pending' AND updated_at < @before::timestamptz;
 
 -- name: GetTeamTemplate :one
 SELECT * FROM templates WHERE team_id = @team_id::uuid AND name = @name;

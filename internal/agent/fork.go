@@ -42,6 +42,36 @@ func (m *Manager) ForkAs(ctx context.Context, team, id string, n int) ([]Info, e
 	if n < 1 || n > MaxForks {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "fork count %d: must be 1-%d", n, MaxForks)
 	}
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = newID()
+	}
+	return m.fork(ctx, team, id, ids)
+}
+
+// ForkNamed is ForkAs with the forks' ids chosen by the caller (the
+// control plane, which records them before the forks exist): each well
+// formed, distinct and not in use here, else InvalidArgument or
+// AlreadyExists and no fork is made.
+func (m *Manager) ForkNamed(ctx context.Context, team, id string, ids []string) ([]Info, error) {
+	if len(ids) < 1 || len(ids) > MaxForks {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, "fork count %d: must be 1-%d", len(ids), MaxForks)
+	}
+	seen := make(map[string]bool, len(ids))
+	for _, fid := range ids {
+		if !validID(fid) || fid == id || seen[fid] {
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, "fork id %.64q: want distinct ids of 1-40 of a-z, 0-9 and '-', not the source's", fid)
+		}
+		seen[fid] = true
+		if _, err := m.lookup(fid); err == nil {
+			return nil, errdefs.New(errdefs.ErrAlreadyExists, "sandbox %s already exists", fid)
+		}
+	}
+	return m.fork(ctx, team, id, ids)
+}
+
+func (m *Manager) fork(ctx context.Context, team, id string, ids []string) ([]Info, error) {
+	n := len(ids)
 	if err := checkTeamID(team); err != nil {
 		return nil, err
 	}
@@ -75,7 +105,7 @@ func (m *Manager) ForkAs(ctx context.Context, team, id string, n int) ([]Info, e
 	g.SetLimit(forkParallelism)
 	for i := range n {
 		g.Go(func() error {
-			info, err := m.restoreFork(gctx, snap, srcRec)
+			info, err := m.restoreFork(gctx, ids[i], snap, srcRec)
 			infos[i] = info
 			return err
 		})
@@ -161,8 +191,7 @@ func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind sn
 }
 
 // restoreFork brings up one fork from a fork snapshot.
-func (m *Manager) restoreFork(ctx context.Context, snap *snapshot.Snapshot, src record) (Info, error) {
-	id := newID()
+func (m *Manager) restoreFork(ctx context.Context, id string, snap *snapshot.Snapshot, src record) (Info, error) {
 	rec := src
 	rec.ID = id
 	rec.Env = maps.Clone(src.Env)

@@ -168,6 +168,8 @@ type Template struct {
 	Vcpus           int32
 	MemoryMb        int32
 	CreatedAt       time.Time
+	Status          string
+	UpdatedAt       time.Time
 }
 
 type User struct {

@@ -13,6 +13,34 @@ import (
 	"github.com/google/uuid"
 )
 
+const abandonStartingSandbox = `-- name: AbandonStartingSandbox :execrows
+UPDATE sandboxes
+SET state = 'error', error = $1, updated_at = $2::timestamptz
+WHERE id = $3 AND state = 'starting' AND updated_at < $4::timestamptz
+`
+
+type AbandonStartingSandboxParams struct {
+	Error  string
+	Now    time.Time
+	ID     string
+	Before time.Time
+}
+
+// Fails a create or fork whose lease ran out, unless it was renewed or
+// finished since the sweeper looked.
+func (q *Queries) AbandonStartingSandbox(ctx context.Context, arg AbandonStartingSandboxParams) (int64, error) {
+	result, err := q.db.Exec(ctx, abandonStartingSandbox,
+		arg.Error,
+		arg.Now,
+		arg.ID,
+		arg.Before,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const applyHostSandboxStates = `-- name: ApplyHostSandboxStates :many
 WITH old AS (
     SELECT o.id, o.state FROM sandboxes o
@@ -641,6 +669,67 @@ func (q *Queries) MarkSandboxRunning(ctx context.Context, arg MarkSandboxRunning
 	return i, err
 }
 
+const orphanedHostSandboxes = `-- name: OrphanedHostSandboxes :many
+SELECT id FROM sandboxes
+WHERE host_id = $1::uuid AND id = ANY($2::text[])
+  AND (state = 'stopped' OR (state = 'error' AND id = ANY($3::text[])))
+  AND updated_at < $4::timestamptz
+ORDER BY id
+`
+
+type OrphanedHostSandboxesParams struct {
+	HostID  uuid.UUID
+	Ids     []string
+	LiveIds []string
+	Before  time.Time
+}
+
+// Of the sandboxes a host holds, those whose rows say they are gone:
+// stopped, or in error while the host still runs them (a create or fork
+// given up). Only rows settled for a while, so an operation finishing
+// right now is not raced. The host is told to destroy them.
+func (q *Queries) OrphanedHostSandboxes(ctx context.Context, arg OrphanedHostSandboxesParams) ([]string, error) {
+	rows, err := q.db.Query(ctx, orphanedHostSandboxes,
+		arg.HostID,
+		arg.Ids,
+		arg.LiveIds,
+		arg.Before,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const renewStartLeases = `-- name: RenewStartLeases :exec
+UPDATE sandboxes SET updated_at = $1::timestamptz
+WHERE id = ANY($2::text[]) AND state = 'starting'
+`
+
+type RenewStartLeasesParams struct {
+	Now time.Time
+	Ids []string
+}
+
+// The replica running these creates or forks is alive: updated_at is
+// their lease, renewed while the operation runs.
+func (q *Queries) RenewStartLeases(ctx context.Context, arg RenewStartLeasesParams) error {
+	_, err := q.db.Exec(ctx, renewStartLeases, arg.Now, arg.Ids)
+	return err
+}
+
 const sandboxSealedToken = `-- name: SandboxSealedToken :one
 SELECT access_token_sealed FROM sandboxes WHERE id = $1
 `
@@ -964,9 +1053,9 @@ type StaleStartingSandboxesParams struct {
 	MaxRows int32
 }
 
-// Creates nobody finishes: still starting long after their last attempt
-// began (each attempt moves updated_at), e.g. the replica running them
-// died. The sweeper fails them.
+// Creates and forks nobody finishes: their lease (updated_at, renewed
+// while the operation runs) ran out, e.g. the replica running them died.
+// The sweeper fails them.
 func (q *Queries) StaleStartingSandboxes(ctx context.Context, arg StaleStartingSandboxesParams) ([]Sandbox, error) {
 	rows, err := q.db.Query(ctx, staleStartingSandboxes, arg.Before, arg.MaxRows)
 	if err != nil {
@@ -1059,6 +1148,28 @@ func (q *Queries) StopSandbox(ctx context.Context, arg StopSandboxParams) (Sandb
 		&i.AgentVersion,
 	)
 	return i, err
+}
+
+const stopStartingSandbox = `-- name: StopStartingSandbox :execrows
+UPDATE sandboxes
+SET state = 'stopped', error = $1, stopped_at = $2::timestamptz, updated_at = $2::timestamptz
+WHERE id = $3 AND state = 'starting'
+`
+
+type StopStartingSandboxParams struct {
+	Error string
+	Now   time.Time
+	ID    string
+}
+
+// A fork the host did not make: it never existed for the user, so it is
+// stopped (not listed) rather than in error.
+func (q *Queries) StopStartingSandbox(ctx context.Context, arg StopStartingSandboxParams) (int64, error) {
+	result, err := q.db.Exec(ctx, stopStartingSandbox, arg.Error, arg.Now, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const stopVanishedHostSandboxes = `-- name: StopVanishedHostSandboxes :many

@@ -59,6 +59,26 @@ func (q *Queries) BuiltinTemplates(ctx context.Context, teamID uuid.UUID) ([]Bui
 	return items, nil
 }
 
+const deleteStalePendingTemplate = `-- name: DeleteStalePendingTemplate :execrows
+DELETE FROM templates
+WHERE id = $1 AND status = 'pending' AND updated_at < $2::timestamptz
+`
+
+type DeleteStalePendingTemplateParams struct {
+	ID     uuid.UUID
+	Before time.Time
+}
+
+// Gives up a template nobody finished, unless its lease was renewed or it
+// became ready since the sweeper looked.
+func (q *Queries) DeleteStalePendingTemplate(ctx context.Context, arg DeleteStalePendingTemplateParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteStalePendingTemplate, arg.ID, arg.Before)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const deleteTemplate = `-- name: DeleteTemplate :exec
 DELETE FROM templates WHERE id = $1
 `
@@ -69,7 +89,7 @@ func (q *Queries) DeleteTemplate(ctx context.Context, id uuid.UUID) error {
 }
 
 const getTeamTemplate = `-- name: GetTeamTemplate :one
-SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at FROM templates WHERE team_id = $1::uuid AND name = $2
+SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at FROM templates WHERE team_id = $1::uuid AND name = $2
 `
 
 type GetTeamTemplateParams struct {
@@ -92,17 +112,19 @@ func (q *Queries) GetTeamTemplate(ctx context.Context, arg GetTeamTemplateParams
 		&i.Vcpus,
 		&i.MemoryMb,
 		&i.CreatedAt,
+		&i.Status,
+		&i.UpdatedAt,
 	)
 	return i, err
 }
 
 const insertTemplate = `-- name: InsertTemplate :one
 INSERT INTO templates (team_id, name, agent_name, host_id, source_sandbox_id, snapshot,
-                       vcpus, memory_mb, created_at)
+                       vcpus, memory_mb, status, created_at, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6,
-        $7, $8, $9::timestamptz)
+        $7, $8, $9, $10::timestamptz, $10::timestamptz)
 ON CONFLICT DO NOTHING
-RETURNING id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at
+RETURNING id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at
 `
 
 type InsertTemplateParams struct {
@@ -114,10 +136,12 @@ type InsertTemplateParams struct {
 	Snapshot        bool
 	Vcpus           int32
 	MemoryMb        int32
+	Status          string
 	Now             time.Time
 }
 
 // No row: the team already has a template of that name.
+// A snapshot template starts pending (see MarkTemplateReady).
 func (q *Queries) InsertTemplate(ctx context.Context, arg InsertTemplateParams) (Template, error) {
 	row := q.db.QueryRow(ctx, insertTemplate,
 		arg.TeamID,
@@ -128,6 +152,7 @@ func (q *Queries) InsertTemplate(ctx context.Context, arg InsertTemplateParams) 
 		arg.Snapshot,
 		arg.Vcpus,
 		arg.MemoryMb,
+		arg.Status,
 		arg.Now,
 	)
 	var i Template
@@ -143,12 +168,14 @@ func (q *Queries) InsertTemplate(ctx context.Context, arg InsertTemplateParams) 
 		&i.Vcpus,
 		&i.MemoryMb,
 		&i.CreatedAt,
+		&i.Status,
+		&i.UpdatedAt,
 	)
 	return i, err
 }
 
 const listTeamTemplates = `-- name: ListTeamTemplates :many
-SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at FROM templates WHERE team_id = $1::uuid ORDER BY name
+SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at FROM templates WHERE team_id = $1::uuid ORDER BY name
 `
 
 func (q *Queries) ListTeamTemplates(ctx context.Context, teamID uuid.UUID) ([]Template, error) {
@@ -172,6 +199,8 @@ func (q *Queries) ListTeamTemplates(ctx context.Context, teamID uuid.UUID) ([]Te
 			&i.Vcpus,
 			&i.MemoryMb,
 			&i.CreatedAt,
+			&i.Status,
+			&i.UpdatedAt,
 		); err != nil {
 			return nil, err
 		}
@@ -183,16 +212,85 @@ func (q *Queries) ListTeamTemplates(ctx context.Context, teamID uuid.UUID) ([]Te
 	return items, nil
 }
 
-const setTemplateDiskBytes = `-- name: SetTemplateDiskBytes :exec
-UPDATE templates SET disk_bytes = $1 WHERE id = $2
+const markTemplateReady = `-- name: MarkTemplateReady :execrows
+UPDATE templates SET status = 'ready', disk_bytes = $1, updated_at = $2::timestamptz
+WHERE id = $3 AND status = 'pending'
 `
 
-type SetTemplateDiskBytesParams struct {
+type MarkTemplateReadyParams struct {
 	DiskBytes int64
+	Now       time.Time
 	ID        uuid.UUID
 }
 
-func (q *Queries) SetTemplateDiskBytes(ctx context.Context, arg SetTemplateDiskBytesParams) error {
-	_, err := q.db.Exec(ctx, setTemplateDiskBytes, arg.DiskBytes, arg.ID)
+// Its host made it. No row: the sweeper gave it up meanwhile.
+func (q *Queries) MarkTemplateReady(ctx context.Context, arg MarkTemplateReadyParams) (int64, error) {
+	result, err := q.db.Exec(ctx, markTemplateReady, arg.DiskBytes, arg.Now, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const renewTemplateLeases = `-- name: RenewTemplateLeases :exec
+UPDATE templates SET updated_at = $1::timestamptz
+WHERE id = ANY($2::uuid[]) AND status = 'pending'
+`
+
+type RenewTemplateLeasesParams struct {
+	Now time.Time
+	Ids []uuid.UUID
+}
+
+// The replica making these templates is alive: the sweeper leaves them.
+func (q *Queries) RenewTemplateLeases(ctx context.Context, arg RenewTemplateLeasesParams) error {
+	_, err := q.db.Exec(ctx, renewTemplateLeases, arg.Now, arg.Ids)
 	return err
+}
+
+const stalePendingTemplates = `-- name: StalePendingTemplates :many
+SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at FROM templates
+WHERE status = 'pending' AND updated_at < $1::timestamptz
+ORDER BY updated_at
+LIMIT $2
+`
+
+type StalePendingTemplatesParams struct {
+	Before  time.Time
+	MaxRows int32
+}
+
+// Templates whose maker stopped renewing their lease (it died).
+func (q *Queries) StalePendingTemplates(ctx context.Context, arg StalePendingTemplatesParams) ([]Template, error) {
+	rows, err := q.db.Query(ctx, stalePendingTemplates, arg.Before, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Template{}
+	for rows.Next() {
+		var i Template
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.AgentName,
+			&i.HostID,
+			&i.SourceSandboxID,
+			&i.Snapshot,
+			&i.DiskBytes,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.CreatedAt,
+			&i.Status,
+			&i.UpdatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

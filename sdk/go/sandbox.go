@@ -198,7 +198,14 @@ func (sb *Sandbox) Pause(ctx context.Context) (*api.Sandbox, error) {
 	return sb.post(ctx, "pause", "pause", nil)
 }
 
-// Resume continues a paused sandbox where it stopped.
+// Hibernate writes the sandbox's memory to its host's disk and stops its
+// VM, so that it holds no RAM or vCPUs until Resume brings it back with
+// its processes and files as they were.
+func (sb *Sandbox) Hibernate(ctx context.Context) (*api.Sandbox, error) {
+	return sb.post(ctx, "hibernate", "hibernate", nil)
+}
+
+// Resume continues a paused or hibernated sandbox where it stopped.
 func (sb *Sandbox) Resume(ctx context.Context) (*api.Sandbox, error) {
 	return sb.post(ctx, "resume", "resume", nil)
 }

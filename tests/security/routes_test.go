@@ -117,6 +117,7 @@ var crossTeam = map[string]routeCheck{
 	"DELETE /v1/sandboxes/{sandboxID}":                           {},
 	"POST /v1/sandboxes/{sandboxID}/pause":                       {},
 	"POST /v1/sandboxes/{sandboxID}/resume":                      {},
+	"POST /v1/sandboxes/{sandboxID}/hibernate":                   {},
 	"POST /v1/sandboxes/{sandboxID}/fork":                        {body: map[string]any{"count": 1}},
 	"POST /v1/sandboxes/{sandboxID}/timeout":                     {body: map[string]any{"timeout_sec": 60}},
 	"PUT /v1/sandboxes/{sandboxID}/network":                      {body: map[string]any{"allow_internet": true}},

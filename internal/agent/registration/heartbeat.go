@@ -48,7 +48,15 @@ type HeartbeatConfig struct {
 	// OnRevoked runs once, after the credentials are deleted, when the
 	// control plane has deleted the host: it stops the RPC server.
 	OnRevoked func(reason error)
+	// Destroy destroys a sandbox the control plane's records say is gone
+	// (HeartbeatResponse.destroy_sandbox_ids); nil: such answers are
+	// only logged.
+	Destroy func(ctx context.Context, id string) error
 }
+
+// maxDestroyPerBeat bounds the sandboxes one heartbeat answer may have
+// destroyed (the rest come again in the next answer).
+const maxDestroyPerBeat = 64
 
 // Heartbeater reports the host to the control plane and renews its
 // credentials when the control plane says they are due.
@@ -124,12 +132,41 @@ func (h *Heartbeater) Beat(ctx context.Context) error {
 		}
 		return fmt.Errorf("heartbeat: %w", err)
 	}
+	h.destroyOrphans(ctx, res.Msg.GetDestroySandboxIds())
 	if due := res.Msg.GetRenewAfterUnixMs(); due > 0 && !h.cfg.Clock.Now().Before(time.UnixMilli(due)) {
 		if err := h.renew(ctx, creds); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// destroyOrphans destroys the sandboxes the control plane says are gone:
+// their creates or forks were given up, or they were deleted while this
+// host could not be told. A failure is logged; the next heartbeat's
+// answer names them again.
+func (h *Heartbeater) destroyOrphans(ctx context.Context, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	if len(ids) > maxDestroyPerBeat {
+		ids = ids[:maxDestroyPerBeat]
+	}
+	log := h.cfg.Logger
+	if h.cfg.Destroy == nil {
+		log.Warn("the control plane says these sandboxes are gone; not destroying them (no destroyer wired)", "sandbox_ids", ids)
+		return
+	}
+	for _, id := range ids {
+		err := h.cfg.Destroy(ctx, id)
+		switch {
+		case err == nil:
+			log.Info("destroyed a sandbox the control plane's records say is gone", "sandbox_id", id)
+		case errors.Is(err, errdefs.ErrNotFound):
+		default:
+			log.Warn("destroy a sandbox the control plane's records say is gone", "sandbox_id", id, "err", err)
+		}
+	}
 }
 
 // renew trades a fresh CSR for the same key for a new certificate and

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,6 +231,11 @@ type agent struct {
 	clock    *fakeClock
 	// cpTLS is the control plane's client TLS.
 	cpTLS *tls.Config
+	// destroyed records the heartbeater's Destroy calls; destroyErr is
+	// what they return for an id.
+	mu         sync.Mutex
+	destroyed  []string
+	destroyErr map[string]error
 }
 
 func startAgent(t *testing.T) *agent {
@@ -256,6 +263,12 @@ func startAgent(t *testing.T) *agent {
 		OnRevoked: func(reason error) {
 			_ = srv.Close()
 			a.revoked <- reason
+		},
+		Destroy: func(_ context.Context, id string) error {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.destroyed = append(a.destroyed, id)
+			return a.destroyErr[id]
 		},
 	})
 	return a
@@ -290,6 +303,36 @@ func TestHeartbeat(t *testing.T) {
 	}
 	if h.Renewals != 0 {
 		t.Error("renewed although nothing was due")
+	}
+}
+
+// TestHeartbeatDestroysOrphans: the sandboxes a heartbeat answer names
+// are destroyed, each once per answer, and a failure (or one already
+// gone) neither fails the heartbeat nor stops the others.
+func TestHeartbeatDestroysOrphans(t *testing.T) {
+	a := startAgent(t)
+	a.cp.SetDestroy([]string{"gone-1", "already-gone", "fails", "gone-2"})
+	a.destroyErr = map[string]error{
+		"already-gone": errdefs.New(errdefs.ErrNotFound, "no sandbox already-gone"),
+		"fails":        errors.New("disk on fire"),
+	}
+	if err := a.hb.Beat(context.Background()); err != nil {
+		t.Fatalf("beat: %v", err)
+	}
+	a.mu.Lock()
+	got := slices.Clone(a.destroyed)
+	a.mu.Unlock()
+	if want := []string{"gone-1", "already-gone", "fails", "gone-2"}; !slices.Equal(got, want) {
+		t.Fatalf("destroyed %v, want %v", got, want)
+	}
+	a.cp.SetDestroy(nil)
+	if err := a.hb.Beat(context.Background()); err != nil {
+		t.Fatalf("beat: %v", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.destroyed) != 4 {
+		t.Fatalf("an answer naming nothing destroyed %v", a.destroyed[4:])
 	}
 }
 

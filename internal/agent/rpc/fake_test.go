@@ -222,6 +222,25 @@ func (f *fakeManager) ForkAs(_ context.Context, team, id string, n int) ([]agent
 	return out, nil
 }
 
+func (f *fakeManager) ForkNamed(_ context.Context, team, id string, ids []string) ([]agent.Info, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.teams["Fork"] = team
+	src, err := f.lookup("Fork", id)
+	if err != nil {
+		return nil, err
+	}
+	var out []agent.Info
+	for _, fid := range ids {
+		in := src
+		in.ID = fid
+		in.AccessToken = "token-" + in.ID
+		f.sandboxes[in.ID] = in
+		out = append(out, in)
+	}
+	return out, nil
+}
+
 func (f *fakeManager) SetTimeout(_ context.Context, id string, d time.Duration, on agent.OnTimeout) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -38,6 +38,7 @@ type Manager interface {
 	ResumeAs(ctx context.Context, team, id string) error
 	Hibernate(ctx context.Context, id string) error
 	ForkAs(ctx context.Context, team, id string, n int) ([]agent.Info, error)
+	ForkNamed(ctx context.Context, team, id string, ids []string) ([]agent.Info, error)
 	SetTimeout(ctx context.Context, id string, timeout time.Duration, on agent.OnTimeout) error
 	SetNetwork(ctx context.Context, id string, pol network.Policy) error
 	Metrics(ctx context.Context, id string) (agent.Metrics, error)
@@ -220,7 +221,18 @@ func (s *service) ForkSandbox(ctx context.Context, req *connect.Request[hostagen
 	if n < 1 || n > MaxForks {
 		return nil, errdefs.ToConnect(errdefs.New(errdefs.ErrInvalidArgument, "count %d: must be 1-%d", n, MaxForks))
 	}
-	infos, err := s.m.ForkAs(ctx, req.Msg.GetTeamId(), req.Msg.GetId(), int(n))
+	var (
+		infos []agent.Info
+		err   error
+	)
+	if ids := req.Msg.GetIds(); len(ids) > 0 {
+		if len(ids) != int(n) {
+			return nil, errdefs.ToConnect(errdefs.New(errdefs.ErrInvalidArgument, "ids: %d given for count %d", len(ids), n))
+		}
+		infos, err = s.m.ForkNamed(ctx, req.Msg.GetTeamId(), req.Msg.GetId(), ids)
+	} else {
+		infos, err = s.m.ForkAs(ctx, req.Msg.GetTeamId(), req.Msg.GetId(), int(n))
+	}
 	if err != nil {
 		return nil, errdefs.ToConnect(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -248,6 +249,20 @@ func TestForkSandbox(t *testing.T) {
 		if f.GetAccessToken() != "token-"+f.GetId() {
 			t.Errorf("fork %s token = %q, want its own token in the fork response", f.GetId(), f.GetAccessToken())
 		}
+	}
+	// Forks named by the control plane: exactly count ids.
+	_, err = s.rpc.ForkSandbox(ctx, connect.NewRequest(&hostagentv1.ForkSandboxRequest{Id: "sb1", Count: 2, Ids: []string{"only-one"}}))
+	wantCode(t, err, connect.CodeInvalidArgument)
+	res, err = s.rpc.ForkSandbox(ctx, connect.NewRequest(&hostagentv1.ForkSandboxRequest{Id: "sb1", Count: 2, Ids: []string{"named-a", "named-b"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range res.Msg.GetSandboxes() {
+		got = append(got, f.GetId())
+	}
+	if !slices.Equal(got, []string{"named-a", "named-b"}) {
+		t.Fatalf("named forks = %v, want [named-a named-b]", got)
 	}
 }
 

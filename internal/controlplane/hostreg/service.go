@@ -260,6 +260,7 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		hb      store.HeartbeatHostRow
 		rec     Reconciled
 		unknown []string
+		orphans []string
 	)
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
@@ -276,6 +277,12 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		if err != nil {
 			return err
 		}
+		orphans, err = q.OrphanedHostSandboxes(ctx, store.OrphanedHostSandboxesParams{
+			HostID: host.ID, Ids: present, LiveIds: liveIDs(present, m.SandboxStates), Before: now.Add(-OrphanGrace),
+		})
+		if err != nil {
+			return fmt.Errorf("list orphaned sandboxes of host %s: %w", host.ID, err)
+		}
 		known, err := q.HeldHostSandboxes(ctx, store.HeldHostSandboxesParams{HostID: host.ID, Ids: present})
 		if err != nil {
 			return fmt.Errorf("list known sandboxes of host %s: %w", host.ID, err)
@@ -283,6 +290,9 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		isKnown := make(map[string]bool, len(known))
 		for _, id := range known {
 			isKnown[id] = true
+		}
+		for _, id := range orphans {
+			isKnown[id] = true // told to destroy, not unknown
 		}
 		for _, id := range present {
 			if !isKnown[id] {
@@ -307,12 +317,19 @@ func (s *Service) Heartbeat(ctx context.Context, req *connect.Request[hostagentv
 		log.Info("sandbox state repaired from heartbeat", "sandbox_id", d.ID, "from", d.From, "to", d.To, "version", d.Version)
 	}
 	if len(unknown) > 0 {
-		// Never destroyed from here: a database restore or a bug on our
-		// side must not cost users their sandboxes. An operator decides.
-		log.Warn("host holds sandboxes the database does not place on it or considers stopped", "sandbox_ids", unknown)
+		// Sandboxes the database has no record of on this host are never
+		// destroyed from here: a database restore or a bug on our side
+		// must not cost users their sandboxes. An operator decides.
+		// (Every sandbox's row is written before its host makes it, so
+		// nothing else leaves a sandbox without a record.)
+		log.Warn("host holds sandboxes the database does not place on it", "sandbox_ids", unknown)
+	}
+	if len(orphans) > 0 {
+		log.Info("telling the host to destroy sandboxes whose records say they are gone", "sandbox_ids", orphans)
 	}
 	return connect.NewResponse(&hostagentv1.HeartbeatResponse{
-		RenewAfterUnixMs: renewAfter(hb.CertificateExpiresAt, hb.CredentialExpiresAt, now).UnixMilli(),
+		RenewAfterUnixMs:  renewAfter(hb.CertificateExpiresAt, hb.CredentialExpiresAt, now).UnixMilli(),
+		DestroySandboxIds: orphans,
 	}), nil
 }
 
@@ -384,6 +401,26 @@ func reconcile(ctx context.Context, q *store.Queries, hostID uuid.UUID, present 
 		return r, fmt.Errorf("stop vanished sandboxes of host %s: %w", hostID, err)
 	}
 	return r, nil
+}
+
+// OrphanGrace is how long a sandbox's row must have been stopped (or in
+// error) before a heartbeat tells its host to destroy what it still
+// holds of it: the operation that stopped it destroys it itself, and is
+// not raced.
+const OrphanGrace = 10 * time.Second
+
+// liveIDs are the present sandboxes the agent reports as alive (anything
+// but stopped or error).
+func liveIDs(present []string, reported map[string]hostagentv1.SandboxState) []string {
+	out := make([]string, 0, len(present))
+	for _, id := range present {
+		switch reported[id] {
+		case hostagentv1.SandboxState_SANDBOX_STATE_STOPPED, hostagentv1.SandboxState_SANDBOX_STATE_ERROR:
+		default:
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // dbStates gives, for each present sandbox, the state the database should

@@ -399,8 +399,12 @@ func TestHeartbeatReconcilesSandboxes(t *testing.T) {
 	if _, err := e.pool.Exec(context.Background(), "UPDATE hosts SET status = 'unreachable' WHERE id = $1", id); err != nil {
 		t.Fatal(err)
 	}
+	// Stopped an hour ago (past hostreg.OrphanGrace).
+	if _, err := e.pool.Exec(context.Background(), "UPDATE sandboxes SET updated_at = $1 WHERE id = 'stopped-present'", old); err != nil {
+		t.Fatal(err)
+	}
 
-	_, err := e.heartbeat(cred, &hostagentv1.HeartbeatRequest{
+	resp, err := e.heartbeat(cred, &hostagentv1.HeartbeatRequest{
 		SandboxIds: []string{"missing-present", "running-present", "stopped-present", "stray"},
 	})
 	if err != nil {
@@ -431,11 +435,16 @@ func TestHeartbeatReconcilesSandboxes(t *testing.T) {
 	if stoppedAt == nil || !stoppedAt.Equal(e.clk.Now()) {
 		t.Errorf("stopped_at = %v, want %v", stoppedAt, e.clk.Now())
 	}
-	v, ok := e.logs.attr("host holds sandboxes the database does not place on it or considers stopped", "sandbox_ids")
+	// The host still holds a sandbox whose row is stopped: it is told to
+	// destroy it. One the database has no record of is only logged.
+	if got := resp.GetDestroySandboxIds(); !slices.Equal(got, []string{"stopped-present"}) {
+		t.Errorf("destroy_sandbox_ids = %v, want [stopped-present]", got)
+	}
+	v, ok := e.logs.attr("host holds sandboxes the database does not place on it", "sandbox_ids")
 	if !ok {
 		t.Fatal("strays not logged")
 	}
-	if got, _ := v.Any().([]string); !slices.Equal(got, []string{"stopped-present", "stray"}) {
+	if got, _ := v.Any().([]string); !slices.Equal(got, []string{"stray"}) {
 		t.Errorf("strays logged: %v", v)
 	}
 	if !e.logs.has("host back online") {
@@ -500,5 +509,55 @@ func TestClientIdentity(t *testing.T) {
 	next, _ := id.Certificate()
 	if next == first || !next.Leaf.NotAfter.After(leaf.NotAfter) {
 		t.Error("certificate not re-issued after two thirds of its life")
+	}
+}
+
+// TestHeartbeatOrphans: a heartbeat tells the host to destroy what it
+// still runs of sandboxes whose rows say they are gone (stopped, or in
+// error while the host reports them alive: a create or fork given up),
+// once they have been so for hostreg.OrphanGrace; never a sandbox in
+// error that the host reports in error too (kept for its logs until
+// deleted), one just stopped, one still starting, or one without a row.
+func TestHeartbeatOrphans(t *testing.T) {
+	e := newEnv(t)
+	id, tok := e.newHost(t)
+	cred := e.register(t, tok, "127.0.0.1:50051").HostToken
+	now := e.clk.Now()
+	old := now.Add(-time.Hour)
+	for _, s := range []struct {
+		id, state string
+		updated   time.Time
+	}{
+		{"stopped-old", "stopped", old},
+		{"stopped-just-now", "stopped", now.Add(-hostreg.OrphanGrace / 2)},
+		{"abandoned-running-on-host", "error", old},
+		{"failed-on-host-too", "error", old},
+		{"starting", "starting", old},
+		{"running", "running", old},
+	} {
+		e.addSandbox(t, s.id, id, s.state, old)
+		if _, err := e.pool.Exec(context.Background(), "UPDATE sandboxes SET updated_at = $1 WHERE id = $2", s.updated, s.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := hostagentv1.SandboxState_SANDBOX_STATE_RUNNING
+	resp, err := e.heartbeat(cred, &hostagentv1.HeartbeatRequest{
+		SandboxIds: []string{"stopped-old", "stopped-just-now", "abandoned-running-on-host", "failed-on-host-too", "starting", "running", "no-row"},
+		SandboxStates: map[string]hostagentv1.SandboxState{
+			"stopped-old": running, "stopped-just-now": running, "abandoned-running-on-host": running,
+			"failed-on-host-too": hostagentv1.SandboxState_SANDBOX_STATE_ERROR,
+			"starting":           hostagentv1.SandboxState_SANDBOX_STATE_STARTING, "running": running, "no-row": running,
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := resp.GetDestroySandboxIds(), []string{"abandoned-running-on-host", "stopped-old"}; !slices.Equal(got, want) {
+		t.Errorf("destroy_sandbox_ids = %v, want %v", got, want)
+	}
+	for id, want := range map[string]string{"stopped-old": "stopped", "abandoned-running-on-host": "error", "failed-on-host-too": "error", "running": "running"} {
+		if got := e.sandboxState(t, id); got != want {
+			t.Errorf("sandbox %s: %s, want %s (told to destroy, the row stays as it is)", id, got, want)
+		}
 	}
 }

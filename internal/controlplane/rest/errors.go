@@ -10,11 +10,14 @@ import (
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/rpclimit"
+	"github.com/wrenn/wrenn/internal/store"
 )
 
 var (
 	errNotFoundRoute    = errdefs.New(errdefs.ErrNotFound, "no such route")
 	errMethodNotAllowed = errdefs.New(errdefs.ErrInvalidArgument, "method not allowed on this route")
+	// errBackendUnavailable answers for a database that is away.
+	errBackendUnavailable = errdefs.New(errdefs.ErrUnavailable, "the service is briefly unavailable (its database is restarting or unreachable); try again")
 )
 
 // unavailableRetryAfter is the Retry-After (seconds) of a 503 that did not
@@ -52,6 +55,12 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	status := errdefs.HTTPStatus(err)
+	if status == http.StatusInternalServerError && store.IsUnavailable(err) {
+		// PostgreSQL restarting or a connection cut mid-statement: the
+		// same request may work in a moment.
+		loggerFrom(r).Warn("request failed: a backing service is unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		err, status = errBackendUnavailable, http.StatusServiceUnavailable
+	}
 	var b errorBody
 	b.Error.Code = errdefs.Code(err)
 	b.Error.Message = err.Error()

@@ -103,6 +103,16 @@ func (a *fakeAgent) Has(id string) bool {
 	return ok
 }
 
+// State is the state the agent holds sandbox id in (unspecified if none).
+func (a *fakeAgent) State(id string) hostagentv1.SandboxState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if sb, ok := a.sandboxes[id]; ok {
+		return sb.state
+	}
+	return hostagentv1.SandboxState_SANDBOX_STATE_UNSPECIFIED
+}
+
 func newToken() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
@@ -195,9 +205,20 @@ func (a *fakeAgent) ResumeSandbox(_ context.Context, req *connect.Request[hostag
 	a.setTeam("ResumeSandbox", req.Msg.GetTeamId())
 	a.mu.Unlock()
 	if err := a.move(req.Msg.GetId(), hostagentv1.SandboxState_SANDBOX_STATE_PAUSED, hostagentv1.SandboxState_SANDBOX_STATE_RUNNING); err != nil {
-		return nil, err
+		if err := a.move(req.Msg.GetId(), hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED, hostagentv1.SandboxState_SANDBOX_STATE_RUNNING); err != nil {
+			return nil, err
+		}
 	}
 	return connect.NewResponse(&hostagentv1.ResumeSandboxResponse{}), nil
+}
+
+// HibernateSandbox, as the real agent, takes a paused sandbox only.
+func (a *fakeAgent) HibernateSandbox(_ context.Context, req *connect.Request[hostagentv1.HibernateSandboxRequest]) (*connect.Response[hostagentv1.HibernateSandboxResponse], error) {
+	a.count("HibernateSandbox")
+	if err := a.move(req.Msg.GetId(), hostagentv1.SandboxState_SANDBOX_STATE_PAUSED, hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&hostagentv1.HibernateSandboxResponse{}), nil
 }
 
 func (a *fakeAgent) ForkSandbox(_ context.Context, req *connect.Request[hostagentv1.ForkSandboxRequest]) (*connect.Response[hostagentv1.ForkSandboxResponse], error) {
@@ -219,8 +240,11 @@ func (a *fakeAgent) ForkSandbox(_ context.Context, req *connect.Request[hostagen
 		return connect.NewResponse(&hostagentv1.ForkSandboxResponse{Sandboxes: out}), nil
 	}
 	var out []*hostagentv1.Sandbox
-	for range req.Msg.GetCount() {
+	for i := range req.Msg.GetCount() {
 		id := "fork-" + newToken()[:12]
+		if ids := req.Msg.GetIds(); int(i) < len(ids) {
+			id = ids[i] // named by the control plane, as a real agent does
+		}
 		sb := &fakeSandbox{state: hostagentv1.SandboxState_SANDBOX_STATE_RUNNING, token: newToken(), network: src.network}
 		a.sandboxes[id] = sb
 		out = append(out, &hostagentv1.Sandbox{Id: id, State: sb.state, AccessToken: sb.token})
@@ -294,6 +318,17 @@ func (a *fakeAgent) SnapshotTemplate(_ context.Context, req *connect.Request[hos
 	return connect.NewResponse(&hostagentv1.SnapshotTemplateResponse{Template: &hostagentv1.Template{
 		Name: req.Msg.GetTemplate(), Snapshot: true, DiskBytes: 4096,
 	}}), nil
+}
+
+func (a *fakeAgent) ListTemplates(context.Context, *connect.Request[hostagentv1.ListTemplatesRequest]) (*connect.Response[hostagentv1.ListTemplatesResponse], error) {
+	a.count("ListTemplates")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := &hostagentv1.ListTemplatesResponse{}
+	for name := range a.templates {
+		out.Templates = append(out.Templates, &hostagentv1.Template{Name: name, Snapshot: true, DiskBytes: 4096})
+	}
+	return connect.NewResponse(out), nil
 }
 
 func (a *fakeAgent) DeleteTemplate(_ context.Context, req *connect.Request[hostagentv1.DeleteTemplateRequest]) (*connect.Response[hostagentv1.DeleteTemplateResponse], error) {

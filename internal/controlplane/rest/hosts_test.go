@@ -140,7 +140,7 @@ func TestHostsCreateListGet(t *testing.T) {
 		t.Errorf("registration expires %v, want %v", created.RegistrationExpiresAt, want)
 	}
 	h := created.Host
-	if h.Status != api.Pending || h.Type != api.HostTypeByoc || h.Address != nil || h.LastHeartbeatAt != nil {
+	if h.Status != api.HostStatusPending || h.Type != api.HostTypeByoc || h.Address != nil || h.LastHeartbeatAt != nil {
 		t.Errorf("new host %+v", h)
 	}
 	regular := e.createHost(t, a.JWT, "regular").Host // a platform admin's session may too
@@ -159,7 +159,7 @@ func TestHostsCreateListGet(t *testing.T) {
 	e.addSandboxRow(t, a, h.Id, "sb-paused", "paused")
 	var got api.Host
 	e.doJSON(t, http.MethodGet, "/v1/hosts/"+h.Id.String(), a.Key, nil, http.StatusOK, &got)
-	if got.Status != api.Online || got.Address == nil || *got.Address != "127.0.0.1:50051" ||
+	if got.Status != api.HostStatusOnline || got.Address == nil || *got.Address != "127.0.0.1:50051" ||
 		got.Cpus == nil || *got.Cpus != 4 || got.Vmm == nil || *got.Vmm != "qemu" || got.LastHeartbeatAt == nil {
 		t.Errorf("registered host %+v", got)
 	}
@@ -256,7 +256,7 @@ func TestHostsOtherTeamSeesNothing(t *testing.T) {
 	}
 	var got api.Host
 	e.doJSON(t, http.MethodGet, path, a.Key, nil, http.StatusOK, &got)
-	if got.Status != api.Pending {
+	if got.Status != api.HostStatusPending {
 		t.Errorf("team b changed team a's host: %+v", got)
 	}
 }
@@ -359,7 +359,7 @@ func TestHostTokenRegenerate(t *testing.T) {
 	// the credential it had.
 	var third api.CreatedHost
 	e.doJSON(t, http.MethodPost, path, a.Key, nil, http.StatusCreated, &third)
-	if third.Host.Status != api.Online {
+	if third.Host.Status != api.HostStatusOnline {
 		t.Errorf("status %s: a new token must not take a registered host offline", third.Host.Status)
 	}
 	if err := e.heartbeat(cred); err != nil {

@@ -163,13 +163,14 @@ func TestQuotaForkSnapshotResume(t *testing.T) {
 	env.doJSON(t, "POST", "/v1/sandboxes/"+src.Id+"/snapshot", key, map[string]any{"name": "one"}, http.StatusCreated, nil)
 	wantQuota(t, env.do(t, "POST", "/v1/sandboxes/"+src.Id+"/snapshot", key, map[string]any{"name": "two"}), "max_templates (1)")
 
-	// Hibernate src (the REST API has no route for it: the store is set as
-	// the host monitor or an agent would): its vCPU is given back...
+	// Hibernate src: its vCPU is given back...
 	for _, f := range forks.Sandboxes {
 		env.doJSON(t, "DELETE", "/v1/sandboxes/"+f.Id, key, nil, http.StatusNoContent, nil)
 	}
-	if _, err := env.Pool.Exec(context.Background(), `UPDATE sandboxes SET state = 'hibernated' WHERE id = $1`, src.Id); err != nil {
-		t.Fatal(err)
+	var hib api.Sandbox
+	env.doJSON(t, "POST", "/v1/sandboxes/"+src.Id+"/hibernate", key, nil, http.StatusOK, &hib)
+	if hib.State != api.SandboxStateHibernated {
+		t.Fatalf("after hibernate: %s", hib.State)
 	}
 	// ...and taken by others, so resuming it would pass max_vcpus.
 	env.create(t, map[string]any{"vcpus": 4})

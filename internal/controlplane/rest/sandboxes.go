@@ -42,6 +42,7 @@ func (s *Server) mountSandboxes(r chi.Router) {
 	r.Delete(one, s.sbHandler(s.deleteSandbox))
 	r.Post(one+"/pause", s.sbHandler(s.pauseSandbox))
 	r.Post(one+"/resume", s.sbHandler(s.resumeSandbox))
+	r.Post(one+"/hibernate", s.sbHandler(s.hibernateSandbox))
 	r.Post(one+"/fork", s.sbHandler(s.forkSandbox))
 	r.Post(one+"/timeout", s.sbHandler(s.setSandboxTimeout))
 	r.Put(one+"/network", s.sbHandler(s.setSandboxNetwork))

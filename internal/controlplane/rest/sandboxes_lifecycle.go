@@ -43,6 +43,12 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	})
 }
 
+func (s *Server) hibernateSandbox(w http.ResponseWriter, r *http.Request) error {
+	return s.lifecycle(w, r, "hibernate", func(ctx context.Context, sb store.Sandbox) (store.Sandbox, error) {
+		return s.sandboxes.Hibernate(ctx, sb.TeamID, sb.ID)
+	})
+}
+
 func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	return s.lifecycle(w, r, "resume", func(ctx context.Context, sb store.Sandbox) (store.Sandbox, error) {
 		return s.sandboxes.Resume(ctx, sb.TeamID, sb.ID)

@@ -284,8 +284,27 @@ func TestSandboxLifecycle(t *testing.T) {
 	if got.State != api.SandboxStatePaused || !agent.droppedMemory(sb.Id) {
 		t.Fatalf("after a disk-only pause: %s, dropped %v", got.State, agent.droppedMemory(sb.Id))
 	}
+	// ...and so has nothing to hibernate.
+	wantError(t, env.do(t, "POST", path+"/hibernate", key, nil), http.StatusConflict, "failed_precondition")
 	env.doJSON(t, "POST", path+"/resume", key, nil, http.StatusOK, &got)
 	wantError(t, env.do(t, "POST", path+"/pause", key, map[string]any{"keep_memory": "no"}), http.StatusBadRequest, "invalid_argument")
+
+	// Hibernate from running (paused first on the host) and from paused;
+	// resume from hibernated.
+	for _, paused := range []bool{false, true} {
+		if paused {
+			env.doJSON(t, "POST", path+"/pause", key, nil, http.StatusOK, &got)
+		}
+		env.doJSON(t, "POST", path+"/hibernate", key, nil, http.StatusOK, &got)
+		if got.State != api.SandboxStateHibernated || agent.State(sb.Id) != hostagentv1.SandboxState_SANDBOX_STATE_HIBERNATED {
+			t.Fatalf("after hibernate (paused first: %v): %s, host %s", paused, got.State, agent.State(sb.Id))
+		}
+		wantError(t, env.do(t, "POST", path+"/hibernate", key, nil), http.StatusConflict, "failed_precondition")
+		env.doJSON(t, "POST", path+"/resume", key, nil, http.StatusOK, &got)
+		if got.State != api.SandboxStateRunning {
+			t.Fatalf("after resuming a hibernated sandbox: %s", got.State)
+		}
+	}
 
 	env.doJSON(t, "POST", path+"/timeout", key, map[string]any{"timeout_sec": 900, "on_timeout": "pause"}, http.StatusOK, &got)
 	if got.TimeoutSec != 900 || got.OnTimeout != api.Pause {

@@ -26,7 +26,8 @@ func (s *Server) mountTemplates(r chi.Router) {
 }
 
 func templateJSON(t store.Template) api.Template {
-	out := api.Template{Name: t.Name, Snapshot: t.Snapshot, CreatedAt: t.CreatedAt, SourceSandboxId: t.SourceSandboxID}
+	out := api.Template{Name: t.Name, Snapshot: t.Snapshot, CreatedAt: t.CreatedAt, SourceSandboxId: t.SourceSandboxID,
+		Status: api.TemplateStatus(t.Status)}
 	if t.DiskBytes > 0 {
 		out.DiskBytes = &t.DiskBytes
 	}
@@ -34,7 +35,7 @@ func templateJSON(t store.Template) api.Template {
 }
 
 func builtinJSON(b store.BuiltinTemplatesRow) api.Template {
-	return api.Template{Name: b.Name, Builtin: true, CreatedAt: b.CreatedAt}
+	return api.Template{Name: b.Name, Builtin: true, CreatedAt: b.CreatedAt, Status: api.TemplateStatusReady}
 }
 
 func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {

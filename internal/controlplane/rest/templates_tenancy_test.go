@@ -120,11 +120,12 @@ func TestAgentCallsCarryTeam(t *testing.T) {
 	}
 }
 
-// TestForkIDsFromAgentChecked: the ids of forks an agent reports name
-// rows in the store and are sent back to agents, so only well-formed,
-// distinct ids are recorded, no more than were asked for; surplus forks
-// are destroyed again and malformed ids never leave the control plane.
-// Before, every id the agent sent was stored as a sandbox of the team.
+// TestForkIDsFromAgentChecked: the control plane names the forks and
+// records them before the host makes them; of what a host reports, only
+// the forks asked for are recorded. Others it made (well-formed ids) are
+// destroyed again, and malformed ids never leave the control plane. A
+// host that makes fewer forks than asked fails the fork as a whole: what
+// it made is destroyed and the rows are stopped.
 func TestForkIDsFromAgentChecked(t *testing.T) {
 	env := newSandboxEnv(t)
 	home := env.addHost(t)
@@ -133,12 +134,15 @@ func TestForkIDsFromAgentChecked(t *testing.T) {
 	fork := func(id string) *hostagentv1.Sandbox {
 		return &hostagentv1.Sandbox{Id: id, State: hostagentv1.SandboxState_SANDBOX_STATE_RUNNING, AccessToken: "tok-" + id}
 	}
+	var asked []string
 	home.mu.Lock()
-	home.forkAnswer = func(*hostagentv1.ForkSandboxRequest) []*hostagentv1.Sandbox {
-		return []*hostagentv1.Sandbox{
-			fork("../../etc/passwd"), fork("UPPER"), fork(""), fork("x\x00y"), fork(sb.Id),
-			fork("fork-one"), fork("fork-one"), fork("fork-two"), fork("fork-three"), fork("fork-four"),
+	home.forkAnswer = func(req *hostagentv1.ForkSandboxRequest) []*hostagentv1.Sandbox {
+		asked = req.GetIds()
+		out := []*hostagentv1.Sandbox{fork("../../etc/passwd"), fork("UPPER"), fork(""), fork("x\x00y"), fork(sb.Id), fork("fork-three")}
+		for _, id := range req.GetIds() {
+			out = append(out, fork(id))
 		}
+		return append(out, fork("fork-four"))
 	}
 	home.mu.Unlock()
 
@@ -148,8 +152,8 @@ func TestForkIDsFromAgentChecked(t *testing.T) {
 	for _, f := range out.Sandboxes {
 		got = append(got, f.Id)
 	}
-	if !slices.Equal(got, []string{"fork-one", "fork-two"}) {
-		t.Errorf("forks = %q, want the first two well-formed ones", got)
+	if len(asked) != 2 || !slices.Equal(got, asked) {
+		t.Errorf("forks = %q, want the two the control plane asked for (%q)", got, asked)
 	}
 	rows, err := env.Pool.Query(context.Background(), `SELECT id FROM sandboxes WHERE team_id = $1 ORDER BY id`, env.team.ID)
 	if err != nil {
@@ -159,14 +163,14 @@ func TestForkIDsFromAgentChecked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"fork-one", "fork-two", sb.Id, other.Id}
+	want := append(slices.Clone(asked), sb.Id, other.Id)
 	slices.Sort(want)
 	if !slices.Equal(stored, want) {
 		t.Errorf("store holds %q, want %q", stored, want)
 	}
 	for _, id := range []string{"fork-three", "fork-four"} {
 		if home.Has(id) {
-			t.Errorf("surplus fork %s left running on the host", id)
+			t.Errorf("a fork not asked for (%s) left running on the host", id)
 		}
 	}
 	for _, id := range []string{"../../etc/passwd", "UPPER", "x\x00y", sb.Id} {
@@ -176,6 +180,23 @@ func TestForkIDsFromAgentChecked(t *testing.T) {
 	}
 	if st := env.state(t, sb.Id); st != "running" {
 		t.Errorf("source is %s", st)
+	}
+
+	// A host that makes one fork of two: the fork fails, nothing is kept.
+	home.mu.Lock()
+	home.forkAnswer = func(req *hostagentv1.ForkSandboxRequest) []*hostagentv1.Sandbox {
+		asked = req.GetIds()
+		return []*hostagentv1.Sandbox{fork(req.GetIds()[0])}
+	}
+	home.mu.Unlock()
+	env.doJSON(t, "POST", "/v1/sandboxes/"+sb.Id+"/fork", env.team.Key, map[string]any{"count": 2}, http.StatusServiceUnavailable, nil)
+	for _, id := range asked {
+		if home.Has(id) {
+			t.Errorf("fork %s of a failed fork left on the host", id)
+		}
+		if st := env.state(t, id); st != "stopped" {
+			t.Errorf("fork %s of a failed fork is %s, want stopped", id, st)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package sandboxes
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -210,6 +211,9 @@ func (s *Service) ResolveTemplate(ctx context.Context, team uuid.UUID, name stri
 	t, err := s.q.GetTeamTemplate(ctx, store.GetTeamTemplateParams{TeamID: team, Name: name})
 	switch {
 	case err == nil:
+		if t.Status != TemplateReady {
+			return TemplateRef{}, errdefs.New(errdefs.ErrFailedPrecondition, "template %q is still being made", name)
+		}
 		ref := TemplateRef{AgentName: t.AgentName, Home: t.HostID, Snapshot: t.Snapshot}
 		if t.Snapshot {
 			ref.VCPUs, ref.MemoryMB = int(t.Vcpus), int(t.MemoryMb)
@@ -325,6 +329,8 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	// From here on the store must follow what the hosts do, whether or not
 	// the client waits for the answer.
 	ctx = context.WithoutCancel(ctx)
+	stopLease := s.leaseSandboxes(ctx, "create sandbox "+id, []string{id})
+	defer stopLease()
 	s.faults.Hit(ctx, faultpoint.CPCreateRecorded)
 	areq := &hostagentv1.CreateSandboxRequest{
 		Id: id, Template: tmpl.AgentName, Vcpus: int32(spec.VCPUs), MemoryMb: int32(spec.MemoryMB),
@@ -345,9 +351,7 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 		token, err := s.createOn(ctx, h.ID, areq)
 		if err == nil {
 			s.faults.Hit(ctx, faultpoint.CPCreateStarted)
-			row, err := s.q.MarkSandboxRunning(ctx, store.MarkSandboxRunningParams{
-				ID: id, AccessTokenHash: HashToken(token), AccessTokenSealed: s.seal.seal(id, token), Now: s.clk.Now(),
-			})
+			row, err := s.markRunning(ctx, team, id, token)
 			if store.IsNoRows(err) {
 				// Deleted (or its host declared lost) while it started: the
 				// store no longer expects it, so do not leave it running.
@@ -370,6 +374,31 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	}
 	_ = s.failCreate(ctx, id, errors.New(strings.Join(failures, "; ")))
 	return Created{}, errdefs.New(errdefs.ErrUnavailable, "no host could start the sandbox (%d tried)", len(ranked))
+}
+
+// markRunning records a create or fork the host finished, waiting out a
+// PostgreSQL restart. No rows: the row is no longer starting (deleted, or
+// given up by the sweeper) and the sandbox must not run.
+func (s *Service) markRunning(ctx context.Context, team uuid.UUID, id, token string) (store.Sandbox, error) {
+	var row store.Sandbox
+	tokenHash := HashToken(token)
+	tries := 0
+	err := s.retryStore(ctx, func(ctx context.Context) error {
+		tries++
+		var err error
+		row, err = s.q.MarkSandboxRunning(ctx, store.MarkSandboxRunningParams{
+			ID: id, AccessTokenHash: tokenHash, AccessTokenSealed: s.seal.seal(id, token), Now: s.clk.Now(),
+		})
+		return err
+	})
+	if store.IsNoRows(err) && tries > 1 {
+		// An earlier try may have committed before its connection broke.
+		cur, gerr := s.q.GetTeamSandbox(ctx, store.GetTeamSandboxParams{ID: id, TeamID: team})
+		if gerr == nil && State(cur.State) == Running && bytes.Equal(cur.AccessTokenHash, tokenHash) {
+			return cur, nil
+		}
+	}
+	return row, err
 }
 
 // createOn asks one host to create the sandbox. A failed attempt is

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -42,8 +43,13 @@ func (s *Service) transitionRow(ctx context.Context, sb store.Sandbox, op Op,
 		return store.Sandbox{}, err
 	}
 	s.faults.Hit(ctx, faultpoint.CPTransitionDone)
-	row, err := s.q.TransitionSandbox(ctx, store.TransitionSandboxParams{
-		ID: sb.ID, TeamID: sb.TeamID, FromStates: Strings(From(op)), ToState: string(To(op)), Now: s.clk.Now(),
+	var row store.Sandbox
+	err := s.retryStore(ctx, func(ctx context.Context) error {
+		var err error
+		row, err = s.q.TransitionSandbox(ctx, store.TransitionSandboxParams{
+			ID: sb.ID, TeamID: sb.TeamID, FromStates: Strings(From(op)), ToState: string(To(op)), Now: s.clk.Now(),
+		})
+		return err
 	})
 	if store.IsNoRows(err) {
 		// Something else moved it meanwhile: a delete, the host monitor,
@@ -100,6 +106,52 @@ func (s *Service) pauseOnHost(ctx context.Context, sb store.Sandbox, o PauseOpti
 	return nil
 }
 
+// Hibernate writes a running or paused sandbox's memory and device state
+// to its host's disk and stops its VM: it then holds no RAM and no vCPUs
+// (they count again for its team and its host only once it is resumed),
+// and a resume brings it back with its processes, memory and files as
+// they were. A running sandbox is paused first; if hibernating then
+// fails, it stays paused (and is recorded so).
+func (s *Service) Hibernate(ctx context.Context, team uuid.UUID, id string) (store.Sandbox, error) {
+	sb, err := s.Get(ctx, team, id)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	if sb.MemoryDropped {
+		return store.Sandbox{}, errdefs.New(errdefs.ErrFailedPrecondition,
+			"cannot hibernate sandbox %s: it was paused without its memory (keep_memory false); there is nothing to hibernate", sb.ID)
+	}
+	paused := false
+	row, err := s.transitionRow(ctx, sb, OpHibernate, func(ctx context.Context, sb store.Sandbox) error {
+		if State(sb.State) == Running {
+			if err := s.pauseOnHost(ctx, sb, PauseOptions{}); err != nil {
+				return err
+			}
+			paused = true
+		}
+		ctx, cancel := context.WithTimeout(ctx, agentHibernateTimeout)
+		defer cancel()
+		ag, err := s.agentFor(ctx, sb.HostID)
+		if err != nil {
+			return err
+		}
+		if _, err := ag.HibernateSandbox(ctx, connect.NewRequest(&hostagentv1.HibernateSandboxRequest{Id: sb.ID})); err != nil {
+			return agentErr("hibernate sandbox "+sb.ID, err)
+		}
+		return nil
+	})
+	if err != nil && paused {
+		// The pause stands: say so rather than leave the row running
+		// until the host's event arrives.
+		if _, terr := s.q.TransitionSandbox(context.WithoutCancel(ctx), store.TransitionSandboxParams{
+			ID: sb.ID, TeamID: sb.TeamID, FromStates: Strings([]State{Running}), ToState: string(Paused), Now: s.clk.Now(),
+		}); terr != nil && !store.IsNoRows(terr) {
+			s.log.Warn("record sandbox paused after a failed hibernate", "sandbox_id", sb.ID, "err", terr)
+		}
+	}
+	return row, err
+}
+
 // Resume brings a paused or hibernated sandbox back.
 func (s *Service) Resume(ctx context.Context, team uuid.UUID, id string) (store.Sandbox, error) {
 	sb, err := s.Get(ctx, team, id)
@@ -152,8 +204,12 @@ func (s *Service) Resume(ctx context.Context, team uuid.UUID, id string) (store.
 	return row, nil
 }
 
-// Fork makes count copies of a running or paused sandbox on its host. A
-// fork the store cannot record is destroyed again.
+// Fork makes count copies of a running or paused sandbox on its host. The
+// forks' rows are written (starting, named by the control plane) before
+// the host makes them, in the transaction that admits them, so a fork
+// always has a record: a control plane that dies mid-fork leaves rows the
+// sweeper rolls back, never VMs nobody knows. A fork the host did not make
+// is stopped again.
 func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int) ([]Created, error) {
 	sb, err := s.Get(ctx, team, id)
 	if err != nil {
@@ -165,62 +221,125 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 	if err := Check(OpFork, sb); err != nil {
 		return nil, err
 	}
-	// Forks restore the source's memory, so they run where it is. The hold
-	// counts them in the team's quota and the host's reservations until
-	// their rows exist.
+	if sb.HostID == nil {
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s has no host", sb.ID)
+	}
+	host := *sb.HostID
+	ids := make([]string, count)
+	for i := range ids {
+		ids[i] = NewID()
+	}
+	// Forks restore the source's memory, so they run where it is.
 	want := quota.Sandboxes(count, sb.Vcpus, sb.MemoryMb, sb.DiskMb)
-	hold, err := s.holdOnHost(ctx, sb, want, scheduler.Need{VCPUs: int(want.VCPUs), MemoryBytes: want.MemoryMB << 20, DiskBytes: want.DiskMB << 20})
+	err = s.inTx(ctx, func(q *store.Queries) error {
+		if err := s.quota.Admit(ctx, q, sb.TeamID, want); err != nil {
+			return err
+		}
+		if err := q.LockPlacement(ctx); err != nil {
+			return fmt.Errorf("lock placement: %w", err)
+		}
+		if err := roomOnHost(ctx, q, sb, scheduler.Need{VCPUs: int(want.VCPUs), MemoryBytes: want.MemoryMB << 20, DiskBytes: want.DiskMB << 20}); err != nil {
+			return err
+		}
+		if s.hook != nil {
+			s.hook()
+		}
+		now := s.clk.Now()
+		for _, fid := range ids {
+			if _, err := q.InsertSandbox(ctx, store.InsertSandboxParams{
+				ID: fid, TeamID: sb.TeamID, HostID: &host, Template: sb.Template, State: string(Starting),
+				Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb, DiskMb: sb.DiskMb, TimeoutSec: sb.TimeoutSec,
+				OnTimeout: sb.OnTimeout, Metadata: sb.Metadata, Network: sb.Network, PublicPorts: sb.PublicPorts,
+				ForkedFrom: &sb.ID, Now: now,
+				EndAt: forkDeadline(sb, now), AutoResume: sb.AutoResume, PublicTraffic: sb.PublicTraffic,
+				TrafficTokenHash: sb.TrafficTokenHash,
+			}); err != nil {
+				return fmt.Errorf("record fork %s of sandbox %s: %w", fid, sb.ID, err)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer s.releaseHold(ctx, hold)
 	ctx = context.WithoutCancel(ctx)
+	stopLease := s.leaseSandboxes(ctx, "fork sandbox "+sb.ID, ids)
+	defer stopLease()
 	actx, cancel := context.WithTimeout(ctx, agentForkTimeout)
 	defer cancel()
-	ag, err := s.agentFor(actx, sb.HostID)
+	made, err := s.forkOnHost(actx, sb, ids)
 	if err != nil {
+		s.stopForks(ctx, host, ids, made, err)
 		return nil, err
 	}
-	resp, err := ag.ForkSandbox(actx, connect.NewRequest(&hostagentv1.ForkSandboxRequest{Id: sb.ID, Count: int32(count), TeamId: sb.TeamID.String()}))
-	if err != nil {
-		return nil, agentErr("fork sandbox "+sb.ID, err)
-	}
 	s.faults.Hit(ctx, faultpoint.CPForkStarted)
-	forks, extra := s.acceptForks(sb, resp.Msg.GetSandboxes(), count)
-	for _, id := range extra {
-		// More than was asked for: not admitted, so not kept.
-		if derr := s.destroyOnHost(actx, *sb.HostID, id); derr != nil {
-			s.log.Warn("destroy surplus fork", "sandbox_id", sb.ID, "fork_id", id, "host_id", *sb.HostID, "err", derr)
-		}
-	}
-	out := make([]Created, 0, len(forks))
-	var insertErr error
-	for _, f := range forks {
-		row, err := s.q.InsertSandbox(ctx, store.InsertSandboxParams{
-			ID: f.GetId(), TeamID: sb.TeamID, HostID: sb.HostID, Template: sb.Template, State: string(Running),
-			Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb, DiskMb: sb.DiskMb, TimeoutSec: sb.TimeoutSec,
-			OnTimeout: sb.OnTimeout, Metadata: sb.Metadata, Network: sb.Network, PublicPorts: sb.PublicPorts,
-			AccessTokenHash: HashToken(f.GetAccessToken()), AccessTokenSealed: s.seal.seal(f.GetId(), f.GetAccessToken()),
-			ForkedFrom: &sb.ID, Now: s.clk.Now(),
-			EndAt: forkDeadline(sb, s.clk.Now()), AutoResume: sb.AutoResume, PublicTraffic: sb.PublicTraffic,
-			TrafficTokenHash: sb.TrafficTokenHash,
-		})
+	out := make([]Created, 0, count)
+	var errs error
+	for _, fid := range ids {
+		token := made[fid]
+		row, err := s.markRunning(ctx, sb.TeamID, fid, token)
 		if err != nil {
-			// A fork the store cannot record must not run unseen. An id
-			// the store already has is someone else's sandbox: the agent
-			// answered nonsense, and it is not destroyed on its word.
-			insertErr = errors.Join(insertErr, fmt.Errorf("record fork %s: %w", f.GetId(), err))
-			if store.IsUniqueViolation(err) {
-				continue
-			}
-			if derr := s.destroyOnHost(actx, *sb.HostID, f.GetId()); derr != nil {
-				insertErr = errors.Join(insertErr, derr)
+			// Given up by the sweeper or deleted meanwhile, or the store
+			// is away for longer than storeRetry: the fork must not run
+			// unrecorded (the sweeper destroys it too if this fails).
+			errs = errors.Join(errs, fmt.Errorf("record fork %s running: %w", fid, err))
+			if derr := s.destroyOnHost(actx, host, fid); derr != nil {
+				errs = errors.Join(errs, derr)
 			}
 			continue
 		}
-		out = append(out, Created{Sandbox: row, AccessToken: f.GetAccessToken()})
+		out = append(out, Created{Sandbox: row, AccessToken: token})
 	}
-	return out, insertErr
+	return out, errs
+}
+
+// forkOnHost asks the source's host for forks named ids and returns their
+// access tokens by id. All or nothing: a host that answers with other or
+// missing forks fails the fork (what it did make is destroyed again).
+func (s *Service) forkOnHost(ctx context.Context, sb store.Sandbox, ids []string) (map[string]string, error) {
+	ag, err := s.agentFor(ctx, sb.HostID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := ag.ForkSandbox(ctx, connect.NewRequest(&hostagentv1.ForkSandboxRequest{
+		Id: sb.ID, Count: int32(len(ids)), TeamId: sb.TeamID.String(), Ids: ids,
+	}))
+	if err != nil {
+		return nil, agentErr("fork sandbox "+sb.ID, err)
+	}
+	made, unknown := s.acceptForks(sb, resp.Msg.GetSandboxes(), ids)
+	for _, id := range unknown {
+		// Not a fork asked for: not admitted, so not kept.
+		if derr := s.destroyOnHost(ctx, *sb.HostID, id); derr != nil {
+			s.log.Warn("destroy a fork not asked for", "sandbox_id", sb.ID, "fork_id", id, "host_id", *sb.HostID, "err", derr)
+		}
+	}
+	if len(made) != len(ids) {
+		return made, errdefs.New(errdefs.ErrUnavailable, "fork sandbox %s: the host made %d of %d forks", sb.ID, len(made), len(ids))
+	}
+	return made, nil
+}
+
+// stopForks rolls back a fork that failed: the forks the host made are
+// destroyed, and every row is stopped with the reason.
+func (s *Service) stopForks(ctx context.Context, host uuid.UUID, ids []string, made map[string]string, cause error) {
+	dctx, cancel := detached(ctx, agentDestroyTimeout)
+	defer cancel()
+	for _, fid := range ids {
+		if _, ok := made[fid]; ok {
+			if err := s.destroyOnHost(dctx, host, fid); err != nil {
+				s.log.Warn("destroy fork of a failed fork", "fork_id", fid, "host_id", host, "err", err)
+			}
+		}
+		err := s.retryStore(ctx, func(ctx context.Context) error {
+			_, err := s.q.StopStartingSandbox(ctx, store.StopStartingSandboxParams{ID: fid, Error: "fork failed: " + cause.Error(), Now: s.clk.Now()})
+			return err
+		})
+		if err != nil {
+			// The sweeper fails it once its lease runs out.
+			s.log.Warn("record failed fork", "fork_id", fid, "err", err)
+		}
+	}
 }
 
 // forkDeadline gives a fork of a sandbox with an absolute deadline the
@@ -233,35 +352,31 @@ func forkDeadline(src store.Sandbox, now time.Time) *time.Time {
 	return &end
 }
 
-// agentSandboxIDRE is what a sandbox id an agent chooses (a fork's) must
-// look like: the agent's own rule (1-40 of a-z, 0-9 and '-', here not
-// starting with '-'), which also keeps it a safe path segment and key.
-var agentSandboxIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
-
-// acceptForks sorts the forks an agent reports into those to record (well
-// formed, distinct, at most the count asked for) and the ids of surplus
-// ones to destroy again. Malformed ids are dropped and logged, never
-// stored nor sent back to an agent: an agent is not trusted to name rows.
-func (s *Service) acceptForks(src store.Sandbox, got []*hostagentv1.Sandbox, count int) (keep []*hostagentv1.Sandbox, extra []string) {
-	seen := make(map[string]bool, len(got))
+// acceptForks sorts the forks a host reports into those asked for (by id,
+// with their access tokens) and the ids of others to destroy again. Ids
+// that are not well formed are dropped and logged, never stored nor sent
+// back to an agent: an agent is not trusted to name rows.
+func (s *Service) acceptForks(src store.Sandbox, got []*hostagentv1.Sandbox, asked []string) (made map[string]string, unknown []string) {
+	made = make(map[string]string, len(asked))
 	for _, f := range got {
 		id := f.GetId()
 		switch {
-		case !agentSandboxIDRE.MatchString(id):
-			s.log.Warn("agent reported a fork with a malformed id; ignored", "sandbox_id", src.ID, "host_id", src.HostID, "fork_id", fmt.Sprintf("%.64q", id))
-		case seen[id] || id == src.ID:
-			s.log.Warn("agent reported a fork id twice or the source's id; ignored", "sandbox_id", src.ID, "host_id", src.HostID, "fork_id", id)
-		case len(keep) >= count:
-			seen[id] = true
-			s.log.Warn("agent reported more forks than asked; destroying the surplus", "sandbox_id", src.ID, "host_id", src.HostID, "fork_id", id, "asked", count)
-			extra = append(extra, id)
+		case slices.Contains(asked, id):
+			made[id] = f.GetAccessToken()
+		case !agentSandboxIDRE.MatchString(id) || id == src.ID:
+			s.log.Warn("agent reported a fork with a malformed id or the source's; ignored", "sandbox_id", src.ID, "host_id", src.HostID, "fork_id", fmt.Sprintf("%.64q", id))
 		default:
-			seen[id] = true
-			keep = append(keep, f)
+			s.log.Warn("agent reported a fork not asked for; destroying it", "sandbox_id", src.ID, "host_id", src.HostID, "fork_id", id)
+			unknown = append(unknown, id)
 		}
 	}
-	return keep, extra
+	return made, unknown
 }
+
+// agentSandboxIDRE is what a sandbox id an agent reports must look like:
+// the agent's own rule (1-40 of a-z, 0-9 and '-', here not starting with
+// '-'), which also keeps it a safe path segment and key.
+var agentSandboxIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
 
 // Timeout is a sandbox's timeout setting.
 type Timeout struct {
@@ -451,7 +566,11 @@ func (s *Service) deleteRow(ctx context.Context, sb store.Sandbox) error {
 		}
 	}
 	s.faults.Hit(ctx, faultpoint.CPDeleteDestroyed)
-	if _, err := s.q.StopSandbox(context.WithoutCancel(ctx), store.StopSandboxParams{ID: sb.ID, TeamID: sb.TeamID, Now: s.clk.Now()}); err != nil && !store.IsNoRows(err) {
+	err := s.retryStore(ctx, func(ctx context.Context) error {
+		_, err := s.q.StopSandbox(ctx, store.StopSandboxParams{ID: sb.ID, TeamID: sb.TeamID, Now: s.clk.Now()})
+		return err
+	})
+	if err != nil && !store.IsNoRows(err) {
 		return fmt.Errorf("record sandbox %s stopped: %w", sb.ID, err)
 	}
 	return nil
@@ -488,7 +607,8 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 		}
 		t, err := q.InsertTemplate(ctx, store.InsertTemplateParams{
 			TeamID: &team, Name: name, AgentName: "t-" + RandomName(20), HostID: sb.HostID,
-			SourceSandboxID: &sb.ID, Snapshot: true, Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb, Now: s.clk.Now(),
+			SourceSandboxID: &sb.ID, Snapshot: true, Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb,
+			Status: TemplatePending, Now: s.clk.Now(),
 		})
 		if store.IsNoRows(err) {
 			return errdefs.New(errdefs.ErrAlreadyExists, "template %q already exists", name)
@@ -502,6 +622,8 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 	if err != nil {
 		return store.Template{}, err
 	}
+	stopLease := s.leaseTemplate(ctx, tmpl.ID)
+	defer stopLease()
 	actx, cancel := context.WithTimeout(ctx, agentSnapshotTimeout)
 	defer cancel()
 	resp, err := s.snapshotOnHost(actx, sb, tmpl.AgentName)
@@ -513,9 +635,25 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 	}
 	s.faults.Hit(ctx, faultpoint.CPSnapshotStarted)
 	tmpl.DiskBytes = resp.GetTemplate().GetDiskBytes()
-	if err := s.q.SetTemplateDiskBytes(ctx, store.SetTemplateDiskBytesParams{ID: tmpl.ID, DiskBytes: tmpl.DiskBytes}); err != nil {
-		return store.Template{}, fmt.Errorf("record template %s size: %w", name, err)
+	var n int64
+	err = s.retryStore(ctx, func(ctx context.Context) error {
+		var err error
+		n, err = s.q.MarkTemplateReady(ctx, store.MarkTemplateReadyParams{ID: tmpl.ID, DiskBytes: tmpl.DiskBytes, Now: s.clk.Now()})
+		return err
+	})
+	if err != nil {
+		// The host has it; the sweeper finds it there and completes it.
+		return store.Template{}, fmt.Errorf("record template %s ready: %w", name, err)
 	}
+	if n == 0 {
+		// The sweeper gave it up (its lease ran out) or it was deleted:
+		// the host's copy has no row any more.
+		if derr := s.deleteTemplateOnHost(actx, sb.HostID, tmpl.AgentName, &sb.TeamID); derr != nil {
+			s.log.Warn("delete a template given up meanwhile", "template", tmpl.AgentName, "err", derr)
+		}
+		return store.Template{}, errdefs.New(errdefs.ErrFailedPrecondition, "template %q was deleted while it was being made", name)
+	}
+	tmpl.Status = TemplateReady
 	return tmpl, nil
 }
 

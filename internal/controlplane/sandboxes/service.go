@@ -42,8 +42,10 @@ const (
 	agentSnapshotTimeout = 5 * time.Minute
 	agentResumeTimeout   = 2 * time.Minute
 	agentPauseTimeout    = time.Minute
-	agentDestroyTimeout  = time.Minute
-	agentQuickTimeout    = 20 * time.Second
+	// Hibernating writes the guest's memory (up to its size) to disk.
+	agentHibernateTimeout = 5 * time.Minute
+	agentDestroyTimeout   = time.Minute
+	agentQuickTimeout     = 20 * time.Second
 )
 
 // holdTTL bounds how long a hold left by a crashed replica counts: longer

@@ -41,6 +41,7 @@ type Op string
 // The operations whose allowed source states the table below holds.
 const (
 	OpPause      Op = "pause"
+	OpHibernate  Op = "hibernate"
 	OpResume     Op = "resume"
 	OpFork       Op = "fork"
 	OpSnapshot   Op = "snapshot"
@@ -64,6 +65,7 @@ type edge struct {
 // edges or the system edges below.
 var table = map[Op]edge{
 	OpPause:      {from: []State{Running}, to: Paused},
+	OpHibernate:  {from: []State{Running, Paused}, to: Hibernated},
 	OpResume:     {from: []State{Paused, Hibernated}, to: Running},
 	OpFork:       {from: []State{Running, Paused}},
 	OpSnapshot:   {from: []State{Running, Paused}},

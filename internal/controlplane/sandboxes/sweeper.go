@@ -13,22 +13,22 @@ import (
 // sweep takes the rest.
 const sweepBatch = 100
 
-// staleStart is how long after its last attempt began a create still
-// starting is taken to be abandoned: one attempt's agent timeout plus a
-// margin (each attempt refreshes updated_at).
-const staleStart = agentCreateTimeout + time.Minute
-
 // Swept says what one sweep did.
 type Swept struct {
 	// Expired are sandboxes whose absolute deadline passed: paused or
 	// killed as their on_timeout says.
 	Expired []string
-	// Abandoned are creates nobody finished, now in error.
+	// Abandoned are creates and forks whose lease ran out (their control
+	// plane died), now in error and destroyed on their hosts.
 	Abandoned []string
+	// Templates are snapshot templates whose lease ran out, by outcome:
+	// "ready" (their host had made them) or "removed".
+	Templates map[string][]string
 }
 
 // Sweep applies on_timeout to running sandboxes past their deadline and
-// fails creates left starting by a control plane that died. Every change
+// settles the operations of a control plane that died: creates and forks
+// left starting are rolled back, pending templates completed or removed. Every change
 // is a guarded update, so replicas sweeping at once do each thing once.
 func (s *Service) Sweep(ctx context.Context) (Swept, error) {
 	var out Swept
@@ -45,21 +45,50 @@ func (s *Service) Sweep(ctx context.Context) (Swept, error) {
 		}
 		out.Expired = append(out.Expired, sb.ID)
 	}
-	stale, err := s.q.StaleStartingSandboxes(ctx, store.StaleStartingSandboxesParams{Before: now.Add(-staleStart), MaxRows: sweepBatch})
+	before := now.Add(-OpLease)
+	stale, err := s.q.StaleStartingSandboxes(ctx, store.StaleStartingSandboxesParams{Before: before, MaxRows: sweepBatch})
 	if err != nil {
 		return out, errors.Join(errs, fmt.Errorf("list abandoned creates: %w", err))
 	}
 	for _, sb := range stale {
-		_ = s.failCreate(ctx, sb.ID, errors.New("abandoned: the create was not finished (control plane restarted?)"))
+		n, err := s.q.AbandonStartingSandbox(ctx, store.AbandonStartingSandboxParams{
+			ID: sb.ID, Error: "abandoned: the control plane running the create or fork stopped (it restarted?); the sandbox was rolled back",
+			Now: now, Before: before,
+		})
+		if err != nil {
+			errs = errors.Join(errs, fmt.Errorf("give up sandbox %s: %w", sb.ID, err))
+			continue
+		}
+		if n == 0 {
+			continue // finished, renewed or deleted since the list
+		}
 		if sb.HostID != nil {
-			// The VM may exist on its host; it has no owner now.
+			// The VM may exist on its host; it has no owner now. If this
+			// fails, the host's next heartbeat is told to destroy it.
 			dctx, cancel := detached(ctx, agentDestroyTimeout)
 			if err := s.destroyOnHost(dctx, *sb.HostID, sb.ID); err != nil {
-				s.log.Warn("destroy abandoned create", "sandbox_id", sb.ID, "host_id", *sb.HostID, "err", err)
+				s.log.Warn("destroy abandoned sandbox", "sandbox_id", sb.ID, "host_id", *sb.HostID, "err", err)
 			}
 			cancel()
 		}
 		out.Abandoned = append(out.Abandoned, sb.ID)
+	}
+	tmpls, err := s.q.StalePendingTemplates(ctx, store.StalePendingTemplatesParams{Before: before, MaxRows: sweepBatch})
+	if err != nil {
+		return out, errors.Join(errs, fmt.Errorf("list abandoned templates: %w", err))
+	}
+	for _, t := range tmpls {
+		outcome, err := s.settleTemplate(ctx, t, before)
+		if err != nil {
+			errs = errors.Join(errs, fmt.Errorf("settle template %s of team %v: %w", t.Name, t.TeamID, err))
+			continue
+		}
+		if outcome != "" {
+			if out.Templates == nil {
+				out.Templates = map[string][]string{}
+			}
+			out.Templates[outcome] = append(out.Templates[outcome], t.Name)
+		}
 	}
 	return out, errs
 }
@@ -86,8 +115,8 @@ func (s *Service) RunSweeper(ctx context.Context, every time.Duration) {
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("sandbox sweep", "err", err)
 		}
-		if len(sw.Expired)+len(sw.Abandoned) > 0 {
-			s.log.Info("sandbox sweep", "expired", sw.Expired, "abandoned", sw.Abandoned)
+		if len(sw.Expired)+len(sw.Abandoned)+len(sw.Templates) > 0 {
+			s.log.Info("sandbox sweep", "expired", sw.Expired, "abandoned", sw.Abandoned, "templates", sw.Templates)
 		}
 		select {
 		case <-ctx.Done():

@@ -1128,7 +1128,11 @@ type ForkSandboxRequest struct {
 	Count int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
 	// When set, must be the team the source was created for
 	// (PermissionDenied otherwise); the forks belong to it too.
-	TeamId        string `protobuf:"bytes,3,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	TeamId string `protobuf:"bytes,3,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	// When set, the forks' ids, one per fork (count of them; each 1-40 of
+	// a-z, 0-9 and '-', not in use): the control plane names the forks so
+	// that their rows exist before the forks do. Empty: the agent names them.
+	Ids           []string `protobuf:"bytes,4,rep,name=ids,proto3" json:"ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1182,6 +1186,13 @@ func (x *ForkSandboxRequest) GetTeamId() string {
 		return x.TeamId
 	}
 	return ""
+}
+
+func (x *ForkSandboxRequest) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
 }
 
 type ForkSandboxResponse struct {
@@ -2706,8 +2717,12 @@ type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Renew before this passes.
 	RenewAfterUnixMs int64 `protobuf:"varint,1,opt,name=renew_after_unix_ms,json=renewAfterUnixMs,proto3" json:"renew_after_unix_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Sandboxes the host reported whose records say they are gone (deleted,
+	// or a create or fork given up): the agent destroys them. Never a
+	// sandbox the control plane has no record of.
+	DestroySandboxIds []string `protobuf:"bytes,2,rep,name=destroy_sandbox_ids,json=destroySandboxIds,proto3" json:"destroy_sandbox_ids,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
@@ -2745,6 +2760,13 @@ func (x *HeartbeatResponse) GetRenewAfterUnixMs() int64 {
 		return x.RenewAfterUnixMs
 	}
 	return 0
+}
+
+func (x *HeartbeatResponse) GetDestroySandboxIds() []string {
+	if x != nil {
+		return x.DestroySandboxIds
+	}
+	return nil
 }
 
 type RenewRequest struct {
@@ -3111,11 +3133,12 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x15ResumeSandboxResponse\")\n" +
 	"\x17HibernateSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x1a\n" +
-	"\x18HibernateSandboxResponse\"S\n" +
+	"\x18HibernateSandboxResponse\"e\n" +
 	"\x12ForkSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x05R\x05count\x12\x17\n" +
-	"\ateam_id\x18\x03 \x01(\tR\x06teamId\"J\n" +
+	"\ateam_id\x18\x03 \x01(\tR\x06teamId\x12\x10\n" +
+	"\x03ids\x18\x04 \x03(\tR\x03ids\"J\n" +
 	"\x13ForkSandboxResponse\x123\n" +
 	"\tsandboxes\x18\x01 \x03(\v2\x15.hostagent.v1.SandboxR\tsandboxes\"\x81\x01\n" +
 	"\x18SetSandboxTimeoutRequest\x12\x0e\n" +
@@ -3234,9 +3257,10 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x0e2\x1a.hostagent.v1.SandboxStateR\x05value:\x028\x01\x1aB\n" +
 	"\x14SandboxVersionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"B\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"r\n" +
 	"\x11HeartbeatResponse\x12-\n" +
-	"\x13renew_after_unix_ms\x18\x01 \x01(\x03R\x10renewAfterUnixMs\"'\n" +
+	"\x13renew_after_unix_ms\x18\x01 \x01(\x03R\x10renewAfterUnixMs\x12.\n" +
+	"\x13destroy_sandbox_ids\x18\x02 \x03(\tR\x11destroySandboxIds\"'\n" +
 	"\fRenewRequest\x12\x17\n" +
 	"\acsr_pem\x18\x01 \x01(\fR\x06csrPem\"\xaf\x01\n" +
 	"\rRenewResponse\x12\x1d\n" +

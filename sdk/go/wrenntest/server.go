@@ -19,6 +19,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -222,6 +223,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/sandboxes/{id}", s.getSandbox)
 	mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.deleteSandbox)
 	mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.pauseSandbox)
+	mux.HandleFunc("POST /v1/sandboxes/{id}/hibernate", s.hibernateSandbox)
 	mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.resumeSandbox)
 	mux.HandleFunc("POST /v1/sandboxes/{id}/fork", s.forkSandbox)
 	mux.HandleFunc("POST /v1/sandboxes/{id}/timeout", s.setTimeout)
@@ -501,15 +503,16 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *Server) transition(w http.ResponseWriter, r *http.Request, from, to api.SandboxState) {
+// transition moves the named sandbox to to when it is in one of from.
+func (s *Server) transition(w http.ResponseWriter, r *http.Request, to api.SandboxState, from ...api.SandboxState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sb := s.lookupLocked(w, r)
 	if sb == nil {
 		return
 	}
-	if sb.info.State != from {
-		writeError(w, http.StatusConflict, "failed_precondition", fmt.Sprintf("sandbox %q is %s, not %s", sb.info.Id, sb.info.State, from))
+	if !slices.Contains(from, sb.info.State) {
+		writeError(w, http.StatusConflict, "failed_precondition", fmt.Sprintf("sandbox %q is %s, not %v", sb.info.Id, sb.info.State, from))
 		return
 	}
 	sb.info.State = to
@@ -517,11 +520,15 @@ func (s *Server) transition(w http.ResponseWriter, r *http.Request, from, to api
 }
 
 func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) {
-	s.transition(w, r, api.SandboxStateRunning, api.SandboxStatePaused)
+	s.transition(w, r, api.SandboxStatePaused, api.SandboxStateRunning)
 }
 
 func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) {
-	s.transition(w, r, api.SandboxStatePaused, api.SandboxStateRunning)
+	s.transition(w, r, api.SandboxStateRunning, api.SandboxStatePaused, api.SandboxStateHibernated)
+}
+
+func (s *Server) hibernateSandbox(w http.ResponseWriter, r *http.Request) {
+	s.transition(w, r, api.SandboxStateHibernated, api.SandboxStateRunning, api.SandboxStatePaused)
 }
 
 func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) {
@@ -685,7 +692,7 @@ func (s *Server) createHost(w http.ResponseWriter, r *http.Request) {
 	var id [16]byte
 	id[15] = byte(s.seq)
 	id[6], id[8] = 0x40, 0x80
-	h := &api.Host{Id: id, Type: api.HostType(req.Type), Status: api.Pending, CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	h := &api.Host{Id: id, Type: api.HostType(req.Type), Status: api.HostStatusPending, CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	s.hosts[h.Id.String()] = h
 	s.hostOrder = append(s.hostOrder, h.Id.String())
 	writeJSON(w, http.StatusCreated, api.CreatedHost{

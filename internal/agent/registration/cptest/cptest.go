@@ -194,8 +194,10 @@ type Registry struct {
 	hostTokens map[string]string
 	hosts      map[string]*Host
 	renewAfter time.Time
-	renewErr   error
-	nextID     int
+	// destroy is what every heartbeat answer names in destroy_sandbox_ids.
+	destroy  []string
+	renewErr error
+	nextID   int
 	// received lists every registration token a Register call carried,
 	// accepted or not: a test of pinning checks an impostor saw none.
 	received []string
@@ -304,6 +306,14 @@ func (r *Registry) SetRenewAfter(t time.Time) {
 	r.renewAfter = t
 }
 
+// SetDestroy sets the sandboxes every heartbeat answer tells the agent
+// to destroy.
+func (r *Registry) SetDestroy(ids []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.destroy = append([]string(nil), ids...)
+}
+
 // SetCA makes the fake issue from ca (and return it) from now on: an
 // impostor's CA at renewal.
 func (r *Registry) SetCA(ca *CA) {
@@ -394,7 +404,7 @@ func (r *Registry) Heartbeat(_ context.Context, req *connect.Request[hostagentv1
 	if !r.renewAfter.IsZero() {
 		due = r.renewAfter.UnixMilli()
 	}
-	return connect.NewResponse(&hostagentv1.HeartbeatResponse{RenewAfterUnixMs: due}), nil
+	return connect.NewResponse(&hostagentv1.HeartbeatResponse{RenewAfterUnixMs: due, DestroySandboxIds: r.destroy}), nil
 }
 
 // ReportSandboxEvents implements HostRegistryService: it records the
