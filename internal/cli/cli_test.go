@@ -308,6 +308,10 @@ func TestLifecycleCommands(t *testing.T) {
 		t.Errorf("second pause = %+v", r)
 	}
 	h.mustRun("sbx", "resume", id)
+	if out := h.mustRun("sbx", "hibernate", id); out != id+" hibernated\n" {
+		t.Errorf("hibernate = %q", out)
+	}
+	h.mustRun("sbx", "resume", id)
 	if out := h.mustRun("sbx", "timeout", id, "120"); out != id+" timeout 120 s\n" {
 		t.Errorf("timeout = %q", out)
 	}

@@ -24,7 +24,7 @@ func (a *app) sandboxCommand() *cobra.Command {
 	}
 	cmd.AddCommand(
 		a.sbxCreate(), a.sbxList(), a.sbxInfo(), a.sbxExec(), a.sbxShell(), a.sbxCopy(),
-		a.sbxPause(), a.sbxResume(), a.sbxFork(), a.sbxKill(), a.sbxLogs(), a.sbxTimeout(),
+		a.sbxPause(), a.sbxHibernate(), a.sbxResume(), a.sbxFork(), a.sbxKill(), a.sbxLogs(), a.sbxTimeout(),
 	)
 	return cmd
 }
@@ -288,8 +288,18 @@ func (a *app) sbxPause() *cobra.Command {
 	})
 }
 
+func (a *app) sbxHibernate() *cobra.Command {
+	return a.simpleAction("hibernate <id>", "Write a sandbox's memory to disk and stop its VM (no RAM or vCPUs held until resumed)", func(cmd *cobra.Command, sb *wrenn.Sandbox) error {
+		d, err := sb.Hibernate(cmd.Context())
+		if err == nil {
+			fmt.Fprintln(a.env.Stdout, d.Id, d.State)
+		}
+		return err
+	})
+}
+
 func (a *app) sbxResume() *cobra.Command {
-	return a.simpleAction("resume <id>", "Resume a paused sandbox", func(cmd *cobra.Command, sb *wrenn.Sandbox) error {
+	return a.simpleAction("resume <id>", "Resume a paused or hibernated sandbox", func(cmd *cobra.Command, sb *wrenn.Sandbox) error {
 		d, err := sb.Resume(cmd.Context())
 		if err == nil {
 			fmt.Fprintln(a.env.Stdout, d.Id, d.State)

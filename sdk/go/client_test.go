@@ -128,6 +128,12 @@ func TestLifecycleCalls(t *testing.T) {
 	if d, err := sb.Resume(ctx); err != nil || d.State != api.SandboxStateRunning {
 		t.Fatalf("resume = %v, %v", d, err)
 	}
+	if d, err := sb.Hibernate(ctx); err != nil || d.State != api.SandboxStateHibernated {
+		t.Fatalf("hibernate = %v, %v", d, err)
+	}
+	if d, err := sb.Resume(ctx); err != nil || d.State != api.SandboxStateRunning {
+		t.Fatalf("resume from hibernation = %v, %v", d, err)
+	}
 	if d, err := sb.SetTimeout(ctx, 90*time.Second); err != nil || d.TimeoutSec != 90 {
 		t.Fatalf("timeout = %v, %v", d, err)
 	}
