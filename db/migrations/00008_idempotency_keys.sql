@@ -1,0 +1,42 @@
+-- Idempotency keys (Stripe-style) for the operations that create things:
+-- a client that retries a create, fork or snapshot with the same
+-- Idempotency-Key gets the first request's result instead of a second
+-- resource. A key is scoped to its team and operation kind. The row is
+-- written in the same transaction as the resource's row(s) it names (a
+-- fork's sandboxes, known only once the agent answered, in the
+-- transaction that records them), so a key never outlives or predates
+-- what it made. Rows live 24 h; the sandbox sweeper deletes expired ones.
+
+-- +goose Up
+CREATE TABLE idempotency_keys (
+    team_id       uuid NOT NULL REFERENCES teams (id) ON DELETE CASCADE,
+    op            text NOT NULL CHECK (op IN ('create', 'fork', 'snapshot')),
+    key           text NOT NULL,
+    -- SHA-256 of the request's canonical form (method, route, path
+    -- parameters, body bytes): the same key with another request is
+    -- refused.
+    request_hash  bytea NOT NULL,
+    -- create: the sandbox it made; fork: the source sandbox.
+    sandbox_id    text,
+    -- fork: the sandboxes it made (NULL while it is in flight).
+    fork_ids      text[],
+    -- snapshot: the template it made.
+    template_id   uuid,
+    -- pending while the first request runs (a create follows its
+    -- sandbox's state instead), then done or failed with the error the
+    -- first request answered.
+    state         text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+    error_code    text NOT NULL DEFAULT '',
+    error_message text NOT NULL DEFAULT '',
+    -- A create's traffic token (shown once, stored elsewhere only as a
+    -- hash), sealed like access tokens so a replay can show it again.
+    traffic_token_sealed bytea,
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL,
+    expires_at    timestamptz NOT NULL,
+    PRIMARY KEY (team_id, op, key)
+);
+CREATE INDEX idempotency_keys_expires_idx ON idempotency_keys (expires_at);
+
+-- +goose Down
+DROP TABLE idempotency_keys;
