@@ -151,8 +151,15 @@ func (s *Service) Resume(ctx context.Context, team uuid.UUID, id string) (store.
 }
 
 // Fork makes count copies of a running or paused sandbox on its host. A
-// fork the store cannot record is destroyed again.
-func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int) ([]Created, error) {
+// fork the store cannot record is destroyed again. WithIdempotency makes
+// it idempotent: a retry gets the first request's forks.
+func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int, opts ...Option) ([]Created, error) {
+	idem := optionsOf(opts).idem
+	if idem != nil {
+		if out, ok, err := s.replayFork(ctx, team, idem); ok {
+			return out, err
+		}
+	}
 	sb, err := s.Get(ctx, team, id)
 	if err != nil {
 		return nil, err
@@ -167,7 +174,20 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 	// counts them in the team's quota and the host's reservations until
 	// their rows exist.
 	want := quota.Sandboxes(count, sb.Vcpus, sb.MemoryMb, sb.DiskMb)
-	hold, err := s.holdOnHost(ctx, sb, want, scheduler.Need{VCPUs: int(want.VCPUs), MemoryBytes: want.MemoryMB << 20, DiskBytes: want.DiskMB << 20})
+	var claim []func(*store.Queries) error
+	if idem != nil {
+		// The key is taken with the hold: a concurrent first request
+		// with it waits for this one, and a refused hold leaves no key.
+		claim = append(claim, func(q *store.Queries) error { return s.claimKey(ctx, q, team, idemFork, idem, &sb.ID, nil) })
+	}
+	hold, err := s.holdOnHost(ctx, sb, want, scheduler.Need{VCPUs: int(want.VCPUs), MemoryBytes: want.MemoryMB << 20, DiskBytes: want.DiskMB << 20}, claim...)
+	if errors.Is(err, errKeyTaken) {
+		out, ok, err := s.replayFork(ctx, team, idem)
+		if !ok {
+			err = keyVanished(idem)
+		}
+		return out, err
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -177,11 +197,14 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 	defer cancel()
 	ag, err := s.agentFor(actx, sb.HostID)
 	if err != nil {
+		s.recordKeyFailed(ctx, team, idemFork, idem, err)
 		return nil, err
 	}
 	resp, err := ag.ForkSandbox(actx, connect.NewRequest(&hostagentv1.ForkSandboxRequest{Id: sb.ID, Count: int32(count), TeamId: sb.TeamID.String()}))
 	if err != nil {
-		return nil, agentErr("fork sandbox "+sb.ID, err)
+		err = agentErr("fork sandbox "+sb.ID, err)
+		s.recordKeyFailed(ctx, team, idemFork, idem, err)
+		return nil, err
 	}
 	forks, extra := s.acceptForks(sb, resp.Msg.GetSandboxes(), count)
 	for _, id := range extra {
@@ -190,18 +213,24 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 			s.log.Warn("destroy surplus fork", "sandbox_id", sb.ID, "fork_id", id, "host_id", *sb.HostID, "err", derr)
 		}
 	}
+	if idem != nil {
+		// The forks and the key naming them in one transaction.
+		out, skipped, err := s.recordForks(ctx, sb, forks, idem)
+		if err != nil {
+			for _, f := range forks {
+				if derr := s.destroyOnHost(actx, *sb.HostID, f.GetId()); derr != nil {
+					err = errors.Join(err, derr)
+				}
+			}
+			s.recordKeyFailed(ctx, team, idemFork, idem, err)
+			return nil, err
+		}
+		return out, skipped
+	}
 	out := make([]Created, 0, len(forks))
 	var insertErr error
 	for _, f := range forks {
-		row, err := s.q.InsertSandbox(ctx, store.InsertSandboxParams{
-			ID: f.GetId(), TeamID: sb.TeamID, HostID: sb.HostID, Template: sb.Template, State: string(Running),
-			Vcpus: sb.Vcpus, MemoryMb: sb.MemoryMb, DiskMb: sb.DiskMb, TimeoutSec: sb.TimeoutSec,
-			OnTimeout: sb.OnTimeout, Metadata: sb.Metadata, Network: sb.Network, PublicPorts: sb.PublicPorts,
-			AccessTokenHash: HashToken(f.GetAccessToken()), AccessTokenSealed: s.seal.seal(f.GetId(), f.GetAccessToken()),
-			ForkedFrom: &sb.ID, Now: s.clk.Now(),
-			EndAt: forkDeadline(sb, s.clk.Now()), AutoResume: sb.AutoResume, PublicTraffic: sb.PublicTraffic,
-			TrafficTokenHash: sb.TrafficTokenHash,
-		})
+		row, err := s.q.InsertSandbox(ctx, s.forkRow(sb, f))
 		if err != nil {
 			// A fork the store cannot record must not run unseen. An id
 			// the store already has is someone else's sandbox: the agent
@@ -218,6 +247,19 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 		out = append(out, Created{Sandbox: row, AccessToken: f.GetAccessToken()})
 	}
 	return out, insertErr
+}
+
+// forkRow is the row of a fork f of src.
+func (s *Service) forkRow(src store.Sandbox, f *hostagentv1.Sandbox) store.InsertSandboxParams {
+	return store.InsertSandboxParams{
+		ID: f.GetId(), TeamID: src.TeamID, HostID: src.HostID, Template: src.Template, State: string(Running),
+		Vcpus: src.Vcpus, MemoryMb: src.MemoryMb, DiskMb: src.DiskMb, TimeoutSec: src.TimeoutSec,
+		OnTimeout: src.OnTimeout, Metadata: src.Metadata, Network: src.Network, PublicPorts: src.PublicPorts,
+		AccessTokenHash: HashToken(f.GetAccessToken()), AccessTokenSealed: s.seal.seal(f.GetId(), f.GetAccessToken()),
+		ForkedFrom: &src.ID, Now: s.clk.Now(),
+		EndAt: forkDeadline(src, s.clk.Now()), AutoResume: src.AutoResume, PublicTraffic: src.PublicTraffic,
+		TrafficTokenHash: src.TrafficTokenHash,
+	}
 }
 
 // forkDeadline gives a fork of a sandbox with an absolute deadline the
@@ -456,8 +498,15 @@ func (s *Service) deleteRow(ctx context.Context, sb store.Sandbox) error {
 // Snapshot makes a team template named name from a running or paused
 // sandbox. The template row is inserted first: it reserves the name (a
 // concurrent snapshot with the same name gets 409) and is removed again
-// if the agent fails.
-func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string) (store.Template, error) {
+// if the agent fails. WithIdempotency makes it idempotent: a retry gets
+// the first request's template.
+func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string, opts ...Option) (store.Template, error) {
+	idem := optionsOf(opts).idem
+	if idem != nil {
+		if t, ok, err := s.replaySnapshot(ctx, team, idem); ok {
+			return t, err
+		}
+	}
 	sb, err := s.Get(ctx, team, id)
 	if err != nil {
 		return store.Template{}, err
@@ -476,9 +525,17 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 	}
 	ctx = context.WithoutCancel(ctx)
 	// The row counts against max_templates: admitted and inserted in one
-	// transaction under the team's quota lock.
+	// transaction under the team's quota lock, with the idempotency key
+	// that names it.
 	var tmpl store.Template
 	err = s.inTx(ctx, func(q *store.Queries) error {
+		if idem != nil {
+			// First: a concurrent first request with the key waits here,
+			// before it could collide on the template's name.
+			if err := s.claimKey(ctx, q, team, idemSnapshot, idem, &sb.ID, nil); err != nil {
+				return err
+			}
+		}
 		if err := s.quota.Admit(ctx, q, team, quota.Amount{Templates: 1}); err != nil {
 			return err
 		}
@@ -492,9 +549,23 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 		if err != nil {
 			return fmt.Errorf("insert template %s: %w", name, err)
 		}
+		if idem != nil {
+			if err := q.SetIdempotencyKeyTemplate(ctx, store.SetIdempotencyKeyTemplateParams{
+				TemplateID: &t.ID, Now: s.clk.Now(), TeamID: team, Op: idemSnapshot, Key: idem.Key,
+			}); err != nil {
+				return fmt.Errorf("record template of idempotency key: %w", err)
+			}
+		}
 		tmpl = t
 		return nil
 	})
+	if errors.Is(err, errKeyTaken) {
+		t, ok, err := s.replaySnapshot(ctx, team, idem)
+		if !ok {
+			err = keyVanished(idem)
+		}
+		return t, err
+	}
 	if err != nil {
 		return store.Template{}, err
 	}
@@ -502,13 +573,30 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 	defer cancel()
 	resp, err := s.snapshotOnHost(actx, sb, tmpl.AgentName)
 	if err != nil {
-		if derr := s.q.DeleteTemplate(ctx, tmpl.ID); derr != nil {
+		// The row goes and the key records the failure together.
+		if derr := s.inTx(ctx, func(q *store.Queries) error {
+			if err := q.DeleteTemplate(ctx, tmpl.ID); err != nil {
+				return err
+			}
+			if idem != nil {
+				return s.finishKey(ctx, q, team, idemSnapshot, idem, nil, err)
+			}
+			return nil
+		}); derr != nil {
 			err = errors.Join(err, fmt.Errorf("remove template row %s: %w", name, derr))
 		}
 		return store.Template{}, err
 	}
 	tmpl.DiskBytes = resp.GetTemplate().GetDiskBytes()
-	if err := s.q.SetTemplateDiskBytes(ctx, store.SetTemplateDiskBytesParams{ID: tmpl.ID, DiskBytes: tmpl.DiskBytes}); err != nil {
+	if err := s.inTx(ctx, func(q *store.Queries) error {
+		if err := q.SetTemplateDiskBytes(ctx, store.SetTemplateDiskBytesParams{ID: tmpl.ID, DiskBytes: tmpl.DiskBytes}); err != nil {
+			return err
+		}
+		if idem != nil {
+			return s.finishKey(ctx, q, team, idemSnapshot, idem, nil, nil)
+		}
+		return nil
+	}); err != nil {
 		return store.Template{}, fmt.Errorf("record template %s size: %w", name, err)
 	}
 	return tmpl, nil
@@ -536,12 +624,20 @@ func (s *Service) snapshotOnHost(ctx context.Context, sb store.Sandbox, agentNam
 // outcome (or the operation failed). hostNeed is what the host check asks
 // of the host (a resume's vCPUs are still reserved there, so it needs
 // only memory).
-func (s *Service) holdOnHost(ctx context.Context, sb store.Sandbox, want quota.Amount, hostNeed scheduler.Need) (uuid.UUID, error) {
+func (s *Service) holdOnHost(ctx context.Context, sb store.Sandbox, want quota.Amount, hostNeed scheduler.Need,
+	also ...func(*store.Queries) error) (uuid.UUID, error) {
 	if sb.HostID == nil {
 		return uuid.Nil, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s has no host", sb.ID)
 	}
 	var hold uuid.UUID
 	err := s.inTx(ctx, func(q *store.Queries) error {
+		// also runs first (an idempotency key's claim, which may wait for
+		// a concurrent request's transaction): no lock is held yet.
+		for _, f := range also {
+			if err := f(q); err != nil {
+				return err
+			}
+		}
 		if err := s.quota.Admit(ctx, q, sb.TeamID, want); err != nil {
 			return err
 		}

@@ -25,10 +25,14 @@ type Swept struct {
 	Expired []string
 	// Abandoned are creates nobody finished, now in error.
 	Abandoned []string
+	// ExpiredKeys is how many idempotency keys past their 24 h were
+	// deleted.
+	ExpiredKeys int64
 }
 
 // Sweep applies on_timeout to running sandboxes past their deadline and
-// fails creates left starting by a control plane that died. Every change
+// fails creates left starting by a control plane that died, and deletes
+// a batch of expired idempotency keys. Every change
 // is a guarded update, so replicas sweeping at once do each thing once.
 func (s *Service) Sweep(ctx context.Context) (Swept, error) {
 	var out Swept
@@ -61,6 +65,11 @@ func (s *Service) Sweep(ctx context.Context) (Swept, error) {
 		}
 		out.Abandoned = append(out.Abandoned, sb.ID)
 	}
+	n, err := s.sweepIdempotencyKeys(ctx)
+	if err != nil {
+		errs = errors.Join(errs, err)
+	}
+	out.ExpiredKeys = n
 	return out, errs
 }
 
@@ -86,8 +95,8 @@ func (s *Service) RunSweeper(ctx context.Context, every time.Duration) {
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("sandbox sweep", "err", err)
 		}
-		if len(sw.Expired)+len(sw.Abandoned) > 0 {
-			s.log.Info("sandbox sweep", "expired", sw.Expired, "abandoned", sw.Abandoned)
+		if len(sw.Expired)+len(sw.Abandoned) > 0 || sw.ExpiredKeys > 0 {
+			s.log.Info("sandbox sweep", "expired", sw.Expired, "abandoned", sw.Abandoned, "expired_idempotency_keys", sw.ExpiredKeys)
 		}
 		select {
 		case <-ctx.Done():
