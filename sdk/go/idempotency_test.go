@@ -65,6 +65,20 @@ func (s *idemServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(api.Sandbox{Id: id, State: api.SandboxStateRunning, AccessToken: &id})
 }
 
+// sent is the keys received so far, in order; madeCount how many
+// sandboxes were made.
+func (s *idemServer) sent() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.keys...)
+}
+
+func (s *idemServer) madeCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.made)
+}
+
 func newIdemClient(t *testing.T, fault func(int) string) (*wrenn.Client, *idemServer) {
 	t.Helper()
 	s := &idemServer{made: map[string]string{}, fault: fault}
@@ -91,18 +105,18 @@ func TestCreateRetriesWithSameKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.keys) != 2 || s.keys[0] == "" || s.keys[0] != s.keys[1] {
-		t.Fatalf("keys sent %q: want two attempts with one non-empty key", s.keys)
+	if len(s.sent()) != 2 || s.sent()[0] == "" || s.sent()[0] != s.sent()[1] {
+		t.Fatalf("keys sent %q: want two attempts with one non-empty key", s.sent())
 	}
-	if sb.ID != "sb1" || len(s.made) != 1 {
-		t.Errorf("got sandbox %s; server made %d", sb.ID, len(s.made))
+	if sb.ID != "sb1" || s.madeCount() != 1 {
+		t.Errorf("got sandbox %s; server made %d", sb.ID, s.madeCount())
 	}
 	// Each call has its own fresh key.
 	if _, err := c.Sandboxes.Create(context.Background(), wrenn.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if len(s.keys) != 3 || s.keys[2] == s.keys[0] || len(s.made) != 2 {
-		t.Errorf("second create: keys %q, made %d", s.keys, len(s.made))
+	if len(s.sent()) != 3 || s.sent()[2] == s.sent()[0] || s.madeCount() != 2 {
+		t.Errorf("second create: keys %q, made %d", s.sent(), s.madeCount())
 	}
 }
 
@@ -119,25 +133,25 @@ func TestRetryOnlyTransportAnd503(t *testing.T) {
 	if err != nil || sb.ID != "sb1" {
 		t.Fatalf("create: %v %v", sb, err)
 	}
-	if len(s.keys) != 3 || s.keys[0] != "mine-1" || s.keys[2] != "mine-1" {
-		t.Errorf("keys sent %q, want mine-1 three times", s.keys)
+	if len(s.sent()) != 3 || s.sent()[0] != "mine-1" || s.sent()[2] != "mine-1" {
+		t.Errorf("keys sent %q, want mine-1 three times", s.sent())
 	}
 
 	c, s = newIdemClient(t, func(int) string { return "422" })
 	_, err = c.Sandboxes.Create(context.Background(), wrenn.CreateOptions{IdempotencyKey: "mine-2"})
-	if !errors.Is(err, wrenn.ErrIdempotencyKeyReused) || len(s.keys) != 1 {
-		t.Errorf("422: %v after %d attempts, want idempotency_key_reused after 1", err, len(s.keys))
+	if !errors.Is(err, wrenn.ErrIdempotencyKeyReused) || len(s.sent()) != 1 {
+		t.Errorf("422: %v after %d attempts, want idempotency_key_reused after 1", err, len(s.sent()))
 	}
 
 	// Always 503: a few attempts, then the error.
 	c, s = newIdemClient(t, func(int) string { return "503" })
 	_, err = c.Sandboxes.Create(context.Background(), wrenn.CreateOptions{})
-	if !wrenn.IsUnavailable(err) || len(s.keys) < 2 || len(s.keys) > 5 {
-		t.Errorf("always 503: %v after %d attempts", err, len(s.keys))
+	if !wrenn.IsUnavailable(err) || len(s.sent()) < 2 || len(s.sent()) > 5 {
+		t.Errorf("always 503: %v after %d attempts", err, len(s.sent()))
 	}
 
 	// The context bounds the retries.
-	c, s = newIdemClient(t, func(int) string { return "drop" })
+	c, _ = newIdemClient(t, func(int) string { return "drop" })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
