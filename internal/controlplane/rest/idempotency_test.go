@@ -141,8 +141,7 @@ func TestIdempotentCreate(t *testing.T) {
 	// E2B's create: the same sandbox and envd token again.
 	e2bBody := map[string]any{"templateID": "base", "timeout": 60}
 	e1 := env.mustIdem(t, "/v2/sandboxes", env.team.Key, "e2b-1", e2bBody, http.StatusCreated)
-	e2 := env.mustIdem(t, "/sandboxes", env.team.Key, "e2b-1", e2bBody, http.StatusUnprocessableEntity)
-	_ = e2
+	env.mustIdem(t, "/sandboxes", env.team.Key, "e2b-1", e2bBody, http.StatusUnprocessableEntity)
 	e3 := env.mustIdem(t, "/v2/sandboxes", env.team.Key, "e2b-1", e2bBody, http.StatusCreated)
 	var x1, x3 api.E2BSandbox
 	_ = json.Unmarshal(e1.body, &x1)
@@ -435,5 +434,50 @@ func TestIdempotencyKeysExpire(t *testing.T) {
 	}
 	if n := agent.Calls("CreateSandbox"); n != 6 {
 		t.Errorf("agent created %d times, want 6", n)
+	}
+}
+
+// TestIdempotencyAfterCrash: what a retry answers when the first request's
+// control plane died. A create left starting is failed by the sweeper and
+// its retry answers that failure (never a second sandbox); a fork left
+// pending longer than a fork may take is reported as abandoned.
+func TestIdempotencyAfterCrash(t *testing.T) {
+	env := newSandboxEnv(t)
+	agent := env.addHost(t)
+	ctx := context.Background()
+	first := env.mustIdem(t, "/v1/sandboxes", env.team.Key, "crashed", map[string]any{}, http.StatusCreated)
+	var sb api.Sandbox
+	_ = json.Unmarshal(first.body, &sb)
+	// As if the control plane had died between the insert and the agent's
+	// answer: the row is still starting.
+	if _, err := env.Pool.Exec(ctx, `UPDATE sandboxes SET state = 'starting' WHERE id = $1`, sb.Id); err != nil {
+		t.Fatal(err)
+	}
+	env.Clock.Advance(10 * time.Minute)
+	if sw, err := env.Server.Sandboxes().Sweep(ctx); err != nil || len(sw.Abandoned) != 1 {
+		t.Fatalf("sweep: %+v %v", sw, err)
+	}
+	r := env.mustIdem(t, "/v1/sandboxes", env.team.Key, "crashed", map[string]any{}, http.StatusServiceUnavailable)
+	if _, msg := errorCodeOf(t, r.body); !strings.Contains(msg, sb.Id) || !strings.Contains(msg, "abandoned") {
+		t.Errorf("replay of an abandoned create: %s", r.body)
+	}
+	if n := agent.Calls("CreateSandbox"); n != 1 {
+		t.Errorf("agent created %d times, want 1", n)
+	}
+
+	src := env.create(t, map[string]any{})
+	path := "/v1/sandboxes/" + src.Id + "/fork"
+	env.mustIdem(t, path, env.team.Key, "fork-crashed", map[string]any{}, http.StatusCreated)
+	// As if the control plane had died after taking the key and the hold.
+	if _, err := env.Pool.Exec(ctx, `UPDATE idempotency_keys SET state = 'pending', fork_ids = NULL WHERE key = 'fork-crashed'`); err != nil {
+		t.Fatal(err)
+	}
+	env.Clock.Advance(7 * time.Minute)
+	r = env.mustIdem(t, path, env.team.Key, "fork-crashed", map[string]any{}, http.StatusServiceUnavailable)
+	if _, msg := errorCodeOf(t, r.body); !strings.Contains(msg, "did not finish") {
+		t.Errorf("replay of an abandoned fork: %s", r.body)
+	}
+	if n := agent.Calls("ForkSandbox"); n != 1 {
+		t.Errorf("agent forked %d times, want 1", n)
 	}
 }
