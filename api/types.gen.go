@@ -1053,6 +1053,9 @@ type FilePath = string
 // HostID defines model for HostID.
 type HostID = openapi_types.UUID
 
+// IdempotencyKey defines model for IdempotencyKey.
+type IdempotencyKey = string
+
 // Limit defines model for Limit.
 type Limit = int
 
@@ -1065,6 +1068,9 @@ type SandboxID = string
 // TeamID defines model for TeamID.
 type TeamID = openapi_types.UUID
 
+// IdempotencyKeyReused defines model for IdempotencyKeyReused.
+type IdempotencyKeyReused = Error
+
 // QuotaExceeded defines model for QuotaExceeded.
 type QuotaExceeded = Error
 
@@ -1073,6 +1079,17 @@ type E2bListRunningSandboxesParams struct {
 	// Metadata A query string of `key=value` pairs (all must match) whose keys and values are escaped
 	// once more, as E2B's SDKs send it.
 	Metadata *E2BMetadataFilter `form:"metadata,omitempty" json:"metadata,omitempty"`
+}
+
+// E2bCreateSandboxV1Params defines parameters for E2bCreateSandboxV1.
+type E2bCreateSandboxV1Params struct {
+	// IdempotencyKey 1-255 printable ASCII characters naming this operation for 24 h
+	// (scoped to the team and the kind of operation). A retry with the
+	// same key and the same request answers the first request's result
+	// (waiting for it while it is in progress) and never makes a second
+	// resource; the same key with another request is 422
+	// `idempotency_key_reused`. An invalid key is 400 `invalid_argument`.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // E2bForkSandboxJSONBody defines parameters for E2bForkSandbox.
@@ -1161,6 +1178,17 @@ type ListSandboxesParams struct {
 	Cursor   *Cursor   `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// CreateSandboxParams defines parameters for CreateSandbox.
+type CreateSandboxParams struct {
+	// IdempotencyKey 1-255 printable ASCII characters naming this operation for 24 h
+	// (scoped to the team and the kind of operation). A retry with the
+	// same key and the same request answers the first request's result
+	// (waiting for it while it is in progress) and never makes a second
+	// resource; the same key with another request is 422
+	// `idempotency_key_reused`. An invalid key is 400 `invalid_argument`.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // RemoveFileParams defines parameters for RemoveFile.
 type RemoveFileParams struct {
 	Path FilePath `form:"path" json:"path"`
@@ -1209,6 +1237,17 @@ type ForkSandboxJSONBody struct {
 	Count *int `json:"count,omitempty"`
 }
 
+// ForkSandboxParams defines parameters for ForkSandbox.
+type ForkSandboxParams struct {
+	// IdempotencyKey 1-255 printable ASCII characters naming this operation for 24 h
+	// (scoped to the team and the kind of operation). A retry with the
+	// same key and the same request answers the first request's result
+	// (waiting for it while it is in progress) and never makes a second
+	// resource; the same key with another request is 422
+	// `idempotency_key_reused`. An invalid key is 400 `invalid_argument`.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // GetSandboxLogsParams defines parameters for GetSandboxLogs.
 type GetSandboxLogsParams struct {
 	TailBytes *int `form:"tail_bytes,omitempty" json:"tail_bytes,omitempty"`
@@ -1251,6 +1290,17 @@ type SnapshotSandboxJSONBody struct {
 	Name TemplateName `json:"name"`
 }
 
+// SnapshotSandboxParams defines parameters for SnapshotSandbox.
+type SnapshotSandboxParams struct {
+	// IdempotencyKey 1-255 printable ASCII characters naming this operation for 24 h
+	// (scoped to the team and the kind of operation). A retry with the
+	// same key and the same request answers the first request's result
+	// (waiting for it while it is in progress) and never makes a second
+	// resource; the same key with another request is 422
+	// `idempotency_key_reused`. An invalid key is 400 `invalid_argument`.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // SetSandboxTimeoutJSONBody defines parameters for SetSandboxTimeout.
 type SetSandboxTimeoutJSONBody struct {
 	OnTimeout  *OnTimeout `json:"on_timeout,omitempty"`
@@ -1287,6 +1337,17 @@ type E2bListSandboxesParams struct {
 
 // E2bListSandboxesParamsOrder defines parameters for E2bListSandboxes.
 type E2bListSandboxesParamsOrder string
+
+// E2bCreateSandboxParams defines parameters for E2bCreateSandbox.
+type E2bCreateSandboxParams struct {
+	// IdempotencyKey 1-255 printable ASCII characters naming this operation for 24 h
+	// (scoped to the team and the kind of operation). A retry with the
+	// same key and the same request answers the first request's result
+	// (waiting for it while it is in progress) and never makes a second
+	// resource; the same key with another request is 422
+	// `idempotency_key_reused`. An invalid key is 400 `invalid_argument`.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
 
 // E2bCreateSandboxV1JSONRequestBody defines body for E2bCreateSandboxV1 for application/json ContentType.
 type E2bCreateSandboxV1JSONRequestBody = E2BNewSandbox

@@ -382,3 +382,20 @@ func TestTemplatesAndHosts(t *testing.T) {
 		t.Errorf("bad type = %+v", r)
 	}
 }
+
+// TestCreateIdempotencyKey: --idempotency-key is sent as the header; a
+// create without it still sends a fresh key of its own.
+func TestCreateIdempotencyKey(t *testing.T) {
+	h := newHarness(t)
+	h.mustRun("sbx", "create", "--idempotency-key", "nightly-build-42")
+	if got := h.srv.LastRequest("POST", "/v1/sandboxes").Header.Get("Idempotency-Key"); got != "nightly-build-42" {
+		t.Errorf("Idempotency-Key = %q, want nightly-build-42", got)
+	}
+	h.mustRun("sbx", "create")
+	a := h.srv.LastRequest("POST", "/v1/sandboxes").Header.Get("Idempotency-Key")
+	h.mustRun("sbx", "create")
+	b := h.srv.LastRequest("POST", "/v1/sandboxes").Header.Get("Idempotency-Key")
+	if a == "" || a == b || a == "nightly-build-42" {
+		t.Errorf("default keys %q and %q: want fresh, distinct keys", a, b)
+	}
+}

@@ -103,6 +103,8 @@ func (a *app) sbxCreate() *cobra.Command {
 	f.StringVar(&timeout, "timeout", "", "idle timeout: seconds or a duration like 10m")
 	f.StringArrayVar(&metadata, "metadata", nil, "key=value metadata (repeatable)")
 	f.BoolVar(&asJSON, "json", false, "print the sandbox as JSON")
+	f.StringVar(&o.IdempotencyKey, "idempotency-key", "",
+		"name this create (1-255 printable ASCII): repeating the command with the same key and flags within 24 h prints the same sandbox instead of making another (default: a fresh key, so only the CLI's own retries are safe)")
 	return cmd
 }
 

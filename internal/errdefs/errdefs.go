@@ -34,6 +34,9 @@ var (
 	// message names the limit and its value); free something or ask the
 	// operator for more.
 	ErrQuotaExceeded = errors.New("quota exceeded")
+	// ErrIdempotencyKeyReused: an Idempotency-Key already used (within
+	// its lifetime) for a different request of the same kind.
+	ErrIdempotencyKeyReused = errors.New("idempotency key reused")
 )
 
 // kindError carries a message for users and the kind for classification.
@@ -110,6 +113,8 @@ func ConnectCode(err error) connect.Code {
 		return connect.CodeUnavailable
 	case errors.Is(err, ErrRateLimited), errors.Is(err, ErrTooLarge), errors.Is(err, ErrQuotaExceeded):
 		return connect.CodeResourceExhausted
+	case errors.Is(err, ErrIdempotencyKeyReused):
+		return connect.CodeFailedPrecondition
 	case errors.Is(err, context.Canceled):
 		return connect.CodeCanceled
 	case errors.Is(err, context.DeadlineExceeded):
@@ -184,6 +189,8 @@ func HTTPStatus(err error) int {
 		return http.StatusTooManyRequests
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrIdempotencyKeyReused):
+		return http.StatusUnprocessableEntity
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
 	}
@@ -216,8 +223,24 @@ func Code(err error) string {
 		return "payload_too_large"
 	case errors.Is(err, ErrQuotaExceeded):
 		return "quota_exceeded"
+	case errors.Is(err, ErrIdempotencyKeyReused):
+		return "idempotency_key_reused"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "deadline_exceeded"
 	}
 	return "internal"
+}
+
+// FromCode rebuilds an error of the kind Code names with msg as its
+// message (an unknown code is internal): a stored outcome, such as the
+// error an idempotent request first answered, answered again alike.
+func FromCode(code, msg string) error {
+	for _, kind := range []error{ErrNotFound, ErrAlreadyExists, ErrInvalidArgument, ErrFailedPrecondition,
+		ErrPermissionDenied, ErrUnauthenticated, ErrResourceExhausted, ErrUnavailable, ErrRateLimited,
+		ErrTooLarge, ErrQuotaExceeded, ErrIdempotencyKeyReused, context.DeadlineExceeded} {
+		if Code(kind) == code {
+			return New(kind, "%s", msg)
+		}
+	}
+	return errors.New(msg)
 }

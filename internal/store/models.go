@@ -80,6 +80,23 @@ type Host struct {
 	SandboxDiskUsedBytes      int64
 }
 
+type IdempotencyKey struct {
+	TeamID             uuid.UUID
+	Op                 string
+	Key                string
+	RequestHash        []byte
+	SandboxID          *string
+	ForkIds            []string
+	TemplateID         *uuid.UUID
+	State              string
+	ErrorCode          string
+	ErrorMessage       string
+	TrafficTokenSealed []byte
+	CreatedAt          time.Time
+	UpdatedAt          time.Time
+	ExpiresAt          time.Time
+}
+
 type QuotaHold struct {
 	ID        uuid.UUID
 	TeamID    uuid.UUID

@@ -68,6 +68,9 @@ const (
 	ErrUnavailable        kind = "unavailable"
 	ErrDeadlineExceeded   kind = "deadline_exceeded"
 	ErrInternal           kind = "internal"
+	// ErrIdempotencyKeyReused: the idempotency key was already used for a
+	// different request (422).
+	ErrIdempotencyKeyReused kind = "idempotency_key_reused"
 	// ErrConflict matches any 409: already_exists or failed_precondition
 	// (e.g. pausing a sandbox that is not running).
 	ErrConflict kind = "conflict"

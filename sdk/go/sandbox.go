@@ -34,6 +34,11 @@ type CreateOptions struct {
 	Network *api.NetworkPolicy
 	// PublicPorts are guest ports the proxy serves without credentials.
 	PublicPorts []int
+	// IdempotencyKey names this create (1-255 printable ASCII): a repeat
+	// with the same key and options answers the first one's sandbox for
+	// 24 hours. Empty: a fresh random key per call, which makes the
+	// SDK's own retries (transport errors, 503) safe.
+	IdempotencyKey string
 }
 
 // Sandbox is a handle on one sandbox. Its methods call the API; the
@@ -70,7 +75,8 @@ func (c *Client) sandbox(d api.Sandbox) *Sandbox {
 	return sb
 }
 
-// Create starts a sandbox and returns once it can run commands.
+// Create starts a sandbox and returns once it can run commands. It is
+// retried with the same idempotency key on transport errors and 503.
 func (s *Sandboxes) Create(ctx context.Context, o CreateOptions) (*Sandbox, error) {
 	req := api.CreateSandboxRequest{
 		Template: nonZero(o.Template),
@@ -95,7 +101,11 @@ func (s *Sandboxes) Create(ctx context.Context, o CreateOptions) (*Sandbox, erro
 		req.PublicPorts = &o.PublicPorts
 	}
 	var out api.Sandbox
-	if err := s.c.call(ctx, "POST", "/v1/sandboxes", nil, req, &out); err != nil {
+	key := o.IdempotencyKey
+	if key == "" {
+		key = newIdempotencyKey()
+	}
+	if err := s.c.callIdempotent(ctx, "/v1/sandboxes", key, req, &out); err != nil {
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
 	return s.c.sandbox(out), nil
@@ -217,12 +227,13 @@ func (sb *Sandbox) SetTimeout(ctx context.Context, d time.Duration) (*api.Sandbo
 }
 
 // Fork makes n new sandboxes from this one, memory included; each runs
-// on from the state this one is in now.
-func (sb *Sandbox) Fork(ctx context.Context, n int) ([]*Sandbox, error) {
+// on from the state this one is in now. It is retried with the same
+// idempotency key (opts, else a fresh one) on transport errors and 503.
+func (sb *Sandbox) Fork(ctx context.Context, n int, opts ...CallOptions) ([]*Sandbox, error) {
 	var out struct {
 		Sandboxes []api.Sandbox `json:"sandboxes"`
 	}
-	if err := sb.c.call(ctx, "POST", sb.path("/fork"), nil, api.ForkSandboxJSONBody{Count: &n}, &out); err != nil {
+	if err := sb.c.callIdempotent(ctx, sb.path("/fork"), keyOf(opts), api.ForkSandboxJSONBody{Count: &n}, &out); err != nil {
 		return nil, fmt.Errorf("fork sandbox %s: %w", sb.ID, err)
 	}
 	forks := make([]*Sandbox, len(out.Sandboxes))
@@ -276,10 +287,11 @@ func (sb *Sandbox) Logs(ctx context.Context, tailBytes int) (string, error) {
 }
 
 // Snapshot makes a template called name (disk and memory) from the
-// sandbox, which keeps running.
-func (sb *Sandbox) Snapshot(ctx context.Context, name string) (*api.Template, error) {
+// sandbox, which keeps running. It is retried with the same idempotency
+// key (opts, else a fresh one) on transport errors and 503.
+func (sb *Sandbox) Snapshot(ctx context.Context, name string, opts ...CallOptions) (*api.Template, error) {
 	var out api.Template
-	if err := sb.c.call(ctx, "POST", sb.path("/snapshot"), nil, api.SnapshotSandboxJSONBody{Name: name}, &out); err != nil {
+	if err := sb.c.callIdempotent(ctx, sb.path("/snapshot"), keyOf(opts), api.SnapshotSandboxJSONBody{Name: name}, &out); err != nil {
 		return nil, fmt.Errorf("snapshot sandbox %s: %w", sb.ID, err)
 	}
 	return &out, nil

@@ -334,6 +334,10 @@ func (s *Server) e2bCreate(w http.ResponseWriter, r *http.Request) (err error) {
 	team := principal(ctx).TeamID
 	id := sandboxes.NewID()
 	defer func() { s.audit(ctx, "sandbox", id, "create", err, map[string]any{"api": "e2b"}) }()
+	idem, err := idempotencyOf(w, r)
+	if err != nil {
+		return err
+	}
 	var req api.E2BNewSandbox
 	if err := e2bDecode(w, r, &req); err != nil {
 		return err
@@ -400,10 +404,12 @@ func (s *Server) e2bCreate(w http.ResponseWriter, r *http.Request) (err error) {
 	}
 	end := s.clk.Now().Add(time.Duration(spec.TimeoutSec) * time.Second)
 	spec.EndAt = &end
+	spec.Idempotency = idem
 	c, err := s.sandboxes.Create(ctx, team, id, spec)
 	if err != nil {
 		return err
 	}
+	id = c.Sandbox.ID // a replay answers the first request's sandbox
 	writeJSON(w, http.StatusCreated, s.e2bSandboxJSON(c.Sandbox, c.AccessToken, c.TrafficToken))
 	return nil
 }

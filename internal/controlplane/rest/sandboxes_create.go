@@ -81,6 +81,10 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 	ctx := r.Context()
 	id := sandboxes.NewID()
 	defer func() { s.audit(ctx, "sandbox", id, "create", err, nil) }()
+	idem, err := idempotencyOf(w, r)
+	if err != nil {
+		return err
+	}
 	var req api.CreateSandboxRequest
 	if err := decodeJSON(w, r, &req, true); err != nil {
 		return err
@@ -89,10 +93,12 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 	if err != nil {
 		return err
 	}
+	spec.Idempotency = idem
 	c, err := s.sandboxes.Create(ctx, principal(ctx).TeamID, id, spec)
 	if err != nil {
 		return err
 	}
+	id = c.Sandbox.ID // a replay answers the first request's sandbox
 	writeJSON(w, http.StatusCreated, sandboxJSON(c.Sandbox, c.AccessToken))
 	return nil
 }

@@ -62,6 +62,10 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) (err error)
 		return err
 	}
 	defer func() { s.audit(ctx, "sandbox", sb.ID, "fork", err, nil) }()
+	idem, err := idempotencyOf(w, r)
+	if err != nil {
+		return err
+	}
 	var body api.ForkSandboxJSONBody
 	if err := decodeJSON(w, r, &body, true); err != nil {
 		return err
@@ -70,7 +74,7 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) (err error)
 	if body.Count != nil {
 		count = *body.Count
 	}
-	forks, err := s.sandboxes.Fork(ctx, sb.TeamID, sb.ID, count)
+	forks, err := s.sandboxes.Fork(ctx, sb.TeamID, sb.ID, count, sandboxes.WithIdempotency(idem))
 	if err != nil {
 		return err
 	}
@@ -185,13 +189,17 @@ func (s *Server) snapshotSandbox(w http.ResponseWriter, r *http.Request) (err er
 		return err
 	}
 	defer func() { s.audit(ctx, "sandbox", sb.ID, "snapshot", err, map[string]any{"template": body.Name}) }()
+	idem, err := idempotencyOf(w, r)
+	if err != nil {
+		return err
+	}
 	if err := decodeJSON(w, r, &body, false); err != nil {
 		return err
 	}
 	if !templateNameRE.MatchString(body.Name) {
 		return invalid("name %q: must match %s", body.Name, templateNameRE)
 	}
-	tmpl, err := s.sandboxes.Snapshot(ctx, sb.TeamID, sb.ID, body.Name)
+	tmpl, err := s.sandboxes.Snapshot(ctx, sb.TeamID, sb.ID, body.Name, sandboxes.WithIdempotency(idem))
 	if err != nil {
 		return err
 	}

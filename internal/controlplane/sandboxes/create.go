@@ -180,6 +180,9 @@ type Spec struct {
 	// TrafficToken asks for a token that opens the sandbox's user ports
 	// (E2B's trafficAccessToken for sandboxes without public traffic).
 	TrafficToken bool
+	// Idempotency, when set, makes the create idempotent by its key: a
+	// retry gets the first request's sandbox (idempotency.go).
+	Idempotency *Idempotency
 }
 
 // Created is a sandbox a create or fork made, with the secrets shown once.
@@ -259,6 +262,12 @@ func schedulerHosts(ctx context.Context, q *store.Queries, team uuid.UUID) ([]sc
 // Create places a sandbox and starts it, trying up to MaxCreateAttempts
 // hosts. id names it (NewID; the caller audits under it).
 func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Spec) (Created, error) {
+	idem := spec.Idempotency
+	if idem != nil {
+		if c, ok, err := s.replayCreate(ctx, team, idem); ok {
+			return c, err
+		}
+	}
 	tmpl, err := s.ResolveTemplate(ctx, team, spec.Template)
 	if err != nil {
 		return Created{}, err
@@ -291,6 +300,13 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	// reservations count.
 	var ranked []scheduler.Host
 	err = s.inTx(ctx, func(q *store.Queries) error {
+		// The key first: a concurrent first request with it waits here
+		// until this transaction ends, then replays what it recorded.
+		if idem != nil {
+			if err := s.claimKey(ctx, q, team, idemCreate, idem, &id, s.seal.seal(trafficAAD(id), traffic)); err != nil {
+				return err
+			}
+		}
 		if err := s.quota.Admit(ctx, q, team, quota.Sandboxes(1, int32(spec.VCPUs), int32(spec.MemoryMB), int32(spec.DiskMB))); err != nil {
 			return err
 		}
@@ -322,6 +338,13 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 		}
 		return nil
 	})
+	if errors.Is(err, errKeyTaken) {
+		c, ok, err := s.replayCreate(ctx, team, idem)
+		if !ok {
+			err = keyVanished(idem)
+		}
+		return c, err
+	}
 	if err != nil {
 		return Created{}, err
 	}
@@ -345,7 +368,8 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	for i, h := range ranked {
 		if i > 0 {
 			if err := s.q.SetSandboxHost(ctx, store.SetSandboxHostParams{ID: id, HostID: &h.ID, Now: s.clk.Now()}); err != nil {
-				return Created{}, s.failCreate(ctx, id, fmt.Errorf("move sandbox %s to host %s: %w", id, h.ID, err))
+				err = fmt.Errorf("move sandbox %s to host %s: %w", id, h.ID, err)
+				return Created{}, s.failCreateKeyed(ctx, team, id, idem, err, err)
 			}
 		}
 		token, err := s.createOn(ctx, h.ID, areq)
@@ -358,7 +382,9 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 				dctx, cancel := detached(ctx, agentDestroyTimeout)
 				defer cancel()
 				_ = s.destroyOnHost(dctx, h.ID, id)
-				return Created{}, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s was deleted or lost while it started", id)
+				err := errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s was deleted or lost while it started", id)
+				s.recordKeyFailed(ctx, team, idemCreate, idem, err)
+				return Created{}, err
 			}
 			if err != nil {
 				return Created{}, fmt.Errorf("record sandbox %s running: %w", id, err)
@@ -369,11 +395,11 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 		failures = append(failures, fmt.Sprintf("host %s: %v", h.ID, err))
 		// The same request fails on every host: do not try the others.
 		if errors.Is(err, errdefs.ErrInvalidArgument) {
-			return Created{}, s.failCreate(ctx, id, err)
+			return Created{}, s.failCreateKeyed(ctx, team, id, idem, err, err)
 		}
 	}
-	_ = s.failCreate(ctx, id, errors.New(strings.Join(failures, "; ")))
-	return Created{}, errdefs.New(errdefs.ErrUnavailable, "no host could start the sandbox (%d tried)", len(ranked))
+	return Created{}, s.failCreateKeyed(ctx, team, id, idem, errors.New(strings.Join(failures, "; ")),
+		errdefs.New(errdefs.ErrUnavailable, "no host could start the sandbox (%d tried)", len(ranked)))
 }
 
 // markRunning records a create or fork the host finished, waiting out a

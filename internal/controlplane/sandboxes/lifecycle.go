@@ -209,8 +209,15 @@ func (s *Service) Resume(ctx context.Context, team uuid.UUID, id string) (store.
 // the host makes them, in the transaction that admits them, so a fork
 // always has a record: a control plane that dies mid-fork leaves rows the
 // sweeper rolls back, never VMs nobody knows. A fork the host did not make
-// is stopped again.
-func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int) ([]Created, error) {
+// is stopped again. WithIdempotency makes it idempotent: a retry gets the
+// first request's forks.
+func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int, opts ...Option) ([]Created, error) {
+	idem := optionsOf(opts).idem
+	if idem != nil {
+		if out, ok, err := s.replayFork(ctx, team, idem); ok {
+			return out, err
+		}
+	}
 	sb, err := s.Get(ctx, team, id)
 	if err != nil {
 		return nil, err
@@ -232,6 +239,18 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 	// Forks restore the source's memory, so they run where it is.
 	want := quota.Sandboxes(count, sb.Vcpus, sb.MemoryMb, sb.DiskMb)
 	err = s.inTx(ctx, func(q *store.Queries) error {
+		// The key first: a concurrent first request with it waits here
+		// until this transaction ends, then replays the forks it names.
+		if idem != nil {
+			if err := s.claimKey(ctx, q, team, idemFork, idem, &sb.ID, nil); err != nil {
+				return err
+			}
+			if err := q.SetIdempotencyKeyForks(ctx, store.SetIdempotencyKeyForksParams{
+				ForkIds: ids, Now: s.clk.Now(), TeamID: team, Op: idemFork, Key: idem.Key,
+			}); err != nil {
+				return fmt.Errorf("record forks of idempotency key: %w", err)
+			}
+		}
 		if err := s.quota.Admit(ctx, q, sb.TeamID, want); err != nil {
 			return err
 		}
@@ -259,6 +278,13 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 		}
 		return nil
 	})
+	if errors.Is(err, errKeyTaken) {
+		out, ok, err := s.replayFork(ctx, team, idem)
+		if !ok {
+			err = keyVanished(idem)
+		}
+		return out, err
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -269,6 +295,9 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 	defer cancel()
 	made, err := s.forkOnHost(actx, sb, ids)
 	if err != nil {
+		// The key's outcome before the rows leave starting: a retry
+		// waiting on them then finds it.
+		s.recordKeyFailed(ctx, team, idemFork, idem, err)
 		s.stopForks(ctx, host, ids, made, err)
 		return nil, err
 	}
@@ -289,6 +318,9 @@ func (s *Service) Fork(ctx context.Context, team uuid.UUID, id string, count int
 			continue
 		}
 		out = append(out, Created{Sandbox: row, AccessToken: token})
+	}
+	if len(out) == 0 && errs != nil {
+		s.recordKeyFailed(ctx, team, idemFork, idem, errs)
 	}
 	return out, errs
 }
@@ -579,8 +611,15 @@ func (s *Service) deleteRow(ctx context.Context, sb store.Sandbox) error {
 // Snapshot makes a team template named name from a running or paused
 // sandbox. The template row is inserted first: it reserves the name (a
 // concurrent snapshot with the same name gets 409) and is removed again
-// if the agent fails.
-func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string) (store.Template, error) {
+// if the agent fails. WithIdempotency makes it idempotent: a retry gets
+// the first request's template.
+func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string, opts ...Option) (store.Template, error) {
+	idem := optionsOf(opts).idem
+	if idem != nil {
+		if t, ok, err := s.replaySnapshot(ctx, team, idem); ok {
+			return t, err
+		}
+	}
 	sb, err := s.Get(ctx, team, id)
 	if err != nil {
 		return store.Template{}, err
@@ -602,6 +641,13 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 	// transaction under the team's quota lock.
 	var tmpl store.Template
 	err = s.inTx(ctx, func(q *store.Queries) error {
+		if idem != nil {
+			// First: a concurrent first request with the key waits here,
+			// before it could collide on the template's name.
+			if err := s.claimKey(ctx, q, team, idemSnapshot, idem, &sb.ID, nil); err != nil {
+				return err
+			}
+		}
 		if err := s.quota.Admit(ctx, q, team, quota.Amount{Templates: 1}); err != nil {
 			return err
 		}
@@ -616,9 +662,23 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 		if err != nil {
 			return fmt.Errorf("insert template %s: %w", name, err)
 		}
+		if idem != nil {
+			if err := q.SetIdempotencyKeyTemplate(ctx, store.SetIdempotencyKeyTemplateParams{
+				TemplateID: &t.ID, Now: s.clk.Now(), TeamID: team, Op: idemSnapshot, Key: idem.Key,
+			}); err != nil {
+				return fmt.Errorf("record template of idempotency key: %w", err)
+			}
+		}
 		tmpl = t
 		return nil
 	})
+	if errors.Is(err, errKeyTaken) {
+		t, ok, err := s.replaySnapshot(ctx, team, idem)
+		if !ok {
+			err = keyVanished(idem)
+		}
+		return t, err
+	}
 	if err != nil {
 		return store.Template{}, err
 	}
@@ -628,7 +688,16 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 	defer cancel()
 	resp, err := s.snapshotOnHost(actx, sb, tmpl.AgentName)
 	if err != nil {
-		if derr := s.q.DeleteTemplate(ctx, tmpl.ID); derr != nil {
+		// The row goes and the key records the failure together.
+		if derr := s.inTx(ctx, func(q *store.Queries) error {
+			if err := q.DeleteTemplate(ctx, tmpl.ID); err != nil {
+				return err
+			}
+			if idem != nil {
+				return s.finishKey(ctx, q, team, idemSnapshot, idem, nil, err)
+			}
+			return nil
+		}); derr != nil {
 			err = errors.Join(err, fmt.Errorf("remove template row %s: %w", name, derr))
 		}
 		return store.Template{}, err
@@ -651,7 +720,9 @@ func (s *Service) Snapshot(ctx context.Context, team uuid.UUID, id, name string)
 		if derr := s.deleteTemplateOnHost(actx, sb.HostID, tmpl.AgentName, &sb.TeamID); derr != nil {
 			s.log.Warn("delete a template given up meanwhile", "template", tmpl.AgentName, "err", derr)
 		}
-		return store.Template{}, errdefs.New(errdefs.ErrFailedPrecondition, "template %q was deleted while it was being made", name)
+		err := errdefs.New(errdefs.ErrFailedPrecondition, "template %q was deleted while it was being made", name)
+		s.recordKeyFailed(ctx, team, idemSnapshot, idem, err)
+		return store.Template{}, err
 	}
 	tmpl.Status = TemplateReady
 	return tmpl, nil

@@ -24,11 +24,15 @@ type Swept struct {
 	// Templates are snapshot templates whose lease ran out, by outcome:
 	// "ready" (their host had made them) or "removed".
 	Templates map[string][]string
+	// ExpiredKeys is how many idempotency keys past their 24 h were
+	// deleted.
+	ExpiredKeys int64
 }
 
 // Sweep applies on_timeout to running sandboxes past their deadline and
 // settles the operations of a control plane that died: creates and forks
-// left starting are rolled back, pending templates completed or removed. Every change
+// left starting are rolled back, pending templates completed or removed;
+// and it deletes a batch of expired idempotency keys. Every change
 // is a guarded update, so replicas sweeping at once do each thing once.
 func (s *Service) Sweep(ctx context.Context) (Swept, error) {
 	var out Swept
@@ -90,6 +94,11 @@ func (s *Service) Sweep(ctx context.Context) (Swept, error) {
 			out.Templates[outcome] = append(out.Templates[outcome], t.Name)
 		}
 	}
+	n, err := s.sweepIdempotencyKeys(ctx)
+	if err != nil {
+		errs = errors.Join(errs, err)
+	}
+	out.ExpiredKeys = n
 	return out, errs
 }
 
@@ -115,8 +124,9 @@ func (s *Service) RunSweeper(ctx context.Context, every time.Duration) {
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("sandbox sweep", "err", err)
 		}
-		if len(sw.Expired)+len(sw.Abandoned)+len(sw.Templates) > 0 {
-			s.log.Info("sandbox sweep", "expired", sw.Expired, "abandoned", sw.Abandoned, "templates", sw.Templates)
+		if len(sw.Expired)+len(sw.Abandoned)+len(sw.Templates) > 0 || sw.ExpiredKeys > 0 {
+			s.log.Info("sandbox sweep", "expired", sw.Expired, "abandoned", sw.Abandoned, "templates", sw.Templates,
+				"expired_idempotency_keys", sw.ExpiredKeys)
 		}
 		select {
 		case <-ctx.Done():
