@@ -78,6 +78,7 @@ func (m *Manager) ResumeAs(ctx context.Context, team, id string) error {
 		}
 		// Connections pooled before the pause may have died meanwhile.
 		sb.envd.CloseIdleConnections()
+		m.syncGuestClock(ctx, sb)
 		sb.touch(m.cfg.Clock.Now())
 		return nil
 	})

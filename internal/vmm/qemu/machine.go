@@ -120,6 +120,18 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) error {
 	default:
 		return errdefs.New(errdefs.ErrFailedPrecondition, "snapshot vm %s: guest is %s; pause it first", m.spec.ID, status)
 	}
+	if status == "postmigrate" {
+		// Snapshotted before and paused since: QEMU refuses to migrate a
+		// VM again until it has run ("Can't migrate the vm that was paused
+		// due to previous migration"), and only cont leaves that state.
+		// The vCPUs run for the round trip of two commands, then halt.
+		if err := m.exec(ctx, "leave the post-migration state of", "cont", nil, nil); err != nil {
+			return err
+		}
+		if err := m.exec(ctx, "pause", "stop", nil, nil); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return errdefs.FromOS(fmt.Errorf("snapshot vm %s: %w", m.spec.ID, err))
 	}

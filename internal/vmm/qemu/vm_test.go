@@ -186,6 +186,15 @@ func TestLifecycle(t *testing.T) {
 			}
 			st, _ := os.Stat(filepath.Join(snap, qemu.StateFileName))
 			t.Logf("snapshot: %s, state file %d bytes", time.Since(t0), st.Size())
+			// A second snapshot of the still-paused VM (a fork after a
+			// template snapshot): QEMU refuses to migrate straight after a
+			// migration unless the VM ran between.
+			if err := m.Snapshot(ctx, t.TempDir()); err != nil {
+				t.Fatalf("second snapshot while paused: %v", err)
+			}
+			if st := status(t, m); st != "paused" && st != "postmigrate" {
+				t.Fatalf("status after a second snapshot = %q, want it still halted", st)
+			}
 			if !tt.shared {
 				// The source may carry on after a snapshot (RAM is in the
 				// state file, so the snapshot stays valid).
