@@ -362,6 +362,9 @@ func (m *Manager) cgroupStep(sb *sandbox) plan.Step {
 
 // envdStep waits for the guest's envd and sends it init. An access token
 // in init replaces the one the client holds once envd accepts it.
+// errVMMExitedBooting ends the wait for envd when the VMM has exited.
+var errVMMExitedBooting = errdefs.New(errdefs.ErrUnavailable, "the VM exited before its envd answered (the guest crashed while booting)")
+
 func (m *Manager) envdStep(sb *sandbox, init envdclient.InitRequest) plan.Step {
 	return plan.Step{
 		Name: "envd",
@@ -369,7 +372,20 @@ func (m *Manager) envdStep(sb *sandbox, init envdclient.InitRequest) plan.Step {
 			sb.envd = m.envdClient(sb)
 			readyCtx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
 			defer cancel()
+			// A guest that dies while booting (a kernel panic exits QEMU,
+			// which runs with -no-reboot) ends the wait at once rather
+			// than after ReadyTimeout.
+			readyCtx, stop := context.WithCancelCause(readyCtx)
+			defer stop(nil)
+			go func() {
+				if sb.machine.Wait(readyCtx) == nil {
+					stop(errVMMExitedBooting)
+				}
+			}()
 			if err := sb.envd.WaitReady(readyCtx); err != nil {
+				if cause := context.Cause(readyCtx); errors.Is(cause, errVMMExitedBooting) {
+					err = cause
+				}
 				// The directory goes on failure: keep what explains it.
 				console, _ := tailfile.Read(filepath.Join(vmDir(sb.dir), "console.log"), 2048)
 				return fmt.Errorf("wait for envd at %s: %w (console tail: %q)", sb.slot.HostIP(), err, console)

@@ -160,6 +160,9 @@ func FromConnect(err error) error {
 		kind = ErrResourceExhausted
 	case connect.CodeUnavailable:
 		kind = ErrUnavailable
+	case connect.CodeDeadlineExceeded:
+		// The far side ran out of time: 504 deadline_exceeded, not 500.
+		kind = context.DeadlineExceeded
 	default:
 		return err
 	}

@@ -53,7 +53,7 @@ func TestBootRequestSequence(t *testing.T) {
 			checkBody(t, reqs[0], map[string]any{"vcpu_count": 2.0, "mem_size_mib": 256.0, "smt": false, "track_dirty_pages": false})
 			checkBody(t, reqs[1], map[string]any{
 				"kernel_image_path": spec.Kernel,
-				"boot_args":         "console=ttyS0 reboot=k panic=1 pci=off init=/sbin/wrenn-init",
+				"boot_args":         "console=ttyS0 reboot=k panic=1 pci=off no_timer_check init=/sbin/wrenn-init",
 			})
 			checkBody(t, reqs[2], map[string]any{
 				"drive_id": "rootfs", "path_on_host": spec.RootDisk.Path, "is_root_device": true, "is_read_only": true,

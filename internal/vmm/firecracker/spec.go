@@ -30,7 +30,8 @@ const (
 // reboot=k so a guest reboot (and SendCtrlAltDel) resets through the i8042
 // controller, which makes Firecracker exit; panic=1 to turn a panic into
 // that reboot; pci=off because Firecracker's devices are virtio-mmio.
-const baseKernelArgs = "console=ttyS0 reboot=k panic=1 pci=off"
+// no_timer_check: see the QEMU driver's baseKernelArgs.
+const baseKernelArgs = "console=ttyS0 reboot=k panic=1 pci=off no_timer_check"
 
 // Device ids the driver gives Firecracker. A snapshot remembers them, so
 // they must never change.
