@@ -84,6 +84,9 @@ type Failure struct {
 	State string `json:"state,omitempty"`
 	// Console is the tail of the guest's console, when the API gave it.
 	Console string `json:"console,omitempty"`
+	// Logs are the last lines of the stack's control plane and agent logs
+	// that name the sandbox.
+	Logs []string `json:"logs,omitempty"`
 }
 
 // Agreement is one comparison of the two sides.
@@ -258,6 +261,9 @@ func (rep *Report) Markdown() string {
 			fmt.Fprintf(&b, " (state then: %s)", f.State)
 		}
 		b.WriteString("\n")
+		if len(f.Logs) > 0 {
+			fmt.Fprintf(&b, "   <details><summary>log lines naming the sandbox</summary>\n\n```\n%s\n```\n   </details>\n", strings.Join(f.Logs, "\n"))
+		}
 		if f.Console != "" {
 			fmt.Fprintf(&b, "   <details><summary>console tail</summary>\n\n```\n%s\n```\n   </details>\n", strings.TrimSpace(f.Console))
 		}

@@ -173,7 +173,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	rec := newRecorder()
 	e := &env{c: c, base: st.URL, key: st.Admin.APIKey, hc: hc, rec: rec, vms: semaphore.NewWeighted(MaxVMs),
-		hibernate: hib, template: cfg.Template, memoryMB: cfg.MemoryMB, mix: cfg.Mix, deadline: time.Now().Add(cfg.Duration)}
+		hibernate: hib, template: cfg.Template, logDir: filepath.Join(ws.Dir, "logs"), memoryMB: cfg.MemoryMB, mix: cfg.Mix, deadline: time.Now().Add(cfg.Duration)}
 	say("%d workers for %s (seed %d, hibernate step: %s)", cfg.Workers, cfg.Duration, cfg.Seed, rep.HibernateMode)
 
 	// Load and progress every 30 s while the workers run.

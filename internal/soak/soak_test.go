@@ -300,3 +300,25 @@ func TestPrefixWriter(t *testing.T) {
 		t.Errorf("prefixed = %q", got)
 	}
 }
+
+func TestLogLines(t *testing.T) {
+	dir := t.TempDir()
+	var agent strings.Builder
+	for i := range 30 {
+		agent.WriteString("level=INFO msg=x sandbox_id=sb1 n=" + string(rune('a'+i%26)) + "\n")
+		agent.WriteString("level=INFO msg=y sandbox_id=sb2\n")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "agent.log"), []byte(agent.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cp.log"), []byte("a sb1 line\nother\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := logLines(dir, "sb1", 20)
+	if len(got) != 21 || got[0] != "cp.log: a sb1 line" || !strings.HasPrefix(got[1], "agent.log: ") || strings.Contains(strings.Join(got, "\n"), "sb2") {
+		t.Errorf("logLines = %d lines:\n%s", len(got), strings.Join(got, "\n"))
+	}
+	if got := logLines("", "sb1", 5); got != nil {
+		t.Errorf("logLines without a dir = %v", got)
+	}
+}

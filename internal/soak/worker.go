@@ -11,6 +11,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -32,8 +34,9 @@ const (
 	bootTimeout = 3 * time.Minute
 	callTimeout = time.Minute
 	// counterWait bounds how long a surviving counter may take to show
-	// it still counts.
-	counterWait = 15 * time.Second
+	// it still counts: a few reads, each of which takes seconds on a
+	// loaded box under TCG.
+	counterWait = 30 * time.Second
 	// forkSlotWait is how long a fork waits for a VM slot before it is
 	// skipped.
 	forkSlotWait = 20 * time.Second
@@ -59,6 +62,7 @@ type env struct {
 	vms       *semaphore.Weighted
 	hibernate bool // the API has POST .../hibernate; else the step is a cold pause
 	template  string
+	logDir    string // the stack's logs, quoted in failures
 	memoryMB  int
 	mix       Mix
 	deadline  time.Time
@@ -153,8 +157,32 @@ func (w *worker) report(ctx context.Context, s *sandbox, step string, err error)
 		if logs, err := s.sb.Logs(ictx, 3000); err == nil {
 			f.Console = logs
 		}
+		f.Logs = logLines(w.logDir, s.sb.ID, 20)
 	}
 	w.rec.fail(f)
+}
+
+// logLines returns the last n lines of the stack's control plane and agent
+// logs that mention id.
+func logLines(dir, id string, n int) []string {
+	if dir == "" {
+		return nil
+	}
+	var out []string
+	for _, name := range []string{"cp.log", "agent.log"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			continue
+		}
+		var hits []string
+		for line := range strings.Lines(string(b)) {
+			if strings.Contains(line, id) {
+				hits = append(hits, name+": "+strings.TrimRight(line, "\n"))
+			}
+		}
+		out = append(out, hits[max(0, len(hits)-n):]...)
+	}
+	return out
 }
 
 // cleanup destroys a sandbox whose life failed; a failure to do so is
