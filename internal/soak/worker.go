@@ -560,16 +560,14 @@ func (w *worker) coldPauseResume(ctx context.Context, s *sandbox) error {
 	}); err != nil {
 		return err
 	}
+	// The old counter's last value may still be on disk: remove it, so
+	// that the new counter proves itself from zero (comparing it with the
+	// old value would wait for it to count that far).
 	s.counter = false
-	before, _, err := w.readCounter(ctx, s.sb)
-	if err != nil {
+	if _, err := w.sh(ctx, s.sb, "rm -f "+counterPath); err != nil {
 		return err
 	}
-	if err := w.startCounter(ctx, s); err != nil {
-		return err
-	}
-	_, err = w.counterAbove(ctx, s.sb, before)
-	return err
+	return w.startCounter(ctx, s)
 }
 
 // fork forks once when a VM slot is free within forkSlotWait (else the
