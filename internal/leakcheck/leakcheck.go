@@ -21,6 +21,8 @@
 //     network tests only);
 //   - link: a host-namespace interface N-<i> (the host end of a slot's
 //     veth pair);
+//     (a slot's SandboxID comes from the record D/sandboxes/<id>/sandbox.json
+//     naming slot i, when there is one);
 //   - cgroup: <cgroup root>/N/<id> on v2, or <root>/<controller>/N/<id>
 //     for each of the cpu, cpuacct, memory and pids hierarchies on v1 (a
 //     co-mounted hierarchy is listed once);
@@ -59,6 +61,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -229,6 +232,16 @@ func (r Roots) List(ctx context.Context, s Scope) ([]Resource, error) {
 			errs = append(errs, err)
 		}
 	}
+	// Slots carry no sandbox id in their names; the agent's records say
+	// which sandbox holds which slot.
+	slots := slotOwners(s.Dir)
+	for i := range rs {
+		if rs[i].SandboxID == "" && (rs[i].Kind == KindNetNS || rs[i].Kind == KindLink) {
+			if n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rs[i].Name, s.AgentName+"-"), "g")); err == nil {
+				rs[i].SandboxID = slots[n]
+			}
+		}
+	}
 	slices.SortFunc(rs, func(a, b Resource) int {
 		if c := strings.Compare(a.Kind, b.Kind); c != 0 {
 			return c
@@ -236,6 +249,28 @@ func (r Roots) List(ctx context.Context, s Scope) ([]Resource, error) {
 		return strings.Compare(a.Name, b.Name)
 	})
 	return rs, errors.Join(errs...)
+}
+
+// slotOwners maps slot index to sandbox id from the agent's records
+// (Dir/sandboxes/<id>/sandbox.json, field "slot"); unreadable records
+// are skipped: the map only labels what List found.
+func slotOwners(dir string) map[int]string {
+	out := map[int]string{}
+	ents, _ := os.ReadDir(filepath.Join(dir, "sandboxes"))
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, "sandboxes", e.Name(), "sandbox.json"))
+		if err != nil {
+			continue
+		}
+		var rec struct {
+			ID   string `json:"id"`
+			Slot int    `json:"slot"`
+		}
+		if json.Unmarshal(b, &rec) == nil && rec.Slot > 0 && rec.ID != "" {
+			out[rec.Slot] = rec.ID
+		}
+	}
+	return out
 }
 
 // slotName matches "<name>-<index>" with an optional "g" (an emulated

@@ -115,6 +115,7 @@ func newFake(t *testing.T, v2 bool) fakeTree {
 	write(t, filepath.Join(root, "shm", "ws", "sb1.mem"), "")
 	write(t, filepath.Join(root, "shm", "wrenn", "other.mem"), "")
 	// WRENN_DIR.
+	write(t, filepath.Join(dir, "sandboxes", "sb1", "sandbox.json"), `{"id":"sb1","slot":1}`)
 	mkdir(t, filepath.Join(dir, "sandboxes", "sb1", "vm"))
 	mkdir(t, filepath.Join(dir, "snapshots", "sb3"))
 	mkdir(t, filepath.Join(dir, "snapshots", "fork-sb2-abcdefghijklmnop"))
@@ -143,7 +144,7 @@ func TestListFakeV1(t *testing.T) {
 		{KindLink, "ws-3", ""},
 		{KindMemoryDir, filepath.Join(f.root, "shm", "ws"), ""},
 		{KindMemoryFile, filepath.Join(f.root, "shm", "ws", "sb1.mem"), "sb1"},
-		{KindNetNS, "ws-1", ""},
+		{KindNetNS, "ws-1", "sb1"},
 		{KindNetNS, "ws-2g", ""},
 		{KindNFTTable, "inet ws", ""},
 		{KindProcess, "pid 102 uid 0: /bin/cp " + dir + "/snapshots/fork-sb2-abcdefghijklmnop/mem /tmp/x", "sb2"},
