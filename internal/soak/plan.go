@@ -10,11 +10,12 @@ import (
 // Steps of a sandbox's life. A life is create, then a random sequence of
 // middle steps, then one ending.
 const (
-	StepExec      = "exec"      // a command whose output is checked
-	StepFile      = "file"      // write a file, read it back, compare
-	StepPause     = "pause"     // pause and resume with memory: a file and the counter survive
-	StepFork      = "fork"      // fork once: the fork sees the parent's file, then is killed
-	StepHibernate = "hibernate" // hibernate (or a cold pause, see Config.Hibernate) and resume
+	StepExec      = "exec"       // a command whose output is checked
+	StepFile      = "file"       // write a file, read it back, compare
+	StepPause     = "pause"      // pause and resume with memory: a file and the counter survive
+	StepFork      = "fork"       // fork once: the fork sees the parent's file, then is killed
+	StepHibernate = "hibernate"  // hibernate and resume: a file and the counter survive (a cold pause where the API has no hibernate)
+	StepColdPause = "cold-pause" // pause without memory and resume: the file survives, the counter is gone
 
 	EndKill       = "kill"        // destroy a running sandbox
 	EndKillPaused = "kill-paused" // pause, then destroy the paused sandbox
@@ -37,7 +38,8 @@ var DefaultMix = Mix{
 	{StepFile, 25},
 	{StepPause, 15},
 	{StepFork, 12},
-	{StepHibernate, 18},
+	{StepHibernate, 12},
+	{StepColdPause, 8},
 }
 
 // Validate refuses an empty mix, unknown steps and weights below one.
@@ -45,7 +47,7 @@ func (m Mix) Validate() error {
 	if len(m) == 0 {
 		return fmt.Errorf("soak: empty op mix")
 	}
-	known := []string{StepExec, StepFile, StepPause, StepFork, StepHibernate}
+	known := []string{StepExec, StepFile, StepPause, StepFork, StepHibernate, StepColdPause}
 	for _, w := range m {
 		if !slices.Contains(known, w.Step) {
 			return fmt.Errorf("soak: op mix: unknown step %q (want one of %s)", w.Step, strings.Join(known, ", "))

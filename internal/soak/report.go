@@ -26,7 +26,8 @@ type Report struct {
 	Seed     uint64    `json:"seed"`
 	// HibernateMode says what the hibernate step did: "hibernate" (POST
 	// /v1/sandboxes/{id}/hibernate) or "cold-pause" (pause with
-	// keep_memory=false, the API having no hibernate).
+	// keep_memory=false, the API having no hibernate; the cold-pause step
+	// does that too in either case).
 	HibernateMode string  `json:"hibernate_mode"`
 	Machine       Machine `json:"machine"`
 	// Ops are the API calls made, by kind.

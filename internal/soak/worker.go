@@ -252,6 +252,8 @@ func (w *worker) step(ctx context.Context, s *sandbox, step string) error {
 			return w.hibernateResume(ctx, s)
 		}
 		return w.coldPauseResume(ctx, s)
+	case StepColdPause:
+		return w.coldPauseResume(ctx, s)
 	}
 	return fmt.Errorf("unknown step %q", step)
 }
