@@ -18,12 +18,13 @@ DESTDIR ?=
 GUEST_BINS := envd wrenn-init
 HOST_BINS  := wrenn-cp wrenn-agent wrenn wrenn-up
 
-.PHONY: help build generate check lint test test-short images kernel rootfs deps clean up dev dev-agent bench install
+.PHONY: help build generate check lint test test-short images kernel rootfs deps clean up dev dev-agent bench soak install
 
 help:
 	@echo "make up         one-box Wrenn: deps, build, images, PostgreSQL, control plane, agent (as root)"
 	@echo "make dev        PostgreSQL + migrations + control plane only"
 	@echo "make bench      performance report vs bare QEMU and gVisor (as root; BENCH_FLAGS=--quick for the short run)"
+	@echo "make soak       random sandbox operations on a stack of its own for SOAK_DURATION (30m) with SOAK_WORKERS (3), then a leak check (as root; not in make test)"
 	@echo "make dev-agent  the host agent alone, as root (REGISTER=<token> on first run)"
 	@echo "make build      build $(HOST_BINS) $(GUEST_BINS) into $(BUILDS)/"
 	@echo "make install    (as root, after make build) wrenn-cp, wrenn-agent, wrenn into $(PREFIX)/bin, their systemd units, /etc/wrenn/*.env (DESTDIR= to stage)"
@@ -47,6 +48,18 @@ up: deps build images
 
 bench: deps build images
 	$(GO) run ./bench/wrennbench --bin-dir $(BUILDS) $(BENCH_FLAGS)
+
+# The soak builds wrenn-cp and wrenn-agent into its own stack directory
+# and shares the images of $(WRENN_DIR) read-only (make images first: it
+# does not rebuild them, which would rewrite the base image under any
+# other stack running on the machine). The report lands in builds/
+# (SOAK_FLAGS=-keep leaves the stack up).
+SOAK_DURATION ?= 30m
+SOAK_WORKERS  ?= 3
+soak:
+	mkdir -p $(BUILDS)
+	$(GO) run ./cmd/wrenn-soak -duration $(SOAK_DURATION) -workers $(SOAK_WORKERS) \
+		-report $(BUILDS)/soak-report.json -markdown $(BUILDS)/soak-report.md $(SOAK_FLAGS)
 
 dev: build
 	$(BUILDS)/wrenn-up --dir $(WRENN_DIR) --no-agent

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 
@@ -225,11 +226,28 @@ func (s *EventSender) send(ctx context.Context, client EventReporter, id *Identi
 	return nil
 }
 
-// EventProto converts an event for the wire.
+// MaxEventMessage is the longest event message the control plane takes
+// (its hostreg refuses the whole batch over a longer one).
+const MaxEventMessage = 1024
+
+// EventProto converts an event for the wire. A longer message (an error
+// carrying a console tail) is cut to MaxEventMessage bytes on a UTF-8
+// boundary, keeping its head, where the cause is: over the limit the
+// control plane refused the whole batch, every sandbox's event in it lost
+// until the next heartbeat (found by make soak).
 func EventProto(ev agent.Event) *hostagentv1.SandboxEvent {
+	msg := ev.Message
+	if len(msg) > MaxEventMessage {
+		const more = " [...]"
+		cut := MaxEventMessage - len(more)
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + more
+	}
 	return &hostagentv1.SandboxEvent{
 		SandboxId: ev.ID, State: hostinfo.SandboxState(ev.State), MemoryDropped: ev.MemoryDropped,
-		Reason: reasonProto(ev.Reason), Message: ev.Message, AtUnixMs: ev.At.UnixMilli(), Version: ev.Version,
+		Reason: reasonProto(ev.Reason), Message: msg, AtUnixMs: ev.At.UnixMilli(), Version: ev.Version,
 	}
 }
 
