@@ -15,6 +15,7 @@ import (
 	"github.com/wrenn/wrenn/internal/disk"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/plan"
@@ -236,10 +237,11 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 			Undo: func(ctx context.Context) error { return m.stopMachine(ctx, sb) },
 		},
 		m.envdStep(sb, envdclient.InitRequest{EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: defaultUser}),
-		{
-			Name: "running",
-			Do:   func(context.Context) error { return sb.setState(state.Running) },
-		},
+		// Killed here, the VM runs under a starting record: Recover
+		// stops it and reports the sandbox stopped (the create never
+		// answered).
+		m.faultStep(faultpoint.AgentCreateBooted),
+		runningStep(sb),
 	}
 }
 

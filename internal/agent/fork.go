@@ -15,6 +15,7 @@ import (
 	"github.com/wrenn/wrenn/internal/disk"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/plan"
 	"github.com/wrenn/wrenn/internal/snapshot"
 )
@@ -58,7 +59,7 @@ func (m *Manager) ForkAs(ctx context.Context, team, id string, n int) ([]Info, e
 	}
 	defer release()
 	start := time.Now()
-	dir := filepath.Join(m.cfg.Dir, "snapshots", "fork-"+id+"-"+newID())
+	dir := filepath.Join(m.cfg.Dir, "snapshots", forkSnapshotPrefix+id+"-"+newID())
 	snap, srcRec, err := m.capture(ctx, src, dir, snapshot.KindForkSource, team)
 	if err != nil {
 		return nil, err
@@ -80,7 +81,15 @@ func (m *Manager) ForkAs(ctx context.Context, team, id string, n int) ([]Info, e
 			return err
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err = g.Wait()
+	if err == nil {
+		// Every fork is up and still recorded starting. Killed here, a
+		// restarted agent removes them all (and the fork snapshot): the
+		// fork never answered, so no caller knows their ids.
+		m.cfg.Faults.Hit(ctx, faultpoint.AgentForkRestored)
+		err = m.forksRunning(ctx, infos)
+	}
+	if err != nil {
 		// All or nothing: the forks that did come up go again.
 		var errs []error
 		for _, in := range infos {
@@ -160,7 +169,29 @@ func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind sn
 	return snap, out, nil
 }
 
-// restoreFork brings up one fork from a fork snapshot.
+// forksRunning moves every fork restored by one Fork call to running,
+// together, once all are up, refreshing their descriptions.
+func (m *Manager) forksRunning(ctx context.Context, infos []Info) error {
+	for i, in := range infos {
+		sb, err := m.acquire(ctx, in.ID)
+		if err != nil {
+			return fmt.Errorf("start fork %s: %w", in.ID, err)
+		}
+		err = sb.setState(state.Running)
+		if err == nil {
+			sb.touch(m.cfg.Clock.Now())
+			infos[i] = sb.info()
+		}
+		sb.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("start fork %s: %w", in.ID, err)
+		}
+	}
+	return nil
+}
+
+// restoreFork brings up one fork from a fork snapshot, leaving it
+// starting: ForkAs moves all of a call's forks to running together.
 func (m *Manager) restoreFork(ctx context.Context, snap *snapshot.Snapshot, src record) (Info, error) {
 	id := newID()
 	rec := src
