@@ -169,8 +169,9 @@ func (v agentView) has(id, kind string) bool {
 }
 
 // disagreements compares both views and returns what does not agree,
-// sorted; ignore holds ids already reported by an earlier scenario.
-func disagreements(cp map[string]api.Sandbox, tpls map[string]bool, ag agentView, ignore map[string]bool) []string {
+// sorted, and the ids (and "template:<name>") it is about; ignore holds
+// those an earlier scenario already reported.
+func disagreements(cp map[string]api.Sandbox, tpls map[string]bool, ag agentView, ignore map[string]bool) (out, bad []string) {
 	ids := map[string]bool{}
 	for id := range cp {
 		ids[id] = true
@@ -183,11 +184,11 @@ func disagreements(cp map[string]api.Sandbox, tpls map[string]bool, ag agentView
 			ids[id] = true
 		}
 	}
-	var out []string
 	for id := range ids {
 		if ignore[id] {
 			continue
 		}
+		n := len(out)
 		sb, inCP := cp[id]
 		c := string(sb.State)
 		a, inAgent := ag.states[id]
@@ -219,37 +220,46 @@ func disagreements(cp map[string]api.Sandbox, tpls map[string]bool, ag agentView
 				out = append(out, fmt.Sprintf("%s: gone from the agent but holds:\n%s", id, leakcheck.Format(rs)))
 			}
 		}
+		if len(out) > n {
+			bad = append(bad, id)
+		}
 	}
-	// Templates: on disk exactly when the control plane lists them; no
-	// template half written.
-	disk := map[string]bool{}
+	// Templates: as many on the host as the control plane lists (the host
+	// names them by an internal name the API does not show); none half
+	// written.
+	var onHost, inCP []string
 	for _, r := range ag.res[""] {
 		switch r.Kind {
 		case leakcheck.KindTemplate:
-			disk[filepath.Base(r.Name)] = true
+			if name := filepath.Base(r.Name); !ignore["template:"+name] {
+				onHost = append(onHost, name)
+			}
 		case leakcheck.KindTemplateTmp:
 			out = append(out, "template written but never published: "+r.Name)
-		}
-	}
-	for name := range disk {
-		if !tpls[name] && !ignore["template:"+name] {
-			out = append(out, fmt.Sprintf("template %s: on the host, not in the control plane", name))
+			bad = append(bad, "template:"+filepath.Base(r.Name))
 		}
 	}
 	for name := range tpls {
-		if !disk[name] && !ignore["template:"+name] {
-			out = append(out, fmt.Sprintf("template %s: in the control plane, not on the host", name))
+		if !ignore["template:"+name] {
+			inCP = append(inCP, name)
+		}
+	}
+	if len(onHost) != len(inCP) {
+		sort.Strings(onHost)
+		sort.Strings(inCP)
+		out = append(out, fmt.Sprintf("templates: the control plane lists %d %v, the host holds %d %v", len(inCP), inCP, len(onHost), onHost))
+		for _, n := range append(onHost, inCP...) {
+			bad = append(bad, "template:"+n)
 		}
 	}
 	sort.Strings(out)
-	return out
+	return out, bad
 }
 
 // converge polls both views until they agree or within passes, and
 // returns how long it took, or the last disagreements.
-func converge(ctx context.Context, c rest, env *stackEnv, within time.Duration, ignore map[string]bool) (time.Duration, []string, error) {
+func converge(ctx context.Context, c rest, env *stackEnv, within time.Duration, ignore map[string]bool) (_ time.Duration, last, bad []string, _ error) {
 	start := time.Now()
-	var last []string
 	for {
 		cp, err := c.cpView(ctx)
 		var tpls map[string]bool
@@ -261,37 +271,20 @@ func converge(ctx context.Context, c rest, env *stackEnv, within time.Duration, 
 			ag, err = readAgent(ctx, env)
 		}
 		if err == nil {
-			last = disagreements(cp, tpls, ag, ignore)
+			last, bad = disagreements(cp, tpls, ag, ignore)
 			if len(last) == 0 {
-				return time.Since(start), nil, nil
+				return time.Since(start), nil, nil, nil
 			}
 		} else {
-			last = []string{"reading the views: " + err.Error()}
+			last, bad = []string{"reading the views: " + err.Error()}, nil
 		}
 		if time.Since(start) > within {
-			return time.Since(start), last, nil
+			return time.Since(start), last, bad, nil
 		}
 		select {
 		case <-ctx.Done():
-			return time.Since(start), last, ctx.Err()
+			return time.Since(start), last, bad, ctx.Err()
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-}
-
-// offenders returns the ids (and "template:<name>") the disagreements
-// name, so later scenarios do not report them again.
-func offenders(ds []string) []string {
-	var out []string
-	for _, d := range ds {
-		if rest, ok := strings.CutPrefix(d, "template "); ok {
-			name, _, _ := strings.Cut(rest, ":")
-			out = append(out, "template:"+name)
-			continue
-		}
-		if id, _, ok := strings.Cut(d, ":"); ok && !strings.Contains(id, " ") {
-			out = append(out, id)
-		}
-	}
-	return out
 }
