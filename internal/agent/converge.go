@@ -8,8 +8,10 @@ import (
 	"path/filepath"
 
 	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/plan"
 	"github.com/wrenn/wrenn/internal/snapshot"
+	"github.com/wrenn/wrenn/internal/vmm"
 )
 
 // Convergence after an agent killed inside an operation. Every operation
@@ -121,6 +123,50 @@ func (m *Manager) hibernateComplete(ctx context.Context, id string) bool {
 	return err == nil && snap.Manifest.Kind == snapshot.KindHibernate
 }
 
+// hasHibernateSnapshot reports whether snapshots/<id> holds a sealed
+// snapshot, without verifying its files.
+func (m *Manager) hasHibernateSnapshot(id string) bool {
+	_, err := os.Stat(filepath.Join(m.snapshotDir(id), snapshot.ManifestName))
+	return err == nil
+}
+
+// finishResume completes a resume from hibernation cut short after the
+// VMM was restored (the record says starting): the restored guest has
+// run, so it is the sandbox now. Its slot is adopted, envd is waited for
+// and initialised (the clock), the sandbox recorded running and the used
+// snapshot retired. If the guest does not answer, it is removed: the
+// snapshot is stale (the disk moved on with the guest), so rolling back
+// to it could corrupt the guest's filesystem.
+func (m *Manager) finishResume(ctx context.Context, sb *sandbox, mach vmm.Machine) (bool, error) {
+	id := sb.rec.ID
+	sb.machine = mach
+	fail := func(err error) (bool, error) {
+		err = errors.Join(fmt.Errorf("finish a resume cut short: %w", err), m.teardown(ctx, sb))
+		m.recoveredDead(sb, "a resume from hibernation cut short by an agent restart could not be finished")
+		return false, err
+	}
+	slots, err := m.cfg.Network.Adopt(sb.rec.Slot)
+	if err != nil {
+		return fail(fmt.Errorf("adopt network slot %d: %w", sb.rec.Slot, err))
+	}
+	sb.slot = slots[0]
+	if err := m.envdStep(sb, envdclient.InitRequest{}).Do(ctx); err != nil {
+		return fail(err)
+	}
+	m.mu.Lock()
+	m.sandboxes[id] = sb
+	m.mu.Unlock()
+	sb.mu.Lock()
+	sb.cause = ReasonRecovered
+	err = sb.setState(state.Running)
+	sb.cause = ""
+	sb.touch(m.cfg.Clock.Now())
+	sb.mu.Unlock()
+	m.retireSnapshot(m.snapshotDir(id), id)
+	m.log.Info("resume from hibernation cut short by an agent restart finished", "sandbox_id", id)
+	return true, err
+}
+
 // removeStraySnapshot deletes snapshots/<id> of a sandbox whose VMM runs:
 // a hibernation cut short before the VMM stopped. The VM holds the state,
 // the snapshot is not needed and would be stale after the next resume.
@@ -135,8 +181,8 @@ func (m *Manager) removeStraySnapshot(id string) error {
 
 // backToHibernated rolls a sandbox with a whole hibernation snapshot back
 // to hibernated: a hibernation cut short after the snapshot was sealed
-// (the VMM is gone), or a resume from hibernation cut short (its VMM, if
-// any, is stopped; the snapshot is removed only once a resume completes).
+// and the VMM stopped, or a resume from hibernation cut short before its
+// VMM was restored (the snapshot is removed only once a resume completes).
 // Its slot is not adopted, so Reclaim frees it. The sandbox is managed
 // afterwards, reported hibernated with a new version.
 func (m *Manager) backToHibernated(ctx context.Context, sb *sandbox, why string) error {

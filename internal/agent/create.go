@@ -319,6 +319,12 @@ func (m *Manager) networkStep(sb *sandbox) plan.Step {
 				return errors.Join(err, m.cfg.Network.Release(ctx, slot))
 			}
 			sb.slot, r.Slot = slot, slot.Index
+			// Recorded at once: an agent killed later in the boot or
+			// restore finds the slot its VMM uses (Recover adopts the
+			// slot of a resume it finishes).
+			if err := writeRecord(sb.dir, r); err != nil {
+				return errors.Join(err, m.releaseSlot(ctx, sb))
+			}
 			return nil
 		},
 		Undo: func(ctx context.Context) error { return m.releaseSlot(ctx, sb) },

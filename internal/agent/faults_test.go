@@ -95,7 +95,7 @@ func TestFaultHelper(t *testing.T) {
 // reports truthfully and usable, and nothing half done on the host: a
 // pause cut short leaves running vCPUs under a running record, a
 // hibernation cut short a paused sandbox without its snapshot, a resume
-// cut short a hibernated sandbox that resumes, a template cut short no
+// cut short a running sandbox (the resume is finished), a template cut short no
 // template and no temporary directory, a fork cut short no fork and no
 // fork snapshot.
 func TestKilledInsideOperation(t *testing.T) {
@@ -149,12 +149,12 @@ func TestKilledInsideOperation(t *testing.T) {
 				t.Fatalf("after the restart the agent holds %+v, want only %s", list, id)
 			}
 			info := list[0]
-			want := map[string]state.State{"pause": state.Running, "hibernate": state.Paused, "resume": state.Hibernated,
+			want := map[string]state.State{"pause": state.Running, "hibernate": state.Paused, "resume": state.Running,
 				"template": state.Running, "fork": state.Running}[op]
 			if info.State != want {
 				t.Fatalf("sandbox %s is %s after the restart, want %s", id, info.State, want)
 			}
-			if _, err := os.Stat(filepath.Join(h.dir, "snapshots", id)); op != "resume" && err == nil {
+			if _, err := os.Stat(filepath.Join(h.dir, "snapshots", id)); err == nil {
 				t.Errorf("snapshots/%s left beside a %s sandbox", id, info.State)
 			}
 			for _, pat := range []string{"snapshots/fork-*", "images/.*.tmp-*", "images/" + faultTemplate} {

@@ -112,13 +112,17 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 		sb.group = g
 	}
 	mach, err := m.cfg.Driver.Attach(ctx, m.vmSpec(sb, kernel.Path))
-	if rec.State == state.Starting && m.hibernateComplete(ctx, id) {
-		// A resume from hibernation cut short: the snapshot it restored
-		// from is intact (it is retired only once the sandbox runs).
+	if rec.State == state.Starting && m.hasHibernateSnapshot(id) {
+		// A resume from hibernation cut short. With its VMM restored,
+		// the guest has run on the disk since the snapshot, which is
+		// stale: finish the resume. Without one, the snapshot (retired
+		// only once a resume completes) is restored again later.
 		if err == nil {
-			sb.machine = mach
+			return m.finishResume(ctx, sb, mach)
 		}
-		return true, m.backToHibernated(ctx, sb, "a resume from hibernation cut short by an agent restart was rolled back")
+		if m.hibernateComplete(ctx, id) {
+			return true, m.backToHibernated(ctx, sb, "a resume from hibernation cut short by an agent restart was rolled back")
+		}
 	}
 	if err != nil && rec.State == state.Paused && m.hibernateComplete(ctx, id) {
 		// A hibernation cut short after its snapshot was sealed and its

@@ -112,8 +112,8 @@ func (m *Manager) resumeHibernated(ctx context.Context, sb *sandbox) error {
 		return err
 	}
 	start := time.Now()
-	// Killed at the fault point, the VM runs under a starting record
-	// beside the intact snapshot: Recover rolls it back to hibernated.
+	// Killed at the fault point, the restored VM runs under a starting
+	// record beside the used snapshot: Recover finishes the resume.
 	steps := append(m.restoreSteps(sb, snap, envdclient.InitRequest{}),
 		m.faultStep(faultpoint.AgentResumeRestored), runningStep(sb))
 	if err := plan.Run(ctx, m.log.With("sandbox_id", r.ID), steps); err != nil {

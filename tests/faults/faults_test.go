@@ -262,7 +262,7 @@ func (s *suite) run(t *testing.T, sc scenario) {
 		t.Fatalf("%s: no answer within %s of the kill", sc.op, answerWithin)
 	}
 	t.Logf("%s answered: %s", sc.op, r)
-	if err := s.waitHealthy(ctx, sc.target, restarts); err != nil {
+	if err := s.waitHealthy(ctx, sc.target, restarts, killed); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("stack healthy again %s after the kill", time.Since(killed).Round(10*time.Millisecond))
@@ -303,14 +303,19 @@ func (s *suite) run(t *testing.T, sc scenario) {
 }
 
 // waitHealthy waits until target was restarted (devstack counts a restart
-// once the daemon is healthy: the agent's host online) and the API works.
-func (s *suite) waitHealthy(ctx context.Context, target string, restartsBefore int) error {
+// once the daemon is healthy: the agent's host online), the API works and
+// the host has heartbeated since the kill: only a new agent can have, and
+// an agent serves (and heartbeats) only after its recovery. Devstack's own
+// check accepts a heartbeat up to a second old, which with a 1 s interval
+// can be the killed agent's last.
+func (s *suite) waitHealthy(ctx context.Context, target string, restartsBefore int, killed time.Time) error {
 	deadline := time.Now().Add(healthyWithin)
 	for {
 		if s.env.st.Restarts(target) > restartsBefore {
 			var host api.Host
 			if s.c.decode(ctx, "GET", "/v1/me", nil, nil) == nil &&
-				s.c.decode(ctx, "GET", "/v1/hosts/"+s.env.st.HostID, nil, &host) == nil && host.Status == "online" {
+				s.c.decode(ctx, "GET", "/v1/hosts/"+s.env.st.HostID, nil, &host) == nil && host.Status == "online" &&
+				host.LastHeartbeatAt != nil && host.LastHeartbeatAt.After(killed) {
 				return nil
 			}
 		}
@@ -771,7 +776,7 @@ func (s *suite) reapOrphans(t *testing.T) {
 	before := s.env.st.Restarts(devstack.Agent)
 	if pid := s.env.st.PID(devstack.Agent); pid != 0 {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
-		if err := s.waitHealthy(ctx, devstack.Agent, before); err != nil {
+		if err := s.waitHealthy(ctx, devstack.Agent, before, time.Now()); err != nil {
 			t.Logf("reap orphans: %v", err)
 		}
 	}
