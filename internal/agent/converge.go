@@ -202,3 +202,27 @@ func (m *Manager) backToHibernated(ctx context.Context, sb *sandbox, why string)
 	m.log.Info("sandbox rolled back to hibernated", "sandbox_id", sb.rec.ID, "why", why)
 	return err
 }
+
+// forksRunning moves every fork restored by one Fork call to running,
+// together, once all are up, refreshing their descriptions. Until then
+// each fork is starting (restoreFork leaves it so), so an agent killed
+// in between removes them all on restart and reports them stopped: the
+// fork never answered.
+func (m *Manager) forksRunning(ctx context.Context, infos []Info) error {
+	for i, in := range infos {
+		sb, err := m.acquire(ctx, in.ID)
+		if err != nil {
+			return fmt.Errorf("start fork %s: %w", in.ID, err)
+		}
+		err = sb.setState(state.Running)
+		if err == nil {
+			sb.touch(m.cfg.Clock.Now())
+			infos[i] = sb.info()
+		}
+		sb.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("start fork %s: %w", in.ID, err)
+		}
+	}
+	return nil
+}

@@ -84,8 +84,8 @@ func (m *Manager) ForkAs(ctx context.Context, team, id string, n int) ([]Info, e
 	err = g.Wait()
 	if err == nil {
 		// Every fork is up and still recorded starting. Killed here, a
-		// restarted agent removes them all (and the fork snapshot): the
-		// fork never answered, so no caller knows their ids.
+		// restarted agent removes them all (and the fork snapshot) and
+		// reports them stopped: the fork never answered.
 		m.cfg.Faults.Hit(ctx, faultpoint.AgentForkRestored)
 		err = m.forksRunning(ctx, infos)
 	}
@@ -169,29 +169,7 @@ func (m *Manager) capture(ctx context.Context, src *sandbox, dir string, kind sn
 	return snap, out, nil
 }
 
-// forksRunning moves every fork restored by one Fork call to running,
-// together, once all are up, refreshing their descriptions.
-func (m *Manager) forksRunning(ctx context.Context, infos []Info) error {
-	for i, in := range infos {
-		sb, err := m.acquire(ctx, in.ID)
-		if err != nil {
-			return fmt.Errorf("start fork %s: %w", in.ID, err)
-		}
-		err = sb.setState(state.Running)
-		if err == nil {
-			sb.touch(m.cfg.Clock.Now())
-			infos[i] = sb.info()
-		}
-		sb.mu.Unlock()
-		if err != nil {
-			return fmt.Errorf("start fork %s: %w", in.ID, err)
-		}
-	}
-	return nil
-}
-
-// restoreFork brings up one fork from a fork snapshot, leaving it
-// starting: ForkAs moves all of a call's forks to running together.
+// restoreFork brings up one fork from a fork snapshot.
 func (m *Manager) restoreFork(ctx context.Context, snap *snapshot.Snapshot, src record) (Info, error) {
 	id := newID()
 	rec := src
