@@ -590,7 +590,7 @@ func (s *suite) checkTemplate(ctx context.Context, t *testing.T, name string, r 
 		t.Error(err)
 		return
 	}
-	if !tpls[name] {
+	if _, ok := tpls[name]; !ok {
 		if r.ok() {
 			t.Errorf("the API answered %s, but template %s does not exist", r, name)
 		} else {

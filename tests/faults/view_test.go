@@ -106,18 +106,27 @@ func (c rest) cpView(ctx context.Context) (map[string]api.Sandbox, error) {
 	return out, nil
 }
 
-// cpTemplates is the names of the team's snapshot templates.
-func (c rest) cpTemplates(ctx context.Context) (map[string]bool, error) {
+// cpTemplates is the team's snapshot templates: status by name ("" from
+// a control plane without template statuses, else "pending" while its
+// host is still making it, or "ready").
+func (c rest) cpTemplates(ctx context.Context) (map[string]string, error) {
+	// Not api.Template: Status is decoded whether or not this build's
+	// types have it.
 	var list struct {
-		Templates []api.Template `json:"templates"`
+		Templates []struct {
+			Name     string `json:"name"`
+			Snapshot bool   `json:"snapshot"`
+			Builtin  bool   `json:"builtin"`
+			Status   string `json:"status"`
+		} `json:"templates"`
 	}
 	if err := c.decode(ctx, "GET", "/v1/templates", nil, &list); err != nil {
 		return nil, err
 	}
-	out := map[string]bool{}
+	out := map[string]string{}
 	for _, t := range list.Templates {
 		if t.Snapshot && !t.Builtin {
-			out[t.Name] = true
+			out[t.Name] = t.Status
 		}
 	}
 	return out, nil
@@ -171,7 +180,7 @@ func (v agentView) has(id, kind string) bool {
 // disagreements compares both views and returns what does not agree,
 // sorted, and the ids (and "template:<name>") it is about; ignore holds
 // those an earlier scenario already reported.
-func disagreements(cp map[string]api.Sandbox, tpls map[string]bool, ag agentView, ignore map[string]bool) (out, bad []string) {
+func disagreements(cp map[string]api.Sandbox, tpls map[string]string, ag agentView, ignore map[string]bool) (out, bad []string) {
 	ids := map[string]bool{}
 	for id := range cp {
 		ids[id] = true
@@ -239,9 +248,14 @@ func disagreements(cp map[string]api.Sandbox, tpls map[string]bool, ag agentView
 			bad = append(bad, "template:"+filepath.Base(r.Name))
 		}
 	}
-	for name := range tpls {
-		if !ignore["template:"+name] {
-			inCP = append(inCP, name)
+	for name, status := range tpls {
+		if ignore["template:"+name] {
+			continue
+		}
+		inCP = append(inCP, name)
+		if status == "pending" {
+			out = append(out, fmt.Sprintf("template %s: still pending (neither completed nor removed)", name))
+			bad = append(bad, "template:"+name)
 		}
 	}
 	if len(onHost) != len(inCP) {
@@ -262,7 +276,7 @@ func converge(ctx context.Context, c rest, env *stackEnv, within time.Duration, 
 	start := time.Now()
 	for {
 		cp, err := c.cpView(ctx)
-		var tpls map[string]bool
+		var tpls map[string]string
 		if err == nil {
 			tpls, err = c.cpTemplates(ctx)
 		}
