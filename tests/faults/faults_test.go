@@ -214,16 +214,33 @@ func (s *suite) run(t *testing.T, sc scenario) {
 	defer func() { _ = faultpoint.Disarm(dir, sc.point) }()
 	answered := make(chan reply, 1)
 	go func() { answered <- op(ctx) }()
+	// Wait for the hit, or stop waiting as soon as the operation
+	// answers without reaching the point (it failed before it).
 	hctx, hcancel := context.WithTimeout(ctx, hitWithin)
+	var (
+		early    reply
+		answerIn = make(chan bool, 1)
+	)
+	go func() {
+		select {
+		case early = <-answered:
+			hcancel()
+			answerIn <- true
+		case <-hctx.Done():
+			answerIn <- false
+		}
+	}()
 	pid, err := faultpoint.WaitHit(hctx, dir, sc.point)
 	hcancel()
+	answeredEarly := <-answerIn
 	if err != nil {
-		select {
-		case r := <-answered:
-			t.Fatalf("the operation never reached %s; it answered %s", sc.point, r)
-		default:
-			t.Fatalf("%v (the operation has not answered)", err)
+		if answeredEarly {
+			t.Fatalf("the operation never reached %s; it answered %s", sc.point, early)
 		}
+		t.Fatalf("%v (the operation has not answered)", err)
+	}
+	if answeredEarly {
+		answered <- early // stopped at the point, yet it answered: reported below
 	}
 	restarts := st.Restarts(sc.target)
 	if sc.target == devstack.Postgres {
