@@ -15,6 +15,7 @@ import (
 	"github.com/wrenn/wrenn/internal/disk"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/plan"
@@ -236,10 +237,11 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 			Undo: func(ctx context.Context) error { return m.stopMachine(ctx, sb) },
 		},
 		m.envdStep(sb, envdclient.InitRequest{EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: defaultUser}),
-		{
-			Name: "running",
-			Do:   func(context.Context) error { return sb.setState(state.Running) },
-		},
+		// Killed here, the VM runs under a starting record: Recover
+		// stops it and reports the sandbox stopped (the create never
+		// answered).
+		m.faultStep(faultpoint.AgentCreateBooted),
+		runningStep(sb),
 	}
 }
 
@@ -317,6 +319,12 @@ func (m *Manager) networkStep(sb *sandbox) plan.Step {
 				return errors.Join(err, m.cfg.Network.Release(ctx, slot))
 			}
 			sb.slot, r.Slot = slot, slot.Index
+			// Recorded at once: an agent killed later in the boot or
+			// restore finds the slot its VMM uses (Recover adopts the
+			// slot of a resume it finishes).
+			if err := writeRecord(sb.dir, r); err != nil {
+				return errors.Join(err, m.releaseSlot(ctx, sb))
+			}
 			return nil
 		},
 		Undo: func(ctx context.Context) error { return m.releaseSlot(ctx, sb) },

@@ -9,6 +9,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/agent/state"
 	"github.com/wrenn/wrenn/internal/cgroup"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/snapshot"
 )
 
@@ -35,6 +36,8 @@ func (m *Manager) destroyLocked(ctx context.Context, sb *sandbox) error {
 			return err
 		}
 	}
+	// Killed here, the record says stopping: Recover finishes the job.
+	m.cfg.Faults.Hit(ctx, faultpoint.AgentDestroyStopping)
 	start := time.Now()
 	if err := m.teardown(ctx, sb); err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)

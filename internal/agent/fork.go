@@ -15,6 +15,7 @@ import (
 	"github.com/wrenn/wrenn/internal/disk"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/plan"
 	"github.com/wrenn/wrenn/internal/snapshot"
 )
@@ -88,7 +89,7 @@ func (m *Manager) fork(ctx context.Context, team, id string, ids []string) ([]In
 	}
 	defer release()
 	start := time.Now()
-	dir := filepath.Join(m.cfg.Dir, "snapshots", "fork-"+id+"-"+newID())
+	dir := filepath.Join(m.cfg.Dir, "snapshots", forkSnapshotPrefix+id+"-"+newID())
 	snap, srcRec, err := m.capture(ctx, src, dir, snapshot.KindForkSource, team)
 	if err != nil {
 		return nil, err
@@ -110,7 +111,15 @@ func (m *Manager) fork(ctx context.Context, team, id string, ids []string) ([]In
 			return err
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err = g.Wait()
+	if err == nil {
+		// Every fork is up and still recorded starting. Killed here, a
+		// restarted agent removes them all (and the fork snapshot) and
+		// reports them stopped: the fork never answered.
+		m.cfg.Faults.Hit(ctx, faultpoint.AgentForkRestored)
+		err = m.forksRunning(ctx, infos)
+	}
+	if err != nil {
 		// All or nothing: the forks that did come up go again.
 		var errs []error
 		for _, in := range infos {

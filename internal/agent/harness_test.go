@@ -22,6 +22,7 @@ import (
 	"github.com/wrenn/wrenn/internal/agent"
 	"github.com/wrenn/wrenn/internal/cgroup"
 	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/internal/vmm/qemu"
@@ -44,6 +45,9 @@ type harness struct {
 	metricsInterval time.Duration
 	// events receives the manager's sandbox events (nil: none).
 	events agent.EventSink
+	// faults is the fault-point directory (internal/faultpoint); "" for
+	// none.
+	faults string
 }
 
 func newHarness(t testing.TB) *harness {
@@ -147,6 +151,7 @@ func (h *harness) newManager() (*agent.Manager, error) {
 		VMMUIDBase:      agent.DefaultVMMUIDBase + uint32(h.run%50)*64,
 		MetricsInterval: h.metricsInterval,
 		Events:          h.events,
+		Faults:          faultpoint.New(h.faults, logger),
 	})
 }
 

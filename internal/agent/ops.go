@@ -9,6 +9,7 @@ import (
 	"github.com/wrenn/wrenn/internal/disk"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/snapshot"
 )
@@ -42,7 +43,15 @@ func (m *Manager) Touch(id string) error {
 // Pause freezes a running sandbox's vCPUs. Memory and device state stay in
 // place, so Resume continues every process exactly where it was.
 func (m *Manager) Pause(ctx context.Context, id string) error {
-	return m.transition(ctx, id, state.Paused, pauseMachine)
+	return m.transition(ctx, id, state.Paused, func(ctx context.Context, sb *sandbox) error {
+		if err := pauseMachine(ctx, sb); err != nil {
+			return err
+		}
+		// Killed here, the vCPUs are halted under a running record:
+		// Recover resumes them (the pause never answered).
+		m.cfg.Faults.Hit(ctx, faultpoint.AgentPauseStopped)
+		return nil
+	})
 }
 
 // Resume is ResumeAs for a local caller (no team check).

@@ -25,6 +25,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 		return fmt.Errorf("list sandboxes: %w", err)
 	}
 	var errs []error
+	if err := m.removeInterrupted(); err != nil {
+		errs = append(errs, err)
+	}
 	adopted := map[string]bool{}
 	for _, d := range dirs {
 		if !d.IsDir() {
@@ -109,6 +112,23 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 		sb.group = g
 	}
 	mach, err := m.cfg.Driver.Attach(ctx, m.vmSpec(sb, kernel.Path))
+	if rec.State == state.Starting && m.hasHibernateSnapshot(id) {
+		// A resume from hibernation cut short. With its VMM restored,
+		// the guest has run on the disk since the snapshot, which is
+		// stale: finish the resume. Without one, the snapshot (retired
+		// only once a resume completes) is restored again later.
+		if err == nil {
+			return m.finishResume(ctx, sb, mach)
+		}
+		if m.hibernateComplete(ctx, id) {
+			return true, m.backToHibernated(ctx, sb, "a resume from hibernation cut short by an agent restart was rolled back")
+		}
+	}
+	if err != nil && rec.State == state.Paused && m.hibernateComplete(ctx, id) {
+		// A hibernation cut short after its snapshot was sealed and its
+		// VMM stopped: finish it.
+		return true, m.backToHibernated(ctx, sb, "a hibernation cut short by an agent restart was finished")
+	}
 	if err == nil && rec.State != state.Running && rec.State != state.Paused {
 		// Starting (a create cut short), Stopping (a destroy cut short),
 		// Error or Stopped: the VMM may still run; finish the job.
@@ -136,6 +156,14 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 	sb.machine, sb.slot = mach, slots[0]
 	sb.envd = m.envdClient(sb)
 	sb.touch(m.cfg.Clock.Now())
+	// An operation cut short may have left the vCPUs halted under a
+	// running record (pause, fork, template capture) or a snapshot beside
+	// a VM that still runs (hibernate): make both agree with the record.
+	if err := errors.Join(m.matchRunState(ctx, sb), m.removeStraySnapshot(id)); err != nil {
+		err = errors.Join(err, m.teardown(ctx, sb))
+		m.recoveredDead(sb, "its VMM's run state could not be made to match its record at agent restart")
+		return false, err
+	}
 
 	m.mu.Lock()
 	m.sandboxes[id] = sb

@@ -12,6 +12,7 @@ import (
 	"github.com/wrenn/wrenn/internal/agent/state"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/plan"
 	"github.com/wrenn/wrenn/internal/snapshot"
@@ -51,6 +52,9 @@ func (m *Manager) Hibernate(ctx context.Context, id string) error {
 	if err := sb.machine.Snapshot(ctx, dir); err != nil {
 		return errors.Join(fmt.Errorf("hibernate %s: save device state: %w", id, err), snapshot.Remove(dir))
 	}
+	// Killed here, the VM still runs (paused) beside an unsealed
+	// snapshot: Recover re-adopts it paused and removes the snapshot.
+	m.cfg.Faults.Hit(ctx, faultpoint.AgentHibernateWritten)
 	// From here the VMM goes away; a failure leaves the sandbox in error
 	// (destroyable), never half-hibernated and claiming to be paused.
 	fail := func(err error) error {
@@ -108,7 +112,10 @@ func (m *Manager) resumeHibernated(ctx context.Context, sb *sandbox) error {
 		return err
 	}
 	start := time.Now()
-	steps := m.restoreSteps(sb, snap, envdclient.InitRequest{})
+	// Killed at the fault point, the restored VM runs under a starting
+	// record beside the used snapshot: Recover finishes the resume.
+	steps := append(m.restoreSteps(sb, snap, envdclient.InitRequest{}),
+		m.faultStep(faultpoint.AgentResumeRestored), runningStep(sb))
 	if err := plan.Run(ctx, m.log.With("sandbox_id", r.ID), steps); err != nil {
 		// Everything the restore took is undone; the snapshot is intact.
 		err = fmt.Errorf("resume %s: %w", r.ID, err)
@@ -174,6 +181,8 @@ func (m *Manager) openSnapshot(ctx context.Context, dir, kernelVersion string) (
 
 // restoreSteps bring up a sandbox from a snapshot: its directory and disk
 // exist; network, identity, memory, cgroup, VMM and envd are made here.
+// The caller appends runningStep when the sandbox is to run at once (a
+// fork runs only once all its siblings are up).
 // init is sent to envd once it answers (the clock is always set, since the
 // guest's stood still since the snapshot).
 func (m *Manager) restoreSteps(sb *sandbox, snap *snapshot.Snapshot, init envdclient.InitRequest) []plan.Step {
@@ -204,10 +213,6 @@ func (m *Manager) restoreSteps(sb *sandbox, snap *snapshot.Snapshot, init envdcl
 			Undo: func(ctx context.Context) error { return m.stopMachine(ctx, sb) },
 		},
 		m.envdStep(sb, init),
-		{
-			Name: "running",
-			Do:   func(context.Context) error { return sb.setState(state.Running) },
-		},
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/wrenn/wrenn/internal/agent/state"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/plan"
 	"github.com/wrenn/wrenn/internal/snapshot"
 )
@@ -121,6 +122,9 @@ func (m *Manager) SnapshotTemplateAs(ctx context.Context, team, id, name string)
 	if err := restrictTree(tmp); err != nil {
 		return fmt.Errorf("snapshot template %s: %w", name, err)
 	}
+	// Killed here, the template is whole but unpublished (under its
+	// temporary name): Recover removes it.
+	m.cfg.Faults.Hit(ctx, faultpoint.AgentSnapshotWritten)
 	if err := os.Rename(tmp, final); err != nil {
 		return fmt.Errorf("snapshot template %s: %w", name, errdefs.FromOS(err))
 	}
@@ -268,6 +272,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	frozen := filepath.Join(snapDir, snapshotDiskName)
 	steps := append(m.diskFromSnapshotSteps(sb, frozen),
 		m.restoreSteps(sb, snap, envdclient.InitRequest{AccessToken: newToken(), EnvVars: env, DefaultUser: defaultUser})...)
+	steps = append(steps, runningStep(sb))
 	if err := plan.Run(ctx, log, steps); err != nil {
 		m.forget(req.ID)
 		log.Warn("sandbox create from template failed", "err", err)
