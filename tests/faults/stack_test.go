@@ -18,9 +18,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wrenn/wrenn/internal/devstack"
 	"github.com/wrenn/wrenn/internal/devstack/stacktest"
@@ -92,10 +95,31 @@ func startStack(t *testing.T, images testenv.Images) (*stackEnv, func()) {
 		if err := st.Close(ctx); err != nil {
 			t.Logf("stop stack: %v", err)
 		}
+		removeAgentLeftovers(ctx, t)
 		if os.Getenv("WRENN_FAULTS_KEEP") == "" {
 			os.RemoveAll(ws.Root)
 		} else {
 			t.Logf("kept %s", ws.Root)
 		}
+	}
+}
+
+// removeAgentLeftovers removes what a stopped agent keeps for its next
+// start (leakcheck's per-agent resources: its nft table, its cgroup
+// parent, its guest-memory tmpfs), which nothing else would remove: this
+// agent has no next start.
+func removeAgentLeftovers(ctx context.Context, t *testing.T) {
+	if out, err := exec.CommandContext(ctx, "nft", "delete", "table", "inet", agentName).CombinedOutput(); err != nil {
+		t.Logf("remove nft table inet %s: %v %s", agentName, err, out)
+	}
+	mem := filepath.Join("/dev/shm", agentName)
+	_ = unix.Unmount(mem, unix.MNT_DETACH)
+	_ = os.Remove(mem)
+	for _, c := range []string{"cpu", "cpuacct", "memory", "pids", ""} {
+		_ = os.Remove(filepath.Join("/sys/fs/cgroup", c, agentName))
+	}
+	rs, err := leakcheck.List(ctx, leakcheck.Scope{AgentName: agentName, Dir: "/nonexistent", VMMUIDBase: vmmUIDBase})
+	if err == nil && len(rs) > 0 {
+		t.Logf("left on the host after the stack stopped:\n%s", leakcheck.Format(rs))
 	}
 }
