@@ -590,7 +590,9 @@ func (s *Stack) waitHostOnline(ctx context.Context, c *child, since time.Time, t
 			return false, err
 		}
 		for _, h := range list.Hosts {
-			fresh := h.LastHeartbeatAt.After(since.Add(-time.Second))
+			// Sent since this child started: a restarted agent's host may
+			// still show the killed agent's last heartbeat as online.
+			fresh := !h.LastHeartbeatAt.Before(since)
 			if h.Status == "online" && fresh && h.MemoryAvailableBytes > 0 && (s.HostID == "" || h.ID == s.HostID) {
 				if s.HostID == "" { // set in Up only: tests read it while supervisors run
 					s.HostID = h.ID

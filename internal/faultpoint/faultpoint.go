@@ -61,7 +61,7 @@ const (
 	// still says running.
 	AgentPauseStopped = "agent-pause-stopped"
 	// AgentResumeRestored: a hibernated sandbox's VM is restored; its
-	// record still says hibernated.
+	// record says starting (the resume under way), not yet running.
 	AgentResumeRestored = "agent-resume-restored"
 	// AgentHibernateWritten: the memory snapshot is on disk; the VM still
 	// runs (paused) and the record says paused.
