@@ -384,11 +384,17 @@ func (m *Manager) envdStep(sb *sandbox, init envdclient.InitRequest) plan.Step {
 			// which runs with -no-reboot) ends the wait at once rather
 			// than after ReadyTimeout.
 			readyCtx, stop := context.WithCancelCause(readyCtx)
-			defer stop(nil)
+			mach := sb.machine // the watcher must not read sb after the step
+			watched := make(chan struct{})
 			go func() {
-				if sb.machine.Wait(readyCtx) == nil {
+				defer close(watched)
+				if mach != nil && mach.Wait(readyCtx) == nil {
 					stop(errVMMExitedBooting)
 				}
+			}()
+			defer func() {
+				stop(nil)
+				<-watched
 			}()
 			if err := sb.envd.WaitReady(readyCtx); err != nil {
 				if cause := context.Cause(readyCtx); errors.Is(cause, errVMMExitedBooting) {

@@ -90,22 +90,22 @@ while True: a.append(bytearray(16<<20))'`,
 	// The window spans both Metrics calls whole (each reads the cgroup
 	// first, then asks the busy guest's envd, which can take seconds), so
 	// the rate is never overstated.
+	// (The abused guest's envd may not answer its metrics: then the
+	// figure is skipped.)
 	window := time.Now()
-	before, err := m.Metrics(ctx, bad.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before, errBefore := m.Metrics(ctx, bad.ID)
 	loaded := execRoundTrip(ctx, t, m, good.ID, 15)
-	after, err := m.Metrics(ctx, bad.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	after, errAfter := m.Metrics(ctx, bad.ID)
 	elapsed := time.Since(window)
-	cores := float64(after.VMMCPUUsageUS-before.VMMCPUUsageUS) / float64(elapsed.Microseconds())
 	// Reported, not asserted: a 1-vCPU guest under TCG cannot use much
 	// more than one core whatever its quota, so a bound here could not
 	// fail. The quota is checked on the VMM process itself instead.
-	t.Logf("abusive sandbox's VMM used %.2f cores over %v (quota: %d vCPU)", cores, elapsed.Round(time.Millisecond), bad.VCPUs)
+	if errBefore == nil && errAfter == nil {
+		cores := float64(after.VMMCPUUsageUS-before.VMMCPUUsageUS) / float64(elapsed.Microseconds())
+		t.Logf("abusive sandbox's VMM used %.2f cores over %v (quota: %d vCPU)", cores, elapsed.Round(time.Millisecond), bad.VCPUs)
+	} else {
+		t.Logf("abusive sandbox's CPU use not measured: its metrics failed (%v; %v)", errBefore, errAfter)
+	}
 	info, err := m.Get(ctx, bad.ID)
 	if err != nil {
 		t.Fatal(err)
