@@ -203,23 +203,12 @@ func (f *fakeManager) team(method string) string {
 	return f.teams[method]
 }
 
-func (f *fakeManager) ForkAs(_ context.Context, team, id string, n int) ([]agent.Info, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.teams["Fork"] = team
-	src, err := f.lookup("Fork", id)
-	if err != nil {
-		return nil, err
+func (f *fakeManager) ForkAs(ctx context.Context, team, id string, n int) ([]agent.Info, error) {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = id + "-fork" + string(rune('a'+i))
 	}
-	var out []agent.Info
-	for i := range n {
-		in := src
-		in.ID = id + "-fork" + string(rune('a'+i))
-		in.AccessToken = "token-" + in.ID
-		f.sandboxes[in.ID] = in
-		out = append(out, in)
-	}
-	return out, nil
+	return f.ForkNamed(ctx, team, id, ids)
 }
 
 func (f *fakeManager) ForkNamed(_ context.Context, team, id string, ids []string) ([]agent.Info, error) {
