@@ -216,7 +216,7 @@ func (c *Context) unpack(ctx context.Context, r io.Reader, limits Limits) error 
 			if err := c.root.Mkdir(name, 0o700); err != nil {
 				return fmt.Errorf("build context: creating %s: %w", name, errdefs.FromOS(err))
 			}
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg:
 			if prev != nil && prev.typ != tar.TypeReg {
 				return invalid("build context: %s given twice with different types", name)
 			}
@@ -383,6 +383,17 @@ func (c *Context) ignored(p string) bool {
 	return err == nil && m
 }
 
+// included says whether p exists and is not excluded by .dockerignore.
+func (c *Context) included(p string) bool {
+	if c.entries[p] == nil {
+		return false
+	}
+	if !c.ignored(p) {
+		return true
+	}
+	return len(c.list(p)) > 0
+}
+
 // Resolve expands sources (globs like Docker's: *, ? and [...] within one
 // path component) to the context paths they name, in order, without ones
 // .dockerignore excludes. A source that names nothing is an error naming it.
@@ -396,7 +407,7 @@ func (c *Context) Resolve(sources []string) ([]string, error) {
 		}
 		var matches []string
 		if !strings.ContainsAny(clean, `*?[\`) {
-			if c.entries[clean] != nil && !c.ignored(clean) {
+			if c.included(clean) {
 				matches = []string{clean}
 			}
 		} else {
@@ -441,29 +452,44 @@ func (c *Context) glob(pattern string) ([]string, error) {
 	}
 	out := cur[:0]
 	for _, p := range cur {
-		if !c.ignored(p) {
+		if c.included(p) {
 			out = append(out, p)
 		}
 	}
 	return out, nil
 }
 
-// walk calls fn for p and, if p is a directory, everything under it that
-// .dockerignore does not exclude, in lexical order.
-func (c *Context) walk(p string, fn func(string, *entry) error) error {
+// list is p and, if p is a directory, everything under it that
+// .dockerignore does not exclude, in lexical order. An excluded directory is
+// still listed when an exception (!pattern) brings back something under it,
+// as Docker does.
+func (c *Context) list(p string) []string {
 	e := c.entries[p]
-	if err := fn(p, e); err != nil {
-		return err
-	}
-	if e.typ != tar.TypeDir {
+	if e == nil {
 		return nil
 	}
-	for _, child := range c.children[p] {
-		q := path.Join(p, child)
-		if c.ignored(q) {
-			continue
+	if e.typ != tar.TypeDir {
+		if c.ignored(p) {
+			return nil
 		}
-		if err := c.walk(q, fn); err != nil {
+		return []string{p}
+	}
+	var sub []string
+	if !c.ignored(p) || c.ignore.Exclusions() {
+		for _, child := range c.children[p] {
+			sub = append(sub, c.list(path.Join(p, child))...)
+		}
+	}
+	if c.ignored(p) && len(sub) == 0 {
+		return nil
+	}
+	return append([]string{p}, sub...)
+}
+
+// walk calls fn for every path of list(p).
+func (c *Context) walk(p string, fn func(string, *entry) error) error {
+	for _, q := range c.list(p) {
+		if err := fn(q, c.entries[q]); err != nil {
 			return err
 		}
 	}
