@@ -38,7 +38,10 @@
 // (root-owned, 0755) so that missing ones are created, and those must not
 // change directories that already exist, such as /home/user. A hard link is
 // written as a second regular file; a top-level symlink source is copied as
-// the link (Docker would follow it).
+// the link (Docker would follow it). One COPY rule needs the image and so is
+// not applied here: Docker copies a single file source *into* dest when dest
+// (without a trailing "/") already is a directory in the image; the builder
+// can test that in the guest and pass dest + "/".
 package buildctx
 
 import (
@@ -108,7 +111,7 @@ func invalid(format string, args ...any) error {
 }
 
 // Unpack extracts the tar stream r (optionally gzip) into dir, which it
-// creates (0700) if missing. On error, what was extracted stays in dir for
+// creates (0700) if missing and which should be empty. On error, what was extracted stays in dir for
 // the caller to remove with the directory.
 func Unpack(ctx context.Context, r io.Reader, dir string, limits Limits) (*Context, error) {
 	if limits.MaxBytes <= 0 {
@@ -126,7 +129,7 @@ func Unpack(ctx context.Context, r io.Reader, dir string, limits Limits) (*Conte
 	}
 	c := &Context{
 		Dir: dir, root: root,
-		entries:  map[string]*entry{".": {typ: tar.TypeDir, mode: 0o755}},
+		entries:  map[string]*entry{".": {typ: tar.TypeDir, mode: 0o755, mtime: time.Now()}},
 		children: map[string][]string{},
 	}
 	if err := c.unpack(ctx, r, limits); err != nil {
@@ -308,7 +311,7 @@ func (c *Context) parents(name string) error {
 			if err := c.root.Mkdir(p, 0o700); err != nil {
 				return fmt.Errorf("build context: creating %s: %w", p, errdefs.FromOS(err))
 			}
-			c.entries[p] = &entry{typ: tar.TypeDir, mode: 0o755}
+			c.entries[p] = &entry{typ: tar.TypeDir, mode: 0o755, mtime: time.Now()}
 			pd := path.Dir(p)
 			c.children[pd] = append(c.children[pd], path.Base(p))
 		case e.typ == tar.TypeSymlink:
@@ -544,6 +547,7 @@ func (c *Context) WriteTar(ctx context.Context, w io.Writer, sources []string, d
 	}
 	intoDir := strings.HasSuffix(dest, "/") || len(resolved) > 1
 	dst := path.Clean(dest)
+	now := time.Now()
 	tw := tar.NewWriter(w)
 	emitted := map[string]bool{}
 	put := func(name string, e *entry, owner UIDGID, mode int64) error {
@@ -597,7 +601,7 @@ func (c *Context) WriteTar(ctx context.Context, w io.Writer, sources []string, d
 		}
 		slices.Reverse(chain)
 		for _, d := range chain {
-			if err := put(d, &entry{typ: tar.TypeDir}, UIDGID{}, 0o755); err != nil {
+			if err := put(d, &entry{typ: tar.TypeDir, mtime: now}, UIDGID{}, 0o755); err != nil {
 				return err
 			}
 		}
@@ -607,7 +611,7 @@ func (c *Context) WriteTar(ctx context.Context, w io.Writer, sources []string, d
 		if err := parentsOf(dst); err != nil {
 			return err
 		}
-		if err := put(dst, &entry{typ: tar.TypeDir}, chown, 0o755); err != nil {
+		if err := put(dst, &entry{typ: tar.TypeDir, mtime: now}, chown, 0o755); err != nil {
 			return err
 		}
 	}

@@ -53,6 +53,7 @@
 package recipe
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"path"
@@ -298,7 +299,7 @@ func checkSize(file string, data []byte) error {
 	}
 	line := 1
 	for len(data) > 0 {
-		i := strings.IndexByte(string(data), '\n')
+		i := bytes.IndexByte(data, '\n')
 		n := i
 		if i < 0 {
 			n = len(data)
