@@ -659,50 +659,70 @@ func (c *Context) WriteTar(ctx context.Context, w io.Writer, sources []string, d
 }
 
 // ParseChown resolves a --chown value ("user", "user:group", "1000",
-// "1000:1000") against an image's /etc/passwd and /etc/group. Without a
-// group the GID is the UID, as Docker documents. "" is 0:0. An unknown name
-// is ErrInvalidArgument.
+// "1000:1000") against an image's /etc/passwd and /etc/group, as BuildKit
+// does: a user name without a group takes the user's primary group from
+// /etc/passwd; a number without a group uses the same number as GID; an empty
+// group ("user:") is the same as none. "" is 0:0. An unknown name is
+// ErrInvalidArgument (BuildKit would silently use 0).
 func ParseChown(s string, passwd, group []byte) (UIDGID, error) {
 	if s == "" {
 		return UIDGID{}, nil
 	}
-	u, g, hasGroup := strings.Cut(s, ":")
-	uid, err := lookupID(u, passwd, "user", "/etc/passwd")
+	u, g, _ := strings.Cut(s, ":")
+	if u == "" {
+		return UIDGID{}, invalid("chown %q: empty user", s)
+	}
+	var id UIDGID
+	if n, ok := number(u); ok {
+		id = UIDGID{n, n}
+	} else {
+		f, err := lookup(u, passwd, 4, "user", "/etc/passwd")
+		if err != nil {
+			return UIDGID{}, err
+		}
+		uid, ok1 := number(f[2])
+		gid, ok2 := number(f[3])
+		if !ok1 || !ok2 {
+			return UIDGID{}, invalid("chown: user %s has a bad id in the image's /etc/passwd", u)
+		}
+		id = UIDGID{uid, gid}
+	}
+	if g == "" {
+		return id, nil
+	}
+	if n, ok := number(g); ok {
+		id.GID = n
+		return id, nil
+	}
+	f, err := lookup(g, group, 3, "group", "/etc/group")
 	if err != nil {
 		return UIDGID{}, err
 	}
-	if !hasGroup {
-		return UIDGID{uid, uid}, nil
+	gid, ok := number(f[2])
+	if !ok {
+		return UIDGID{}, invalid("chown: group %s has a bad id in the image's /etc/group", g)
 	}
-	gid, err := lookupID(g, group, "group", "/etc/group")
-	if err != nil {
-		return UIDGID{}, err
-	}
-	return UIDGID{uid, gid}, nil
+	id.GID = gid
+	return id, nil
 }
 
-// lookupID reads a number, or the third field of the line whose first
-// field is name in a passwd/group file.
-func lookupID(name string, db []byte, what, file string) (int, error) {
-	if name == "" {
-		return 0, invalid("chown: empty %s", what)
+// number reads a uid/gid: "root" or 0..2^32-1, like BuildKit.
+func number(s string) (int, bool) {
+	if s == "root" {
+		return 0, true
 	}
-	if n, err := strconv.Atoi(name); err == nil {
-		if n < 0 {
-			return 0, invalid("chown: negative %s id %d", what, n)
-		}
-		return n, nil
-	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	return int(n), err == nil
+}
+
+// lookup finds the line of a passwd/group file whose first field is name,
+// split into at least min fields.
+func lookup(name string, db []byte, min int, what, file string) ([]string, error) {
 	for line := range strings.SplitSeq(string(db), "\n") {
 		f := strings.Split(strings.TrimSpace(line), ":")
-		if len(f) < 3 || f[0] != name {
-			continue
+		if len(f) >= min && f[0] == name {
+			return f, nil
 		}
-		n, err := strconv.Atoi(f[2])
-		if err != nil || n < 0 {
-			return 0, invalid("chown: %s %s has a bad id in the image's %s", what, name, file)
-		}
-		return n, nil
 	}
-	return 0, invalid("chown: no %s %q in the image's %s", what, name, file)
+	return nil, invalid("chown: no %s %q in the image's %s", what, name, file)
 }

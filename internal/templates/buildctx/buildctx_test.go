@@ -498,7 +498,7 @@ func TestWriteTarLayouts(t *testing.T) {
 }
 
 func TestParseChown(t *testing.T) {
-	passwd := []byte("root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\nweird:x:abc:1::/:/bin/sh\n")
+	passwd := []byte("root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\napp:x:1001:50::/:/bin/sh\nweird:x:abc:1::/:/bin/sh\n")
 	group := []byte("root:x:0:\nuser:x:1000:\nstaff:x:50:user\n")
 	tests := []struct {
 		in   string
@@ -507,14 +507,18 @@ func TestParseChown(t *testing.T) {
 	}{
 		{in: "", want: UIDGID{0, 0}},
 		{in: "user", want: UIDGID{1000, 1000}},
+		{in: "app", want: UIDGID{1001, 50}},
+		{in: "app:", want: UIDGID{1001, 50}},
 		{in: "user:staff", want: UIDGID{1000, 50}},
 		{in: "1001", want: UIDGID{1001, 1001}},
 		{in: "1001:50", want: UIDGID{1001, 50}},
 		{in: "root:user", want: UIDGID{0, 1000}},
+		{in: "root", want: UIDGID{0, 0}},
+		{in: "4294967295", want: UIDGID{4294967295, 4294967295}},
 		{in: "nobody", err: `no user "nobody" in the image's /etc/passwd`},
 		{in: "user:wheel", err: `no group "wheel" in the image's /etc/group`},
 		{in: "weird", err: "bad id"},
-		{in: "-1", err: "negative"},
+		{in: "-1", err: `no user "-1"`},
 		{in: ":50", err: "empty user"},
 	}
 	for _, tt := range tests {

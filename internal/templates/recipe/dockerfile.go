@@ -463,7 +463,7 @@ func (s *state) copyStep(file string, line int, text string, kind Kind, sources 
 			return errorf(file, line, "%s --chmod=%s: only octal modes (0755) are supported", kind, chmod)
 		}
 	}
-	if chown != "" && (strings.ContainsAny(chown, " \t\n/") || strings.Count(chown, ":") > 1 || strings.HasPrefix(chown, ":") || strings.HasSuffix(chown, ":")) {
+	if chown != "" && (strings.ContainsAny(chown, " \t\n/") || strings.Count(chown, ":") > 1 || strings.HasPrefix(chown, ":")) {
 		return errorf(file, line, "%s --chown=%s: use user, user:group, uid or uid:gid", kind, chown)
 	}
 	return s.add(Step{Kind: kind, File: file, Line: line, Text: text, Sources: srcs, Dest: abs, Chown: chown, Chmod: chmod})
