@@ -65,6 +65,14 @@ func clean(p string) (string, error) {
 // (0755, root-owned), like a tar extractor does for entries whose parents
 // were not in the archive.
 func (r *root) openDir(rel string, create bool) (int, error) {
+	return r.openDirDepth(rel, create, 0)
+}
+
+// maxLinks bounds the symlinks followed while creating parents, as the
+// kernel's 40 for path resolution.
+const maxLinks = 40
+
+func (r *root) openDirDepth(rel string, create bool, links int) (int, error) {
 	how := &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
@@ -80,13 +88,34 @@ func (r *root) openDir(rel string, create bool) (int, error) {
 		return fd, nil
 	}
 	parent, base := path.Split(rel)
-	pfd, err := r.openDir(strings.TrimSuffix(parent, "/"), true)
+	pfd, err := r.openDirDepth(strings.TrimSuffix(parent, "/"), true, links)
 	if err != nil {
 		return -1, err
 	}
 	defer unix.Close(pfd)
 	if err := unix.Mkdirat(pfd, base, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 		return -1, &os.PathError{Op: "mkdir", Path: "/" + rel, Err: err}
+	}
+	// A dangling symlink in the way: make its target, resolved inside the
+	// root (a layer may ship /var/run -> /run before anything in /run).
+	if target, err := readlinkat(pfd, base); err == nil {
+		if links >= maxLinks {
+			return -1, &os.PathError{Op: "open", Path: "/" + rel, Err: unix.ELOOP}
+		}
+		if !path.IsAbs(target) {
+			dirReal, err := r.realPath(pfd)
+			if err != nil {
+				return -1, err
+			}
+			rootReal, err := r.realPath(r.fd)
+			if err != nil {
+				return -1, err
+			}
+			target = path.Join("/", strings.TrimPrefix(dirReal, rootReal), target)
+		}
+		// path.Clean of a rooted path drops ".." above the root, which is
+		// where the kernel would stop too.
+		return r.openDirDepth(strings.TrimPrefix(path.Clean(target), "/"), true, links+1)
 	}
 	fd, err = unix.Openat2(pfd, base, &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
@@ -279,4 +308,14 @@ func modeBits(mode uint32) os.FileMode {
 		m |= os.ModeSticky
 	}
 	return m
+}
+
+// readlinkat returns the target of name in dir if it is a symlink.
+func readlinkat(dirfd int, name string) (string, error) {
+	buf := make([]byte, 4096)
+	n, err := unix.Readlinkat(dirfd, name, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
 }
