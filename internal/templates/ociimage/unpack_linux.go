@@ -111,6 +111,9 @@ func applyLayer(ctx context.Context, r *root, layer io.Reader) error {
 	// Paths this layer wrote: an opaque marker hides lower layers only, so
 	// what this layer put in the directory before the marker must survive.
 	mine := map[string]bool{}
+	// Directories above paths this layer wrote, perhaps without writing
+	// the directory itself.
+	anc := map[string]bool{}
 	var dirs []dirTime
 	for {
 		if err := ctx.Err(); err != nil {
@@ -137,7 +140,7 @@ func applyLayer(ctx context.Context, r *root, layer io.Reader) error {
 		}
 		switch {
 		case base == whiteoutOpaque:
-			if err := opaque(r, dir, mine); err != nil {
+			if err := opaque(r, dir, mine, anc); err != nil {
 				return fmt.Errorf("opaque whiteout in /%s: %w", dir, err)
 			}
 			continue
@@ -164,6 +167,9 @@ func applyLayer(ctx context.Context, r *root, layer io.Reader) error {
 			continue
 		}
 		mine[rel] = true
+		for a := path.Dir(rel); a != "." && !anc[a]; a = path.Dir(a) {
+			anc[a] = true
+		}
 		if err := writeEntry(r, rel, h, tr); err != nil {
 			return fmt.Errorf("%s: %w", h.Name, err)
 		}
@@ -184,8 +190,9 @@ func applyLayer(ctx context.Context, r *root, layer io.Reader) error {
 	return nil
 }
 
-// opaque removes every entry of dir that this layer did not write.
-func opaque(r *root, dir string, mine map[string]bool) error {
+// opaque removes every entry of dir that this layer did not write; in a
+// directory this layer only wrote below, it recurses.
+func opaque(r *root, dir string, mine, anc map[string]bool) error {
 	fd, err := r.openDir(dir, true)
 	if err != nil {
 		return err
@@ -202,6 +209,12 @@ func opaque(r *root, dir string, mine map[string]bool) error {
 	for _, e := range ents {
 		child := path.Join(dir, e.Name())
 		if mine[child] {
+			continue
+		}
+		if anc[child] && e.IsDir() {
+			if err := opaque(r, child, mine, anc); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := r.removeAll(child); err != nil {
@@ -227,7 +240,7 @@ func writeEntry(r *root, rel string, h *tar.Header, body io.Reader) error {
 		}
 	}
 	switch h.Typeflag {
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old archives still use TypeRegA
+	case tar.TypeReg: // archive/tar turns the old TypeRegA into TypeReg
 		f, err := r.createFile(rel, 0o600)
 		if err != nil {
 			return err

@@ -17,10 +17,10 @@ import (
 // Where wrenn-init and envd expect things (internal/guestinit/run_linux.go,
 // images/rootfs/build.sh).
 const (
-	envdPath     = "usr/local/bin/envd"
-	initPath     = "usr/local/sbin/wrenn-init"
-	tiniPath     = "usr/bin/tini"
-	userName     = "user"
+	envdPath      = "usr/local/bin/envd"
+	initPath      = "usr/local/sbin/wrenn-init"
+	tiniPath      = "usr/bin/tini"
+	userName      = "user"
 	sudoersDropIn = "etc/sudoers.d/wrenn-user"
 )
 
@@ -357,7 +357,7 @@ func addUser(r *root, rep *Report, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	if l := passwd.find(userName); l != nil && len(l) >= 7 {
+	if l := passwd.find(userName); len(l) >= 7 {
 		rep.UserUID, _ = strconv.Atoi(l[2])
 		rep.UserGID, _ = strconv.Atoi(l[3])
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the image has its own %q account (uid %d), kept as it is", userName, rep.UserUID))

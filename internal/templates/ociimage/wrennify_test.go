@@ -4,12 +4,14 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -205,6 +207,7 @@ func TestMinimalImagePipeline(t *testing.T) {
 		t.Fatalf("digest %s, pushed %s", p.Digest, digest)
 	}
 	dir := unpack(t, p)
+	compareTrees(t, tree, dir)
 	rep, err := ociimage.Wrennify(dir, fakeBins(t))
 	if err != nil {
 		t.Fatalf("Wrennify: %v", err)
@@ -287,4 +290,49 @@ func checkExt4(t *testing.T, img string) {
 			t.Errorf("dumpe2fs -h: wrong block size, label or reserved blocks:\n%s", h)
 		}
 	}
+}
+
+// compareTrees checks that every entry of want is in got with the same type,
+// mode, owner, size, mtime (seconds; directories excepted, the root too) and
+// symlink target, and that got has nothing more.
+func compareTrees(t *testing.T, want, got string) {
+	t.Helper()
+	seen := 0
+	err := filepath.WalkDir(want, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(want, p)
+		seen++
+		var w, g syscall.Stat_t
+		if err := syscall.Lstat(p, &w); err != nil {
+			return err
+		}
+		if err := syscall.Lstat(filepath.Join(got, rel), &g); err != nil {
+			t.Errorf("%s: %v", rel, err)
+			return nil
+		}
+		if w.Mode != g.Mode || w.Uid != g.Uid || w.Gid != g.Gid || (w.Mode&syscall.S_IFMT == syscall.S_IFREG && w.Size != g.Size) ||
+			w.Rdev != g.Rdev || (rel != "." && w.Mtim.Sec != g.Mtim.Sec) || w.Nlink != g.Nlink && w.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+			t.Errorf("%s: mode %o/%o uid %d/%d gid %d/%d size %d/%d mtime %d/%d nlink %d/%d (want/got)",
+				rel, w.Mode, g.Mode, w.Uid, g.Uid, w.Gid, g.Gid, w.Size, g.Size, w.Mtim.Sec, g.Mtim.Sec, w.Nlink, g.Nlink)
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			a, _ := os.Readlink(p)
+			b, _ := os.Readlink(filepath.Join(got, rel))
+			if a != b {
+				t.Errorf("%s: symlink %q, got %q", rel, a, b)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	_ = filepath.WalkDir(got, func(string, fs.DirEntry, error) error { n++; return nil })
+	if n != seen {
+		t.Errorf("unpacked tree has %d entries, source %d", n, seen)
+	}
+	t.Logf("compared %d entries", seen)
 }
