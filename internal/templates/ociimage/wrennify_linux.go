@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -497,4 +498,23 @@ func ensureHome(r *root, home string, uid, gid int) error {
 		}
 	}
 	return nil
+}
+
+// StaticTini finds a statically linked tini for WrennifyOptions.TiniBin: the
+// host's /usr/bin/tini-static (Debian package tini), else the one in the
+// cached Debian tree of `minimal` (wrennCache/rootfs/<key>/tree/usr/bin/
+// tini-static; wrennCache is WRENN_CACHE, /var/cache/wrenn by default).
+// It returns "" when there is none.
+func StaticTini(wrennCache string) string {
+	cands := []string{"/usr/bin/tini-static"}
+	if wrennCache != "" {
+		m, _ := filepath.Glob(filepath.Join(wrennCache, "rootfs", "*", "tree", "usr", "bin", "tini-static"))
+		cands = append(cands, m...)
+	}
+	for _, c := range cands {
+		if st, err := os.Stat(c); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return c
+		}
+	}
+	return ""
 }

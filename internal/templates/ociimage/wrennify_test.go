@@ -336,3 +336,24 @@ func compareTrees(t *testing.T, want, got string) {
 	}
 	t.Logf("compared %d entries", seen)
 }
+
+func TestStaticTini(t *testing.T) {
+	cache := os.Getenv("WRENN_CACHE")
+	if cache == "" {
+		cache = "/var/cache/wrenn"
+	}
+	tini := ociimage.StaticTini(cache)
+	if tini == "" {
+		t.Skipf("no tini-static on the host or under %s/rootfs: run `make images` first", cache)
+	}
+	out, err := exec.Command("readelf", "-l", tini).CombinedOutput()
+	if err != nil {
+		t.Skipf("readelf: %v", err)
+	}
+	if strings.Contains(string(out), "program interpreter") {
+		t.Errorf("%s is dynamically linked", tini)
+	}
+	if ociimage.StaticTini(t.TempDir()) != "" && tini != "/usr/bin/tini-static" {
+		t.Error("StaticTini found one in an empty cache")
+	}
+}
