@@ -351,6 +351,66 @@ func (e TemplateStatus) Valid() bool {
 	}
 }
 
+// Defines values for TemplateBuildStatus.
+const (
+	TemplateBuildStatusBuilding TemplateBuildStatus = "building"
+	TemplateBuildStatusCanceled TemplateBuildStatus = "canceled"
+	TemplateBuildStatusFailed   TemplateBuildStatus = "failed"
+	TemplateBuildStatusReady    TemplateBuildStatus = "ready"
+	TemplateBuildStatusRetired  TemplateBuildStatus = "retired"
+)
+
+// Valid indicates whether the value is a known member of the TemplateBuildStatus enum.
+func (e TemplateBuildStatus) Valid() bool {
+	switch e {
+	case TemplateBuildStatusBuilding:
+		return true
+	case TemplateBuildStatusCanceled:
+		return true
+	case TemplateBuildStatusFailed:
+		return true
+	case TemplateBuildStatusReady:
+		return true
+	case TemplateBuildStatusRetired:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for TemplateBuildLogEntryPhase.
+const (
+	TemplateBuildLogEntryPhaseBase   TemplateBuildLogEntryPhase = "base"
+	TemplateBuildLogEntryPhaseDone   TemplateBuildLogEntryPhase = "done"
+	TemplateBuildLogEntryPhaseError  TemplateBuildLogEntryPhase = "error"
+	TemplateBuildLogEntryPhaseImage  TemplateBuildLogEntryPhase = "image"
+	TemplateBuildLogEntryPhaseQueued TemplateBuildLogEntryPhase = "queued"
+	TemplateBuildLogEntryPhaseStart  TemplateBuildLogEntryPhase = "start"
+	TemplateBuildLogEntryPhaseStep   TemplateBuildLogEntryPhase = "step"
+)
+
+// Valid indicates whether the value is a known member of the TemplateBuildLogEntryPhase enum.
+func (e TemplateBuildLogEntryPhase) Valid() bool {
+	switch e {
+	case TemplateBuildLogEntryPhaseBase:
+		return true
+	case TemplateBuildLogEntryPhaseDone:
+		return true
+	case TemplateBuildLogEntryPhaseError:
+		return true
+	case TemplateBuildLogEntryPhaseImage:
+		return true
+	case TemplateBuildLogEntryPhaseQueued:
+		return true
+	case TemplateBuildLogEntryPhaseStart:
+		return true
+	case TemplateBuildLogEntryPhaseStep:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CreateAPIKeyJSONBodyFormat.
 const (
 	E2b   CreateAPIKeyJSONBodyFormat = "e2b"
@@ -1011,10 +1071,13 @@ type TeamUsage struct {
 
 // Template defines model for Template.
 type Template struct {
-	Builtin   bool      `json:"builtin"`
-	CreatedAt time.Time `json:"created_at"`
-	DiskBytes *int64    `json:"disk_bytes,omitempty"`
-	Name      string    `json:"name"`
+	// BuildId A built template: the build of that version.
+	BuildId   *openapi_types.UUID `json:"build_id,omitempty"`
+	Builtin   bool                `json:"builtin"`
+	CreatedAt time.Time           `json:"created_at"`
+	DiskBytes *int64              `json:"disk_bytes,omitempty"`
+	MemoryMb  *int                `json:"memory_mb,omitempty"`
+	Name      string              `json:"name"`
 
 	// Snapshot Creating from it is a restore, not a boot.
 	Snapshot        bool    `json:"snapshot"`
@@ -1022,10 +1085,64 @@ type Template struct {
 
 	// Status pending: its host is still making it (a snapshot under way); creating from it answers 409 until it is ready. A pending template whose control plane stopped is completed or removed within a minute.
 	Status TemplateStatus `json:"status"`
+
+	// Vcpus The default (a snapshot: the only) vCPUs of its sandboxes.
+	Vcpus *int `json:"vcpus,omitempty"`
+
+	// Version A built template: its newest ready version (create from `name:N` for another).
+	Version *int `json:"version,omitempty"`
 }
 
 // TemplateStatus pending: its host is still making it (a snapshot under way); creating from it answers 409 until it is ready. A pending template whose control plane stopped is completed or removed within a minute.
 type TemplateStatus string
+
+// TemplateBuild defines model for TemplateBuild.
+type TemplateBuild struct {
+	CachedSteps     int       `json:"cached_steps"`
+	CreatedAt       time.Time `json:"created_at"`
+	CurrentStep     *int      `json:"current_step,omitempty"`
+	Digest          *string   `json:"digest,omitempty"`
+	DurationSeconds *float32  `json:"duration_seconds,omitempty"`
+
+	// Error failed: what failed, naming the recipe line (and the end of a failed step's output).
+	Error *string `json:"error,omitempty"`
+
+	// ErrorCode failed: the machine-readable code, as in error responses.
+	ErrorCode  *string    `json:"error_code,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+
+	// From What the recipe's FROM names.
+	From       *string            `json:"from,omitempty"`
+	Id         openapi_types.UUID `json:"id"`
+	ImageBytes *int64             `json:"image_bytes,omitempty"`
+	RecipeFile string             `json:"recipe_file"`
+
+	// Snapshot The recipe had a start command: sandboxes restore it running.
+	Snapshot *bool `json:"snapshot,omitempty"`
+
+	// Status retired: an older version whose files were removed once no sandbox used it.
+	Status   TemplateBuildStatus `json:"status"`
+	Steps    int                 `json:"steps"`
+	Template string              `json:"template"`
+	Version  int                 `json:"version"`
+}
+
+// TemplateBuildStatus retired: an older version whose files were removed once no sandbox used it.
+type TemplateBuildStatus string
+
+// TemplateBuildLogEntry defines model for TemplateBuildLogEntry.
+type TemplateBuildLogEntry struct {
+	Cached *bool                      `json:"cached,omitempty"`
+	Phase  TemplateBuildLogEntryPhase `json:"phase"`
+	Seq    int                        `json:"seq"`
+	Step   *int                       `json:"step,omitempty"`
+	Steps  *int                       `json:"steps,omitempty"`
+	Text   string                     `json:"text"`
+	Time   time.Time                  `json:"time"`
+}
+
+// TemplateBuildLogEntryPhase defines model for TemplateBuildLogEntry.Phase.
+type TemplateBuildLogEntryPhase string
 
 // TemplateName defines model for TemplateName.
 type TemplateName = string
@@ -1310,6 +1427,30 @@ type SetSandboxTimeoutJSONBody struct {
 // UpdateMemberJSONBody defines parameters for UpdateMember.
 type UpdateMemberJSONBody struct {
 	Role Role `json:"role"`
+}
+
+// BuildTemplateParams defines parameters for BuildTemplate.
+type BuildTemplateParams struct {
+	Name TemplateName `form:"name" json:"name"`
+
+	// File The recipe's path in the context; default the first of `Dockerfile`, `wrenn.yaml`, `wrenn.yml`, `wrenn.json` that exists.
+	File *string `form:"file,omitempty" json:"file,omitempty"`
+
+	// BuildArg `KEY=value`, repeated: values for the recipe's ARGs.
+	BuildArg *[]string `form:"build_arg,omitempty" json:"build_arg,omitempty"`
+
+	// XRegistryAuth Logins for `FROM <image>`: base64 of a JSON object mapping a
+	// registry host to `{"username", "password"}` or `{"token"}`
+	// (as `docker build` sends them). Used for this build only, never
+	// stored or logged.
+	XRegistryAuth *string `json:"X-Registry-Auth,omitempty"`
+}
+
+// GetTemplateBuildLogsParams defines parameters for GetTemplateBuildLogs.
+type GetTemplateBuildLogsParams struct {
+	// Offset Skip the entries before this sequence number.
+	Offset *int  `form:"offset,omitempty" json:"offset,omitempty"`
+	Follow *bool `form:"follow,omitempty" json:"follow,omitempty"`
 }
 
 // E2bListSandboxesParams defines parameters for E2bListSandboxes.

@@ -47,6 +47,8 @@ import (
 	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/kernels"
 	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/templates/builder"
+	"github.com/wrenn/wrenn/internal/templates/hostbuild"
 	"github.com/wrenn/wrenn/internal/version"
 	"github.com/wrenn/wrenn/internal/vmm/drivers"
 )
@@ -131,7 +133,15 @@ func run(ctx context.Context, cfg agent.DaemonConfig, log *slog.Logger) error {
 		accel = "kvm" // Firecracker runs on KVM only
 	}
 	host := hostinfo.New(hostinfo.Config{Dir: cfg.Dir, VMM: choice.Driver, Accelerator: accel, Sandboxes: m, MemoryDir: m.MemoryDir()})
-	svc, err := newServices(cfg, m, host, events, log)
+	bld, err := builder.New(builder.Config{Dir: cfg.Dir, VMs: m, Logger: log.With("component", "builder")})
+	if err != nil {
+		return fmt.Errorf("template builder: %w", err)
+	}
+	builds, err := hostbuild.New(hostbuild.Config{Dir: cfg.Dir, Builder: bld, Logger: log.With("component", "builds"), Insecure: cfg.InsecureRegistry})
+	if err != nil {
+		return fmt.Errorf("template builds: %w", err)
+	}
+	svc, err := newServices(cfg, m, host, builds, events, log)
 	if err == nil {
 		// The reaper stops with the services, also when they fail.
 		ctx, cancel := context.WithCancel(ctx)

@@ -20,6 +20,7 @@ import (
 	"github.com/wrenn/wrenn/internal/agent/rpc"
 	"github.com/wrenn/wrenn/internal/capin"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/templates/hostbuild"
 	"github.com/wrenn/wrenn/internal/version"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
@@ -32,6 +33,8 @@ type services struct {
 	cfg  agent.DaemonConfig
 	m    *agent.Manager
 	host *hostinfo.Collector
+	// builds runs template builds.
+	builds *hostbuild.Service
 	// events sends the manager's sandbox events once registered.
 	events *registration.EventSender
 	log    *slog.Logger
@@ -39,7 +42,7 @@ type services struct {
 	rpcM   *rpc.Metrics
 }
 
-func newServices(cfg agent.DaemonConfig, m *agent.Manager, host *hostinfo.Collector, events *registration.EventSender, log *slog.Logger) (*services, error) {
+func newServices(cfg agent.DaemonConfig, m *agent.Manager, host *hostinfo.Collector, builds *hostbuild.Service, events *registration.EventSender, log *slog.Logger) (*services, error) {
 	reg := prometheus.NewRegistry()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "wrenn_agent_build_info", Help: "Always 1; the agent's version in a label.",
@@ -60,7 +63,7 @@ func newServices(cfg agent.DaemonConfig, m *agent.Manager, host *hostinfo.Collec
 	if err != nil {
 		return nil, fmt.Errorf("register rpc metrics: %w", err)
 	}
-	return &services{cfg: cfg, m: m, host: host, events: events, log: log, reg: reg, rpcM: rpcM}, nil
+	return &services{cfg: cfg, m: m, host: host, builds: builds, events: events, log: log, reg: reg, rpcM: rpcM}, nil
 }
 
 // run serves /metrics, and, once the host is registered, the control
@@ -101,7 +104,7 @@ func (n *services) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", n.cfg.ListenAddr, err)
 	}
-	handler := rpc.NewHandler(rpc.Config{Manager: n.m, Host: n.host, Logger: n.log, Metrics: n.rpcM})
+	handler := rpc.NewHandler(rpc.Config{Manager: n.m, Host: n.host, Builds: n.builds, Logger: n.log, Metrics: n.rpcM})
 	srv := rpc.NewServer(handler, rpc.ServerTLSConfig(id), n.log)
 	wg.Go(func() { serveUntil(ctx, srv, func() error { return srv.ServeTLS(ln, "", "") }, n.log) })
 	n.log.Info("serving the control plane", "addr", ln.Addr().String(), "host_id", creds.HostID, "cp_url", creds.CPURL)

@@ -149,7 +149,7 @@ func (m *Manager) resumeCold(ctx context.Context, sb *sandbox) error {
 			},
 			Undo: func(ctx context.Context) error { return m.stopMachine(ctx, sb) },
 		},
-		m.envdStep(sb, envdclient.InitRequest{EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: defaultUser}),
+		m.envdStep(sb, r.init()),
 		{
 			Name: "running",
 			Do: func(context.Context) error {

@@ -21,6 +21,7 @@ import (
 	"github.com/wrenn/wrenn/internal/envfile"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/templates/ociimage"
 	"github.com/wrenn/wrenn/internal/vmm/drivers"
 )
 
@@ -85,6 +86,10 @@ type DaemonConfig struct {
 	// its policy allows. nil means network.DefaultEgressDeny; "none" gives
 	// an empty, non-nil list.
 	EgressDeny []netip.Prefix
+	// InsecureRegistries is WRENN_AGENT_INSECURE_REGISTRIES: registries
+	// (host or host:port) a template build may reach over plain HTTP,
+	// beside loopback ones.
+	InsecureRegistries []string
 	// LogLevel is WRENN_LOG_LEVEL: debug, info, warn or error.
 	LogLevel slog.Level
 	// EnvFile is the --env-file read, if any.
@@ -298,6 +303,17 @@ func settings() []setting {
 				c.EgressDeny = ps
 				return nil
 			}},
+		{env: "WRENN_AGENT_INSECURE_REGISTRIES", flag: "insecure-registries", def: "",
+			help: "registries (host or host:port, comma-separated) template builds may pull from over plain HTTP; loopback ones always may",
+			set: func(c *DaemonConfig, v string) error {
+				c.InsecureRegistries = nil
+				for _, r := range strings.Split(v, ",") {
+					if r = strings.TrimSpace(r); r != "" {
+						c.InsecureRegistries = append(c.InsecureRegistries, r)
+					}
+				}
+				return nil
+			}},
 		{env: "WRENN_LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
 			set: func(c *DaemonConfig, v string) error {
 				switch strings.ToLower(v) {
@@ -400,20 +416,21 @@ func ParseDaemonConfig(args, environ []string, out io.Writer) (DaemonConfig, err
 // LogValue lists every setting with where it came from, secrets redacted.
 func (c DaemonConfig) LogValue() slog.Value {
 	values := map[string]string{
-		"WRENN_DIR":                      c.Dir,
-		"WRENN_VMM":                      c.VMM,
-		"WRENN_HOST_LISTEN_ADDR":         c.ListenAddr,
-		"WRENN_AGENT_ADDRESS":            c.Address,
-		"WRENN_CP_URL":                   c.CPURL,
-		"WRENN_AGENT_HEARTBEAT_INTERVAL": c.HeartbeatEvery().String(),
-		"WRENN_AGENT_METRICS_ADDR":       c.MetricsListenAddr(),
-		"WRENN_AGENT_VMM_UID_BASE":       strconv.FormatUint(uint64(c.VMMUIDBase), 10),
-		"WRENN_AGENT_REAPER_INTERVAL":    c.ReaperInterval.String(),
-		"WRENN_AGENT_METRICS_INTERVAL":   c.MetricsInterval.String(),
-		"WRENN_AGENT_METRICS_HISTORY":    c.MetricsHistory.String(),
-		"WRENN_LOG_LEVEL":                strings.ToLower(c.LogLevel.String()),
-		"WRENN_AGENT_EGRESS_DENY":        formatEgressDeny(c.EgressDeny),
-		"WRENN_AGENT_FAULTPOINT_DIR":     c.FaultPointDir,
+		"WRENN_DIR":                       c.Dir,
+		"WRENN_VMM":                       c.VMM,
+		"WRENN_HOST_LISTEN_ADDR":          c.ListenAddr,
+		"WRENN_AGENT_ADDRESS":             c.Address,
+		"WRENN_CP_URL":                    c.CPURL,
+		"WRENN_AGENT_HEARTBEAT_INTERVAL":  c.HeartbeatEvery().String(),
+		"WRENN_AGENT_METRICS_ADDR":        c.MetricsListenAddr(),
+		"WRENN_AGENT_VMM_UID_BASE":        strconv.FormatUint(uint64(c.VMMUIDBase), 10),
+		"WRENN_AGENT_REAPER_INTERVAL":     c.ReaperInterval.String(),
+		"WRENN_AGENT_METRICS_INTERVAL":    c.MetricsInterval.String(),
+		"WRENN_AGENT_METRICS_HISTORY":     c.MetricsHistory.String(),
+		"WRENN_LOG_LEVEL":                 strings.ToLower(c.LogLevel.String()),
+		"WRENN_AGENT_EGRESS_DENY":         formatEgressDeny(c.EgressDeny),
+		"WRENN_AGENT_FAULTPOINT_DIR":      c.FaultPointDir,
+		"WRENN_AGENT_INSECURE_REGISTRIES": strings.Join(c.InsecureRegistries, ","),
 	}
 	var attrs []slog.Attr
 	for _, s := range settings() {
@@ -471,6 +488,12 @@ func parseEnviron(environ []string) map[string]string {
 		}
 	}
 	return m
+}
+
+// InsecureRegistry says whether a build may reach registry over plain
+// HTTP: a loopback one, or one the operator listed.
+func (c DaemonConfig) InsecureRegistry(registry string) bool {
+	return ociimage.IsLoopbackRegistry(registry) || slices.Contains(c.InsecureRegistries, registry)
 }
 
 // ParseEgressDeny parses WRENN_AGENT_EGRESS_DENY: comma-separated CIDRs

@@ -114,6 +114,20 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		}
 		return m.createFromTemplate(ctx, req)
 	}
+	var tc *TemplateConfig
+	if validID(req.Template) {
+		var err error
+		if tc, err = m.templateConfig(req.Template); err != nil {
+			return Info{}, err
+		}
+	}
+	env := maps.Clone(req.Env)
+	if tc != nil {
+		if err := checkTemplateOwner(req.Template, tc.TeamID, req.TeamID); err != nil {
+			return Info{}, err
+		}
+		env = tc.withDefaults(&req)
+	}
 	if err := req.normalize(); err != nil {
 		return Info{}, err
 	}
@@ -136,11 +150,14 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		dir:   m.sandboxDir(req.ID),
 		rec: &record{
 			ID: req.ID, TeamID: req.TeamID, Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB,
-			DiskMB: req.DiskMB, Env: maps.Clone(req.Env), Metadata: maps.Clone(req.Metadata),
+			DiskMB: req.DiskMB, Env: env, Metadata: maps.Clone(req.Metadata),
 			Network: req.Network, Timeout: req.Timeout, OnTimeout: req.OnTimeout,
 			State: state.Starting, KernelVersion: kernel.Version, AccessToken: newToken(),
 			CreatedAt: m.cfg.Clock.Now().UTC(),
 		},
+	}
+	if tc != nil {
+		sb.rec.User, sb.rec.Workdir = tc.User, tc.Workdir
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
@@ -154,7 +171,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 
 	log := m.log.With("sandbox_id", req.ID)
 	start := time.Now()
-	if err := plan.Run(ctx, log, m.createSteps(sb, base, kernel)); err != nil {
+	if err := plan.Run(ctx, log, m.createSteps(sb, m.overlayDiskStep(sb, base), kernel, sb.rec.init())); err != nil {
 		m.forget(req.ID)
 		log.Warn("sandbox create failed", "err", err, "duration", time.Since(start))
 		return Info{}, fmt.Errorf("create sandbox %s: %w", req.ID, err)
@@ -172,7 +189,7 @@ func (m *Manager) forget(id string) {
 
 // createSteps boots a sandbox. Every resource's undo sits beside its
 // creation, so a failure at any step leaves nothing behind.
-func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) []plan.Step {
+func (m *Manager) createSteps(sb *sandbox, diskStep plan.Step, kernel kernels.Kernel, init envdclient.InitRequest) []plan.Step {
 	r := sb.rec
 	return []plan.Step{
 		{
@@ -189,33 +206,7 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 			Name: "record",
 			Do:   func(context.Context) error { return writeRecord(sb.dir, r) },
 		},
-		{
-			Name: "disk",
-			Do: func(ctx context.Context) error {
-				if m.rawDisks() {
-					// Firecracker reads raw files only: a reflink where
-					// the filesystem has them, else a sparse copy.
-					d, _, err := disk.NewRaw(ctx, base, filepath.Join(vmDir(sb.dir), "rootfs.raw"), r.DiskMB)
-					if err != nil {
-						return err
-					}
-					r.Disk, r.DiskFormat = d.Path, string(disk.Raw)
-					return nil
-				}
-				d, err := disk.NewOverlay(ctx, base, overlayPath(sb.dir), r.DiskMB)
-				if err != nil {
-					return err
-				}
-				r.Disk, r.DiskFormat = d.Path, string(disk.QCOW2)
-				return nil
-			},
-			Undo: func(context.Context) error {
-				if r.Disk == "" {
-					return nil
-				}
-				return disk.Remove(r.Disk)
-			},
-		},
+		diskStep,
 		m.networkStep(sb),
 		m.confineStep(sb),
 		{
@@ -236,12 +227,44 @@ func (m *Manager) createSteps(sb *sandbox, base string, kernel kernels.Kernel) [
 			},
 			Undo: func(ctx context.Context) error { return m.stopMachine(ctx, sb) },
 		},
-		m.envdStep(sb, envdclient.InitRequest{EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: defaultUser}),
+		m.envdStep(sb, init),
 		// Killed here, the VM runs under a starting record: Recover
 		// stops it and reports the sandbox stopped (the create never
 		// answered).
 		m.faultStep(faultpoint.AgentCreateBooted),
 		runningStep(sb),
+	}
+}
+
+// overlayDiskStep gives the sandbox its own copy-on-write disk over base.
+func (m *Manager) overlayDiskStep(sb *sandbox, base string) plan.Step {
+	r := sb.rec
+	return plan.Step{
+		Name: "disk",
+		Do: func(ctx context.Context) error {
+			if m.rawDisks() {
+				// Firecracker reads raw files only: a reflink where
+				// the filesystem has them, else a sparse copy.
+				d, _, err := disk.NewRaw(ctx, base, filepath.Join(vmDir(sb.dir), "rootfs.raw"), r.DiskMB)
+				if err != nil {
+					return err
+				}
+				r.Disk, r.DiskFormat = d.Path, string(disk.Raw)
+				return nil
+			}
+			d, err := disk.NewOverlay(ctx, base, overlayPath(sb.dir), r.DiskMB)
+			if err != nil {
+				return err
+			}
+			r.Disk, r.DiskFormat = d.Path, string(disk.QCOW2)
+			return nil
+		},
+		Undo: func(context.Context) error {
+			if r.Disk == "" {
+				return nil
+			}
+			return disk.Remove(r.Disk)
+		},
 	}
 }
 

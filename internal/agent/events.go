@@ -56,7 +56,7 @@ type EventSink interface {
 // emit reports sb's current state; sb.mu is held. The reason is the one
 // the operation under way set (sb.cause), else ReasonRequested.
 func (m *Manager) emit(sb *sandbox, msg string) {
-	if m == nil || m.cfg.Events == nil {
+	if m == nil || m.cfg.Events == nil || sb.rec.Purpose != "" {
 		return
 	}
 	reason := sb.cause

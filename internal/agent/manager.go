@@ -259,6 +259,8 @@ type Info struct {
 	MemoryDropped bool
 	// Version is the state's version (Event.Version).
 	Version int64
+	// Purpose is PurposeBuild for a build VM: not a tenant's sandbox.
+	Purpose string
 }
 
 func (sb *sandbox) info() Info {
@@ -268,7 +270,7 @@ func (sb *sandbox) info() Info {
 		DiskMB: r.DiskMB, Metadata: r.Metadata, Network: r.Network, Timeout: r.Timeout,
 		OnTimeout: r.OnTimeout, CreatedAt: r.CreatedAt, KernelVersion: r.KernelVersion,
 		AccessToken: r.AccessToken, LastActiveAt: sb.lastActiveAt(), MemoryDropped: r.MemoryDropped,
-		Version: r.Version,
+		Version: r.Version, Purpose: r.Purpose,
 	}
 	if sb.slot != nil {
 		in.Address = sb.slot.HostIP().String()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/network"
 )
 
@@ -50,6 +51,22 @@ type record struct {
 	// version is newer than the last it applied. Records from before
 	// versions start at 0.
 	Version int64 `json:"version,omitempty"`
+	// User and Workdir are envd's defaults, from the template ("" for
+	// defaultUser and envd's own default).
+	User    string `json:"user,omitempty"`
+	Workdir string `json:"workdir,omitempty"`
+	// Purpose is PurposeBuild for a build VM (buildvm.go), "" for a
+	// tenant's sandbox.
+	Purpose string `json:"purpose,omitempty"`
+}
+
+// init is the envd init that gives a booted guest its identity.
+func (r *record) init() envdclient.InitRequest {
+	user := r.User
+	if user == "" {
+		user = defaultUser
+	}
+	return envdclient.InitRequest{EnvVars: r.Env, AccessToken: r.AccessToken, DefaultUser: user, DefaultWorkdir: r.Workdir}
 }
 
 func writeRecord(dir string, r *record) error {

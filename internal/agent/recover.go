@@ -91,6 +91,16 @@ func (m *Manager) adopt(ctx context.Context, id string) (bool, error) {
 		return false, os.RemoveAll(dir)
 	}
 	sb := &sandbox{owner: m, dir: dir, rec: rec}
+	if rec.Purpose != "" {
+		// A build VM: its build ended with the agent (the control plane
+		// marks it failed). Stop what may still run and remove it.
+		// Its slot is not adopted: Reclaim deletes it afterwards.
+		if mach, err := m.cfg.Driver.Attach(ctx, m.vmSpec(sb, "")); err == nil {
+			sb.machine = mach
+		}
+		log.Info("removing the build VM of an interrupted build")
+		return false, errors.Join(m.stopMachine(ctx, sb), m.cleanupDead(ctx, sb))
+	}
 	if rec.State == state.Hibernated {
 		// All files: nothing runs, nothing to attach. Resume restores it.
 		m.mu.Lock()

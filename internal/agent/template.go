@@ -172,12 +172,18 @@ func (m *Manager) DeleteTemplateAs(ctx context.Context, team, name string) error
 	if err := checkTeamID(team); err != nil {
 		return err
 	}
-	if !m.hasSnapshot(name) {
-		return errdefs.New(errdefs.ErrNotFound, "template %q has no snapshot to delete", name)
+	tc, err := m.templateConfig(name)
+	if err != nil {
+		return err
+	}
+	if !m.hasSnapshot(name) && tc == nil {
+		return errdefs.New(errdefs.ErrNotFound, "template %q is neither a snapshot nor a built template", name)
 	}
 	if team != "" {
-		owner, err := m.templateOwner(ctx, name)
-		if err != nil {
+		var owner string
+		if tc != nil {
+			owner = tc.TeamID
+		} else if owner, err = m.templateOwner(ctx, name); err != nil {
 			return err
 		}
 		if err := checkTemplateOwner(name, owner, team); err != nil {
@@ -214,6 +220,10 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 		return Info{}, fmt.Errorf("template %s: decode spec: %w", req.Template, err)
 	}
 	if err := checkTemplateOwner(req.Template, tpl.TeamID, req.TeamID); err != nil {
+		return Info{}, err
+	}
+	tc, err := m.templateConfig(req.Template)
+	if err != nil {
 		return Info{}, err
 	}
 	for _, f := range []struct {
@@ -259,6 +269,9 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 			CreatedAt:   m.cfg.Clock.Now().UTC(),
 		},
 	}
+	if tc != nil {
+		sb.rec.User, sb.rec.Workdir = tc.User, tc.Workdir
+	}
 	if err := m.register(sb); err != nil {
 		return Info{}, err
 	}
@@ -271,7 +284,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	// whatever team) can read them.
 	frozen := filepath.Join(snapDir, snapshotDiskName)
 	steps := append(m.diskFromSnapshotSteps(sb, frozen),
-		m.restoreSteps(sb, snap, envdclient.InitRequest{AccessToken: newToken(), EnvVars: env, DefaultUser: defaultUser})...)
+		m.restoreSteps(sb, snap, envdclient.InitRequest{AccessToken: newToken(), EnvVars: env, DefaultUser: sb.rec.init().DefaultUser, DefaultWorkdir: sb.rec.Workdir})...)
 	steps = append(steps, runningStep(sb))
 	if err := plan.Run(ctx, log, steps); err != nil {
 		m.forget(req.ID)
@@ -290,6 +303,9 @@ type Template struct {
 	Snapshot bool
 	// DiskBytes is what the template takes on the host's disk.
 	DiskBytes int64
+	// Owner is the team a built template belongs to ("" for base images
+	// and snapshot templates, whose owner is in their manifest).
+	Owner string
 }
 
 // Templates lists the templates on this host: base images and snapshots.
@@ -313,6 +329,9 @@ func (m *Manager) Templates(ctx context.Context) ([]Template, error) {
 			continue
 		}
 		t.DiskBytes, _ = snapshot.DirUsage(dir)
+		if tc, err := m.templateConfig(name); err == nil && tc != nil {
+			t.Owner = tc.TeamID
+		}
 		out = append(out, t)
 	}
 	return out, ctx.Err()

@@ -169,7 +169,7 @@ func (q *Queries) GetIdempotencyKey(ctx context.Context, arg GetIdempotencyKeyPa
 }
 
 const getTeamTemplateByID = `-- name: GetTeamTemplateByID :one
-SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at FROM templates WHERE id = $1 AND team_id = $2
+SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at, build_id FROM templates WHERE id = $1 AND team_id = $2
 `
 
 type GetTeamTemplateByIDParams struct {
@@ -194,6 +194,7 @@ func (q *Queries) GetTeamTemplateByID(ctx context.Context, arg GetTeamTemplateBy
 		&i.CreatedAt,
 		&i.Status,
 		&i.UpdatedAt,
+		&i.BuildID,
 	)
 	return i, err
 }

@@ -187,6 +187,45 @@ type Template struct {
 	CreatedAt       time.Time
 	Status          string
 	UpdatedAt       time.Time
+	BuildID         *uuid.UUID
+}
+
+type TemplateBuild struct {
+	ID           uuid.UUID
+	TeamID       uuid.UUID
+	TemplateName string
+	Version      int32
+	AgentName    string
+	HostID       *uuid.UUID
+	Status       string
+	Error        *string
+	ErrorCode    *string
+	FromRef      string
+	RecipeFile   string
+	Steps        int32
+	CachedSteps  int32
+	CurrentStep  int32
+	ImageBytes   int64
+	DiskBytes    int64
+	Digest       *string
+	Snapshot     bool
+	Vcpus        int32
+	MemoryMb     int32
+	DiskMb       int32
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+	FinishedAt   *time.Time
+}
+
+type TemplateBuildLog struct {
+	BuildID uuid.UUID
+	Seq     int32
+	At      time.Time
+	Step    int32
+	Steps   int32
+	Phase   string
+	Cached  bool
+	Text    string
 }
 
 type User struct {

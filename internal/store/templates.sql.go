@@ -89,7 +89,7 @@ func (q *Queries) DeleteTemplate(ctx context.Context, id uuid.UUID) error {
 }
 
 const getTeamTemplate = `-- name: GetTeamTemplate :one
-SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at FROM templates WHERE team_id = $1::uuid AND name = $2
+SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at, build_id FROM templates WHERE team_id = $1::uuid AND name = $2
 `
 
 type GetTeamTemplateParams struct {
@@ -114,6 +114,7 @@ func (q *Queries) GetTeamTemplate(ctx context.Context, arg GetTeamTemplateParams
 		&i.CreatedAt,
 		&i.Status,
 		&i.UpdatedAt,
+		&i.BuildID,
 	)
 	return i, err
 }
@@ -124,7 +125,7 @@ INSERT INTO templates (team_id, name, agent_name, host_id, source_sandbox_id, sn
 VALUES ($1, $2, $3, $4, $5, $6,
         $7, $8, $9, $10::timestamptz, $10::timestamptz)
 ON CONFLICT DO NOTHING
-RETURNING id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at
+RETURNING id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at, build_id
 `
 
 type InsertTemplateParams struct {
@@ -170,12 +171,13 @@ func (q *Queries) InsertTemplate(ctx context.Context, arg InsertTemplateParams) 
 		&i.CreatedAt,
 		&i.Status,
 		&i.UpdatedAt,
+		&i.BuildID,
 	)
 	return i, err
 }
 
 const listTeamTemplates = `-- name: ListTeamTemplates :many
-SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at FROM templates WHERE team_id = $1::uuid ORDER BY name
+SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at, build_id FROM templates WHERE team_id = $1::uuid ORDER BY name
 `
 
 func (q *Queries) ListTeamTemplates(ctx context.Context, teamID uuid.UUID) ([]Template, error) {
@@ -201,6 +203,7 @@ func (q *Queries) ListTeamTemplates(ctx context.Context, teamID uuid.UUID) ([]Te
 			&i.CreatedAt,
 			&i.Status,
 			&i.UpdatedAt,
+			&i.BuildID,
 		); err != nil {
 			return nil, err
 		}
@@ -249,7 +252,7 @@ func (q *Queries) RenewTemplateLeases(ctx context.Context, arg RenewTemplateLeas
 }
 
 const stalePendingTemplates = `-- name: StalePendingTemplates :many
-SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at FROM templates
+SELECT id, team_id, name, agent_name, host_id, source_sandbox_id, snapshot, disk_bytes, vcpus, memory_mb, created_at, status, updated_at, build_id FROM templates
 WHERE status = 'pending' AND updated_at < $1::timestamptz
 ORDER BY updated_at
 LIMIT $2
@@ -284,6 +287,7 @@ func (q *Queries) StalePendingTemplates(ctx context.Context, arg StalePendingTem
 			&i.CreatedAt,
 			&i.Status,
 			&i.UpdatedAt,
+			&i.BuildID,
 		); err != nil {
 			return nil, err
 		}

@@ -127,8 +127,9 @@ func (c *Collector) Collect(ctx context.Context) (Status, error) {
 	for _, t := range tmpls {
 		out.Templates = append(out.Templates, Template(t))
 		// Images are the built-ins every team may use: a snapshot
-		// template is one team's memory and disk, never one of them.
-		if !t.Snapshot {
+		// template is one team's memory and disk, and a built template
+		// one team's image, never one of them.
+		if !t.Snapshot && t.Owner == "" {
 			out.Specs.Images = append(out.Specs.Images, t.Name)
 		}
 	}
@@ -137,6 +138,12 @@ func (c *Collector) Collect(ctx context.Context) (Status, error) {
 	out.SandboxVersions = make(map[string]int64, len(infos))
 	var live []string
 	for _, in := range infos {
+		if in.Purpose != "" {
+			// A build VM holds room on the host but is no tenant's
+			// sandbox: the control plane has no row for it.
+			addUsage(out.Usage, in)
+			continue
+		}
 		out.SandboxIDs = append(out.SandboxIDs, in.ID)
 		out.SandboxStates[in.ID] = SandboxState(in.State)
 		if in.Version > 0 {
@@ -190,7 +197,7 @@ func addUsage(u *hostagentv1.HostUsage, in agent.Info) {
 
 // Template converts a manager template to the wire.
 func Template(t agent.Template) *hostagentv1.Template {
-	return &hostagentv1.Template{Name: t.Name, Snapshot: t.Snapshot, DiskBytes: t.DiskBytes}
+	return &hostagentv1.Template{Name: t.Name, Snapshot: t.Snapshot, DiskBytes: t.DiskBytes, TeamId: t.Owner}
 }
 
 // meminfo reads /proc/meminfo into bytes by field name.

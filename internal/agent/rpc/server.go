@@ -75,7 +75,9 @@ const maxRequestBytes = 4 << 20
 type Config struct {
 	Manager Manager
 	Host    HostStatus
-	Logger  *slog.Logger
+	// Builds runs template builds; nil: this host builds none.
+	Builds Builds
+	Logger *slog.Logger
 	// Metrics records requests; nil records nothing.
 	Metrics *Metrics
 	// EnvdPort is the guest port envd listens on; envdclient.Port when
@@ -106,7 +108,7 @@ func NewHandler(cfg Config) http.Handler {
 	if cfg.TouchInterval == 0 {
 		cfg.TouchInterval = DefaultTouchInterval
 	}
-	s := &service{m: cfg.Manager, host: cfg.Host}
+	s := &service{m: cfg.Manager, host: cfg.Host, builds: cfg.Builds}
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(maxRequestBytes),
 		connect.WithRecover(func(_ context.Context, spec connect.Spec, _ http.Header, p any) error {
@@ -131,8 +133,9 @@ func NewHandler(cfg Config) http.Handler {
 
 // service implements HostAgentService over the manager.
 type service struct {
-	m    Manager
-	host HostStatus
+	m      Manager
+	host   HostStatus
+	builds Builds
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*service)(nil)
@@ -175,6 +178,9 @@ func (s *service) ListSandboxes(ctx context.Context, _ *connect.Request[hostagen
 	}
 	out := &hostagentv1.ListSandboxesResponse{Sandboxes: make([]*hostagentv1.Sandbox, 0, len(infos))}
 	for _, in := range infos {
+		if in.Purpose != "" {
+			continue // a build VM: no tenant's sandbox
+		}
 		out.Sandboxes = append(out.Sandboxes, sandboxToProto(in, false))
 	}
 	return connect.NewResponse(out), nil

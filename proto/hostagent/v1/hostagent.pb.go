@@ -2078,8 +2078,11 @@ type Template struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// True when creating from it is a restore, not a boot.
-	Snapshot      bool  `protobuf:"varint,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	DiskBytes     int64 `protobuf:"varint,3,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	Snapshot  bool  `protobuf:"varint,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	DiskBytes int64 `protobuf:"varint,3,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	// The team a built template belongs to ("" for base images and
+	// snapshot templates).
+	TeamId        string `protobuf:"bytes,4,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2135,6 +2138,594 @@ func (x *Template) GetDiskBytes() int64 {
 	return 0
 }
 
+func (x *Template) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+type UploadBuildContextRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The build the context is for (same in every chunk).
+	BuildId       string `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadBuildContextRequest) Reset() {
+	*x = UploadBuildContextRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadBuildContextRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadBuildContextRequest) ProtoMessage() {}
+
+func (x *UploadBuildContextRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadBuildContextRequest.ProtoReflect.Descriptor instead.
+func (*UploadBuildContextRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *UploadBuildContextRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *UploadBuildContextRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type UploadBuildContextResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadBuildContextResponse) Reset() {
+	*x = UploadBuildContextResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadBuildContextResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadBuildContextResponse) ProtoMessage() {}
+
+func (x *UploadBuildContextResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadBuildContextResponse.ProtoReflect.Descriptor instead.
+func (*UploadBuildContextResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *UploadBuildContextResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type RegistryCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The registry host ("docker.io", "127.0.0.1:5000").
+	Registry      string `protobuf:"bytes,1,opt,name=registry,proto3" json:"registry,omitempty"`
+	Username      string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password      string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	Token         string `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryCredential) Reset() {
+	*x = RegistryCredential{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryCredential) ProtoMessage() {}
+
+func (x *RegistryCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryCredential.ProtoReflect.Descriptor instead.
+func (*RegistryCredential) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RegistryCredential) GetRegistry() string {
+	if x != nil {
+		return x.Registry
+	}
+	return ""
+}
+
+func (x *RegistryCredential) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RegistryCredential) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *RegistryCredential) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type BuildTemplateRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	TeamId  string                 `protobuf:"bytes,2,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	// The version's name on the host (a-z, 0-9, '-').
+	Name    string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Version int32  `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	// The recipe's path in the context (a Dockerfile, wrenn.yaml or wrenn.json).
+	RecipeFile string            `protobuf:"bytes,5,opt,name=recipe_file,json=recipeFile,proto3" json:"recipe_file,omitempty"`
+	BuildArgs  map[string]string `protobuf:"bytes,6,rep,name=build_args,json=buildArgs,proto3" json:"build_args,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// What the recipe's FROM names when it is a Wrenn template: that
+	// template's name on this host (the control plane resolved the team's
+	// name). Empty when FROM is an OCI image.
+	BaseTemplate string         `protobuf:"bytes,7,opt,name=base_template,json=baseTemplate,proto3" json:"base_template,omitempty"`
+	Network      *NetworkPolicy `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
+	// Registry logins for FROM <image>: used for this build, never stored.
+	Credentials   []*RegistryCredential `protobuf:"bytes,9,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildTemplateRequest) Reset() {
+	*x = BuildTemplateRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildTemplateRequest) ProtoMessage() {}
+
+func (x *BuildTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildTemplateRequest.ProtoReflect.Descriptor instead.
+func (*BuildTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *BuildTemplateRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *BuildTemplateRequest) GetRecipeFile() string {
+	if x != nil {
+		return x.RecipeFile
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetBuildArgs() map[string]string {
+	if x != nil {
+		return x.BuildArgs
+	}
+	return nil
+}
+
+func (x *BuildTemplateRequest) GetBaseTemplate() string {
+	if x != nil {
+		return x.BaseTemplate
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetNetwork() *NetworkPolicy {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+func (x *BuildTemplateRequest) GetCredentials() []*RegistryCredential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+type BuildTemplateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*BuildTemplateResponse_Log
+	//	*BuildTemplateResponse_Result
+	Event         isBuildTemplateResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildTemplateResponse) Reset() {
+	*x = BuildTemplateResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildTemplateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildTemplateResponse) ProtoMessage() {}
+
+func (x *BuildTemplateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildTemplateResponse.ProtoReflect.Descriptor instead.
+func (*BuildTemplateResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *BuildTemplateResponse) GetEvent() isBuildTemplateResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *BuildTemplateResponse) GetLog() *BuildLog {
+	if x != nil {
+		if x, ok := x.Event.(*BuildTemplateResponse_Log); ok {
+			return x.Log
+		}
+	}
+	return nil
+}
+
+func (x *BuildTemplateResponse) GetResult() *BuildResult {
+	if x != nil {
+		if x, ok := x.Event.(*BuildTemplateResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isBuildTemplateResponse_Event interface {
+	isBuildTemplateResponse_Event()
+}
+
+type BuildTemplateResponse_Log struct {
+	Log *BuildLog `protobuf:"bytes,1,opt,name=log,proto3,oneof"`
+}
+
+type BuildTemplateResponse_Result struct {
+	Result *BuildResult `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*BuildTemplateResponse_Log) isBuildTemplateResponse_Event() {}
+
+func (*BuildTemplateResponse_Result) isBuildTemplateResponse_Event() {}
+
+type BuildLog struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The 1-based step this line is about (0: none) of steps.
+	Step  int32 `protobuf:"varint,1,opt,name=step,proto3" json:"step,omitempty"`
+	Steps int32 `protobuf:"varint,2,opt,name=steps,proto3" json:"steps,omitempty"`
+	// "base", "step", "image", "start" or "done".
+	Phase         string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	Cached        bool   `protobuf:"varint,4,opt,name=cached,proto3" json:"cached,omitempty"`
+	Text          string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildLog) Reset() {
+	*x = BuildLog{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildLog) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildLog) ProtoMessage() {}
+
+func (x *BuildLog) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildLog.ProtoReflect.Descriptor instead.
+func (*BuildLog) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *BuildLog) GetStep() int32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *BuildLog) GetSteps() int32 {
+	if x != nil {
+		return x.Steps
+	}
+	return 0
+}
+
+func (x *BuildLog) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *BuildLog) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
+func (x *BuildLog) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+type BuildResult struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ImageBytes  int64                  `protobuf:"varint,1,opt,name=image_bytes,json=imageBytes,proto3" json:"image_bytes,omitempty"`
+	DiskBytes   int64                  `protobuf:"varint,2,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	Digest      string                 `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	Snapshot    bool                   `protobuf:"varint,4,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	Steps       int32                  `protobuf:"varint,5,opt,name=steps,proto3" json:"steps,omitempty"`
+	CachedSteps int32                  `protobuf:"varint,6,opt,name=cached_steps,json=cachedSteps,proto3" json:"cached_steps,omitempty"`
+	// The template's default shape.
+	Vcpus           int32    `protobuf:"varint,7,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	MemoryMb        int32    `protobuf:"varint,8,opt,name=memory_mb,json=memoryMb,proto3" json:"memory_mb,omitempty"`
+	DiskMb          int32    `protobuf:"varint,9,opt,name=disk_mb,json=diskMb,proto3" json:"disk_mb,omitempty"`
+	DurationSeconds float64  `protobuf:"fixed64,10,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
+	User            string   `protobuf:"bytes,11,opt,name=user,proto3" json:"user,omitempty"`
+	Workdir         string   `protobuf:"bytes,12,opt,name=workdir,proto3" json:"workdir,omitempty"`
+	Start           []string `protobuf:"bytes,13,rep,name=start,proto3" json:"start,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BuildResult) Reset() {
+	*x = BuildResult{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildResult) ProtoMessage() {}
+
+func (x *BuildResult) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildResult.ProtoReflect.Descriptor instead.
+func (*BuildResult) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *BuildResult) GetImageBytes() int64 {
+	if x != nil {
+		return x.ImageBytes
+	}
+	return 0
+}
+
+func (x *BuildResult) GetDiskBytes() int64 {
+	if x != nil {
+		return x.DiskBytes
+	}
+	return 0
+}
+
+func (x *BuildResult) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *BuildResult) GetSnapshot() bool {
+	if x != nil {
+		return x.Snapshot
+	}
+	return false
+}
+
+func (x *BuildResult) GetSteps() int32 {
+	if x != nil {
+		return x.Steps
+	}
+	return 0
+}
+
+func (x *BuildResult) GetCachedSteps() int32 {
+	if x != nil {
+		return x.CachedSteps
+	}
+	return 0
+}
+
+func (x *BuildResult) GetVcpus() int32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *BuildResult) GetMemoryMb() int32 {
+	if x != nil {
+		return x.MemoryMb
+	}
+	return 0
+}
+
+func (x *BuildResult) GetDiskMb() int32 {
+	if x != nil {
+		return x.DiskMb
+	}
+	return 0
+}
+
+func (x *BuildResult) GetDurationSeconds() float64 {
+	if x != nil {
+		return x.DurationSeconds
+	}
+	return 0
+}
+
+func (x *BuildResult) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *BuildResult) GetWorkdir() string {
+	if x != nil {
+		return x.Workdir
+	}
+	return ""
+}
+
+func (x *BuildResult) GetStart() []string {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
 type HostSpecs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Arch          string                 `protobuf:"bytes,1,opt,name=arch,proto3" json:"arch,omitempty"`
@@ -2154,7 +2745,7 @@ type HostSpecs struct {
 
 func (x *HostSpecs) Reset() {
 	*x = HostSpecs{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2166,7 +2757,7 @@ func (x *HostSpecs) String() string {
 func (*HostSpecs) ProtoMessage() {}
 
 func (x *HostSpecs) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2179,7 +2770,7 @@ func (x *HostSpecs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostSpecs.ProtoReflect.Descriptor instead.
 func (*HostSpecs) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *HostSpecs) GetArch() string {
@@ -2272,7 +2863,7 @@ type HostUsage struct {
 
 func (x *HostUsage) Reset() {
 	*x = HostUsage{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2284,7 +2875,7 @@ func (x *HostUsage) String() string {
 func (*HostUsage) ProtoMessage() {}
 
 func (x *HostUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2297,7 +2888,7 @@ func (x *HostUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostUsage.ProtoReflect.Descriptor instead.
 func (*HostUsage) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *HostUsage) GetSandboxesRunning() int32 {
@@ -2385,7 +2976,7 @@ type GetHostStatusRequest struct {
 
 func (x *GetHostStatusRequest) Reset() {
 	*x = GetHostStatusRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2397,7 +2988,7 @@ func (x *GetHostStatusRequest) String() string {
 func (*GetHostStatusRequest) ProtoMessage() {}
 
 func (x *GetHostStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2410,7 +3001,7 @@ func (x *GetHostStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetHostStatusRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 type GetHostStatusResponse struct {
@@ -2424,7 +3015,7 @@ type GetHostStatusResponse struct {
 
 func (x *GetHostStatusResponse) Reset() {
 	*x = GetHostStatusResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2436,7 +3027,7 @@ func (x *GetHostStatusResponse) String() string {
 func (*GetHostStatusResponse) ProtoMessage() {}
 
 func (x *GetHostStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2449,7 +3040,7 @@ func (x *GetHostStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetHostStatusResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetHostStatusResponse) GetSpecs() *HostSpecs {
@@ -2487,7 +3078,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2499,7 +3090,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2512,7 +3103,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RegisterRequest) GetRegistrationToken() string {
@@ -2558,7 +3149,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2570,7 +3161,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2583,7 +3174,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RegisterResponse) GetHostId() string {
@@ -2643,7 +3234,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +3246,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +3259,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *HeartbeatRequest) GetSpecs() *HostSpecs {
@@ -2727,7 +3318,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2739,7 +3330,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2752,7 +3343,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *HeartbeatResponse) GetRenewAfterUnixMs() int64 {
@@ -2778,7 +3369,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2790,7 +3381,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2803,7 +3394,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RenewRequest) GetCsrPem() []byte {
@@ -2825,7 +3416,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2837,7 +3428,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2850,7 +3441,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RenewResponse) GetHostToken() string {
@@ -2901,7 +3492,7 @@ type SandboxEvent struct {
 
 func (x *SandboxEvent) Reset() {
 	*x = SandboxEvent{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3504,7 @@ func (x *SandboxEvent) String() string {
 func (*SandboxEvent) ProtoMessage() {}
 
 func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2926,7 +3517,7 @@ func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxEvent.ProtoReflect.Descriptor instead.
 func (*SandboxEvent) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SandboxEvent) GetSandboxId() string {
@@ -2987,7 +3578,7 @@ type ReportSandboxEventsRequest struct {
 
 func (x *ReportSandboxEventsRequest) Reset() {
 	*x = ReportSandboxEventsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3590,7 @@ func (x *ReportSandboxEventsRequest) String() string {
 func (*ReportSandboxEventsRequest) ProtoMessage() {}
 
 func (x *ReportSandboxEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3603,7 @@ func (x *ReportSandboxEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSandboxEventsRequest.ProtoReflect.Descriptor instead.
 func (*ReportSandboxEventsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ReportSandboxEventsRequest) GetEvents() []*SandboxEvent {
@@ -3030,7 +3621,7 @@ type ReportSandboxEventsResponse struct {
 
 func (x *ReportSandboxEventsResponse) Reset() {
 	*x = ReportSandboxEventsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3042,7 +3633,7 @@ func (x *ReportSandboxEventsResponse) String() string {
 func (*ReportSandboxEventsResponse) ProtoMessage() {}
 
 func (x *ReportSandboxEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3055,7 +3646,7 @@ func (x *ReportSandboxEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSandboxEventsResponse.ProtoReflect.Descriptor instead.
 func (*ReportSandboxEventsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -3197,12 +3788,65 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x16DeleteTemplateResponse\"\x16\n" +
 	"\x14ListTemplatesRequest\"M\n" +
 	"\x15ListTemplatesResponse\x124\n" +
-	"\ttemplates\x18\x01 \x03(\v2\x16.hostagent.v1.TemplateR\ttemplates\"Y\n" +
+	"\ttemplates\x18\x01 \x03(\v2\x16.hostagent.v1.TemplateR\ttemplates\"r\n" +
 	"\bTemplate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\x8d\x02\n" +
+	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\x12\x17\n" +
+	"\ateam_id\x18\x04 \x01(\tR\x06teamId\"J\n" +
+	"\x19UploadBuildContextRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"2\n" +
+	"\x1aUploadBuildContextResponse\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"~\n" +
+	"\x12RegistryCredential\x12\x1a\n" +
+	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\"\xc9\x03\n" +
+	"\x14BuildTemplateRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x17\n" +
+	"\ateam_id\x18\x02 \x01(\tR\x06teamId\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x04 \x01(\x05R\aversion\x12\x1f\n" +
+	"\vrecipe_file\x18\x05 \x01(\tR\n" +
+	"recipeFile\x12P\n" +
+	"\n" +
+	"build_args\x18\x06 \x03(\v21.hostagent.v1.BuildTemplateRequest.BuildArgsEntryR\tbuildArgs\x12#\n" +
+	"\rbase_template\x18\a \x01(\tR\fbaseTemplate\x125\n" +
+	"\anetwork\x18\b \x01(\v2\x1b.hostagent.v1.NetworkPolicyR\anetwork\x12B\n" +
+	"\vcredentials\x18\t \x03(\v2 .hostagent.v1.RegistryCredentialR\vcredentials\x1a<\n" +
+	"\x0eBuildArgsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
+	"\x15BuildTemplateResponse\x12*\n" +
+	"\x03log\x18\x01 \x01(\v2\x16.hostagent.v1.BuildLogH\x00R\x03log\x123\n" +
+	"\x06result\x18\x02 \x01(\v2\x19.hostagent.v1.BuildResultH\x00R\x06resultB\a\n" +
+	"\x05event\"v\n" +
+	"\bBuildLog\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\x05R\x04step\x12\x14\n" +
+	"\x05steps\x18\x02 \x01(\x05R\x05steps\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06cached\x18\x04 \x01(\bR\x06cached\x12\x12\n" +
+	"\x04text\x18\x05 \x01(\tR\x04text\"\xf5\x02\n" +
+	"\vBuildResult\x12\x1f\n" +
+	"\vimage_bytes\x18\x01 \x01(\x03R\n" +
+	"imageBytes\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18\x02 \x01(\x03R\tdiskBytes\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\tR\x06digest\x12\x1a\n" +
+	"\bsnapshot\x18\x04 \x01(\bR\bsnapshot\x12\x14\n" +
+	"\x05steps\x18\x05 \x01(\x05R\x05steps\x12!\n" +
+	"\fcached_steps\x18\x06 \x01(\x05R\vcachedSteps\x12\x14\n" +
+	"\x05vcpus\x18\a \x01(\x05R\x05vcpus\x12\x1b\n" +
+	"\tmemory_mb\x18\b \x01(\x05R\bmemoryMb\x12\x17\n" +
+	"\adisk_mb\x18\t \x01(\x05R\x06diskMb\x12)\n" +
+	"\x10duration_seconds\x18\n" +
+	" \x01(\x01R\x0fdurationSeconds\x12\x12\n" +
+	"\x04user\x18\v \x01(\tR\x04user\x12\x18\n" +
+	"\aworkdir\x18\f \x01(\tR\aworkdir\x12\x14\n" +
+	"\x05start\x18\r \x03(\tR\x05start\"\x8d\x02\n" +
 	"\tHostSpecs\x12\x12\n" +
 	"\x04arch\x18\x01 \x01(\tR\x04arch\x12\x12\n" +
 	"\x04cpus\x18\x02 \x01(\x05R\x04cpus\x12!\n" +
@@ -3302,7 +3946,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x1fSANDBOX_EVENT_REASON_VMM_EXITED\x10\x04\x12\x1c\n" +
 	"\x18SANDBOX_EVENT_REASON_OOM\x10\x05\x12'\n" +
 	"#SANDBOX_EVENT_REASON_GUEST_POWEROFF\x10\x06\x12\"\n" +
-	"\x1eSANDBOX_EVENT_REASON_RECOVERED\x10\a2\xdf\v\n" +
+	"\x1eSANDBOX_EVENT_REASON_RECOVERED\x10\a2\xa6\r\n" +
 	"\x10HostAgentService\x12X\n" +
 	"\rCreateSandbox\x12\".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12O\n" +
 	"\n" +
@@ -3320,7 +3964,9 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x10SnapshotTemplate\x12%.hostagent.v1.SnapshotTemplateRequest\x1a&.hostagent.v1.SnapshotTemplateResponse\x12[\n" +
 	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponse\x12X\n" +
 	"\rListTemplates\x12\".hostagent.v1.ListTemplatesRequest\x1a#.hostagent.v1.ListTemplatesResponse\x12X\n" +
-	"\rGetHostStatus\x12\".hostagent.v1.GetHostStatusRequest\x1a#.hostagent.v1.GetHostStatusResponse2\xdc\x02\n" +
+	"\rGetHostStatus\x12\".hostagent.v1.GetHostStatusRequest\x1a#.hostagent.v1.GetHostStatusResponse\x12i\n" +
+	"\x12UploadBuildContext\x12'.hostagent.v1.UploadBuildContextRequest\x1a(.hostagent.v1.UploadBuildContextResponse(\x01\x12Z\n" +
+	"\rBuildTemplate\x12\".hostagent.v1.BuildTemplateRequest\x1a#.hostagent.v1.BuildTemplateResponse0\x012\xdc\x02\n" +
 	"\x13HostRegistryService\x12I\n" +
 	"\bRegister\x12\x1d.hostagent.v1.RegisterRequest\x1a\x1e.hostagent.v1.RegisterResponse\x12L\n" +
 	"\tHeartbeat\x12\x1e.hostagent.v1.HeartbeatRequest\x1a\x1f.hostagent.v1.HeartbeatResponse\x12@\n" +
@@ -3340,7 +3986,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                   // 0: hostagent.v1.SandboxState
 	(OnTimeout)(0),                      // 1: hostagent.v1.OnTimeout
@@ -3379,32 +4025,40 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*ListTemplatesRequest)(nil),        // 34: hostagent.v1.ListTemplatesRequest
 	(*ListTemplatesResponse)(nil),       // 35: hostagent.v1.ListTemplatesResponse
 	(*Template)(nil),                    // 36: hostagent.v1.Template
-	(*HostSpecs)(nil),                   // 37: hostagent.v1.HostSpecs
-	(*HostUsage)(nil),                   // 38: hostagent.v1.HostUsage
-	(*GetHostStatusRequest)(nil),        // 39: hostagent.v1.GetHostStatusRequest
-	(*GetHostStatusResponse)(nil),       // 40: hostagent.v1.GetHostStatusResponse
-	(*RegisterRequest)(nil),             // 41: hostagent.v1.RegisterRequest
-	(*RegisterResponse)(nil),            // 42: hostagent.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),            // 43: hostagent.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),           // 44: hostagent.v1.HeartbeatResponse
-	(*RenewRequest)(nil),                // 45: hostagent.v1.RenewRequest
-	(*RenewResponse)(nil),               // 46: hostagent.v1.RenewResponse
-	(*SandboxEvent)(nil),                // 47: hostagent.v1.SandboxEvent
-	(*ReportSandboxEventsRequest)(nil),  // 48: hostagent.v1.ReportSandboxEventsRequest
-	(*ReportSandboxEventsResponse)(nil), // 49: hostagent.v1.ReportSandboxEventsResponse
-	nil,                                 // 50: hostagent.v1.Sandbox.MetadataEntry
-	nil,                                 // 51: hostagent.v1.CreateSandboxRequest.EnvEntry
-	nil,                                 // 52: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                                 // 53: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
-	nil,                                 // 54: hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
+	(*UploadBuildContextRequest)(nil),   // 37: hostagent.v1.UploadBuildContextRequest
+	(*UploadBuildContextResponse)(nil),  // 38: hostagent.v1.UploadBuildContextResponse
+	(*RegistryCredential)(nil),          // 39: hostagent.v1.RegistryCredential
+	(*BuildTemplateRequest)(nil),        // 40: hostagent.v1.BuildTemplateRequest
+	(*BuildTemplateResponse)(nil),       // 41: hostagent.v1.BuildTemplateResponse
+	(*BuildLog)(nil),                    // 42: hostagent.v1.BuildLog
+	(*BuildResult)(nil),                 // 43: hostagent.v1.BuildResult
+	(*HostSpecs)(nil),                   // 44: hostagent.v1.HostSpecs
+	(*HostUsage)(nil),                   // 45: hostagent.v1.HostUsage
+	(*GetHostStatusRequest)(nil),        // 46: hostagent.v1.GetHostStatusRequest
+	(*GetHostStatusResponse)(nil),       // 47: hostagent.v1.GetHostStatusResponse
+	(*RegisterRequest)(nil),             // 48: hostagent.v1.RegisterRequest
+	(*RegisterResponse)(nil),            // 49: hostagent.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),            // 50: hostagent.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),           // 51: hostagent.v1.HeartbeatResponse
+	(*RenewRequest)(nil),                // 52: hostagent.v1.RenewRequest
+	(*RenewResponse)(nil),               // 53: hostagent.v1.RenewResponse
+	(*SandboxEvent)(nil),                // 54: hostagent.v1.SandboxEvent
+	(*ReportSandboxEventsRequest)(nil),  // 55: hostagent.v1.ReportSandboxEventsRequest
+	(*ReportSandboxEventsResponse)(nil), // 56: hostagent.v1.ReportSandboxEventsResponse
+	nil,                                 // 57: hostagent.v1.Sandbox.MetadataEntry
+	nil,                                 // 58: hostagent.v1.CreateSandboxRequest.EnvEntry
+	nil,                                 // 59: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                                 // 60: hostagent.v1.BuildTemplateRequest.BuildArgsEntry
+	nil,                                 // 61: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	nil,                                 // 62: hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	50, // 1: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	57, // 1: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
 	3,  // 2: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkPolicy
 	1,  // 3: hostagent.v1.Sandbox.on_timeout:type_name -> hostagent.v1.OnTimeout
-	51, // 4: hostagent.v1.CreateSandboxRequest.env:type_name -> hostagent.v1.CreateSandboxRequest.EnvEntry
-	52, // 5: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	58, // 4: hostagent.v1.CreateSandboxRequest.env:type_name -> hostagent.v1.CreateSandboxRequest.EnvEntry
+	59, // 5: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
 	3,  // 6: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	1,  // 7: hostagent.v1.CreateSandboxRequest.on_timeout:type_name -> hostagent.v1.OnTimeout
 	4,  // 8: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
@@ -3416,64 +4070,73 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	26, // 14: hostagent.v1.GetSandboxMetricsResponse.samples:type_name -> hostagent.v1.MetricsSample
 	36, // 15: hostagent.v1.SnapshotTemplateResponse.template:type_name -> hostagent.v1.Template
 	36, // 16: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	37, // 17: hostagent.v1.GetHostStatusResponse.specs:type_name -> hostagent.v1.HostSpecs
-	38, // 18: hostagent.v1.GetHostStatusResponse.usage:type_name -> hostagent.v1.HostUsage
-	36, // 19: hostagent.v1.GetHostStatusResponse.templates:type_name -> hostagent.v1.Template
-	37, // 20: hostagent.v1.RegisterRequest.specs:type_name -> hostagent.v1.HostSpecs
-	37, // 21: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
-	38, // 22: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
-	36, // 23: hostagent.v1.HeartbeatRequest.templates:type_name -> hostagent.v1.Template
-	53, // 24: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
-	54, // 25: hostagent.v1.HeartbeatRequest.sandbox_versions:type_name -> hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
-	0,  // 26: hostagent.v1.SandboxEvent.state:type_name -> hostagent.v1.SandboxState
-	2,  // 27: hostagent.v1.SandboxEvent.reason:type_name -> hostagent.v1.SandboxEventReason
-	47, // 28: hostagent.v1.ReportSandboxEventsRequest.events:type_name -> hostagent.v1.SandboxEvent
-	0,  // 29: hostagent.v1.HeartbeatRequest.SandboxStatesEntry.value:type_name -> hostagent.v1.SandboxState
-	5,  // 30: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	7,  // 31: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	9,  // 32: hostagent.v1.HostAgentService.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	11, // 33: hostagent.v1.HostAgentService.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	13, // 34: hostagent.v1.HostAgentService.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	15, // 35: hostagent.v1.HostAgentService.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	17, // 36: hostagent.v1.HostAgentService.HibernateSandbox:input_type -> hostagent.v1.HibernateSandboxRequest
-	19, // 37: hostagent.v1.HostAgentService.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
-	21, // 38: hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	23, // 39: hostagent.v1.HostAgentService.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
-	25, // 40: hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	28, // 41: hostagent.v1.HostAgentService.GetSandboxLogs:input_type -> hostagent.v1.GetSandboxLogsRequest
-	30, // 42: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
-	32, // 43: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	34, // 44: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	39, // 45: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
-	41, // 46: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
-	43, // 47: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
-	45, // 48: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
-	48, // 49: hostagent.v1.HostRegistryService.ReportSandboxEvents:input_type -> hostagent.v1.ReportSandboxEventsRequest
-	6,  // 50: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	8,  // 51: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	10, // 52: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	12, // 53: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	14, // 54: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	16, // 55: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	18, // 56: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
-	20, // 57: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
-	22, // 58: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	24, // 59: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	27, // 60: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	29, // 61: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
-	31, // 62: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
-	33, // 63: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	35, // 64: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	40, // 65: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
-	42, // 66: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
-	44, // 67: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
-	46, // 68: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
-	49, // 69: hostagent.v1.HostRegistryService.ReportSandboxEvents:output_type -> hostagent.v1.ReportSandboxEventsResponse
-	50, // [50:70] is the sub-list for method output_type
-	30, // [30:50] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	60, // 17: hostagent.v1.BuildTemplateRequest.build_args:type_name -> hostagent.v1.BuildTemplateRequest.BuildArgsEntry
+	3,  // 18: hostagent.v1.BuildTemplateRequest.network:type_name -> hostagent.v1.NetworkPolicy
+	39, // 19: hostagent.v1.BuildTemplateRequest.credentials:type_name -> hostagent.v1.RegistryCredential
+	42, // 20: hostagent.v1.BuildTemplateResponse.log:type_name -> hostagent.v1.BuildLog
+	43, // 21: hostagent.v1.BuildTemplateResponse.result:type_name -> hostagent.v1.BuildResult
+	44, // 22: hostagent.v1.GetHostStatusResponse.specs:type_name -> hostagent.v1.HostSpecs
+	45, // 23: hostagent.v1.GetHostStatusResponse.usage:type_name -> hostagent.v1.HostUsage
+	36, // 24: hostagent.v1.GetHostStatusResponse.templates:type_name -> hostagent.v1.Template
+	44, // 25: hostagent.v1.RegisterRequest.specs:type_name -> hostagent.v1.HostSpecs
+	44, // 26: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
+	45, // 27: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
+	36, // 28: hostagent.v1.HeartbeatRequest.templates:type_name -> hostagent.v1.Template
+	61, // 29: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	62, // 30: hostagent.v1.HeartbeatRequest.sandbox_versions:type_name -> hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
+	0,  // 31: hostagent.v1.SandboxEvent.state:type_name -> hostagent.v1.SandboxState
+	2,  // 32: hostagent.v1.SandboxEvent.reason:type_name -> hostagent.v1.SandboxEventReason
+	54, // 33: hostagent.v1.ReportSandboxEventsRequest.events:type_name -> hostagent.v1.SandboxEvent
+	0,  // 34: hostagent.v1.HeartbeatRequest.SandboxStatesEntry.value:type_name -> hostagent.v1.SandboxState
+	5,  // 35: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	7,  // 36: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	9,  // 37: hostagent.v1.HostAgentService.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	11, // 38: hostagent.v1.HostAgentService.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	13, // 39: hostagent.v1.HostAgentService.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	15, // 40: hostagent.v1.HostAgentService.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	17, // 41: hostagent.v1.HostAgentService.HibernateSandbox:input_type -> hostagent.v1.HibernateSandboxRequest
+	19, // 42: hostagent.v1.HostAgentService.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
+	21, // 43: hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	23, // 44: hostagent.v1.HostAgentService.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	25, // 45: hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	28, // 46: hostagent.v1.HostAgentService.GetSandboxLogs:input_type -> hostagent.v1.GetSandboxLogsRequest
+	30, // 47: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
+	32, // 48: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	34, // 49: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	46, // 50: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
+	37, // 51: hostagent.v1.HostAgentService.UploadBuildContext:input_type -> hostagent.v1.UploadBuildContextRequest
+	40, // 52: hostagent.v1.HostAgentService.BuildTemplate:input_type -> hostagent.v1.BuildTemplateRequest
+	48, // 53: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
+	50, // 54: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
+	52, // 55: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
+	55, // 56: hostagent.v1.HostRegistryService.ReportSandboxEvents:input_type -> hostagent.v1.ReportSandboxEventsRequest
+	6,  // 57: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	8,  // 58: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	10, // 59: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	12, // 60: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	14, // 61: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	16, // 62: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	18, // 63: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
+	20, // 64: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
+	22, // 65: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	24, // 66: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	27, // 67: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	29, // 68: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
+	31, // 69: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
+	33, // 70: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	35, // 71: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	47, // 72: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
+	38, // 73: hostagent.v1.HostAgentService.UploadBuildContext:output_type -> hostagent.v1.UploadBuildContextResponse
+	41, // 74: hostagent.v1.HostAgentService.BuildTemplate:output_type -> hostagent.v1.BuildTemplateResponse
+	49, // 75: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
+	51, // 76: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
+	53, // 77: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
+	56, // 78: hostagent.v1.HostRegistryService.ReportSandboxEvents:output_type -> hostagent.v1.ReportSandboxEventsResponse
+	57, // [57:79] is the sub-list for method output_type
+	35, // [35:57] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -3481,13 +4144,17 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
+	file_hostagent_v1_hostagent_proto_msgTypes[38].OneofWrappers = []any{
+		(*BuildTemplateResponse_Log)(nil),
+		(*BuildTemplateResponse_Result)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   52,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

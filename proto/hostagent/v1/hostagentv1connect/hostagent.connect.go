@@ -96,6 +96,12 @@ const (
 	// HostAgentServiceGetHostStatusProcedure is the fully-qualified name of the HostAgentService's
 	// GetHostStatus RPC.
 	HostAgentServiceGetHostStatusProcedure = "/hostagent.v1.HostAgentService/GetHostStatus"
+	// HostAgentServiceUploadBuildContextProcedure is the fully-qualified name of the HostAgentService's
+	// UploadBuildContext RPC.
+	HostAgentServiceUploadBuildContextProcedure = "/hostagent.v1.HostAgentService/UploadBuildContext"
+	// HostAgentServiceBuildTemplateProcedure is the fully-qualified name of the HostAgentService's
+	// BuildTemplate RPC.
+	HostAgentServiceBuildTemplateProcedure = "/hostagent.v1.HostAgentService/BuildTemplate"
 	// HostRegistryServiceRegisterProcedure is the fully-qualified name of the HostRegistryService's
 	// Register RPC.
 	HostRegistryServiceRegisterProcedure = "/hostagent.v1.HostRegistryService/Register"
@@ -135,6 +141,15 @@ type HostAgentServiceClient interface {
 	ListTemplates(context.Context, *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error)
 	// GetHostStatus reports specs, capacity and usage.
 	GetHostStatus(context.Context, *connect.Request[v1.GetHostStatusRequest]) (*connect.Response[v1.GetHostStatusResponse], error)
+	// UploadBuildContext stores a template build's context (a tar stream,
+	// optionally gzipped, in chunks) on the host for BuildTemplate. A context
+	// no build uses is removed after an hour.
+	UploadBuildContext(context.Context) *connect.ClientStreamForClient[v1.UploadBuildContextRequest, v1.UploadBuildContextResponse]
+	// BuildTemplate builds a template version from the recipe in an uploaded
+	// context, streaming its progress; the last message carries the result.
+	// Cancelling the call cancels the build and removes what it made. A
+	// failed build ends the stream with an error naming the step.
+	BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest]) (*connect.ServerStreamForClient[v1.BuildTemplateResponse], error)
 }
 
 // NewHostAgentServiceClient constructs a client for the hostagent.v1.HostAgentService service. By
@@ -244,27 +259,41 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("GetHostStatus")),
 			connect.WithClientOptions(opts...),
 		),
+		uploadBuildContext: connect.NewClient[v1.UploadBuildContextRequest, v1.UploadBuildContextResponse](
+			httpClient,
+			baseURL+HostAgentServiceUploadBuildContextProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("UploadBuildContext")),
+			connect.WithClientOptions(opts...),
+		),
+		buildTemplate: connect.NewClient[v1.BuildTemplateRequest, v1.BuildTemplateResponse](
+			httpClient,
+			baseURL+HostAgentServiceBuildTemplateProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("BuildTemplate")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // hostAgentServiceClient implements HostAgentServiceClient.
 type hostAgentServiceClient struct {
-	createSandbox     *connect.Client[v1.CreateSandboxRequest, v1.CreateSandboxResponse]
-	getSandbox        *connect.Client[v1.GetSandboxRequest, v1.GetSandboxResponse]
-	listSandboxes     *connect.Client[v1.ListSandboxesRequest, v1.ListSandboxesResponse]
-	destroySandbox    *connect.Client[v1.DestroySandboxRequest, v1.DestroySandboxResponse]
-	pauseSandbox      *connect.Client[v1.PauseSandboxRequest, v1.PauseSandboxResponse]
-	resumeSandbox     *connect.Client[v1.ResumeSandboxRequest, v1.ResumeSandboxResponse]
-	hibernateSandbox  *connect.Client[v1.HibernateSandboxRequest, v1.HibernateSandboxResponse]
-	forkSandbox       *connect.Client[v1.ForkSandboxRequest, v1.ForkSandboxResponse]
-	setSandboxTimeout *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
-	setSandboxNetwork *connect.Client[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse]
-	getSandboxMetrics *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
-	getSandboxLogs    *connect.Client[v1.GetSandboxLogsRequest, v1.GetSandboxLogsResponse]
-	snapshotTemplate  *connect.Client[v1.SnapshotTemplateRequest, v1.SnapshotTemplateResponse]
-	deleteTemplate    *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
-	listTemplates     *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
-	getHostStatus     *connect.Client[v1.GetHostStatusRequest, v1.GetHostStatusResponse]
+	createSandbox      *connect.Client[v1.CreateSandboxRequest, v1.CreateSandboxResponse]
+	getSandbox         *connect.Client[v1.GetSandboxRequest, v1.GetSandboxResponse]
+	listSandboxes      *connect.Client[v1.ListSandboxesRequest, v1.ListSandboxesResponse]
+	destroySandbox     *connect.Client[v1.DestroySandboxRequest, v1.DestroySandboxResponse]
+	pauseSandbox       *connect.Client[v1.PauseSandboxRequest, v1.PauseSandboxResponse]
+	resumeSandbox      *connect.Client[v1.ResumeSandboxRequest, v1.ResumeSandboxResponse]
+	hibernateSandbox   *connect.Client[v1.HibernateSandboxRequest, v1.HibernateSandboxResponse]
+	forkSandbox        *connect.Client[v1.ForkSandboxRequest, v1.ForkSandboxResponse]
+	setSandboxTimeout  *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
+	setSandboxNetwork  *connect.Client[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse]
+	getSandboxMetrics  *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
+	getSandboxLogs     *connect.Client[v1.GetSandboxLogsRequest, v1.GetSandboxLogsResponse]
+	snapshotTemplate   *connect.Client[v1.SnapshotTemplateRequest, v1.SnapshotTemplateResponse]
+	deleteTemplate     *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
+	listTemplates      *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
+	getHostStatus      *connect.Client[v1.GetHostStatusRequest, v1.GetHostStatusResponse]
+	uploadBuildContext *connect.Client[v1.UploadBuildContextRequest, v1.UploadBuildContextResponse]
+	buildTemplate      *connect.Client[v1.BuildTemplateRequest, v1.BuildTemplateResponse]
 }
 
 // CreateSandbox calls hostagent.v1.HostAgentService.CreateSandbox.
@@ -347,6 +376,16 @@ func (c *hostAgentServiceClient) GetHostStatus(ctx context.Context, req *connect
 	return c.getHostStatus.CallUnary(ctx, req)
 }
 
+// UploadBuildContext calls hostagent.v1.HostAgentService.UploadBuildContext.
+func (c *hostAgentServiceClient) UploadBuildContext(ctx context.Context) *connect.ClientStreamForClient[v1.UploadBuildContextRequest, v1.UploadBuildContextResponse] {
+	return c.uploadBuildContext.CallClientStream(ctx)
+}
+
+// BuildTemplate calls hostagent.v1.HostAgentService.BuildTemplate.
+func (c *hostAgentServiceClient) BuildTemplate(ctx context.Context, req *connect.Request[v1.BuildTemplateRequest]) (*connect.ServerStreamForClient[v1.BuildTemplateResponse], error) {
+	return c.buildTemplate.CallServerStream(ctx, req)
+}
+
 // HostAgentServiceHandler is an implementation of the hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// Create boots (or restores from a template snapshot) a sandbox and returns
@@ -372,6 +411,15 @@ type HostAgentServiceHandler interface {
 	ListTemplates(context.Context, *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error)
 	// GetHostStatus reports specs, capacity and usage.
 	GetHostStatus(context.Context, *connect.Request[v1.GetHostStatusRequest]) (*connect.Response[v1.GetHostStatusResponse], error)
+	// UploadBuildContext stores a template build's context (a tar stream,
+	// optionally gzipped, in chunks) on the host for BuildTemplate. A context
+	// no build uses is removed after an hour.
+	UploadBuildContext(context.Context, *connect.ClientStream[v1.UploadBuildContextRequest]) (*connect.Response[v1.UploadBuildContextResponse], error)
+	// BuildTemplate builds a template version from the recipe in an uploaded
+	// context, streaming its progress; the last message carries the result.
+	// Cancelling the call cancels the build and removes what it made. A
+	// failed build ends the stream with an error naming the step.
+	BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest], *connect.ServerStream[v1.BuildTemplateResponse]) error
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -477,6 +525,18 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("GetHostStatus")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceUploadBuildContextHandler := connect.NewClientStreamHandler(
+		HostAgentServiceUploadBuildContextProcedure,
+		svc.UploadBuildContext,
+		connect.WithSchema(hostAgentServiceMethods.ByName("UploadBuildContext")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceBuildTemplateHandler := connect.NewServerStreamHandler(
+		HostAgentServiceBuildTemplateProcedure,
+		svc.BuildTemplate,
+		connect.WithSchema(hostAgentServiceMethods.ByName("BuildTemplate")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceCreateSandboxProcedure:
@@ -511,6 +571,10 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceListTemplatesHandler.ServeHTTP(w, r)
 		case HostAgentServiceGetHostStatusProcedure:
 			hostAgentServiceGetHostStatusHandler.ServeHTTP(w, r)
+		case HostAgentServiceUploadBuildContextProcedure:
+			hostAgentServiceUploadBuildContextHandler.ServeHTTP(w, r)
+		case HostAgentServiceBuildTemplateProcedure:
+			hostAgentServiceBuildTemplateHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -582,6 +646,14 @@ func (UnimplementedHostAgentServiceHandler) ListTemplates(context.Context, *conn
 
 func (UnimplementedHostAgentServiceHandler) GetHostStatus(context.Context, *connect.Request[v1.GetHostStatusRequest]) (*connect.Response[v1.GetHostStatusResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.GetHostStatus is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) UploadBuildContext(context.Context, *connect.ClientStream[v1.UploadBuildContextRequest]) (*connect.Response[v1.UploadBuildContextResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.UploadBuildContext is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest], *connect.ServerStream[v1.BuildTemplateResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.BuildTemplate is not implemented"))
 }
 
 // HostRegistryServiceClient is a client for the hostagent.v1.HostRegistryService service.
