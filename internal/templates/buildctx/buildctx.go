@@ -281,6 +281,11 @@ func (c *Context) unpack(ctx context.Context, r io.Reader, limits Limits) error 
 
 // entryName checks and cleans an archive path.
 func entryName(n string) (string, error) {
+	// PATH_MAX: longer names cannot be created anyway, and bounding them
+	// keeps the per-entry parent walk cheap.
+	if len(n) > 4096 {
+		return "", invalid("build context: path %.64q... is longer than 4096 bytes", n)
+	}
 	if strings.HasPrefix(n, "/") {
 		return "", invalid("build context: absolute path %q", n)
 	}

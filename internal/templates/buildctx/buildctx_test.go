@@ -160,6 +160,7 @@ func TestUnpackRefuses(t *testing.T) {
 		{"dotdot", []ent{file("../x", "x")}, `path "../x" leaves the context`},
 		{"inner dotdot", []ent{file("a/../../x", "x")}, "leaves the context"},
 		{"absolute", []ent{file("/etc/passwd", "x")}, `absolute path "/etc/passwd"`},
+		{"too long", []ent{file(strings.Repeat("a/", 2100)+"x", "x")}, "longer than 4096 bytes"},
 		{"symlink parent outside", []ent{symlink("etc", "/etc"), file("etc/passwd", "x")}, "etc/passwd is under symlink etc"},
 		{"symlink parent inside", []ent{dir("real"), symlink("link", "real"), file("link/x", "x")}, "link/x is under symlink link"},
 		{"symlink parent dotdot", []ent{symlink("up", ".."), file("up/x", "x")}, "under symlink up"},
