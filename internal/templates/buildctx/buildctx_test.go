@@ -498,6 +498,23 @@ func TestWriteTarLayouts(t *testing.T) {
 	}
 }
 
+func TestWriteTarLaterSourceWins(t *testing.T) {
+	c := mustUnpack(t, file("x.txt", "top"), dir("sub"), file("sub/x.txt", "sub"), file("sub/y", "y"))
+	got := writeTar(t, c, []string{"x.txt", "sub"}, "/d/", UIDGID{}, 0)
+	want := []tarEntry{
+		{"d/", tar.TypeDir, 0o755, 0, 0, ""},
+		{"d/x.txt", tar.TypeReg, 0o644, 0, 0, "sub"},
+		{"d/y", tar.TypeReg, 0o644, 0, 0, "y"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	got = writeTar(t, c, []string{"sub", "x.txt"}, "/d/", UIDGID{}, 0)
+	if got[1].Body != "top" {
+		t.Fatalf("the later source must win: %+v", got)
+	}
+}
+
 func TestParseChown(t *testing.T) {
 	passwd := []byte("root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\napp:x:1001:50::/:/bin/sh\nweird:x:abc:1::/:/bin/sh\n")
 	group := []byte("root:x:0:\nuser:x:1000:\nstaff:x:50:user\n")

@@ -4,10 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
-	"io/fs"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -63,12 +62,7 @@ func TestWithBuildContext(t *testing.T) {
 			t.Fatal(err)
 		}
 		var out bytes.Buffer
-		var mode uint64
-		if s.Chmod != "" {
-			// Parse validated it as octal.
-			mode, _ = strconv.ParseUint(s.Chmod, 8, 32)
-		}
-		if err := bc.WriteTar(context.Background(), &out, s.Sources, s.Dest, owner, fs.FileMode(mode)); err != nil {
+		if err := bc.WriteTar(context.Background(), &out, s.Sources, s.Dest, owner, s.ChmodMode()); err != nil {
 			t.Fatalf("%s:%d: %v", s.File, s.Line, err)
 		}
 		tr := tar.NewReader(&out)
@@ -81,11 +75,11 @@ func TestWithBuildContext(t *testing.T) {
 				t.Fatal(err)
 			}
 			if h.Typeflag == tar.TypeReg {
-				got = append(got, h.Name)
+				got = append(got, fmt.Sprintf("%s:%o", h.Name, h.Mode))
 			}
 		}
 	}
-	if want := "srv/conf.ini srv/main.py srv/util.py"; strings.Join(got, " ") != want {
+	if want := "srv/conf.ini:600 srv/main.py:644 srv/util.py:644"; strings.Join(got, " ") != want {
 		t.Fatalf("copied %v, want %s", got, want)
 	}
 }
