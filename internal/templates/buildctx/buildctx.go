@@ -281,6 +281,11 @@ func (c *Context) unpack(ctx context.Context, r io.Reader, limits Limits) error 
 
 // entryName checks and cleans an archive path.
 func entryName(n string) (string, error) {
+	// PATH_MAX: longer names cannot be created anyway, and bounding them
+	// keeps the per-entry parent walk cheap.
+	if len(n) > 4096 {
+		return "", invalid("build context: path %.64q... is longer than 4096 bytes", n)
+	}
 	if strings.HasPrefix(n, "/") {
 		return "", invalid("build context: absolute path %q", n)
 	}
@@ -548,43 +553,29 @@ func (c *Context) WriteTar(ctx context.Context, w io.Writer, sources []string, d
 	intoDir := strings.HasSuffix(dest, "/") || len(resolved) > 1
 	dst := path.Clean(dest)
 	now := time.Now()
-	tw := tar.NewWriter(w)
-	emitted := map[string]bool{}
+	// The layout is planned first so that, as in Docker, a later source
+	// replaces an earlier one of the same name (a tar cannot take an entry
+	// back once written).
+	type planned struct {
+		name  string
+		e     *entry
+		owner UIDGID
+		mode  int64
+	}
+	var plan []planned
+	at := map[string]int{}
 	put := func(name string, e *entry, owner UIDGID, mode int64) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
 		rel := strings.TrimPrefix(name, "/")
-		if rel == "" || emitted[rel] {
+		if rel == "" {
 			return nil
 		}
-		emitted[rel] = true
-		hdr := &tar.Header{
-			Name: rel, Mode: mode, Uid: owner.UID, Gid: owner.GID,
-			ModTime: e.mtime, Typeflag: e.typ, Format: tar.FormatPAX,
-		}
-		switch e.typ {
-		case tar.TypeDir:
-			hdr.Name += "/"
-		case tar.TypeSymlink:
-			hdr.Linkname = e.target
-		case tar.TypeReg:
-			hdr.Size = e.size
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return fmt.Errorf("writing tar header of %s: %w", rel, err)
-		}
-		if e.typ != tar.TypeReg {
+		p := planned{rel, e, owner, mode}
+		if i, ok := at[rel]; ok {
+			plan[i] = p
 			return nil
 		}
-		f, err := c.root.Open(e.disk)
-		if err != nil {
-			return fmt.Errorf("opening %s: %w", e.disk, errdefs.FromOS(err))
-		}
-		defer f.Close()
-		if _, err := io.CopyN(tw, f, e.size); err != nil {
-			return fmt.Errorf("writing %s: %w", rel, err)
-		}
+		at[rel] = len(plan)
+		plan = append(plan, p)
 		return nil
 	}
 	modeOf := func(e *entry) int64 {
@@ -652,8 +643,48 @@ func (c *Context) WriteTar(ctx context.Context, w io.Writer, sources []string, d
 			return err
 		}
 	}
+	tw := tar.NewWriter(w)
+	for _, p := range plan {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := c.writeEntry(tw, p.name, p.e, p.owner, p.mode); err != nil {
+			return err
+		}
+	}
 	if err := tw.Close(); err != nil {
 		return fmt.Errorf("finishing tar: %w", err)
+	}
+	return nil
+}
+
+// writeEntry writes one entry (and a file's content) to tw.
+func (c *Context) writeEntry(tw *tar.Writer, rel string, e *entry, owner UIDGID, mode int64) error {
+	hdr := &tar.Header{
+		Name: rel, Mode: mode, Uid: owner.UID, Gid: owner.GID,
+		ModTime: e.mtime, Typeflag: e.typ, Format: tar.FormatPAX,
+	}
+	switch e.typ {
+	case tar.TypeDir:
+		hdr.Name += "/"
+	case tar.TypeSymlink:
+		hdr.Linkname = e.target
+	case tar.TypeReg:
+		hdr.Size = e.size
+	}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("writing tar header of %s: %w", rel, err)
+	}
+	if e.typ != tar.TypeReg {
+		return nil
+	}
+	f, err := c.root.Open(e.disk)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", e.disk, errdefs.FromOS(err))
+	}
+	defer f.Close()
+	if _, err := io.CopyN(tw, f, e.size); err != nil {
+		return fmt.Errorf("writing %s: %w", rel, err)
 	}
 	return nil
 }

@@ -160,6 +160,7 @@ func TestUnpackRefuses(t *testing.T) {
 		{"dotdot", []ent{file("../x", "x")}, `path "../x" leaves the context`},
 		{"inner dotdot", []ent{file("a/../../x", "x")}, "leaves the context"},
 		{"absolute", []ent{file("/etc/passwd", "x")}, `absolute path "/etc/passwd"`},
+		{"too long", []ent{file(strings.Repeat("a/", 2100)+"x", "x")}, "longer than 4096 bytes"},
 		{"symlink parent outside", []ent{symlink("etc", "/etc"), file("etc/passwd", "x")}, "etc/passwd is under symlink etc"},
 		{"symlink parent inside", []ent{dir("real"), symlink("link", "real"), file("link/x", "x")}, "link/x is under symlink link"},
 		{"symlink parent dotdot", []ent{symlink("up", ".."), file("up/x", "x")}, "under symlink up"},
@@ -494,6 +495,23 @@ func TestWriteTarLayouts(t *testing.T) {
 	}
 	if err := c.WriteTar(context.Background(), &buf, []string{"nope"}, "/x", UIDGID{}, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("missing source: %v", err)
+	}
+}
+
+func TestWriteTarLaterSourceWins(t *testing.T) {
+	c := mustUnpack(t, file("x.txt", "top"), dir("sub"), file("sub/x.txt", "sub"), file("sub/y", "y"))
+	got := writeTar(t, c, []string{"x.txt", "sub"}, "/d/", UIDGID{}, 0)
+	want := []tarEntry{
+		{"d/", tar.TypeDir, 0o755, 0, 0, ""},
+		{"d/x.txt", tar.TypeReg, 0o644, 0, 0, "sub"},
+		{"d/y", tar.TypeReg, 0o644, 0, 0, "y"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	got = writeTar(t, c, []string{"sub", "x.txt"}, "/d/", UIDGID{}, 0)
+	if got[1].Body != "top" {
+		t.Fatalf("the later source must win: %+v", got)
 	}
 }
 

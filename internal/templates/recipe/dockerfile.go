@@ -25,7 +25,12 @@ var refused = map[string]string{
 func (s *state) dockerfile(file string, data []byte) error {
 	res, err := parser.Parse(bytes.NewReader(data))
 	if err != nil {
-		return errorf(file, errLine(err), "%s", errMsg(err))
+		msg := errMsg(err)
+		if msg == "unterminated heredoc" {
+			// BuildKit reads any "<<word" as a heredoc, shell arithmetic too.
+			msg += " (heredocs are not supported; if << is a shell operator here, move the command into a script)"
+		}
+		return errorf(file, errLine(err), "%s", msg)
 	}
 	s.lex = shell.NewLex(res.EscapeToken)
 	for _, w := range res.Warnings {

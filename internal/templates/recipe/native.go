@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/url"
 	"path"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +27,9 @@ var (
 	stepKeys  = []string{"run", "copy", "env", "workdir", "user"}
 )
 
+// yamlLine splits the "line N: " that YAML errors start with.
+var yamlLine = regexp.MustCompile(`^line (\d+): (.*)$`)
+
 // MaxReadyTimeout bounds the readiness timeout a recipe may ask for.
 const MaxReadyTimeout = time.Hour
 
@@ -37,7 +42,13 @@ type native struct {
 func parseNative(file string, data []byte, files FileReader, opts Options) (*Recipe, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, errorf(file, 0, "%s", strings.TrimPrefix(err.Error(), "yaml: "))
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		line := 0
+		if m := yamlLine.FindStringSubmatch(msg); m != nil {
+			line, _ = strconv.Atoi(m[1])
+			msg = m[2]
+		}
+		return nil, errorf(file, line, "%s", msg)
 	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 		return nil, errorf(file, 0, "empty recipe")

@@ -8,6 +8,7 @@
 //	func ParseWith(file string, data []byte, files FileReader, opts Options) (*Recipe, error)
 //	func ParseFrom(s string) (From, error)
 //	func (s Step) CacheText() string
+//	func (s Step) ChmodMode() fs.FileMode
 //	func (c Command) Argv() []string
 //	type Error struct{ File string; Line int; Msg string } // wraps errdefs.ErrInvalidArgument
 //
@@ -56,8 +57,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -173,6 +176,16 @@ type Step struct {
 	Env     []KV
 	Workdir string
 	RunAs   string
+}
+
+// ChmodMode is Chmod as a file mode for buildctx.Context.WriteTar; 0 when
+// the step has no --chmod (Parse has checked that Chmod is octal).
+func (s Step) ChmodMode() fs.FileMode {
+	m, err := strconv.ParseUint(s.Chmod, 8, 32)
+	if err != nil {
+		return 0
+	}
+	return fs.FileMode(m)
 }
 
 // Command is a start command: exactly one of Shell and Exec is set.

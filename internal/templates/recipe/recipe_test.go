@@ -205,6 +205,7 @@ func TestRefused(t *testing.T) {
 		{"FROM minimal\nRUN --network=none true\n", "Dockerfile:2: RUN --network is not supported"},
 		{"FROM minimal\nRUN <<EOF\necho hi\nEOF\n", "Dockerfile:2: heredocs"},
 		{"FROM minimal\nCOPY <<EOF /x\nhi\nEOF\n", "Dockerfile:2: heredocs"},
+		{"FROM minimal\nRUN echo $((1 << 2))\n", "Dockerfile:2: unterminated heredoc (heredocs are not supported"},
 		{"FROM minimal\nADD https://example.com/x.tgz /x\n", "Dockerfile:2: ADD from a URL"},
 		{"FROM minimal\nADD git@github.com:a/b.git /b\n", "Dockerfile:2: ADD from a URL"},
 		{"FROM minimal\nADD app.tar.gz /app/\n", "Dockerfile:2: ADD of an archive"},
@@ -459,5 +460,15 @@ func TestErrorType(t *testing.T) {
 	}
 	if !errors.Is(e, errdefs.ErrInvalidArgument) {
 		t.Fatalf("not invalid argument")
+	}
+}
+
+func TestParserWarningsAndChownForms(t *testing.T) {
+	r := mustParse(t, "Dockerfile", "FROM minimal\nRUN a \\\n\n  b\nCOPY --chown=user: x /x\nCOPY --chown=1000:1000 y /y\n", nil)
+	if len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "Dockerfile:4: Empty continuation line") {
+		t.Fatalf("warnings %q", r.Warnings)
+	}
+	if r.Steps[1].Chown != "user:" || r.Steps[2].Chown != "1000:1000" {
+		t.Fatalf("chown %+v", r.Steps[1:])
 	}
 }
