@@ -16,6 +16,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/templates/ociimage"
@@ -502,5 +503,25 @@ func TestPrivateCacheRemovedOnClose(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("private cache survived Close: %v", err)
+	}
+}
+
+func TestFileCapabilitiesKept(t *testing.T) {
+	needRoot(t)
+	// VFS_CAP_REVISION_2 with the effective flag, permitted CAP_NET_RAW (13).
+	capv := string([]byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	dir := t.TempDir()
+	tarb := ocitest.Tar(t, ocitest.Entry{Name: "bin/ping", Body: "x", Mode: 0o755, UID: 0, GID: 0,
+		Xattrs: map[string]string{"security.capability": capv}})
+	if err := ociimage.ApplyLayer(context.Background(), dir, strings.NewReader(string(tarb))); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	n, err := unix.Lgetxattr(filepath.Join(dir, "bin/ping"), "security.capability", buf)
+	if errors.Is(err, unix.ENOTSUP) {
+		t.Skipf("the filesystem of %s has no xattrs: %v", dir, err)
+	}
+	if err != nil || string(buf[:n]) != capv {
+		t.Fatalf("security.capability = %x, %v; want %x", buf[:max(n, 0)], err, capv)
 	}
 }

@@ -249,13 +249,6 @@ func writeEntry(r *root, rel string, h *tar.Header, body io.Reader) error {
 			_ = f.Close()
 			return fmt.Errorf("write: %w", err)
 		}
-		for k, v := range h.PAXRecords {
-			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
-				// Best effort: file capabilities (security.capability) are
-				// what matters, and the host filesystem may refuse others.
-				_ = unix.Fsetxattr(int(f.Fd()), name, []byte(v), 0)
-			}
-		}
 		if err := f.Chown(h.Uid, h.Gid); err != nil {
 			_ = f.Close()
 			return fmt.Errorf("chown: %w", err)
@@ -263,6 +256,14 @@ func writeEntry(r *root, rel string, h *tar.Header, body io.Reader) error {
 		if err := f.Chmod(os.FileMode(mode&0o777) | modeBits(mode)); err != nil {
 			_ = f.Close()
 			return fmt.Errorf("chmod: %w", err)
+		}
+		// After chown, which drops security.capability. Best effort: file
+		// capabilities are what matters, and the host filesystem may
+		// refuse other namespaces.
+		for k, v := range h.PAXRecords {
+			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+				_ = unix.Fsetxattr(int(f.Fd()), name, []byte(v), 0)
+			}
 		}
 		if err := f.Close(); err != nil {
 			return err

@@ -236,7 +236,8 @@ func TestMakeExt4(t *testing.T) {
 			t.Skipf("%s not installed: %v", tool, err)
 		}
 	}
-	dir := busyboxTree(t)
+	capv := string([]byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	dir := busyboxTree(t, ocitest.Entry{Name: "bin/ping", Body: "x", Mode: 0o755, Xattrs: map[string]string{"security.capability": capv}})
 	if _, err := ociimage.Wrennify(dir, fakeBins(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -257,6 +258,10 @@ func TestMakeExt4(t *testing.T) {
 		t.Errorf("temporary files left: %q", leftovers)
 	}
 	checkExt4(t, out)
+	ea, err := exec.Command("debugfs", "-R", "ea_list /bin/ping", out).CombinedOutput()
+	if err != nil || !strings.Contains(string(ea), "security.capability") {
+		t.Errorf("file capability not in the image: %v\n%s", err, ea)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -108,6 +108,8 @@ type Entry struct {
 	ModTime  time.Time // zero means 2024-01-02 03:04:05 UTC
 	Devmajor int64
 	Devminor int64
+	// Xattrs become SCHILY.xattr.<name> PAX records (regular files).
+	Xattrs map[string]string
 }
 
 // Whiteout is the entry that deletes path of lower layers.
@@ -137,6 +139,12 @@ func Tar(t testing.TB, entries ...Entry) []byte {
 		}
 		if h.Typeflag == 0 {
 			h.Typeflag = tar.TypeReg
+		}
+		for k, v := range e.Xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
 		}
 		if h.ModTime.IsZero() {
 			h.ModTime = defaultTime
