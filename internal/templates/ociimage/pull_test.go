@@ -525,3 +525,23 @@ func TestFileCapabilitiesKept(t *testing.T) {
 		t.Fatalf("security.capability = %x, %v; want %x", buf[:max(n, 0)], err, capv)
 	}
 }
+
+func TestUnpackedSizeCap(t *testing.T) {
+	needRoot(t)
+	host := ocitest.StartRegistry(t)
+	ref := host + "/bomb/app:1"
+	// 3 MiB of zeros compress to a few KiB: under MaxBytes, over the
+	// unpacked cap.
+	ocitest.PushImage(t, ref,
+		ocitest.FilesLayer(t, map[string]string{"a": strings.Repeat("\x00", 2<<20)}),
+		ocitest.FilesLayer(t, map[string]string{"b": strings.Repeat("\x00", 1<<20)}))
+	p := pull(t, ref, ociimage.PullOptions{MaxUnpackedBytes: 5 << 19})
+	err := p.Unpack(context.Background(), t.TempDir())
+	if !errors.Is(err, errdefs.ErrTooLarge) || !strings.Contains(err.Error(), "layer 2/2") {
+		t.Fatalf("err = %v, want TooLarge in layer 2", err)
+	}
+	p = pull(t, ref, ociimage.PullOptions{MaxUnpackedBytes: 3 << 20})
+	if err := p.Unpack(context.Background(), t.TempDir()); err != nil {
+		t.Fatalf("exactly at the cap: %v", err)
+	}
+}
