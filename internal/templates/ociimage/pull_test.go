@@ -329,6 +329,7 @@ func TestCredentials(t *testing.T) {
 	if !errors.Is(err, errdefs.ErrPermissionDenied) || !strings.Contains(err.Error(), "refused credentials") {
 		t.Fatalf("wrong password: err = %v, want PermissionDenied", err)
 	}
+	t.Logf("wrong password: %v", err)
 	if strings.Contains(err.Error(), wrong) {
 		t.Fatalf("the error shows the secret: %v", err)
 	}
@@ -363,9 +364,10 @@ func TestUnreachableRegistry(t *testing.T) {
 	addr := l.Addr().String()
 	_ = l.Close()
 	_, err = ociimage.Pull(context.Background(), addr+"/x/y:1", ociimage.PullOptions{CacheDir: t.TempDir()})
-	if !errors.Is(err, errdefs.ErrUnavailable) {
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "unreachable") {
 		t.Fatalf("err = %v, want Unavailable", err)
 	}
+	t.Logf("unreachable: %v", err)
 }
 
 func TestPlainHTTPOnlyWhenAllowed(t *testing.T) {
@@ -543,5 +545,35 @@ func TestUnpackedSizeCap(t *testing.T) {
 	p = pull(t, ref, ociimage.PullOptions{MaxUnpackedBytes: 3 << 20})
 	if err := p.Unpack(context.Background(), t.TempDir()); err != nil {
 		t.Fatalf("exactly at the cap: %v", err)
+	}
+}
+
+func TestBearerTokenRegistry(t *testing.T) {
+	const secret = "hunter2-but-longer"
+	reg := ocitest.StartTokenRegistry(t, "bob", secret)
+	ref := reg.Host + "/private/tok:1"
+	reg.Push(t, ref, ocitest.Image(t, ocitest.HostPlatform(), v1.Config{}, ocitest.FilesLayer(t, map[string]string{"f": "x"})))
+
+	// Username and password, exchanged at the token endpoint.
+	p := pull(t, ref, ociimage.PullOptions{Auth: map[string]ociimage.Credential{reg.Host: {Username: "bob", Password: secret}}})
+	if len(p.Layers) != 1 {
+		t.Fatalf("%d layers", len(p.Layers))
+	}
+	// A registry token used as is.
+	pull(t, ref, ociimage.PullOptions{Auth: map[string]ociimage.Credential{reg.Host: {Token: reg.Token}}})
+
+	for name, c := range map[string]ociimage.Credential{
+		"wrong password": {Username: "bob", Password: "not-the-password"},
+		"wrong token":    {Token: "not-the-token-at-all"},
+	} {
+		_, err := ociimage.Pull(context.Background(), ref, ociimage.PullOptions{CacheDir: t.TempDir(), Auth: map[string]ociimage.Credential{reg.Host: c}})
+		if !errors.Is(err, errdefs.ErrPermissionDenied) {
+			t.Errorf("%s: err = %v, want PermissionDenied", name, err)
+			continue
+		}
+		t.Logf("%s: %v", name, err)
+		if strings.Contains(err.Error(), c.Password+c.Token) {
+			t.Errorf("%s: the error shows the secret: %v", name, err)
+		}
 	}
 }
