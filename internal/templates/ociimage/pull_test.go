@@ -477,6 +477,24 @@ func TestLayerCache(t *testing.T) {
 		t.Errorf("blob GETs: first pull %d (want 2 layers + config), two warm pulls %d (want 2 configs)", first, second)
 	}
 
+	// Two concurrent pulls on a cold cache: each layer downloaded once.
+	cold := t.TempDir()
+	before = reg.BlobGets()
+	for i := range 2 {
+		wg.Go(func() {
+			pulled[i], errs[i] = ociimage.Pull(context.Background(), ref, ociimage.PullOptions{CacheDir: cold})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("cold pull %d: %v", i, err)
+		}
+	}
+	if got := reg.BlobGets() - before; got != 4 {
+		t.Errorf("two cold concurrent pulls: %d blob GETs, want 2 layers once + 2 configs", got)
+	}
+
 	// A corrupted cache entry is detected by its digest and fetched again.
 	if err := os.WriteFile(p1.Layers[0].Path, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
