@@ -41,6 +41,10 @@ import (
 // DefaultMaxBytes caps the compressed layer bytes of one image.
 const DefaultMaxBytes int64 = 4 << 30
 
+// DefaultMaxUnpackedBytes caps the file bytes Unpack writes (a layer that
+// decompresses to far more than it weighs must not fill the host's disk).
+const DefaultMaxUnpackedBytes int64 = 16 << 30
+
 // Credential authenticates to one registry: Username+Password (basic, or
 // exchanged for a bearer token by the registry's token service) or Token (a
 // registry bearer token used as is).
@@ -70,6 +74,10 @@ type PullOptions struct {
 	Platform v1.Platform
 	// MaxBytes caps the compressed layer bytes; 0 means DefaultMaxBytes.
 	MaxBytes int64
+	// MaxUnpackedBytes caps the regular-file bytes Unpack writes, all
+	// layers together; 0 means DefaultMaxUnpackedBytes. Over it Unpack
+	// fails with ErrTooLarge.
+	MaxUnpackedBytes int64
 	// CacheDir holds layer blobs by digest (blobs/sha256/<hex>), shared
 	// between builds and safe for concurrent pulls. Empty: a temporary
 	// directory owned by the Pulled.
@@ -112,9 +120,10 @@ type ImageConfig struct {
 type Pulled struct {
 	Image
 	// Layers are the compressed layer blobs, lowest first.
-	Layers []Layer
-	tmpDir string
-	log    func(string)
+	Layers      []Layer
+	tmpDir      string
+	log         func(string)
+	maxUnpacked int64
 }
 
 // Layer is one compressed layer blob in the cache.
@@ -191,7 +200,10 @@ func Pull(ctx context.Context, ref string, o PullOptions) (*Pulled, error) {
 	if err != nil {
 		return nil, fail("fetch manifest", err)
 	}
-	out := &Pulled{Image: Image{Ref: shown}, log: o.Log}
+	if o.MaxUnpackedBytes <= 0 {
+		o.MaxUnpackedBytes = DefaultMaxUnpackedBytes
+	}
+	out := &Pulled{Image: Image{Ref: shown}, log: o.Log, maxUnpacked: o.MaxUnpackedBytes}
 	var img v1.Image
 	if desc.MediaType.IsIndex() {
 		idx, err := desc.ImageIndex()

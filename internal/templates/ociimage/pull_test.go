@@ -16,6 +16,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/templates/ociimage"
@@ -328,6 +329,7 @@ func TestCredentials(t *testing.T) {
 	if !errors.Is(err, errdefs.ErrPermissionDenied) || !strings.Contains(err.Error(), "refused credentials") {
 		t.Fatalf("wrong password: err = %v, want PermissionDenied", err)
 	}
+	t.Logf("wrong password: %v", err)
 	if strings.Contains(err.Error(), wrong) {
 		t.Fatalf("the error shows the secret: %v", err)
 	}
@@ -362,9 +364,10 @@ func TestUnreachableRegistry(t *testing.T) {
 	addr := l.Addr().String()
 	_ = l.Close()
 	_, err = ociimage.Pull(context.Background(), addr+"/x/y:1", ociimage.PullOptions{CacheDir: t.TempDir()})
-	if !errors.Is(err, errdefs.ErrUnavailable) {
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "unreachable") {
 		t.Fatalf("err = %v, want Unavailable", err)
 	}
+	t.Logf("unreachable: %v", err)
 }
 
 func TestPlainHTTPOnlyWhenAllowed(t *testing.T) {
@@ -474,6 +477,24 @@ func TestLayerCache(t *testing.T) {
 		t.Errorf("blob GETs: first pull %d (want 2 layers + config), two warm pulls %d (want 2 configs)", first, second)
 	}
 
+	// Two concurrent pulls on a cold cache: each layer downloaded once.
+	cold := t.TempDir()
+	before = reg.BlobGets()
+	for i := range 2 {
+		wg.Go(func() {
+			pulled[i], errs[i] = ociimage.Pull(context.Background(), ref, ociimage.PullOptions{CacheDir: cold})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("cold pull %d: %v", i, err)
+		}
+	}
+	if got := reg.BlobGets() - before; got != 4 {
+		t.Errorf("two cold concurrent pulls: %d blob GETs, want 2 layers once + 2 configs", got)
+	}
+
 	// A corrupted cache entry is detected by its digest and fetched again.
 	if err := os.WriteFile(p1.Layers[0].Path, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
@@ -502,5 +523,75 @@ func TestPrivateCacheRemovedOnClose(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("private cache survived Close: %v", err)
+	}
+}
+
+func TestFileCapabilitiesKept(t *testing.T) {
+	needRoot(t)
+	// VFS_CAP_REVISION_2 with the effective flag, permitted CAP_NET_RAW (13).
+	capv := string([]byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	dir := t.TempDir()
+	tarb := ocitest.Tar(t, ocitest.Entry{Name: "bin/ping", Body: "x", Mode: 0o755, UID: 0, GID: 0,
+		Xattrs: map[string]string{"security.capability": capv}})
+	if err := ociimage.ApplyLayer(context.Background(), dir, strings.NewReader(string(tarb))); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	n, err := unix.Lgetxattr(filepath.Join(dir, "bin/ping"), "security.capability", buf)
+	if errors.Is(err, unix.ENOTSUP) {
+		t.Skipf("the filesystem of %s has no xattrs: %v", dir, err)
+	}
+	if err != nil || string(buf[:n]) != capv {
+		t.Fatalf("security.capability = %x, %v; want %x", buf[:max(n, 0)], err, capv)
+	}
+}
+
+func TestUnpackedSizeCap(t *testing.T) {
+	needRoot(t)
+	host := ocitest.StartRegistry(t)
+	ref := host + "/bomb/app:1"
+	// 3 MiB of zeros compress to a few KiB: under MaxBytes, over the
+	// unpacked cap.
+	ocitest.PushImage(t, ref,
+		ocitest.FilesLayer(t, map[string]string{"a": strings.Repeat("\x00", 2<<20)}),
+		ocitest.FilesLayer(t, map[string]string{"b": strings.Repeat("\x00", 1<<20)}))
+	p := pull(t, ref, ociimage.PullOptions{MaxUnpackedBytes: 5 << 19})
+	err := p.Unpack(context.Background(), t.TempDir())
+	if !errors.Is(err, errdefs.ErrTooLarge) || !strings.Contains(err.Error(), "layer 2/2") {
+		t.Fatalf("err = %v, want TooLarge in layer 2", err)
+	}
+	p = pull(t, ref, ociimage.PullOptions{MaxUnpackedBytes: 3 << 20})
+	if err := p.Unpack(context.Background(), t.TempDir()); err != nil {
+		t.Fatalf("exactly at the cap: %v", err)
+	}
+}
+
+func TestBearerTokenRegistry(t *testing.T) {
+	const secret = "hunter2-but-longer"
+	reg := ocitest.StartTokenRegistry(t, "bob", secret)
+	ref := reg.Host + "/private/tok:1"
+	reg.Push(t, ref, ocitest.Image(t, ocitest.HostPlatform(), v1.Config{}, ocitest.FilesLayer(t, map[string]string{"f": "x"})))
+
+	// Username and password, exchanged at the token endpoint.
+	p := pull(t, ref, ociimage.PullOptions{Auth: map[string]ociimage.Credential{reg.Host: {Username: "bob", Password: secret}}})
+	if len(p.Layers) != 1 {
+		t.Fatalf("%d layers", len(p.Layers))
+	}
+	// A registry token used as is.
+	pull(t, ref, ociimage.PullOptions{Auth: map[string]ociimage.Credential{reg.Host: {Token: reg.Token}}})
+
+	for name, c := range map[string]ociimage.Credential{
+		"wrong password": {Username: "bob", Password: "not-the-password"},
+		"wrong token":    {Token: "not-the-token-at-all"},
+	} {
+		_, err := ociimage.Pull(context.Background(), ref, ociimage.PullOptions{CacheDir: t.TempDir(), Auth: map[string]ociimage.Credential{reg.Host: c}})
+		if !errors.Is(err, errdefs.ErrPermissionDenied) {
+			t.Errorf("%s: err = %v, want PermissionDenied", name, err)
+			continue
+		}
+		t.Logf("%s: %v", name, err)
+		if strings.Contains(err.Error(), c.Password+c.Token) {
+			t.Errorf("%s: the error shows the secret: %v", name, err)
+		}
 	}
 }

@@ -42,9 +42,14 @@ func (p *Pulled) Unpack(ctx context.Context, dir string) error {
 		return err
 	}
 	defer r.Close()
+	b := &budget{left: p.maxUnpacked}
+	if b.left <= 0 {
+		b.left = DefaultMaxUnpackedBytes
+	}
+	b.limit = b.left
 	for i, l := range p.Layers {
 		start := time.Now()
-		if err := applyLayerFile(ctx, r, l.Path); err != nil {
+		if err := applyLayerFile(ctx, r, l.Path, b); err != nil {
 			return fmt.Errorf("unpack %s layer %d/%d (%s): %w", p.Ref, i+1, len(p.Layers), short(l.Digest), err)
 		}
 		if p.log != nil {
@@ -62,16 +67,23 @@ func ApplyLayer(ctx context.Context, dir string, layer io.Reader) error {
 		return err
 	}
 	defer r.Close()
-	return applyLayer(ctx, r, layer)
+	return applyLayer(ctx, r, layer, &budget{left: DefaultMaxUnpackedBytes, limit: DefaultMaxUnpackedBytes})
 }
 
-func applyLayerFile(ctx context.Context, r *root, blob string) error {
+// budget is what is left of the unpacked-bytes cap.
+type budget struct{ left, limit int64 }
+
+func (b *budget) tooLarge() error {
+	return errdefs.New(errdefs.ErrTooLarge, "image unpacks to more than %s of files", humanBytes(b.limit))
+}
+
+func applyLayerFile(ctx context.Context, r *root, blob string, b *budget) error {
 	f, err := os.Open(blob)
 	if err != nil {
 		return fmt.Errorf("open layer blob: %w", errdefs.FromOS(err))
 	}
 	defer f.Close()
-	return applyLayer(ctx, r, f)
+	return applyLayer(ctx, r, f, b)
 }
 
 // decompress sniffs the compression from the magic bytes rather than
@@ -101,7 +113,7 @@ type dirTime struct {
 	mtime time.Time
 }
 
-func applyLayer(ctx context.Context, r *root, layer io.Reader) error {
+func applyLayer(ctx context.Context, r *root, layer io.Reader, b *budget) error {
 	rc, err := decompress(ctxReader{ctx, layer})
 	if err != nil {
 		return err
@@ -169,6 +181,12 @@ func applyLayer(ctx context.Context, r *root, layer io.Reader) error {
 		mine[rel] = true
 		for a := path.Dir(rel); a != "." && !anc[a]; a = path.Dir(a) {
 			anc[a] = true
+		}
+		if h.Typeflag == tar.TypeReg {
+			if h.Size > b.left {
+				return b.tooLarge()
+			}
+			b.left -= h.Size
 		}
 		if err := writeEntry(r, rel, h, tr); err != nil {
 			return fmt.Errorf("%s: %w", h.Name, err)
@@ -249,13 +267,6 @@ func writeEntry(r *root, rel string, h *tar.Header, body io.Reader) error {
 			_ = f.Close()
 			return fmt.Errorf("write: %w", err)
 		}
-		for k, v := range h.PAXRecords {
-			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
-				// Best effort: file capabilities (security.capability) are
-				// what matters, and the host filesystem may refuse others.
-				_ = unix.Fsetxattr(int(f.Fd()), name, []byte(v), 0)
-			}
-		}
 		if err := f.Chown(h.Uid, h.Gid); err != nil {
 			_ = f.Close()
 			return fmt.Errorf("chown: %w", err)
@@ -263,6 +274,14 @@ func writeEntry(r *root, rel string, h *tar.Header, body io.Reader) error {
 		if err := f.Chmod(os.FileMode(mode&0o777) | modeBits(mode)); err != nil {
 			_ = f.Close()
 			return fmt.Errorf("chmod: %w", err)
+		}
+		// After chown, which drops security.capability. Best effort: file
+		// capabilities are what matters, and the host filesystem may
+		// refuse other namespaces.
+		for k, v := range h.PAXRecords {
+			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+				_ = unix.Fsetxattr(int(f.Fd()), name, []byte(v), 0)
+			}
 		}
 		if err := f.Close(); err != nil {
 			return err

@@ -358,6 +358,21 @@ func addUser(r *root, rep *Report, now time.Time) error {
 	if err != nil {
 		return err
 	}
+	// envd runs commands as root too and looks root up by name; an image
+	// without a passwd (or without root in it) gets the usual entry.
+	if passwd.find("root") == nil {
+		passwd.lines = append([][]string{{"root", "x", "0", "0", "root", "/root", "/bin/sh"}}, passwd.lines...)
+		if err := passwd.write(r); err != nil {
+			return err
+		}
+		rep.Notes = append(rep.Notes, "added root to /etc/passwd")
+	}
+	if group.find("root") == nil {
+		group.lines = append([][]string{{"root", "x", "0", ""}}, group.lines...)
+		if err := group.write(r); err != nil {
+			return err
+		}
+	}
 	if l := passwd.find(userName); len(l) >= 7 {
 		rep.UserUID, _ = strconv.Atoi(l[2])
 		rep.UserGID, _ = strconv.Atoi(l[3])

@@ -236,7 +236,8 @@ func TestMakeExt4(t *testing.T) {
 			t.Skipf("%s not installed: %v", tool, err)
 		}
 	}
-	dir := busyboxTree(t)
+	capv := string([]byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	dir := busyboxTree(t, ocitest.Entry{Name: "bin/ping", Body: "x", Mode: 0o755, Xattrs: map[string]string{"security.capability": capv}})
 	if _, err := ociimage.Wrennify(dir, fakeBins(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -257,6 +258,10 @@ func TestMakeExt4(t *testing.T) {
 		t.Errorf("temporary files left: %q", leftovers)
 	}
 	checkExt4(t, out)
+	ea, err := exec.Command("debugfs", "-R", "ea_list /bin/ping", out).CombinedOutput()
+	if err != nil || !strings.Contains(string(ea), "security.capability") {
+		t.Errorf("file capability not in the image: %v\n%s", err, ea)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -355,5 +360,109 @@ func TestStaticTini(t *testing.T) {
 	}
 	if ociimage.StaticTini(t.TempDir()) != "" && tini != "/usr/bin/tini-static" {
 		t.Error("StaticTini found one in an empty cache")
+	}
+}
+
+func TestWrennifyNoPasswd(t *testing.T) {
+	needRoot(t)
+	// A shell and nothing else: the account files are made from scratch.
+	dir := t.TempDir()
+	tarb := ocitest.Tar(t, ocitest.Entry{Name: "bin/sh", Body: "x", Mode: 0o755}, ocitest.Entry{Name: "usr/bin/tini", Body: "x", Mode: 0o755})
+	if err := ociimage.ApplyLayer(context.Background(), dir, strings.NewReader(string(tarb))); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := ociimage.Wrennify(dir, fakeBins(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.UserCreated || rep.UserUID != 1000 {
+		t.Errorf("report %+v", rep)
+	}
+	if got := readFile(t, filepath.Join(dir, "etc/passwd")); got != "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n" {
+		t.Errorf("passwd:\n%s", got)
+	}
+	if got := readFile(t, filepath.Join(dir, "etc/group")); got != "root:x:0:\nuser:x:1000:\n" {
+		t.Errorf("group:\n%s", got)
+	}
+	if st := lstat(t, filepath.Join(dir, "etc/passwd")); st.Mode&0o777 != 0o644 || st.Uid != 0 {
+		t.Errorf("passwd mode %o uid %d", st.Mode&0o777, st.Uid)
+	}
+}
+
+// TestWrennifyDebianWithoutUser takes the minimal tree without its `user`
+// (what a debian:bookworm image looks like), wrennifies it and checks the
+// account with the image's own tools, run in a chroot by the test only.
+func TestWrennifyDebianWithoutUser(t *testing.T) {
+	needRoot(t)
+	if testing.Short() {
+		t.Skip("-short: copies a ~250 MiB Debian tree")
+	}
+	tree, err := ocitest.MinimalTree()
+	if err != nil {
+		t.Skipf("no minimal tree: %v", err)
+	}
+	dir := filepath.Join(t.TempDir(), "tree")
+	if out, err := exec.Command("cp", "-a", tree, dir).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+	// Remove every trace of user, as if useradd had never run.
+	for _, f := range []string{"etc/passwd", "etc/shadow", "etc/group", "etc/gshadow"} {
+		p := filepath.Join(dir, f)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keep []string
+		for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+			if strings.HasPrefix(l, "user:") {
+				continue
+			}
+			if strings.HasPrefix(l, "sudo:") {
+				l = strings.TrimSuffix(l, "user")
+			}
+			keep = append(keep, l)
+		}
+		if err := os.WriteFile(p, []byte(strings.Join(keep, "\n")+"\n"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{"home/user", "etc/sudoers.d/wrenn-user"} {
+		if err := os.RemoveAll(filepath.Join(dir, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := ociimage.Wrennify(dir, fakeBins(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.UserCreated || rep.UserUID != 1000 || len(rep.Missing) != 0 {
+		t.Errorf("report %+v", rep)
+	}
+	chroot := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("chroot", append([]string{dir}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Errorf("chroot %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := chroot("id", "user"); got != "uid=1000(user) gid=1000(user) groups=1000(user),27(sudo)" {
+		t.Errorf("id user = %q", got)
+	}
+	// Read-only consistency checks of passwd/shadow and group/gshadow.
+	chroot("pwck", "-r", "-q")
+	chroot("grpck", "-r")
+	chroot("visudo", "-c", "-q", "-f", "/etc/sudoers.d/wrenn-user")
+	if got := chroot("getent", "shadow", "user"); !strings.HasPrefix(got, "user:!:") {
+		t.Errorf("shadow entry %q", got)
+	}
+	if got := chroot("stat", "-c", "%U:%G %a", "/home/user", "/home/user/.bashrc"); got != "user:user 755\nuser:user 644" {
+		t.Errorf("home: %q", got)
+	}
+	// Compare with what useradd wrote in the original tree.
+	for _, f := range []string{"etc/passwd", "etc/group", "etc/gshadow", "etc/sudoers.d/wrenn-user"} {
+		if a, b := readFile(t, filepath.Join(tree, f)), readFile(t, filepath.Join(dir, f)); a != b {
+			t.Errorf("%s differs from useradd's:\n%s\n---\n%s", f, a, b)
+		}
 	}
 }

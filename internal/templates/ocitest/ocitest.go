@@ -41,8 +41,11 @@ type Registry struct {
 	// Username and Password are set for a registry made by
 	// StartAuthRegistry; pushes through this package use them.
 	Username, Password string
-	blobGets           atomic.Int64
-	manifestGets       atomic.Int64
+	// Token is the bearer token a registry made by StartTokenRegistry
+	// hands out for Username:Password and then requires.
+	Token        string
+	blobGets     atomic.Int64
+	manifestGets atomic.Int64
 }
 
 // BlobGets counts GET requests for blobs (layers and configs) so far.
@@ -66,12 +69,46 @@ func StartAuthRegistry(t testing.TB, user, password string) *Registry {
 	return start(t, user, password)
 }
 
+// StartTokenRegistry starts a registry that works like Docker Hub or GHCR:
+// requests without "Authorization: Bearer <Token>" get a 401 whose Bearer
+// challenge points at its own /token endpoint, which trades
+// user:password (HTTP basic) for Token.
+func StartTokenRegistry(t testing.TB, user, password string) *Registry {
+	t.Helper()
+	r := &Registry{Username: user, Password: password, Token: "ocitest-token-" + fmt.Sprint(time.Now().UnixNano())}
+	return r.serve(t, true)
+}
+
 func start(t testing.TB, user, password string) *Registry {
 	t.Helper()
 	r := &Registry{Username: user, Password: password}
+	return r.serve(t, false)
+}
+
+func (r *Registry) serve(t testing.TB, bearer bool) *Registry {
+	t.Helper()
+	user, password := r.Username, r.Password
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if user != "" {
+		if bearer {
+			if req.URL.Path == "/token" {
+				u, p, ok := req.BasicAuth()
+				if !ok || u != user || p != password {
+					w.WriteHeader(http.StatusUnauthorized)
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = fmt.Fprintf(w, `{"token":%q,"access_token":%q,"expires_in":300}`, r.Token, r.Token)
+				return
+			}
+			if req.Header.Get("Authorization") != "Bearer "+r.Token {
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="ocitest"`, req.Host))
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusUnauthorized)
+				_, _ = io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
+				return
+			}
+		} else if user != "" {
 			u, p, ok := req.BasicAuth()
 			if !ok || u != user || p != password {
 				w.Header().Set("WWW-Authenticate", `Basic realm="ocitest"`)
@@ -108,6 +145,8 @@ type Entry struct {
 	ModTime  time.Time // zero means 2024-01-02 03:04:05 UTC
 	Devmajor int64
 	Devminor int64
+	// Xattrs become SCHILY.xattr.<name> PAX records (regular files).
+	Xattrs map[string]string
 }
 
 // Whiteout is the entry that deletes path of lower layers.
@@ -137,6 +176,12 @@ func Tar(t testing.TB, entries ...Entry) []byte {
 		}
 		if h.Typeflag == 0 {
 			h.Typeflag = tar.TypeReg
+		}
+		for k, v := range e.Xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
 		}
 		if h.ModTime.IsZero() {
 			h.ModTime = defaultTime
