@@ -233,6 +233,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 		defer cancel()
 		err := srv.Shutdown(sctx)
 		cancelBase()
+		// Template builds this replica runs end with it (recorded failed).
+		api.Sandboxes().Close()
 		if err != nil {
 			return fmt.Errorf("drain requests: %w", err)
 		}

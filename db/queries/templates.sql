@@ -16,6 +16,7 @@ WHERE h.status = 'online'
   AND NOT EXISTS (
     SELECT 1 FROM templates t
     WHERE t.team_id IS NOT NULL AND t.agent_name = img)
+  AND NOT EXISTS (SELECT 1 FROM template_builds b WHERE b.agent_name = img)
 GROUP BY img
 ORDER BY img;
 

@@ -31,6 +31,10 @@ const envdPort = sandboxes.EnvdPort
 // ids the agent accepts have the same shape.
 var templateNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
 
+// templateRefRE is what a create names: a template, or one version of a
+// built template (name:N).
+var templateRefRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}(:[1-9][0-9]{0,8})?$`)
+
 // hashToken is how access tokens are stored.
 func hashToken(token string) []byte { return sandboxes.HashToken(token) }
 

@@ -17,8 +17,8 @@ func parseCreate(req api.CreateSandboxRequest) (sandboxes.Spec, error) {
 	if req.Template != nil {
 		c.Template = *req.Template
 	}
-	if !templateNameRE.MatchString(c.Template) {
-		return c, invalid("template %q: must match %s", c.Template, templateNameRE)
+	if !templateRefRE.MatchString(c.Template) {
+		return c, invalid("template %q: must match %s (a name, or name:version)", c.Template, templateRefRE)
 	}
 	for _, f := range []struct {
 		name     string

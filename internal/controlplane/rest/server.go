@@ -212,6 +212,7 @@ func (s *Server) routes() *chi.Mux {
 			s.mountProcesses(r)
 			s.mountFiles(r)
 			s.mountTemplates(r)
+			s.mountTemplateBuilds(r)
 			s.mountLimits(r)
 		})
 	})

@@ -31,6 +31,21 @@ func templateJSON(t store.Template) api.Template {
 	if t.DiskBytes > 0 {
 		out.DiskBytes = &t.DiskBytes
 	}
+	if t.Vcpus > 0 {
+		out.Vcpus, out.MemoryMb = ptrTo(int(t.Vcpus)), ptrTo(int(t.MemoryMb))
+	}
+	return out
+}
+
+// teamTemplateJSON is templateJSON with a built template's current
+// version.
+func (s *Server) teamTemplateJSON(ctx context.Context, t store.Template) api.Template {
+	out := templateJSON(t)
+	if t.BuildID != nil && t.TeamID != nil {
+		if b, err := s.q.GetTemplateBuild(ctx, store.GetTemplateBuildParams{ID: *t.BuildID, TeamID: *t.TeamID, TemplateName: t.Name}); err == nil {
+			out.BuildId, out.Version = &b.ID, ptrTo(int(b.Version))
+		}
+	}
 	return out
 }
 
@@ -54,7 +69,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
 		out = append(out, builtinJSON(b))
 	}
 	for _, t := range own {
-		out = append(out, templateJSON(t))
+		out = append(out, s.teamTemplateJSON(ctx, t))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"templates": out})
 	return nil
@@ -95,7 +110,7 @@ func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, builtinJSON(*b))
 		return nil
 	}
-	writeJSON(w, http.StatusOK, templateJSON(*t))
+	writeJSON(w, http.StatusOK, s.teamTemplateJSON(r.Context(), *t))
 	return nil
 }
 

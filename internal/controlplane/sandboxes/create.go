@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -211,6 +212,9 @@ type TemplateRef struct {
 // ResolveTemplate finds the template a team means by name: its own first,
 // then a built-in one (a base image an online host it may use has).
 func (s *Service) ResolveTemplate(ctx context.Context, team uuid.UUID, name string) (TemplateRef, error) {
+	if base, v, ok := strings.Cut(name, ":"); ok {
+		return s.resolveVersion(ctx, team, base, v)
+	}
 	t, err := s.q.GetTeamTemplate(ctx, store.GetTeamTemplateParams{TeamID: team, Name: name})
 	switch {
 	case err == nil:
@@ -235,6 +239,26 @@ func (s *Service) ResolveTemplate(ctx context.Context, team uuid.UUID, name stri
 		}
 	}
 	return TemplateRef{}, errdefs.New(errdefs.ErrNotFound, "template %q not found", name)
+}
+
+// resolveVersion finds version v of the team's built template name.
+func (s *Service) resolveVersion(ctx context.Context, team uuid.UUID, name, v string) (TemplateRef, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return TemplateRef{}, errdefs.New(errdefs.ErrInvalidArgument, "template %s:%s: a version is a number from 1", name, v)
+	}
+	b, err := s.q.ReadyTemplateVersion(ctx, store.ReadyTemplateVersionParams{TeamID: team, TemplateName: name, Version: int32(n)})
+	if store.IsNoRows(err) {
+		return TemplateRef{}, errdefs.New(errdefs.ErrNotFound, "template %s has no ready version %d", name, n)
+	}
+	if err != nil {
+		return TemplateRef{}, fmt.Errorf("look up template %s:%d: %w", name, n, err)
+	}
+	ref := TemplateRef{AgentName: b.AgentName, Home: b.HostID, Snapshot: b.Snapshot}
+	if b.Snapshot {
+		ref.VCPUs, ref.MemoryMB = max(int(b.Vcpus), 1), max(int(b.MemoryMb), defaultBuildMemoryMB)
+	}
+	return ref, nil
 }
 
 // schedulerHosts loads the hosts a team may use with the store's view of

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -96,6 +97,12 @@ type Service struct {
 	hook   func()
 	seal   *sealer
 	faults *faultpoint.Points
+
+	// buildCtx ends the template builds this replica runs (Close);
+	// builds tracks them.
+	buildCtx   context.Context
+	stopBuilds context.CancelFunc
+	builds     sync.WaitGroup
 }
 
 // New returns a Service.
@@ -106,11 +113,20 @@ func New(c Config) *Service {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{
+	s := &Service{
 		pool: c.Pool, q: store.New(c.Pool), agents: c.Agents, clk: c.Clock, log: c.Logger,
 		quota: quota.Enforcer{Defaults: c.TeamLimits}, hook: c.PlacementHook, seal: newSealer(c.TokenSecret),
 		faults: c.Faults,
 	}
+	s.buildCtx, s.stopBuilds = context.WithCancel(context.Background())
+	return s
+}
+
+// Close cancels the template builds this replica runs (their hosts stop
+// them; they are recorded failed) and waits for them to end.
+func (s *Service) Close() {
+	s.stopBuilds()
+	s.builds.Wait()
 }
 
 // SetPlacementHook replaces the placement hook (tests only).

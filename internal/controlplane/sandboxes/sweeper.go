@@ -27,6 +27,9 @@ type Swept struct {
 	// ExpiredKeys is how many idempotency keys past their 24 h were
 	// deleted.
 	ExpiredKeys int64
+	// Builds are template builds whose lease ran out (their control plane
+	// died), now failed; their hosts cancelled them when its stream ended.
+	Builds []string
 }
 
 // Sweep applies on_timeout to running sandboxes past their deadline and
@@ -92,6 +95,24 @@ func (s *Service) Sweep(ctx context.Context) (Swept, error) {
 				out.Templates = map[string][]string{}
 			}
 			out.Templates[outcome] = append(out.Templates[outcome], t.Name)
+		}
+	}
+	builds, err := s.q.StaleTemplateBuilds(ctx, store.StaleTemplateBuildsParams{Before: before, MaxRows: sweepBatch})
+	if err != nil {
+		return out, errors.Join(errs, fmt.Errorf("list abandoned template builds: %w", err))
+	}
+	for _, b := range builds {
+		msg := "abandoned: the control plane running the build stopped (it restarted?); build again"
+		n, err := s.q.FinishTemplateBuild(ctx, store.FinishTemplateBuildParams{
+			ID: b.ID, Status: BuildFailed, Error: &msg, ErrorCode: ptr("unavailable"), Now: now,
+			Steps: b.Steps, CachedSteps: b.CachedSteps,
+		})
+		if err != nil {
+			errs = errors.Join(errs, fmt.Errorf("give up template build %s: %w", b.ID, err))
+			continue
+		}
+		if n > 0 {
+			out.Builds = append(out.Builds, b.ID.String())
 		}
 	}
 	n, err := s.sweepIdempotencyKeys(ctx)

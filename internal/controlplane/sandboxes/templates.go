@@ -2,6 +2,7 @@ package sandboxes
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -10,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
+	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/store"
 	hostagentv1 "github.com/wrenn/wrenn/proto/hostagent/v1"
 )
@@ -30,6 +32,9 @@ func (s *Service) DeleteTemplate(ctx context.Context, t store.Template) error {
 	ctx = context.WithoutCancel(ctx)
 	actx, cancel := context.WithTimeout(ctx, agentQuickTimeout)
 	defer cancel()
+	if t.BuildID != nil && t.TeamID != nil {
+		return s.deleteBuiltTemplate(actx, t)
+	}
 	if err := s.deleteTemplateOnHost(actx, t.HostID, t.AgentName, t.TeamID); err != nil {
 		return err
 	}
@@ -37,6 +42,39 @@ func (s *Service) DeleteTemplate(ctx context.Context, t store.Template) error {
 		return fmt.Errorf("delete template %s: %w", t.Name, err)
 	}
 	return nil
+}
+
+// deleteBuiltTemplate removes every version of a built template from its
+// host (a version a sandbox still uses stops it: FailedPrecondition, and
+// nothing is forgotten), then its builds and its row. Running builds of
+// it are cancelled.
+func (s *Service) deleteBuiltTemplate(ctx context.Context, t store.Template) error {
+	versions, err := s.q.TeamTemplateBuildsOnHosts(ctx, store.TeamTemplateBuildsOnHostsParams{TeamID: *t.TeamID, TemplateName: t.Name})
+	if err != nil {
+		return fmt.Errorf("list versions of template %s: %w", t.Name, err)
+	}
+	for _, b := range versions {
+		if b.Status == BuildBuilding {
+			if err := s.CancelBuild(ctx, b); err != nil && !errors.Is(err, errdefs.ErrFailedPrecondition) {
+				return err
+			}
+		}
+		if err := s.deleteTemplateOnHost(ctx, b.HostID, b.AgentName, t.TeamID); err != nil {
+			return fmt.Errorf("template %s version %d: %w", t.Name, b.Version, err)
+		}
+		if err := s.q.RetireTemplateBuild(ctx, store.RetireTemplateBuildParams{ID: b.ID, Now: s.clk.Now()}); err != nil {
+			return fmt.Errorf("record removed version %d of %s: %w", b.Version, t.Name, err)
+		}
+	}
+	return s.inTx(ctx, func(q *store.Queries) error {
+		if err := q.DeleteTemplate(ctx, t.ID); err != nil {
+			return fmt.Errorf("delete template %s: %w", t.Name, err)
+		}
+		if err := q.DeleteTemplateBuilds(ctx, store.DeleteTemplateBuildsParams{TeamID: *t.TeamID, TemplateName: t.Name}); err != nil {
+			return fmt.Errorf("delete builds of template %s: %w", t.Name, err)
+		}
+		return nil
+	})
 }
 
 // deleteTemplateOnHost removes a template's files from its host; a host
