@@ -36,6 +36,7 @@ func measurements() []measurement {
 		{"fork", "Wrenn fork ×1 and ×N of a running sandbox → all answer exec", func(ctx context.Context, b *bench) { b.forks(ctx) }},
 		{"exec", "exec `true` round trip: envd direct, through the agent", func(ctx context.Context, b *bench) { b.execs(ctx) }},
 		{"files", "file upload and download through envd, 1 MiB and large", func(ctx context.Context, b *bench) { b.files(ctx) }},
+		{"templates", "template build cold and cached; create from a warm template → first answer of its server", func(ctx context.Context, b *bench) { b.templates(ctx) }},
 		{"concurrent", "concurrent creates from one template → all ready; memory of the idle ones", func(ctx context.Context, b *bench) { b.concurrent(ctx) }},
 		{"density", "idle sandboxes until a PSS budget: count and PSS per sandbox", func(ctx context.Context, b *bench) { b.density(ctx) }},
 		{"stack", "control plane (wrenn-cp + wrenn-agent): REST figures, E2B SDK through the compat layer, request rates", func(ctx context.Context, b *bench) { b.stack(ctx) }},

@@ -10,7 +10,9 @@ import (
 // parseCreate validates a /v1 create request and applies its defaults.
 func parseCreate(req api.CreateSandboxRequest) (sandboxes.Spec, error) {
 	c := sandboxes.Spec{
-		Template: sandboxes.DefaultTemplate, VCPUs: sandboxes.DefaultVCPUs, MemoryMB: sandboxes.DefaultMemoryMB,
+		// VCPUs and MemoryMB left 0: the template's, or the defaults
+		// (sandboxes.Service.Create).
+		Template: sandboxes.DefaultTemplate,
 		DiskMB: sandboxes.DefaultDiskMB, TimeoutSec: sandboxes.DefaultTimeoutSec, OnTimeout: sandboxes.OnTimeoutKill,
 		Env: map[string]string{}, Metadata: map[string]string{}, Network: networkPolicy(req.Network),
 	}

@@ -2,6 +2,7 @@ package sandboxes
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -222,7 +223,7 @@ func (s *Service) ResolveTemplate(ctx context.Context, team uuid.UUID, name stri
 			return TemplateRef{}, errdefs.New(errdefs.ErrFailedPrecondition, "template %q is still being made", name)
 		}
 		ref := TemplateRef{AgentName: t.AgentName, Home: t.HostID, Snapshot: t.Snapshot}
-		if t.Snapshot {
+		if t.Snapshot || t.BuildID != nil {
 			ref.VCPUs, ref.MemoryMB = int(t.Vcpus), int(t.MemoryMb)
 		}
 		return ref, nil
@@ -254,9 +255,9 @@ func (s *Service) resolveVersion(ctx context.Context, team uuid.UUID, name, v st
 	if err != nil {
 		return TemplateRef{}, fmt.Errorf("look up template %s:%d: %w", name, n, err)
 	}
-	ref := TemplateRef{AgentName: b.AgentName, Home: b.HostID, Snapshot: b.Snapshot}
+	ref := TemplateRef{AgentName: b.AgentName, Home: b.HostID, Snapshot: b.Snapshot, VCPUs: int(b.Vcpus), MemoryMB: int(b.MemoryMb)}
 	if b.Snapshot {
-		ref.VCPUs, ref.MemoryMB = max(int(b.Vcpus), 1), max(int(b.MemoryMb), defaultBuildMemoryMB)
+		ref.VCPUs, ref.MemoryMB = max(ref.VCPUs, 1), max(ref.MemoryMB, defaultBuildMemoryMB)
 	}
 	return ref, nil
 }
@@ -295,6 +296,14 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	tmpl, err := s.ResolveTemplate(ctx, team, spec.Template)
 	if err != nil {
 		return Created{}, err
+	}
+	// A size the request left out (0) is the template's (a snapshot's
+	// only shape, a built template's default), else the default.
+	if spec.VCPUs == 0 {
+		spec.VCPUs = cmp.Or(tmpl.VCPUs, DefaultVCPUs)
+	}
+	if spec.MemoryMB == 0 {
+		spec.MemoryMB = cmp.Or(tmpl.MemoryMB, DefaultMemoryMB)
 	}
 	sreq := scheduler.Request{
 		TeamID: team, VCPUs: spec.VCPUs, MemoryBytes: int64(spec.MemoryMB) << 20,
