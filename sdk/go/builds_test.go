@@ -124,10 +124,9 @@ func (s *buildServer) upload(w http.ResponseWriter, r *http.Request) {
 		apiError(w, 400, "invalid_argument", "name: want app")
 		return
 	}
-	br := io.Reader(r.Body)
 	head := make([]byte, 2)
 	n, _ := io.ReadFull(r.Body, head)
-	br = io.MultiReader(bytes.NewReader(head[:n]), r.Body)
+	br := io.MultiReader(bytes.NewReader(head[:n]), r.Body)
 	gz := n == 2 && head[0] == 0x1f && head[1] == 0x8b
 	if gz {
 		zr, err := gzip.NewReader(br)
