@@ -309,6 +309,7 @@ type buildPrinter struct {
 	w     io.Writer
 	tty   bool
 	start time.Time
+	now   func() time.Time // time.Now when nil; tests fix it
 
 	mu          sync.Mutex
 	step        int // the step whose header was printed last
@@ -374,7 +375,11 @@ func (p *buildPrinter) drawLocked() {
 	if where == "" {
 		where = "queued"
 	}
-	fmt.Fprintf(p.w, "==> %s, %.0fs", where, time.Since(p.start).Seconds())
+	now := time.Now
+	if p.now != nil {
+		now = p.now
+	}
+	fmt.Fprintf(p.w, "==> %s, %.0fs", where, now().Sub(p.start).Seconds())
 	p.statusDrawn = true
 }
 

@@ -312,3 +312,23 @@ func TestTemplateLsVersionColumn(t *testing.T) {
 		t.Errorf("ls:\n%s", table)
 	}
 }
+
+// TestBuildPrinterProgressLine: on a terminal each log line first erases
+// the progress line, which is redrawn under it.
+func TestBuildPrinterProgressLine(t *testing.T) {
+	var out bytes.Buffer
+	start := time.Now()
+	p := &buildPrinter{w: &out, tty: true, start: start, now: func() time.Time { return start.Add(12 * time.Second) }}
+	three, seven := 3, 7
+	p.entry(api.TemplateBuildLogEntry{Seq: 1, Phase: api.TemplateBuildLogEntryPhaseStep, Step: &three, Steps: &seven, Text: "Dockerfile:5: RUN make"})
+	p.entry(api.TemplateBuildLogEntry{Seq: 2, Phase: api.TemplateBuildLogEntryPhaseStep, Step: &three, Steps: &seven, Text: "ok\ndone"})
+	p.redraw()
+	p.clear()
+	want := "[3/7] Dockerfile:5: RUN make\n==> step 3/7, 12s" +
+		"\r\x1b[K    ok\n    done\n==> step 3/7, 12s" +
+		"\r\x1b[K==> step 3/7, 12s" +
+		"\r\x1b[K"
+	if out.String() != want {
+		t.Errorf("printed %q\nwant    %q", out.String(), want)
+	}
+}

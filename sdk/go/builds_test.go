@@ -479,3 +479,57 @@ func TestBuildsAndLogs(t *testing.T) {
 		t.Errorf("builds of unknown template: %v", err)
 	}
 }
+
+// TestWaitBuildStreamEndsEarly: a followed stream that ends cleanly while
+// the build still runs (a control plane restarting, say) is reopened; the
+// wait ends only when GET says the build ended.
+func TestWaitBuildStreamEndsEarly(t *testing.T) {
+	s, c := newBuildServer(t)
+	s.logs = logEntries(2)
+	s.build.Status = api.TemplateBuildStatusBuilding
+	var seen []int
+	onLog := func(e wrenn.BuildLogEntry) {
+		seen = append(seen, e.Seq)
+		if e.Seq == 2 {
+			// The build goes on after the first stream ended: more entries
+			// and then the end, seen only by a reconnecting client.
+			go func() {
+				time.Sleep(50 * time.Millisecond)
+				s.mu.Lock()
+				s.logs = logEntries(4)
+				s.build.Status = api.TemplateBuildStatusReady
+				s.mu.Unlock()
+			}()
+		}
+	}
+	b, err := c.Templates.WaitBuild(context.Background(), "app", s.build.Id.String(), onLog)
+	if err != nil || b.Status != api.TemplateBuildStatusReady {
+		t.Fatalf("wait = %+v, %v", b, err)
+	}
+	if !reflect.DeepEqual(seen, []int{1, 2, 3, 4}) {
+		t.Errorf("entries = %v", seen)
+	}
+}
+
+// ExampleTemplates_Build builds a template from a directory holding a
+// Dockerfile and prints its log until the new version is ready.
+func ExampleTemplates_Build() {
+	ctx := context.Background()
+	client, err := wrenn.NewClient()
+	if err != nil {
+		panic(err)
+	}
+	b, err := client.Templates.Build(ctx, "py-data", "./py-data", wrenn.BuildOptions{
+		Args: map[string]string{"PYTHON_VERSION": "3.12"},
+	})
+	if err != nil {
+		panic(err)
+	}
+	final, err := client.Templates.WaitBuild(ctx, "py-data", b.Id.String(), func(e wrenn.BuildLogEntry) {
+		fmt.Println(e.Text)
+	})
+	if err != nil {
+		panic(err) // a failed step: err's *wrenn.Error names the recipe line
+	}
+	fmt.Printf("py-data version %d ready\n", final.Version)
+}
