@@ -80,6 +80,11 @@ func (t *Templates) Build(ctx context.Context, name, contextDir string, opts Bui
 	if !st.IsDir() {
 		return nil, fmt.Errorf("build template %s: build context %s is not a directory", name, contextDir)
 	}
+	// A context given through a symlink (macOS's /tmp, a "current" link)
+	// is walked from its target: WalkDir does not follow a root link.
+	if contextDir, err = filepath.EvalSymlinks(contextDir); err != nil {
+		return nil, fmt.Errorf("build template %s: build context: %w", name, err)
+	}
 	keep, err := recipeNames(contextDir, opts.File)
 	if err != nil {
 		return nil, fmt.Errorf("build template %s: %w", name, err)
@@ -299,7 +304,6 @@ func addTarEntry(tw *tar.Writer, p, rel string, info fs.FileInfo) error {
 		Name:    rel,
 		Mode:    int64(m.Perm()),
 		ModTime: info.ModTime().Truncate(time.Second),
-		Format:  tar.FormatPAX,
 	}
 	if m&fs.ModeSetuid != 0 {
 		hdr.Mode |= 0o4000

@@ -239,7 +239,10 @@ func writeTree(t *testing.T) string {
 
 func TestBuildUploadsContext(t *testing.T) {
 	s, c := newBuildServer(t)
-	dir := writeTree(t)
+	dir := filepath.Join(t.TempDir(), "ctx-link") // through a symlink, to check the root link is followed
+	if err := os.Symlink(writeTree(t), dir); err != nil {
+		t.Fatal(err)
+	}
 	b, err := c.Templates.Build(context.Background(), "app", dir, wrenn.BuildOptions{
 		Args:       map[string]string{"B": "x=y", "A": "1"},
 		Registries: map[string]wrenn.RegistryAuth{"127.0.0.1:5000": {Username: "u", Password: "p:w/+"}, "ghcr.io": {Token: "tok"}},
