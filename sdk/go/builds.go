@@ -112,7 +112,7 @@ func (t *Templates) Build(ctx context.Context, name, contextDir string, opts Bui
 	pr.Close()
 	werr := <-done
 	if err != nil {
-		if werr != nil && !errors.Is(werr, io.ErrClosedPipe) {
+		if werr != nil && ctx.Err() == nil && !errors.Is(werr, io.ErrClosedPipe) {
 			return nil, fmt.Errorf("build template %s: packing build context %s: %w", name, contextDir, werr)
 		}
 		return nil, fmt.Errorf("build template %s: %w", name, err)
