@@ -8,7 +8,8 @@ import (
 	"github.com/wrenn/wrenn/api"
 )
 
-// Templates lists and deletes templates. Reach it as Client.Templates.
+// Templates builds, lists and deletes templates. Reach it as
+// Client.Templates. Builds are in builds.go.
 type Templates struct{ c *Client }
 
 // List returns the built-in templates and the team's own.
