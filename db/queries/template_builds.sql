@@ -76,13 +76,15 @@ WHERE templates.build_id IS NOT NULL
 RETURNING *;
 
 -- name: RetirableTemplateBuilds :many
--- Ready versions that are no longer their template's current one: their
--- files go once no sandbox on their host uses them.
+-- A template's ready versions older than its newest @keep ready ones and
+-- not its current one: their files go once no sandbox on their host uses
+-- them.
 SELECT b.* FROM template_builds b
-WHERE b.status = 'ready'
+WHERE b.team_id = @team_id AND b.template_name = @template_name AND b.status = 'ready'
   AND NOT EXISTS (SELECT 1 FROM templates t WHERE t.build_id = b.id)
-ORDER BY b.finished_at
-LIMIT @max_rows;
+  AND b.version <= (SELECT max(x.version) FROM template_builds x
+                    WHERE x.team_id = b.team_id AND x.template_name = b.template_name AND x.status = 'ready') - @keep::int
+ORDER BY b.version;
 
 -- name: RetireTemplateBuild :exec
 UPDATE template_builds SET status = 'retired', updated_at = @now::timestamptz

@@ -432,16 +432,24 @@ func (q *Queries) RenewTemplateBuilds(ctx context.Context, arg RenewTemplateBuil
 
 const retirableTemplateBuilds = `-- name: RetirableTemplateBuilds :many
 SELECT b.id, b.team_id, b.template_name, b.version, b.agent_name, b.host_id, b.status, b.error, b.error_code, b.from_ref, b.recipe_file, b.steps, b.cached_steps, b.current_step, b.image_bytes, b.disk_bytes, b.digest, b.snapshot, b.vcpus, b.memory_mb, b.disk_mb, b.created_at, b.updated_at, b.finished_at FROM template_builds b
-WHERE b.status = 'ready'
+WHERE b.team_id = $1 AND b.template_name = $2 AND b.status = 'ready'
   AND NOT EXISTS (SELECT 1 FROM templates t WHERE t.build_id = b.id)
-ORDER BY b.finished_at
-LIMIT $1
+  AND b.version <= (SELECT max(x.version) FROM template_builds x
+                    WHERE x.team_id = b.team_id AND x.template_name = b.template_name AND x.status = 'ready') - $3::int
+ORDER BY b.version
 `
 
-// Ready versions that are no longer their template's current one: their
-// files go once no sandbox on their host uses them.
-func (q *Queries) RetirableTemplateBuilds(ctx context.Context, maxRows int32) ([]TemplateBuild, error) {
-	rows, err := q.db.Query(ctx, retirableTemplateBuilds, maxRows)
+type RetirableTemplateBuildsParams struct {
+	TeamID       uuid.UUID
+	TemplateName string
+	Keep         int32
+}
+
+// A template's ready versions older than its newest @keep ready ones and
+// not its current one: their files go once no sandbox on their host uses
+// them.
+func (q *Queries) RetirableTemplateBuilds(ctx context.Context, arg RetirableTemplateBuildsParams) ([]TemplateBuild, error) {
+	rows, err := q.db.Query(ctx, retirableTemplateBuilds, arg.TeamID, arg.TemplateName, arg.Keep)
 	if err != nil {
 		return nil, err
 	}

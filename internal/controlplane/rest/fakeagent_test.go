@@ -65,6 +65,19 @@ type fakeAgent struct {
 	// forkAnswer, when set, is what ForkSandbox answers (a misbehaving
 	// agent); every id in it but the source's is then held as a sandbox.
 	forkAnswer func(*hostagentv1.ForkSandboxRequest) []*hostagentv1.Sandbox
+	// build, when set, runs BuildTemplate (template_builds_test.go);
+	// uploads are the bytes of each build's uploaded context.
+	build   func(ctx context.Context, req *hostagentv1.BuildTemplateRequest, send func(*hostagentv1.BuildTemplateResponse) error) error
+	uploads map[string]int64
+	// lastTpl is the template of the last CreateSandbox.
+	lastTpl string
+}
+
+// lastTemplate is the template the last CreateSandbox named.
+func (a *fakeAgent) lastTemplate() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastTpl
 }
 
 // setTeam records the team a call carried; called with a.mu held.
@@ -132,6 +145,7 @@ func (a *fakeAgent) CreateSandbox(_ context.Context, req *connect.Request[hostag
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.setTeam("CreateSandbox", req.Msg.GetTeamId())
+	a.lastTpl = req.Msg.GetTemplate()
 	if owner, ok := a.owners[req.Msg.GetTemplate()]; ok && owner != req.Msg.GetTeamId() {
 		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("template %s belongs to another team", req.Msg.GetTemplate()))
 	}

@@ -18,7 +18,7 @@ import (
 // resource must be added here (the test fails on an unknown parameter).
 var resourceParams = map[string]bool{
 	"teamID": true, "userID": true, "keyID": true, "hostID": true,
-	"sandboxID": true, "templateName": true, "inviteID": true, "templateID": true,
+	"sandboxID": true, "templateName": true, "inviteID": true, "templateID": true, "buildID": true,
 }
 
 // nonResourceParams are URL parameters that do not name a resource.
@@ -70,6 +70,12 @@ func TestTenantIsolation(t *testing.T) {
 		VALUES ($1, 'a-template', $2, $3, true)`, a.ID, "t-"+randHex(6), hostID); err != nil {
 		t.Fatal(err)
 	}
+	var buildID string
+	if err := env.Pool.QueryRow(ctx, `INSERT INTO template_builds (team_id, template_name, version, agent_name, host_id, status,
+		recipe_file, created_at, updated_at) VALUES ($1, 'a-template', 1, $2, $3, 'building', 'Dockerfile', now(), now()) RETURNING id::text`,
+		a.ID, "tb-"+randHex(6), hostID).Scan(&buildID); err != nil {
+		t.Fatal(err)
+	}
 	var key struct {
 		ID string `json:"id"`
 	}
@@ -83,7 +89,7 @@ func TestTenantIsolation(t *testing.T) {
 	ids := map[string]string{
 		"inviteID": invite.ID,
 		"teamID":   a.ID.String(), "userID": a.UserID.String(), "keyID": key.ID, "hostID": hostID,
-		"sandboxID": sandboxID, "templateName": "a-template", "templateID": "a-template", "selector": "1", "port": "8080", "*": "index.html",
+		"sandboxID": sandboxID, "templateName": "a-template", "templateID": "a-template", "buildID": buildID, "selector": "1", "port": "8080", "*": "index.html",
 	}
 	paramRE := regexp.MustCompile(`\{([^}]+)\}`)
 	checked := 0

@@ -10,10 +10,10 @@ import (
 // parseCreate validates a /v1 create request and applies its defaults.
 func parseCreate(req api.CreateSandboxRequest) (sandboxes.Spec, error) {
 	c := sandboxes.Spec{
-		// VCPUs and MemoryMB left 0: the template's, or the defaults
-		// (sandboxes.Service.Create).
-		Template: sandboxes.DefaultTemplate,
-		DiskMB: sandboxes.DefaultDiskMB, TimeoutSec: sandboxes.DefaultTimeoutSec, OnTimeout: sandboxes.OnTimeoutKill,
+		// VCPUs, MemoryMB and DiskMB left 0: the template's, or the
+		// defaults (sandboxes.Service.Create).
+		Template:   sandboxes.DefaultTemplate,
+		TimeoutSec: sandboxes.DefaultTimeoutSec, OnTimeout: sandboxes.OnTimeoutKill,
 		Env: map[string]string{}, Metadata: map[string]string{}, Network: networkPolicy(req.Network),
 	}
 	if req.Template != nil {

@@ -39,6 +39,10 @@ const (
 const (
 	// MaxConcurrentBuilds bounds a team's builds at once.
 	MaxConcurrentBuilds = 2
+	// KeptVersions is how many of a template's newest ready versions stay
+	// creatable (name:N) whether sandboxes use them or not; older ones
+	// are removed once no sandbox uses them.
+	KeptVersions = 3
 	// buildTimeout bounds one build (package installs under emulation
 	// are slow).
 	buildTimeout = 2 * time.Hour
@@ -373,19 +377,16 @@ func (s *Service) publishBuild(ctx context.Context, b store.TemplateBuild, res *
 	})
 }
 
-// retireVersions removes the files of a template's older versions that
-// no sandbox uses any more (the host refuses one in use: it stays, and a
-// later build or delete tries again).
+// retireVersions removes the files of a template's versions older than
+// its newest KeptVersions that no sandbox uses any more (the host refuses
+// one in use: it stays, and a later build or delete tries again).
 func (s *Service) retireVersions(ctx context.Context, team uuid.UUID, name string) {
-	old, err := s.q.RetirableTemplateBuilds(ctx, 100)
+	old, err := s.q.RetirableTemplateBuilds(ctx, store.RetirableTemplateBuildsParams{TeamID: team, TemplateName: name, Keep: KeptVersions})
 	if err != nil {
 		s.log.Warn("list retirable template versions", "err", err)
 		return
 	}
 	for _, b := range old {
-		if b.TeamID != team || b.TemplateName != name {
-			continue
-		}
 		err := s.deleteTemplateOnHost(ctx, b.HostID, b.AgentName, &b.TeamID)
 		if err != nil {
 			if !errors.Is(err, errdefs.ErrFailedPrecondition) {

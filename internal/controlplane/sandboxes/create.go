@@ -206,6 +206,9 @@ type TemplateRef struct {
 	// restores only into the same); 0 for images that boot any shape.
 	VCPUs    int
 	MemoryMB int
+	// DiskMB is a built template's disk (a warm one's only size); 0 for
+	// the rest.
+	DiskMB int
 	// Snapshot: the template holds a memory snapshot.
 	Snapshot bool
 }
@@ -225,6 +228,13 @@ func (s *Service) ResolveTemplate(ctx context.Context, team uuid.UUID, name stri
 		ref := TemplateRef{AgentName: t.AgentName, Home: t.HostID, Snapshot: t.Snapshot}
 		if t.Snapshot || t.BuildID != nil {
 			ref.VCPUs, ref.MemoryMB = int(t.Vcpus), int(t.MemoryMb)
+		}
+		if t.BuildID != nil && t.TeamID != nil {
+			b, err := s.q.GetTemplateBuild(ctx, store.GetTemplateBuildParams{ID: *t.BuildID, TeamID: *t.TeamID, TemplateName: t.Name})
+			if err != nil {
+				return TemplateRef{}, fmt.Errorf("look up the build of template %s: %w", name, err)
+			}
+			ref.DiskMB = int(b.DiskMb)
 		}
 		return ref, nil
 	case !store.IsNoRows(err):
@@ -255,7 +265,7 @@ func (s *Service) resolveVersion(ctx context.Context, team uuid.UUID, name, v st
 	if err != nil {
 		return TemplateRef{}, fmt.Errorf("look up template %s:%d: %w", name, n, err)
 	}
-	ref := TemplateRef{AgentName: b.AgentName, Home: b.HostID, Snapshot: b.Snapshot, VCPUs: int(b.Vcpus), MemoryMB: int(b.MemoryMb)}
+	ref := TemplateRef{AgentName: b.AgentName, Home: b.HostID, Snapshot: b.Snapshot, VCPUs: int(b.Vcpus), MemoryMB: int(b.MemoryMb), DiskMB: int(b.DiskMb)}
 	if b.Snapshot {
 		ref.VCPUs, ref.MemoryMB = max(ref.VCPUs, 1), max(ref.MemoryMB, defaultBuildMemoryMB)
 	}
@@ -304,6 +314,9 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	}
 	if spec.MemoryMB == 0 {
 		spec.MemoryMB = cmp.Or(tmpl.MemoryMB, DefaultMemoryMB)
+	}
+	if spec.DiskMB == 0 {
+		spec.DiskMB = cmp.Or(tmpl.DiskMB, DefaultDiskMB)
 	}
 	sreq := scheduler.Request{
 		TeamID: team, VCPUs: spec.VCPUs, MemoryBytes: int64(spec.MemoryMB) << 20,

@@ -31,6 +31,11 @@ const (
 	// DefaultDiskMB is the build VMs' disk when the recipe names none:
 	// room for package installs on top of the base.
 	DefaultDiskMB = 4096
+	// DefaultSandboxDiskMB is the disk of a template's sandboxes when the
+	// recipe names none: the control plane's default create, so that a
+	// create asking for no size restores a warm template's snapshot (whose
+	// disk size it holds).
+	DefaultSandboxDiskMB = 2048
 	// DefaultReadyTimeout bounds a readiness check that names no timeout.
 	DefaultReadyTimeout = 60 * time.Second
 	// DefaultUser is the template's envd user when the recipe names none.
@@ -520,6 +525,10 @@ func (bd *build) publish(ctx context.Context, work, final string) (TemplateConfi
 	}
 	if cfg.User == "" {
 		cfg.User = DefaultUser
+	}
+	if fi, err := os.Stat(work); err == nil && cfg.DiskMB == 0 {
+		// The image is the smallest disk its sandboxes can have.
+		cfg.DiskMB = max(DefaultSandboxDiskMB, int((fi.Size()+(256<<20))>>20))
 	}
 	if f.Start != nil {
 		cfg.Start = argv(f.Start.Shell, f.Start.Exec)

@@ -226,7 +226,7 @@ func (bd *build) warmStart(ctx context.Context, cfg TemplateConfig, st *Start) e
 	bd.event(Event{Phase: "start", Text: "starting " + strings.Join(cfg.Start, " ")})
 	vm, err := bd.b.cfg.VMs.StartBuildVM(ctx, VMSpec{
 		ID: vmID(bd.req.Build, 1), TeamID: bd.req.TeamID, Template: bd.req.Name,
-		VCPUs: orDefault(f.VCPUs, DefaultVCPUs), MemoryMB: orDefault(f.MemoryMB, DefaultMemoryMB), DiskMB: bd.diskMB,
+		VCPUs: orDefault(f.VCPUs, DefaultVCPUs), MemoryMB: orDefault(f.MemoryMB, DefaultMemoryMB), DiskMB: cfg.DiskMB,
 		Env: cfg.Env, User: cfg.User, Workdir: cfg.Workdir, Network: bd.req.Network,
 	})
 	if err != nil {
