@@ -8,58 +8,22 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"time"
 
-	"github.com/wrenn/wrenn/internal/atomicfile"
+	"github.com/wrenn/wrenn/internal/templates/builder"
 )
 
-// TemplateConfigName is a built template's configuration, beside its
-// image: images/<name>/template.json. Base images and snapshot templates
-// taken from a sandbox have none.
-const TemplateConfigName = "template.json"
+// TemplateConfig is a built template's configuration, written by the
+// builder beside its image as images/<name>/template.json: who owns it and
+// what its sandboxes start with. Base images and snapshot templates taken
+// from a sandbox have none.
+type TemplateConfig = builder.TemplateConfig
 
-// TemplateConfig is what a built template's sandboxes start with, and who
-// may use it.
-type TemplateConfig struct {
-	// TeamID owns the template: only its sandboxes may use it, and the
-	// host never reports it as a base image.
-	TeamID string `json:"team_id,omitempty"`
-	// Env is the environment every process in its sandboxes gets (the
-	// recipe's ENV); a create's own env vars are laid over it.
-	Env map[string]string `json:"env,omitempty"`
-	// User and Workdir are envd's default user and working directory.
-	User    string `json:"user,omitempty"`
-	Workdir string `json:"workdir,omitempty"`
-	// VCPUs, MemoryMB and DiskMB are the defaults of a create that asks
-	// for none; DiskMB is also the smallest disk its image fits.
-	VCPUs    int `json:"vcpus,omitempty"`
-	MemoryMB int `json:"memory_mb,omitempty"`
-	DiskMB   int `json:"disk_mb,omitempty"`
-	// Start is the command the build started before the memory snapshot
-	// (informational: the snapshot holds it running).
-	Start []string `json:"start,omitempty"`
-	// Build and Version name the build that made it.
-	Build     string    `json:"build,omitempty"`
-	Version   int       `json:"version,omitempty"`
-	Digest    string    `json:"digest,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-}
+// templateConfigName is the file a built template's TemplateConfig is in.
+const templateConfigName = "template.json"
 
-// WriteTemplateConfig writes c into a template directory.
-func WriteTemplateConfig(dir string, c TemplateConfig) error {
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode template config: %w", err)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, TemplateConfigName), b, 0o644); err != nil {
-		return fmt.Errorf("write template config: %w", err)
-	}
-	return nil
-}
-
-// withDefaults fills a create's unset shape from the template and returns
-// its environment: the template's, with the request's laid over it.
-func (c *TemplateConfig) withDefaults(req *CreateRequest) map[string]string {
+// templateDefaults fills a create's unset shape from a built template and
+// returns its environment: the template's, with the request's laid over it.
+func templateDefaults(c *TemplateConfig, req *CreateRequest) map[string]string {
 	for _, f := range []struct {
 		req *int
 		def int
@@ -79,7 +43,7 @@ func (c *TemplateConfig) withDefaults(req *CreateRequest) map[string]string {
 // templateConfig reads template name's configuration: nil when it has
 // none.
 func (m *Manager) templateConfig(name string) (*TemplateConfig, error) {
-	b, err := os.ReadFile(filepath.Join(m.cfg.Dir, "images", name, TemplateConfigName))
+	b, err := os.ReadFile(filepath.Join(m.cfg.Dir, "images", name, templateConfigName))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

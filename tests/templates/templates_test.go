@@ -23,6 +23,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,11 +43,11 @@ const (
 	pgPort     = 5449
 )
 
-func startStack(t *testing.T, images testenv.Images) (*devstack.Stack, func()) {
+func startStack(t *testing.T, images testenv.Images) (*devstack.Stack, string, func()) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	ws, err := stacktest.New(ctx, images, "wrenn-templates-", "wrenn-cp", "wrenn-agent")
+	ws, err := stacktest.New(ctx, images, "wrenn-templates-", "wrenn-cp", "wrenn-agent", "wrenn")
 	if err != nil {
 		t.Fatalf("prepare stack: %v", err)
 	}
@@ -62,7 +64,7 @@ func startStack(t *testing.T, images testenv.Images) (*devstack.Stack, func()) {
 		os.RemoveAll(ws.Root)
 		t.Fatalf("start stack: %v", err)
 	}
-	return st, func() {
+	return st, ws.Bin, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
 		if n, err := st.DestroySandboxes(ctx); err != nil || n > 0 {
@@ -284,7 +286,7 @@ func (c *client) exec(ctx context.Context, id, script string) (string, int) {
 
 func TestTemplates(t *testing.T) {
 	images := testenv.RequireVM(t)
-	st, stop := startStack(t, images)
+	st, bin, stop := startStack(t, images)
 	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
@@ -406,6 +408,29 @@ ready:
 		id := a.create(ctx, "from-image")
 		if out, code := a.exec(ctx, id, "cat /etc/origin; whoami"); code != 0 || out != "built-from-an-oci-image\nuser\n" {
 			t.Errorf("in a sandbox of the image template: %q (%d)", out, code)
+		}
+	})
+
+	t.Run("cli", func(t *testing.T) {
+		a := a.on(t)
+		dir := t.TempDir()
+		for name, body := range map[string]string{
+			"Dockerfile": "FROM minimal\nCOPY hello.sh /usr/local/bin/hello\nRUN chmod 755 /usr/local/bin/hello\n",
+			"hello.sh":   "#!/bin/sh\necho hello from the cli template\n",
+		} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "wrenn"), "template", "build", "--name", "cli-built", dir)
+		cmd.Env = append(os.Environ(), "WRENN_API_URL="+st.URL, "WRENN_API_KEY="+st.Admin.APIKey, "HOME="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "template cli-built version 1 ready") || !strings.Contains(string(out), "Dockerfile:3") {
+			t.Fatalf("wrenn template build: %v\n%s", err, out)
+		}
+		id := a.create(ctx, "cli-built")
+		if got, code := a.exec(ctx, id, "hello"); code != 0 || got != "hello from the cli template\n" {
+			t.Errorf("the CLI-built template's command: %q (%d)", got, code)
 		}
 	})
 
