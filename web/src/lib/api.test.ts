@@ -216,3 +216,14 @@ it('prints the exact host registration command', () => {
 		'WRENN_CP_URL=https://cp.example wrenn-agent --register wrr_abc.def --address 203.0.113.5:50051'
 	);
 });
+
+it('tells the session when a logged-in request answers 401', async () => {
+	const seen: string[] = [];
+	const { f } = fakeFetch(() => json(401, { error: { code: 'unauthenticated', message: 'session expired: log in again' } }));
+	const api = new Api({ fetch: f, onUnauthenticated: (e) => seen.push(e.message) });
+	await expect(api.me()).rejects.toMatchObject({ status: 401 });
+	expect(seen).toEqual([]); // not logged in: nothing ended
+	api.auth = { kind: 'cookie' };
+	await expect(api.me()).rejects.toMatchObject({ status: 401 });
+	expect(seen).toEqual(['session expired: log in again']);
+});

@@ -118,6 +118,8 @@ export interface ApiOptions {
 	storage?: Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null;
 	/** Sets the team cookie (document.cookie in the browser). */
 	setCookie?: (cookie: string) => void;
+	/** Called when a logged-in request answers 401 (the session ended). */
+	onUnauthenticated?: (err: ApiError) => void;
 }
 
 const safeMethods = new Set(['GET', 'HEAD', 'OPTIONS']);
@@ -129,12 +131,14 @@ export class Api {
 	private readonly base: string;
 	private readonly storage: ApiOptions['storage'];
 	private readonly setCookie: (c: string) => void;
+	onUnauthenticated: (err: ApiError) => void;
 
 	constructor(opts: ApiOptions = {}) {
 		this.fetchImpl = opts.fetch ?? ((...a) => fetch(...a));
 		this.base = opts.base ?? '';
 		this.storage = opts.storage ?? null;
 		this.setCookie = opts.setCookie ?? (() => {});
+		this.onUnauthenticated = opts.onUnauthenticated ?? (() => {});
 		const remembered = this.storage?.getItem(KEY_STORAGE);
 		if (remembered) this.auth = { kind: 'key', key: remembered };
 	}
@@ -180,7 +184,11 @@ export class Api {
 			if (e instanceof DOMException && e.name === 'AbortError') throw e;
 			throw new ApiError(0, 'network', e instanceof Error ? e.message : String(e));
 		}
-		if (!resp.ok) throw await errorFrom(resp);
+		if (!resp.ok) {
+			const err = await errorFrom(resp);
+			if (err.status === 401 && this.auth.kind !== 'none' && !path.startsWith('/v1/auth/')) this.onUnauthenticated(err);
+			throw err;
+		}
 		return resp;
 	}
 
