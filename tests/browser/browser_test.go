@@ -1,0 +1,159 @@
+// Package browser drives the dashboard in a real browser against a whole
+// single-node Wrenn: a private PostgreSQL, wrenn-cp built with the
+// dashboard embedded (-tags webui), wrenn-agent and real microVMs.
+//
+// The journey itself is dashboard.mjs, run with Node and the
+// playwright-core package (from web/node_modules) driving Debian's
+// chromium, headless: no browser is downloaded. Screenshots go to
+// builds/browser-shots/ (printed), or WRENN_BROWSER_SHOTS.
+//
+// It needs root, QEMU and the images (like tests/e2e), plus node, npm and
+// /usr/bin/chromium; without them it skips and says why (or fails under
+// WRENN_TEST_REQUIRE_VM=1, which `make test` sets as root).
+package browser
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/devstack"
+	"github.com/wrenn/wrenn/internal/devstack/stacktest"
+	"github.com/wrenn/wrenn/internal/testenv"
+)
+
+const chromium = "/usr/bin/chromium"
+
+func TestDashboard(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs and a browser: not in -short")
+	}
+	images := testenv.RequireVM(t)
+	node := testenv.LookPath(t, "node")
+	npm := testenv.LookPath(t, "npm")
+	if _, err := os.Stat(chromium); err != nil {
+		testenv.Missing(t, "needs Debian's chromium at "+chromium+" (scripts/deps.sh installs it): "+err.Error())
+	}
+	repo, err := stacktest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+
+	// The dashboard, then wrenn-cp embedding it; the agent as usual.
+	web := filepath.Join(repo, "web")
+	if _, err := os.Stat(filepath.Join(web, "node_modules", "playwright-core")); err != nil {
+		run(ctx, t, web, npm, "ci", "--no-audit", "--no-fund")
+	}
+	run(ctx, t, web, npm, "run", "build")
+	ws, err := stacktest.New(ctx, images, "wrenn-browser-", "wrenn-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(ws.Root)
+	run(ctx, t, repo, "go", "build", "-tags", "webui", "-o", filepath.Join(ws.Bin, "wrenn-cp"), "./cmd/wrenn-cp")
+
+	cfg := devstack.Config{
+		Dir:       ws.Dir,
+		BinDir:    ws.Bin,
+		CPAddr:    stacktest.FreeAddr(),
+		AgentAddr: stacktest.FreeAddr(),
+		PGPort:    5448,
+		Out:       testWriter{t},
+		CPEnv:     []string{"WRENN_DOMAIN=wrenn.test", "WRENN_METRICS_ADDR=" + stacktest.FreeAddr()},
+		// Names, ranges and ports of its own: other stacks may run beside it.
+		AgentEnv: []string{"WRENN_AGENT_NAME=wbrow", "WRENN_AGENT_REAPER_INTERVAL=1s",
+			"WRENN_AGENT_HOST_CIDR=10.110.0.0/16", "WRENN_AGENT_VETH_CIDR=10.111.0.0/16",
+			"WRENN_AGENT_METRICS_ADDR=" + stacktest.FreeAddr(), "WRENN_AGENT_VMM_UID_BASE=460000"},
+	}
+	st, err := devstack.Up(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start stack: %v", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if n, err := st.DestroySandboxes(ctx); err != nil || n > 0 {
+			t.Logf("destroyed %d leftover sandboxes (err %v)", n, err)
+		}
+		if err := st.Close(ctx); err != nil {
+			t.Errorf("stop stack: %v", err)
+		}
+	}()
+
+	// A second team, to check it sees none of the first team's sandboxes.
+	other := struct{ Email, Password string }{fmt.Sprintf("other-%d@example.com", time.Now().UnixNano()), "other team password"}
+	signup(ctx, t, st.URL, other.Email, other.Password)
+
+	shots := os.Getenv("WRENN_BROWSER_SHOTS")
+	if shots == "" {
+		shots = filepath.Join(repo, "builds", "browser-shots")
+	}
+	if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshots: %s", shots)
+	fmt.Fprintf(os.Stderr, "browser: screenshots in %s\n", shots)
+
+	cmd := exec.CommandContext(ctx, node, filepath.Join(repo, "tests", "browser", "dashboard.mjs"))
+	cmd.Dir = repo
+	cmd.Env = append(os.Environ(),
+		"WRENN_URL="+st.URL,
+		"WRENN_ADMIN_EMAIL="+st.Admin.Email, "WRENN_ADMIN_PASSWORD="+st.Admin.Password,
+		"WRENN_OTHER_EMAIL="+other.Email, "WRENN_OTHER_PASSWORD="+other.Password,
+		"WRENN_SHOTS="+shots, "CHROMIUM="+chromium,
+	)
+	out, err := cmd.CombinedOutput()
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		t.Log(line)
+	}
+	if err != nil {
+		t.Fatalf("dashboard journey failed: %v (screenshots so far in %s)", err, shots)
+	}
+	if !strings.Contains(string(out), "journey: all steps passed") {
+		t.Fatalf("the journey did not report completion")
+	}
+}
+
+func run(ctx context.Context, t *testing.T, dir, name string, args ...string) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+func signup(ctx context.Context, t *testing.T, base, email, password string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{"email": email, "password": password, "team_name": "Other"})
+	req, err := http.NewRequestWithContext(ctx, "POST", base+"/v1/auth/signup", strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("sign up the second team: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("sign up the second team: status %d", resp.StatusCode)
+	}
+}
+
+// testWriter sends the stack's progress lines to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

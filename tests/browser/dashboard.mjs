@@ -1,0 +1,221 @@
+// The dashboard's browser journey (run by browser_test.go against a real
+// stack): Debian's chromium driven by playwright-core from web/node_modules.
+//
+// Environment: WRENN_URL, WRENN_ADMIN_EMAIL/PASSWORD (first team),
+// WRENN_OTHER_EMAIL/PASSWORD (a second team), WRENN_SHOTS (screenshot
+// directory), CHROMIUM (the browser binary).
+//
+// Every wait polls for a condition (Playwright's auto-waiting assertions);
+// there is no fixed sleep.
+
+import { createRequire } from 'node:module';
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+
+const require = createRequire(new URL('../../web/package.json', import.meta.url));
+const { chromium } = require('playwright-core');
+
+const env = (k) => {
+	const v = process.env[k];
+	if (!v) throw new Error(`${k} is not set`);
+	return v;
+};
+const base = env('WRENN_URL');
+const shots = env('WRENN_SHOTS');
+const bootTimeout = 240_000; // a TCG boot on a loaded 2-core machine
+
+let step = '';
+const log = (msg) => console.log(`journey: ${msg}`);
+function begin(name) {
+	step = name;
+	log(`step: ${name}`);
+}
+function check(cond, what) {
+	if (!cond) throw new Error(`${step}: ${what}`);
+}
+
+async function shot(page, name) {
+	const file = path.join(shots, `${name}.png`);
+	await page.screenshot({ path: file, fullPage: false });
+	log(`screenshot ${file}`);
+}
+
+/** Watches a page for CSP violations and uncaught errors. */
+function watch(page, problems) {
+	page.on('console', (m) => {
+		if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) problems.push(`console: ${m.text()}`);
+	});
+	page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+}
+
+async function login(page, email, password) {
+	await page.goto(base + '/');
+	await page.waitForURL(/\/login/);
+	await page.getByLabel('Email').fill(email);
+	await page.getByLabel('Password').fill(password);
+	await page.getByRole('button', { name: 'Log in' }).click();
+	await page.getByRole('heading', { name: 'Sandboxes' }).waitFor();
+}
+
+async function apiKeyWorks(key) {
+	const r = await fetch(base + '/v1/me', { headers: { 'X-API-Key': key } });
+	return r.status;
+}
+
+const browser = await chromium.launch({
+	executablePath: env('CHROMIUM'),
+	headless: true,
+	// As root chromium refuses its own sandbox; the test machine is the sandbox.
+	args: ['--no-sandbox', '--disable-dev-shm-usage']
+});
+const problems = [];
+try {
+	const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+	const page = await ctx.newPage();
+	watch(page, problems);
+	page.setDefaultTimeout(60_000);
+
+	begin('security headers');
+	{
+		const r = await fetch(base + '/');
+		const csp = r.headers.get('content-security-policy') ?? '';
+		check(csp.includes("frame-ancestors 'none'") && csp.includes("script-src 'self' 'sha256-"), `CSP ${csp}`);
+		check(r.headers.get('x-content-type-options') === 'nosniff', 'nosniff');
+	}
+
+	begin('log in');
+	await page.goto(base + '/');
+	await page.waitForURL(/\/login/);
+	await shot(page, 'login');
+	await login(page, env('WRENN_ADMIN_EMAIL'), env('WRENN_ADMIN_PASSWORD'));
+	check((await page.evaluate(() => localStorage.length)) === 0, 'a password login stored something in localStorage');
+	const cookies = await ctx.cookies();
+	const session = cookies.find((c) => c.name === 'wrenn_session');
+	check(session && session.httpOnly && session.sameSite === 'Strict', `session cookie ${JSON.stringify(session)}`);
+	check(!(await page.evaluate(() => document.cookie)).includes('wrenn_session'), 'the session cookie is visible to scripts');
+
+	begin('create a sandbox');
+	await page.getByRole('link', { name: 'New sandbox' }).click();
+	await page.getByLabel('Metadata').fill('owner=browser-test');
+	await page.getByRole('button', { name: 'Create sandbox' }).click();
+	await page.waitForURL(/\/sandbox\//, { timeout: bootTimeout });
+	const id = decodeURIComponent(new URL(page.url()).pathname.split('/').pop());
+	log(`sandbox ${id}`);
+	await page.getByTestId('state').filter({ hasText: 'running' }).waitFor({ timeout: bootTimeout });
+
+	begin('terminal: echo hello');
+	await page.locator('.badge', { hasText: 'connected' }).waitFor();
+	await page.getByTestId('terminal').click();
+	await page.keyboard.type('echo hello\n');
+	// The output row is exactly "hello" (the command's own row has a prompt).
+	await page.waitForFunction(
+		() => [...document.querySelectorAll('.xterm-rows > div')].some((r) => r.textContent.trim() === 'hello'),
+		null,
+		{ timeout: 60_000 }
+	);
+	await shot(page, 'terminal');
+
+	begin('upload, list, download');
+	await page.getByRole('tab', { name: 'Files' }).click();
+	await page.getByRole('table', { name: 'Files' }).or(page.getByText('This directory is empty')).first().waitFor();
+	const bytes = randomBytes(300 * 1024);
+	await page.locator('#upload').setInputFiles({ name: 'upload.bin', mimeType: 'application/octet-stream', buffer: bytes });
+	const row = page.locator('tr[data-file="upload.bin"]');
+	await row.waitFor();
+	const [download] = await Promise.all([page.waitForEvent('download'), row.getByRole('link', { name: 'Download' }).click()]);
+	const got = await readFile(await download.path());
+	check(Buffer.compare(got, bytes) === 0, `downloaded ${got.length} bytes differ from the ${bytes.length} uploaded`);
+	await shot(page, 'files');
+
+	begin('pause and resume');
+	await page.getByRole('button', { name: 'Pause' }).click();
+	await page.getByTestId('state').filter({ hasText: 'paused' }).waitFor({ timeout: bootTimeout });
+	await page.getByRole('button', { name: 'Resume' }).click();
+	await page.getByTestId('state').filter({ hasText: 'running' }).waitFor({ timeout: bootTimeout });
+
+	begin('fork');
+	await page.getByLabel('Forks').fill('1');
+	await page.getByRole('button', { name: 'Fork', exact: true }).click();
+	const forkLink = page.locator('.notice a.tag').first();
+	await forkLink.waitFor({ timeout: bootTimeout });
+	const forkId = (await forkLink.textContent()).trim();
+	check(forkId && forkId !== id, `fork id ${forkId}`);
+	log(`fork ${forkId}`);
+
+	begin('metrics');
+	await page.getByRole('tab', { name: 'Metrics' }).click();
+	await page.getByText('CPU now:').waitFor();
+	await shot(page, 'metrics');
+
+	begin('sandbox list');
+	await page.goto(base + '/');
+	await page.locator(`tr[data-sandbox="${id}"]`).waitFor();
+	await page.locator(`tr[data-sandbox="${forkId}"]`).waitFor();
+	await shot(page, 'sandboxes');
+	await page.setViewportSize({ width: 390, height: 844 });
+	await page.locator(`tr[data-sandbox="${id}"]`).waitFor();
+	await shot(page, 'sandboxes-phone');
+	await page.setViewportSize({ width: 1280, height: 800 });
+
+	begin('create and revoke an API key');
+	page.on('dialog', (d) => void d.accept());
+	await page.goto(base + '/keys');
+	await page.getByLabel('Name').fill('browser-key');
+	await page.getByRole('button', { name: 'Create key' }).click();
+	const key = (await page.getByTestId('new-key').textContent()).trim();
+	check(/^wrn_[0-9a-f]{32}$/.test(key), `new key ${key}`);
+	check((await apiKeyWorks(key)) === 200, 'the new key does not work');
+	await shot(page, 'keys');
+	await page.locator('tr[data-key="browser-key"]').getByRole('button', { name: 'Revoke' }).click();
+	await page.locator('tr[data-key="browser-key"] .badge', { hasText: 'revoked' }).waitFor();
+	check((await apiKeyWorks(key)) === 401, 'the revoked key still works');
+
+	begin('add a BYOC host');
+	await page.goto(base + '/hosts');
+	await page.getByLabel('Kind').selectOption('byoc');
+	await page.getByRole('button', { name: 'Add host' }).click();
+	const cmd = page.getByTestId('register-command');
+	await cmd.waitFor();
+	const cmdText = await cmd.textContent();
+	check(cmdText.includes(`WRENN_CP_URL=${new URL(base).origin} wrenn-agent --register wrr_`), `command ${cmdText}`);
+	await shot(page, 'hosts');
+
+	begin('audit log');
+	await page.goto(base + '/audit');
+	await page.getByRole('table', { name: 'Audit log' }).waitFor();
+	await shot(page, 'audit');
+
+	begin('log out');
+	await page.getByRole('button', { name: 'Log out' }).click();
+	await page.waitForURL(/\/login/);
+	const r = await page.evaluate(async () => (await fetch('/v1/me')).status);
+	check(r === 401, `after logout /v1/me answers ${r}`);
+	check(session && (await fetch(base + '/v1/me', { headers: { Cookie: `wrenn_session=${session.value}` } })).status === 401,
+		'the logged-out session token still works');
+
+	begin('a second team sees none of the first team\'s sandboxes');
+	const ctx2 = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+	const page2 = await ctx2.newPage();
+	watch(page2, problems);
+	await login(page2, env('WRENN_OTHER_EMAIL'), env('WRENN_OTHER_PASSWORD'));
+	await page2.getByText('No sandboxes yet.').waitFor();
+	check((await page2.locator('tr[data-sandbox]').count()) === 0, 'the second team lists sandboxes');
+	await page2.goto(base + `/sandbox/${encodeURIComponent(id)}`);
+	await page2.getByText('does not exist').waitFor();
+	await shot(page2, 'other-team');
+
+	check(problems.length === 0, `browser problems:\n${problems.join('\n')}`);
+	log('all steps passed');
+} catch (e) {
+	console.error(`journey: FAILED at "${step}": ${e.stack ?? e}`);
+	if (problems.length) console.error(problems.join('\n'));
+	for (const c of browser.contexts()) {
+		for (const p of c.pages()) {
+			await p.screenshot({ path: path.join(shots, `failure-${step.replace(/\W+/g, '-')}.png`) }).catch(() => {});
+		}
+	}
+	process.exitCode = 1;
+} finally {
+	await browser.close();
+}
