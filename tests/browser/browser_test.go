@@ -71,6 +71,8 @@ func TestDashboard(t *testing.T) {
 		CPEnv:     []string{"WRENN_DOMAIN=wrenn.test", "WRENN_METRICS_ADDR=" + stacktest.FreeAddr()},
 		// Names, ranges and ports of its own: other stacks may run beside it.
 		AgentEnv: []string{"WRENN_AGENT_NAME=wbrow", "WRENN_AGENT_REAPER_INTERVAL=1s",
+			// Samples every second, so the metrics charts have a history to show.
+			"WRENN_AGENT_METRICS_INTERVAL=1s",
 			"WRENN_AGENT_HOST_CIDR=10.110.0.0/16", "WRENN_AGENT_VETH_CIDR=10.111.0.0/16",
 			"WRENN_AGENT_METRICS_ADDR=" + stacktest.FreeAddr(), "WRENN_AGENT_VMM_UID_BASE=460000"},
 	}

@@ -146,12 +146,16 @@ try {
 	begin('metrics');
 	await page.getByRole('tab', { name: 'Metrics' }).click();
 	await page.getByText('CPU now:').waitFor();
+	// The charts once the host has sampled a history (the page polls).
+	await page.getByText('No history yet').waitFor({ state: 'detached', timeout: 60_000 });
 	await shot(page, 'metrics');
 
 	begin('sandbox list');
 	await page.goto(base + '/');
 	await page.locator(`tr[data-sandbox="${id}"]`).waitFor();
 	await page.locator(`tr[data-sandbox="${forkId}"]`).waitFor();
+	// CPU and memory now, from each running sandbox's metrics.
+	await page.locator(`tr[data-sandbox="${id}"] td[data-usage]`, { hasText: '%' }).waitFor({ timeout: 60_000 });
 	await shot(page, 'sandboxes');
 	await page.setViewportSize({ width: 390, height: 844 });
 	await page.locator(`tr[data-sandbox="${id}"]`).waitFor();
