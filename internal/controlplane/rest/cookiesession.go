@@ -25,6 +25,7 @@ package rest
 import (
 	"crypto/sha256"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -89,6 +90,70 @@ func (s *Server) sessionTTL() time.Duration {
 		return t
 	}
 	return auth.DefaultSessionTTL
+}
+
+// Guest content on the API's origin.
+//
+// The path form of the port proxy (/v1/sandboxes/{id}/ports/{port}/...)
+// and file downloads serve bytes a sandbox chose on the very origin the
+// dashboard's cookie belongs to. Unchecked, a page served by any tenant's
+// sandbox (a public port needs no credentials to reach) could read the
+// visitor's session through same-origin requests, or overwrite it with a
+// Set-Cookie. So such responses are made a sandboxed, opaque origin
+// (CSP sandbox without allow-same-origin: no cookies, no same-origin
+// requests), cannot set this API's cookies, and requests to guests never
+// carry them. The host-name form ({port}-{id}.{domain}) is another origin
+// and keeps full powers.
+
+// guestContentCSP is the policy of guest content on the API's origin.
+const guestContentCSP = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+
+// apiCookie reports whether a cookie name is one of this API's.
+func apiCookie(name string) bool {
+	return strings.EqualFold(name, SessionCookie) || strings.EqualFold(name, TeamCookie)
+}
+
+// dropAPICookies removes this API's cookies from a request to a guest.
+func dropAPICookies(h http.Header) {
+	vals := h.Values("Cookie")
+	if len(vals) == 0 {
+		return
+	}
+	var keep []string
+	for _, v := range vals {
+		for _, part := range strings.Split(v, ";") {
+			name, _, _ := strings.Cut(strings.TrimSpace(part), "=")
+			if name != "" && !apiCookie(name) {
+				keep = append(keep, strings.TrimSpace(part))
+			}
+		}
+	}
+	h.Del("Cookie")
+	if len(keep) > 0 {
+		h.Set("Cookie", strings.Join(keep, "; "))
+	}
+}
+
+// isolateGuestContent marks guest bytes served on the API's origin.
+func isolateGuestContent(h http.Header) {
+	h.Add("Content-Security-Policy", guestContentCSP)
+	h.Set("X-Content-Type-Options", "nosniff")
+}
+
+// isolateGuestResponse is isolateGuestContent for a proxied guest
+// response, which also may not set this API's cookies.
+func isolateGuestResponse(resp *http.Response) error {
+	if vals := resp.Header.Values("Set-Cookie"); len(vals) > 0 {
+		resp.Header.Del("Set-Cookie")
+		for _, v := range vals {
+			name, _, _ := strings.Cut(strings.TrimSpace(v), "=")
+			if !apiCookie(strings.TrimSpace(name)) {
+				resp.Header.Add("Set-Cookie", v)
+			}
+		}
+	}
+	isolateGuestContent(resp.Header)
+	return nil
 }
 
 var errCSRF = errdefs.New(errdefs.ErrPermissionDenied,

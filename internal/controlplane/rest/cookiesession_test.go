@@ -281,3 +281,61 @@ func TestUIRouting(t *testing.T) {
 		t.Fatalf("/docs: %d, CSP %q: want the API docs page", resp.StatusCode, resp.Header.Get("Content-Security-Policy"))
 	}
 }
+
+// TestGuestContentIsolated: guest bytes served on the API's origin (the
+// path form of the port proxy, file downloads) cannot reach the
+// dashboard's session: requests to guests never carry its cookies, guest
+// responses cannot set them, and they render as a sandboxed opaque origin.
+func TestGuestContentIsolated(t *testing.T) {
+	env := newSandboxEnv(t)
+	env.addHost(t)
+	sb := env.create(t, map[string]any{"public_ports": []int{9000}})
+	c := cookieLogin(t, env.testEnv, env.team)
+	hdr := cookieHeader(c, &http.Cookie{Name: TeamCookie, Value: env.team.ID.String()}, &http.Cookie{Name: "app", Value: "mine"})
+
+	resp := env.doHeader(t, "GET", "/v1/sandboxes/"+sb.Id+"/ports/9000/cookies", "", nil, hdr)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("public port: %d %s", resp.StatusCode, body)
+	}
+	if string(body) != `cookie="app=mine"` {
+		t.Fatalf("the guest saw %s: want only its own cookie, never %s or %s", body, SessionCookie, TeamCookie)
+	}
+	var names []string
+	for _, k := range resp.Cookies() {
+		names = append(names, k.Name)
+	}
+	if strings.Join(names, ",") != "app" {
+		t.Fatalf("the guest set cookies %v through the API's origin: want only app", names)
+	}
+	if csp := resp.Header.Values("Content-Security-Policy"); len(csp) == 0 || !strings.HasPrefix(csp[len(csp)-1], "sandbox ") || strings.Contains(strings.Join(csp, " "), "allow-same-origin") {
+		t.Fatalf("guest page CSP %q: want a sandbox without allow-same-origin", csp)
+	}
+	if resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Fatal("no nosniff on guest content")
+	}
+
+	// The host-name form is another origin: left alone, but never sees
+	// the API's cookies either.
+	req, _ := http.NewRequest("GET", env.Srv.URL+"/cookies", nil)
+	req.Host = "9000-" + sb.Id + ".wrenn.test"
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	hresp, err := env.Srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hbody, _ := io.ReadAll(hresp.Body)
+	hresp.Body.Close()
+	if string(hbody) != `cookie="app=mine"` || hresp.Header.Get("Content-Security-Policy") != "" {
+		t.Fatalf("host-name form: %s, CSP %q", hbody, hresp.Header.Get("Content-Security-Policy"))
+	}
+
+	// File downloads too.
+	env.doJSON(t, "PUT", "/v1/sandboxes/"+sb.Id+"/files?path=/tmp/x.html", env.team.Key, []byte("<script>alert(1)</script>"), http.StatusOK, nil)
+	resp = env.doHeader(t, "GET", "/v1/sandboxes/"+sb.Id+"/files?path=/tmp/x.html", "", nil, hdr)
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Security-Policy"), "sandbox ") || resp.Header.Get("Content-Type") != "application/octet-stream" {
+		t.Fatalf("download: %d, CSP %q, type %q", resp.StatusCode, resp.Header.Get("Content-Security-Policy"), resp.Header.Get("Content-Type"))
+	}
+}
