@@ -227,3 +227,20 @@ it('tells the session when a logged-in request answers 401', async () => {
 	await expect(api.me()).rejects.toMatchObject({ status: 401 });
 	expect(seen).toEqual(['session expired: log in again']);
 });
+
+it('signup logs in with a cookie and never keeps the token the signup answer carries', async () => {
+	const storage = memStorage();
+	const { f, calls } = fakeFetch((url) =>
+		url === '/v1/auth/signup'
+			? json(201, { token: 'eyJ.secret.jwt', user: { id: 'u' }, team: { id: 't' } })
+			: json(200, { user: { id: 'u' }, team: { id: 't' } })
+	);
+	const api = new Api({ fetch: f, storage });
+	const s = await api.signup({ email: 'n@example.com', password: 'long password', invite_token: 'wri_x' });
+	expect(calls.map((c) => c.url)).toEqual(['/v1/auth/signup', '/v1/auth/session']);
+	expect(JSON.parse(String(calls[0]!.init.body))).toMatchObject({ invite_token: 'wri_x' });
+	expect(api.auth).toEqual({ kind: 'cookie' });
+	expect(JSON.stringify(s)).not.toContain('eyJ');
+	expect(JSON.stringify(api)).not.toContain('eyJ');
+	expect(storage.m.size).toBe(0);
+});

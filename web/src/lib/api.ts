@@ -15,6 +15,9 @@ import type {
 	CookieSession,
 	CreatedAPIKey,
 	CreatedHost,
+	CreatedInvite,
+	Invite,
+	Role,
 	CreateSandboxRequest,
 	FileInfo,
 	Host,
@@ -392,6 +395,32 @@ export class Api {
 	}
 	async listMembers(team: string): Promise<Member[]> {
 		return (await this.request<{ members: Member[] }>('GET', `/v1/teams/${enc(team)}/members`)).members;
+	}
+	addMember(team: string, email: string, role: Role): Promise<Member> {
+		return this.request('POST', `/v1/teams/${enc(team)}/members`, { json: { email, role } });
+	}
+	setRole(team: string, user: string, role: Role): Promise<Member> {
+		return this.request('PATCH', `/v1/teams/${enc(team)}/members/${enc(user)}`, { json: { role } });
+	}
+	removeMember(team: string, user: string): Promise<void> {
+		return this.request('DELETE', `/v1/teams/${enc(team)}/members/${enc(user)}`);
+	}
+	async listInvites(team: string): Promise<Invite[]> {
+		return (await this.request<{ invites: Invite[] }>('GET', `/v1/teams/${enc(team)}/invites`)).invites;
+	}
+	createInvite(team: string, email: string, role: Role): Promise<CreatedInvite> {
+		return this.request('POST', `/v1/teams/${enc(team)}/invites`, { json: { email, role } });
+	}
+	deleteInvite(team: string, id: string): Promise<void> {
+		return this.request('DELETE', `/v1/teams/${enc(team)}/invites/${enc(id)}`);
+	}
+	/**
+	 * Signs up, then logs in with a cookie: the session token of the signup
+	 * answer is dropped unread, so the page never holds one.
+	 */
+	async signup(req: { email: string; password: string; name?: string; team_name?: string; invite_token?: string }): Promise<CookieSession> {
+		await this.request('POST', '/v1/auth/signup', { json: req });
+		return this.login(req.email, req.password);
 	}
 	auditLog(cursor?: string, limit = 50): Promise<{ entries: AuditEntry[]; next_cursor?: string }> {
 		return this.request('GET', '/v1/audit-logs', { query: { cursor, limit } });

@@ -13,6 +13,7 @@ export interface Session extends Readable<SessionState> {
 	/** Finds out whether the browser is logged in (remembered key, or cookie). */
 	restore(): Promise<void>;
 	login(email: string, password: string): Promise<void>;
+	signup(req: Parameters<Api['signup']>[0]): Promise<void>;
 	useKey(key: string, remember: boolean): Promise<void>;
 	logout(): Promise<void>;
 	switchTeam(teamId: string): Promise<void>;
@@ -46,6 +47,10 @@ export function createSession(api: Api): Session {
 		},
 		async login(email, password) {
 			await api.login(email, password);
+			await load('cookie');
+		},
+		async signup(req) {
+			await api.signup(req);
 			await load('cookie');
 		},
 		async useKey(key, remember) {

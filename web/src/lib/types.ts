@@ -155,3 +155,15 @@ export interface Template {
 	disk_bytes?: number;
 	source_sandbox_id?: string;
 }
+export interface Invite {
+	id: string;
+	team_id: string;
+	email: string;
+	role: Role;
+	created_at: string;
+	expires_at: string;
+	created_by?: string;
+}
+export interface CreatedInvite extends Invite {
+	token: string;
+}
