@@ -48,7 +48,7 @@ const (
 func (s *Server) setSessionCookie(w http.ResponseWriter, r *http.Request, sess api.Session) {
 	http.SetCookie(w, &http.Cookie{
 		Name: SessionCookie, Value: sess.Token, Path: "/",
-		Expires: sess.ExpiresAt, HttpOnly: true, Secure: r.TLS != nil,
+		Expires: sess.ExpiresAt, HttpOnly: true, Secure: s.overTLS(r),
 		SameSite: http.SameSiteStrictMode,
 	})
 	w.Header().Set("Cache-Control", "no-store")
@@ -80,9 +80,19 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 	}
 	http.SetCookie(w, &http.Cookie{
 		Name: SessionCookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
+		HttpOnly: true, Secure: s.overTLS(r), SameSite: http.SameSiteStrictMode,
 	})
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// overTLS reports whether the browser reached us over HTTPS: our own TLS,
+// or a trusted reverse proxy (WRENN_TRUSTED_PROXIES) that says so in
+// X-Forwarded-Proto. The session cookie is then Secure.
+func (s *Server) overTLS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	return s.clientIP.TrustedPeer(r) && strings.EqualFold(strings.TrimSpace(r.Header.Get("X-Forwarded-Proto")), "https")
 }
 
 func (s *Server) sessionTTL() time.Duration {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -233,6 +234,22 @@ func TestSessionCookieSecureOverTLS(t *testing.T) {
 	cs := w.Result().Cookies()
 	if len(cs) != 1 || !cs[0].Secure || !cs[0].HttpOnly || cs[0].SameSite != http.SameSiteStrictMode {
 		t.Fatalf("cookies over TLS %+v, want one Secure HttpOnly SameSite=Strict", cs)
+	}
+
+	// Behind a TLS-terminating proxy: believed only from a trusted one.
+	s = New(Deps{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	for _, tc := range []struct {
+		peer   string
+		secure bool
+	}{{"10.1.2.3:5555", true}, {"192.0.2.1:5555", false}} {
+		r := httptest.NewRequest("POST", "http://wrenn.test/v1/auth/session", nil)
+		r.RemoteAddr = tc.peer
+		r.Header.Set("X-Forwarded-Proto", "https")
+		w := httptest.NewRecorder()
+		s.setSessionCookie(w, r, api.Session{Token: "tok", ExpiresAt: time.Now().Add(time.Hour)})
+		if cs := w.Result().Cookies(); len(cs) != 1 || cs[0].Secure != tc.secure {
+			t.Fatalf("X-Forwarded-Proto: https from %s: cookies %+v, want Secure=%v", tc.peer, cs, tc.secure)
+		}
 	}
 }
 
