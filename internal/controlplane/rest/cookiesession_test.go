@@ -264,8 +264,9 @@ func TestUIRouting(t *testing.T) {
 	isUI := func(resp *http.Response) bool {
 		return strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") && resp.Header.Get("Content-Security-Policy") != ""
 	}
+	browser := http.Header{"Accept": {"text/html,application/xhtml+xml,*/*;q=0.8"}}
 	for _, p := range []string{"/", "/login", "/sandbox/abc", "/hosts", "/templates", "/team/keys"} {
-		resp := env.do(t, "GET", p, "", nil)
+		resp := env.doHeader(t, "GET", p, "", nil, browser)
 		if resp.StatusCode != http.StatusOK || !isUI(resp) {
 			t.Fatalf("GET %s: %d %q, want the dashboard", p, resp.StatusCode, resp.Header.Get("Content-Type"))
 		}
@@ -283,11 +284,19 @@ func TestUIRouting(t *testing.T) {
 		{"GET", "/healthz", 200},
 		{"POST", "/login", 404},
 		{"DELETE", "/", 404},
+		// /metrics has a listener of its own: never a page here.
+		{"GET", "/metrics", 404},
 	} {
-		resp := env.do(t, tc.method, tc.path, "", nil)
+		resp := env.doHeader(t, tc.method, tc.path, "", nil, browser)
 		if resp.StatusCode != tc.status || isUI(resp) {
 			t.Fatalf("%s %s: %d %q, want %d from the API", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Content-Type"), tc.status)
 		}
+	}
+	// A program (no text/html in Accept) asking for an unknown path gets
+	// the API's JSON 404, not a page; the root is the app regardless.
+	wantError(t, env.do(t, "GET", "/login", "", nil), http.StatusNotFound, "not_found")
+	if resp := env.do(t, "GET", "/", "", nil); resp.StatusCode != http.StatusOK || !isUI(resp) {
+		t.Fatalf("GET / without Accept: %d", resp.StatusCode)
 	}
 	resp := env.do(t, "GET", "/openapi.yaml", "", nil)
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/yaml" {

@@ -102,9 +102,17 @@ type Deps struct {
 	// production).
 	Faults *faultpoint.Points
 	// UI serves the dashboard (internal/controlplane/webui): it gets the
-	// GET and HEAD requests outside /v1 that no API route matches. nil:
-	// those answer 404 like any unknown route.
-	UI http.Handler
+	// GET and HEAD requests outside /v1 that no API route matches and it
+	// says it Serves. nil: those answer 404 like any unknown route.
+	UI UI
+}
+
+// UI is the dashboard's handler (internal/controlplane/webui.Handler).
+type UI interface {
+	http.Handler
+	// Serves reports whether the app answers r, a GET or HEAD outside /v1
+	// that no API route matched.
+	Serves(r *http.Request) bool
 }
 
 // Server is the REST API.
@@ -225,7 +233,7 @@ func (s *Server) routes() *chi.Mux {
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		if s.deps.UI != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
-			r.URL.Path != "/v1" && !strings.HasPrefix(r.URL.Path, "/v1/") {
+			r.URL.Path != "/v1" && !strings.HasPrefix(r.URL.Path, "/v1/") && s.deps.UI.Serves(r) {
 			s.deps.UI.ServeHTTP(w, r)
 			return
 		}

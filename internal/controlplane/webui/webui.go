@@ -2,9 +2,10 @@
 // from files embedded in wrenn-cp at build time.
 //
 // The REST router hands it the GET and HEAD requests it has no route for
-// outside /v1 (rest.Deps.UI), so the API keeps every path it has and the
-// app gets the rest: a file of the build when one matches, index.html
-// otherwise (the app routes in the browser).
+// outside /v1 that it Serves (rest.Deps.UI), so the API keeps every path
+// it has and the app gets the rest: a file of the build when one
+// matches, index.html for a browser's navigation to any other page (the
+// app routes in the browser).
 //
 // Every answer carries a Content-Security-Policy. The app loads its code
 // from /_app/... ('self'); SvelteKit's one inline bootstrap script (it
@@ -85,6 +86,33 @@ func ContentSecurityPolicy(page []byte) string {
 		"form-action 'self'",
 		"frame-ancestors 'none'",
 	}, "; ")
+}
+
+// reserved are paths outside /v1 that are never the app's, so they keep
+// the API's 404: /metrics is served on a listener of its own and a
+// scraper pointed at the API port must see it missing, not a page.
+var reserved = map[string]bool{"/metrics": true}
+
+// Serves reports whether the app answers r (a GET or HEAD no API route
+// matched): its root, a file of the build, or, for a browser navigating
+// (Accept: text/html), any other path but the reserved ones, which
+// index.html then routes. Programs asking for an unknown path get the
+// API's JSON 404 instead of a page.
+func (h *Handler) Serves(r *http.Request) bool {
+	p := path.Clean("/" + r.URL.Path)
+	if reserved[p] {
+		return false
+	}
+	if p == "/" {
+		return true
+	}
+	if _, err := fs.Stat(h.fsys, strings.TrimPrefix(p, "/")); err == nil {
+		return true
+	}
+	if strings.HasPrefix(p, "/_app/") {
+		return true // a missing build file: the app's 404
+	}
+	return strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
 // SetSecurityHeaders sets the headers every dashboard answer carries.

@@ -142,3 +142,29 @@ func TestEmbedded(t *testing.T) {
 		t.Fatalf("placeholder does not say how to build the dashboard: %s", body)
 	}
 }
+
+func TestServes(t *testing.T) {
+	h := testHandler(t)
+	for _, tc := range []struct {
+		path, accept string
+		want         bool
+	}{
+		{"/", "", true},
+		{"/favicon.svg", "", true},
+		{"/_app/immutable/entry/app.js", "", true},
+		{"/_app/immutable/gone.js", "", true},
+		{"/sandbox/x", "text/html,*/*", true},
+		{"/sandbox/x", "*/*", false},
+		{"/sandbox/x", "application/json", false},
+		{"/metrics", "text/html", false},
+		{"/metrics/../metrics", "text/html", false},
+	} {
+		r := httptest.NewRequest("GET", tc.path, nil)
+		if tc.accept != "" {
+			r.Header.Set("Accept", tc.accept)
+		}
+		if got := h.Serves(r); got != tc.want {
+			t.Errorf("Serves(%s, Accept %q) = %v, want %v", tc.path, tc.accept, got, tc.want)
+		}
+	}
+}
