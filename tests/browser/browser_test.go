@@ -109,7 +109,7 @@ func TestDashboard(t *testing.T) {
 	cmd.Dir = repo
 	cmd.Env = append(os.Environ(),
 		"WRENN_URL="+st.URL,
-		"WRENN_ADMIN_EMAIL="+st.Admin.Email, "WRENN_ADMIN_PASSWORD="+st.Admin.Password,
+		"WRENN_ADMIN_EMAIL="+st.Admin.Email, "WRENN_ADMIN_PASSWORD="+st.Admin.Password, "WRENN_ADMIN_KEY="+st.Admin.APIKey,
 		"WRENN_OTHER_EMAIL="+other.Email, "WRENN_OTHER_PASSWORD="+other.Password,
 		"WRENN_SHOTS="+shots, "CHROMIUM="+chromium,
 	)

@@ -23,6 +23,7 @@ const env = (k) => {
 };
 const base = env('WRENN_URL');
 const shots = env('WRENN_SHOTS');
+const keyForSetup = env('WRENN_ADMIN_KEY');
 const bootTimeout = 240_000; // a TCG boot on a loaded 2-core machine
 
 let step = '';
@@ -56,6 +57,15 @@ async function login(page, email, password) {
 	await page.getByLabel('Password').fill(password);
 	await page.getByRole('button', { name: 'Log in' }).click();
 	await page.getByRole('heading', { name: 'Sandboxes' }).waitFor();
+}
+
+/** Polls cond (every 500 ms, at most 2 minutes) until it holds. */
+async function poll(what, cond) {
+	const deadline = Date.now() + 120_000;
+	while (!(await cond())) {
+		if (Date.now() > deadline) throw new Error(`${step}: timed out waiting for ${what}`);
+		await new Promise((r) => setTimeout(r, 500));
+	}
 }
 
 async function apiKeyWorks(key) {
@@ -127,6 +137,21 @@ try {
 	const got = await readFile(await download.path());
 	check(Buffer.compare(got, bytes) === 0, `downloaded ${got.length} bytes differ from the ${bytes.length} uploaded`);
 	await shot(page, 'files');
+	// Open a text file, make a directory, rename and delete.
+	await page.locator('#upload').setInputFiles({ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('hello from the browser\n') });
+	await page.locator('tr[data-file="notes.txt"]').getByRole('button', { name: 'notes.txt' }).click();
+	await page.getByTestId('file-text').filter({ hasText: 'hello from the browser' }).waitFor();
+	await page.getByLabel('New directory name').fill('made-here');
+	await page.getByRole('button', { name: 'Make directory' }).click();
+	await page.locator('tr[data-file="made-here"]').waitFor();
+	await row.getByRole('button', { name: 'Rename' }).click();
+	await page.getByLabel('New name for upload.bin').fill('renamed.bin');
+	await page.locator('tr[data-file="upload.bin"] form').getByRole('button', { name: 'Rename' }).click();
+	await page.locator('tr[data-file="renamed.bin"]').waitFor();
+	check((await page.locator('tr[data-file="upload.bin"]').count()) === 0, 'upload.bin still listed after the rename');
+	page.once('dialog', (d) => void d.accept());
+	await page.locator('tr[data-file="renamed.bin"]').getByRole('button', { name: 'Delete' }).click();
+	await page.locator('tr[data-file="renamed.bin"]').waitFor({ state: 'detached' });
 
 	begin('pause and resume');
 	await page.getByRole('button', { name: 'Pause' }).click();
@@ -142,6 +167,11 @@ try {
 	const forkId = (await forkLink.textContent()).trim();
 	check(forkId && forkId !== id, `fork id ${forkId}`);
 	log(`fork ${forkId}`);
+
+	begin('snapshot as template');
+	await page.getByLabel('Template name').fill('browser-tpl');
+	await page.getByRole('button', { name: 'Snapshot as template' }).click();
+	await page.getByText('Template browser-tpl is being made').waitFor({ timeout: bootTimeout });
 
 	begin('metrics');
 	await page.getByRole('tab', { name: 'Metrics' }).click();
@@ -162,8 +192,33 @@ try {
 	await shot(page, 'sandboxes-phone');
 	await page.setViewportSize({ width: 1280, height: 800 });
 
-	begin('create and revoke an API key');
+	begin('templates: list and delete the snapshot');
 	page.on('dialog', (d) => void d.accept());
+	await page.goto(base + '/templates');
+	const tpl = page.locator('tr', { hasText: 'browser-tpl' });
+	// The list does not poll: reload until the host has finished it.
+	await poll('the snapshot template to be ready', async () => {
+		await page.goto(base + '/templates');
+		await tpl.waitFor();
+		return (await tpl.locator('.badge').textContent()).trim() === 'ready';
+	});
+	await shot(page, 'templates');
+	await tpl.getByRole('button', { name: 'Delete' }).click();
+	await tpl.waitFor({ state: 'detached', timeout: 60_000 });
+
+	begin('kill the fork');
+	await page.goto(base + `/sandbox/${encodeURIComponent(forkId)}`);
+	await page.getByTestId('state').filter({ hasText: 'running' }).waitFor();
+	await page.getByRole('button', { name: 'Kill' }).click();
+	await page.waitForURL((u) => u.pathname === '/');
+	await page.locator(`tr[data-sandbox="${forkId}"]`).waitFor({ state: 'detached', timeout: 60_000 });
+
+	begin('members');
+	await page.goto(base + '/members');
+	await page.getByRole('table', { name: 'Members' }).getByText(env('WRENN_ADMIN_EMAIL')).first().waitFor();
+	await shot(page, 'members');
+
+	begin('create and revoke an API key');
 	await page.goto(base + '/keys');
 	await page.getByLabel('Name').fill('browser-key');
 	await page.getByRole('button', { name: 'Create key' }).click();
@@ -197,6 +252,35 @@ try {
 	check(r === 401, `after logout /v1/me answers ${r}`);
 	check(session && (await fetch(base + '/v1/me', { headers: { Cookie: `wrenn_session=${session.value}` } })).status === 401,
 		'the logged-out session token still works');
+
+	begin('log in with a pasted API key');
+	{
+		const kctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+		const kp = await kctx.newPage();
+		watch(kp, problems);
+		const mk = await fetch(base + '/v1/api-keys', {
+			method: 'POST',
+			headers: { 'Content-Type': 'application/json', 'X-API-Key': keyForSetup },
+			body: JSON.stringify({ name: 'pasted' })
+		});
+		check(mk.status === 201, `create a key to paste: ${mk.status}`);
+		const pasted = (await mk.json()).key;
+		await kp.goto(base + '/login');
+		await kp.getByRole('tab', { name: 'API key' }).click();
+		await kp.getByLabel('API key').fill(pasted);
+		await kp.getByLabel('Remember this key in this browser').check();
+		await kp.getByRole('button', { name: 'Log in' }).click();
+		await kp.locator(`tr[data-sandbox="${id}"]`).waitFor();
+		const stored = await kp.evaluate(() => Object.entries(localStorage));
+		check(JSON.stringify(stored) === JSON.stringify([['wrenn.apiKey', pasted]]), `localStorage holds ${JSON.stringify(stored)}`);
+		// Remembered: a new page of the same browser is logged in.
+		await kp.reload();
+		await kp.locator(`tr[data-sandbox="${id}"]`).waitFor();
+		await kp.getByRole('button', { name: 'Log out' }).click();
+		await kp.waitForURL(/\/login/);
+		check((await kp.evaluate(() => localStorage.length)) === 0, 'the key stayed in localStorage after logout');
+		await kctx.close();
+	}
 
 	begin('a second team sees none of the first team\'s sandboxes');
 	const ctx2 = await browser.newContext({ viewport: { width: 1280, height: 800 } });
