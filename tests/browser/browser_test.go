@@ -13,9 +13,11 @@
 package browser
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -93,7 +95,10 @@ func TestDashboard(t *testing.T) {
 
 	// A second team, to check it sees none of the first team's sandboxes.
 	other := struct{ Email, Password string }{fmt.Sprintf("other-%d@example.com", time.Now().UnixNano()), "other team password"}
-	signup(ctx, t, st.URL, other.Email, other.Password)
+	otherToken, otherTeam := signup(ctx, t, st.URL, other.Email, other.Password)
+	// The admin joins it too, to switch between teams in the dashboard.
+	call(ctx, t, "POST", st.URL+"/v1/teams/"+otherTeam+"/members", otherToken,
+		map[string]string{"email": st.Admin.Email, "role": "member"}, http.StatusCreated)
 
 	shots := os.Getenv("WRENN_BROWSER_SHOTS")
 	if shots == "" {
@@ -134,22 +139,52 @@ func run(ctx context.Context, t *testing.T, dir, name string, args ...string) {
 	}
 }
 
-func signup(ctx context.Context, t *testing.T, base, email, password string) {
+// signup makes a user and their team "Other"; it returns the session
+// token and the team id.
+func signup(ctx context.Context, t *testing.T, base, email, password string) (token, team string) {
 	t.Helper()
-	body, _ := json.Marshal(map[string]string{"email": email, "password": password, "team_name": "Other"})
-	req, err := http.NewRequestWithContext(ctx, "POST", base+"/v1/auth/signup", strings.NewReader(string(body)))
+	var sess struct {
+		Token string `json:"token"`
+		Team  struct {
+			ID string `json:"id"`
+		} `json:"team"`
+	}
+	out := call(ctx, t, "POST", base+"/v1/auth/signup", "", map[string]string{"email": email, "password": password, "team_name": "Other"}, http.StatusCreated)
+	if err := json.Unmarshal(out, &sess); err != nil || sess.Token == "" || sess.Team.ID == "" {
+		t.Fatalf("sign up the second team: %s (%v)", out, err)
+	}
+	return sess.Token, sess.Team.ID
+}
+
+// call sends a JSON request (cred as a bearer token when set) and fails
+// the test unless it answers want; it returns the body.
+func call(ctx context.Context, t *testing.T, method, url, cred string, body any, want int) []byte {
+	t.Helper()
+	b, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if cred != "" {
+		req.Header.Set("Authorization", "Bearer "+cred)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("sign up the second team: %v", err)
+		t.Fatalf("%s %s: %v", method, url, err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("sign up the second team: status %d", resp.StatusCode)
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read: %v", method, url, err)
 	}
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: status %d, want %d: %s", method, url, resp.StatusCode, want, out)
+	}
+	return out
 }
 
 // testWriter sends the stack's progress lines to the test log.

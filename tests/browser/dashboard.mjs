@@ -213,6 +213,22 @@ try {
 	await page.waitForURL((u) => u.pathname === '/');
 	await page.locator(`tr[data-sandbox="${forkId}"]`).waitFor({ state: 'detached', timeout: 60_000 });
 
+	begin('switch team');
+	{
+		const sw = page.getByLabel('Team');
+		await sw.waitFor();
+		const home = await sw.inputValue();
+		await sw.selectOption({ label: 'Other (member)' });
+		await page.getByText('No sandboxes yet.').waitFor();
+		check((await page.locator('tr[data-sandbox]').count()) === 0, "the other team's list shows this team's sandboxes");
+		// The team cookie follows the switch, so links and WebSockets act
+		// for the same team: this team's sandbox is not found from there.
+		await page.goto(base + `/sandbox/${encodeURIComponent(id)}`);
+		await page.getByText('does not exist').waitFor();
+		await page.getByLabel('Team').selectOption(home);
+		await page.locator(`tr[data-sandbox="${id}"]`).waitFor();
+	}
+
 	begin('members');
 	await page.goto(base + '/members');
 	await page.getByRole('table', { name: 'Members' }).getByText(env('WRENN_ADMIN_EMAIL')).first().waitFor();
