@@ -105,6 +105,25 @@ try {
 	check(session && session.httpOnly && session.sameSite === 'Strict', `session cookie ${JSON.stringify(session)}`);
 	check(!(await page.evaluate(() => document.cookie)).includes('wrenn_session'), 'the session cookie is visible to scripts');
 
+	begin('the CSP blocks an injected inline script');
+	{
+		const outcome = await page.evaluate(
+			() =>
+				new Promise((resolve) => {
+					document.addEventListener('securitypolicyviolation', (e) => resolve(`blocked by ${e.effectiveDirective}`), { once: true });
+					const s = document.createElement('script');
+					s.textContent = 'window.__injected = true';
+					document.body.append(s);
+					// A fallback answer if no violation is reported at all.
+					setTimeout(() => resolve(window.__injected ? 'it ran' : 'no report'), 3000);
+				})
+		);
+		check(outcome === 'blocked by script-src-elem' || outcome === 'blocked by script-src', `injected inline script: ${outcome}`);
+		// That refusal is the one console error expected here.
+		const i = problems.findIndex((p) => /inline script/i.test(p));
+		if (i >= 0) problems.splice(i, 1);
+	}
+
 	begin('create a sandbox');
 	await page.getByRole('link', { name: 'New sandbox' }).click();
 	await page.getByLabel('Metadata').fill('owner=browser-test');

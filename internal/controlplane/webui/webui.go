@@ -77,9 +77,7 @@ func ContentSecurityPolicy(page []byte) string {
 		"default-src 'self'",
 		"script-src " + strings.Join(scripts, " "),
 		"style-src 'self' 'unsafe-inline'",
-		// Downloads of files fetched with an API key go through blob: URLs;
-		// uPlot draws on canvas (no images), xterm.js uses no fonts of its own.
-		"img-src 'self' data: blob:",
+		"img-src 'self'",
 		"connect-src 'self'",
 		"object-src 'none'",
 		"base-uri 'self'",
