@@ -172,9 +172,13 @@ try {
 	await page.locator('tr[data-file="renamed.bin"]').getByRole('button', { name: 'Delete' }).click();
 	await page.locator('tr[data-file="renamed.bin"]').waitFor({ state: 'detached' });
 
-	begin('pause and resume');
+	begin('pause, resume, hibernate, resume');
 	await page.getByRole('button', { name: 'Pause' }).click();
 	await page.getByTestId('state').filter({ hasText: 'paused' }).waitFor({ timeout: bootTimeout });
+	await page.getByRole('button', { name: 'Resume' }).click();
+	await page.getByTestId('state').filter({ hasText: 'running' }).waitFor({ timeout: bootTimeout });
+	await page.getByRole('button', { name: 'Hibernate' }).click();
+	await page.getByTestId('state').filter({ hasText: 'hibernated' }).waitFor({ timeout: bootTimeout });
 	await page.getByRole('button', { name: 'Resume' }).click();
 	await page.getByTestId('state').filter({ hasText: 'running' }).waitFor({ timeout: bootTimeout });
 

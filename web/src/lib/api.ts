@@ -286,6 +286,10 @@ export class Api {
 	pauseSandbox(id: string, keepMemory = true): Promise<Sandbox> {
 		return this.request('POST', `/v1/sandboxes/${enc(id)}/pause`, { json: { keep_memory: keepMemory } });
 	}
+	/** Writes a paused or running sandbox's memory to disk and frees its RAM. */
+	hibernateSandbox(id: string): Promise<Sandbox> {
+		return this.request('POST', `/v1/sandboxes/${enc(id)}/hibernate`);
+	}
 	resumeSandbox(id: string): Promise<Sandbox> {
 		return this.request('POST', `/v1/sandboxes/${enc(id)}/resume`);
 	}
