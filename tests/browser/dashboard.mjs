@@ -203,6 +203,19 @@ try {
 	await page.getByText('No history yet').waitFor({ state: 'detached', timeout: 60_000 });
 	await shot(page, 'metrics');
 
+	begin('settings: timeout and network policy');
+	await page.getByRole('tab', { name: 'Settings' }).click();
+	await page.getByLabel('Idle timeout (seconds)').fill('900');
+	await page.getByRole('button', { name: 'Set timeout' }).click();
+	await page.getByText('Timeout set.').waitFor();
+	await page.getByLabel('Internet access').uncheck();
+	await page.getByRole('button', { name: 'Apply network policy' }).click();
+	await page.getByText('Network policy changed.').waitFor();
+	{
+		const got = await page.evaluate(async (sid) => (await fetch(`/v1/sandboxes/${encodeURIComponent(sid)}`)).json(), id);
+		check(got.timeout_sec === 900 && got.network?.allow_internet === false, `sandbox after settings: ${JSON.stringify(got)}`);
+	}
+
 	begin('sandbox list');
 	await page.goto(base + '/');
 	await page.locator(`tr[data-sandbox="${id}"]`).waitFor();

@@ -23,6 +23,7 @@ import type {
 	Host,
 	Me,
 	Member,
+	NetworkPolicy,
 	Sandbox,
 	SandboxMetrics,
 	Template
@@ -309,6 +310,10 @@ export class Api {
 		return this.request('POST', `/v1/sandboxes/${enc(id)}/timeout`, {
 			json: { timeout_sec: timeoutSec, on_timeout: onTimeout }
 		});
+	}
+	/** Replaces the sandbox's egress policy while it runs. */
+	setNetwork(id: string, policy: NetworkPolicy): Promise<Sandbox> {
+		return this.request('PUT', `/v1/sandboxes/${enc(id)}/network`, { json: policy });
 	}
 	metrics(id: string, signal?: AbortSignal): Promise<SandboxMetrics> {
 		return this.request('GET', `/v1/sandboxes/${enc(id)}/metrics`, { signal });
