@@ -18,7 +18,7 @@ DESTDIR ?=
 GUEST_BINS := envd wrenn-init
 HOST_BINS  := wrenn-cp wrenn-agent wrenn wrenn-up
 
-.PHONY: help build generate check lint test test-short images kernel rootfs deps clean up dev dev-agent bench soak install
+.PHONY: help build web dev-frontend test-web generate check lint test test-short images kernel rootfs deps clean up dev dev-agent bench soak install
 
 help:
 	@echo "make up         one-box Wrenn: deps, build, images, PostgreSQL, control plane, agent (as root)"
@@ -26,7 +26,9 @@ help:
 	@echo "make bench      performance report vs bare QEMU and gVisor (as root; BENCH_FLAGS=--quick for the short run)"
 	@echo "make soak       random sandbox operations on a stack of its own for SOAK_DURATION (30m) with SOAK_WORKERS (3), then a leak check (as root; not in make test)"
 	@echo "make dev-agent  the host agent alone, as root (REGISTER=<token> on first run)"
-	@echo "make build      build $(HOST_BINS) $(GUEST_BINS) into $(BUILDS)/"
+	@echo "make build      build the dashboard (web/) and $(HOST_BINS) $(GUEST_BINS) into $(BUILDS)/ (NO_WEBUI=1: without the dashboard)"
+	@echo "make dev-frontend  the dashboard's Vite dev server on :5173 against a running control plane (WRENN_API_URL)"
+	@echo "make test-web   the dashboard's type check and unit tests"
 	@echo "make install    (as root, after make build) wrenn-cp, wrenn-agent, wrenn into $(PREFIX)/bin, their systemd units, /etc/wrenn/*.env (DESTDIR= to stage)"
 	@echo "make images     build the guest kernel and the minimal rootfs (cached under $(WRENN_CACHE))"
 	@echo "make test       install what is missing, build images, run every test (VM tests included)"
@@ -35,11 +37,42 @@ help:
 
 build: $(addprefix $(BUILDS)/,$(HOST_BINS) $(GUEST_BINS))
 
+# The dashboard (web/, SvelteKit) is built into $(WEB_DIST) (git-ignored)
+# and embedded in wrenn-cp by -tags webui. `make build NO_WEBUI=1` (or
+# `go build ./cmd/wrenn-cp`) builds without it: wrenn-cp then serves a page
+# saying how to build it. npm ci runs only when the lockfile changed.
+WEB_DIST := internal/controlplane/webui/dist
+WEB_DEPS := web/node_modules/.package-lock.json
+ifeq ($(NO_WEBUI),)
+CP_TAGS := -tags webui
+CP_DEPS := web
+endif
+
+$(WEB_DEPS): web/package-lock.json web/package.json
+	cd web && npm ci --no-audit --no-fund
+	@touch $@
+
+web: $(WEB_DEPS)
+	cd web && npm run build
+
+# Vite's dev server with hot reload on :5173, proxying the API and the
+# terminal's WebSocket to a running control plane (WRENN_API_URL, default
+# http://127.0.0.1:8000, e.g. from `make up` or `make dev`).
+dev-frontend: $(WEB_DEPS)
+	cd web && WRENN_API_URL=$${WRENN_API_URL:-http://127.0.0.1:8000} npm run dev
+
+# The dashboard's unit tests (Vitest) and type check.
+test-web: $(WEB_DEPS)
+	cd web && npm run check && npm test
+
 $(addprefix $(BUILDS)/,$(GUEST_BINS)): $(BUILDS)/%: FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
 
-$(addprefix $(BUILDS)/,$(HOST_BINS)): $(BUILDS)/%: FORCE
+$(addprefix $(BUILDS)/,$(filter-out wrenn-cp,$(HOST_BINS))): $(BUILDS)/%: FORCE
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/$*
+
+$(BUILDS)/wrenn-cp: $(CP_DEPS) FORCE
+	$(GO) build -trimpath $(CP_TAGS) -ldflags '$(LDFLAGS)' -o $@ ./cmd/wrenn-cp
 
 FORCE:
 

@@ -506,6 +506,13 @@ type AuditEntryActorType string
 // AuditEntryOutcome defines model for AuditEntry.Outcome.
 type AuditEntryOutcome string
 
+// CookieSession A dashboard login; the token is only in the cookie. `team` is absent for a user who belongs to no team.
+type CookieSession struct {
+	ExpiresAt time.Time `json:"expires_at"`
+	Team      *Team     `json:"team,omitempty"`
+	User      User      `json:"user"`
+}
+
 // CreateHostRequest defines model for CreateHostRequest.
 type CreateHostRequest struct {
 	Type CreateHostRequestType `json:"type"`
@@ -1522,6 +1529,9 @@ type CreateAPIKeyJSONRequestBody CreateAPIKeyJSONBody
 
 // LoginJSONRequestBody defines body for Login for application/json ContentType.
 type LoginJSONRequestBody = LoginRequest
+
+// CreateCookieSessionJSONRequestBody defines body for CreateCookieSession for application/json ContentType.
+type CreateCookieSessionJSONRequestBody = LoginRequest
 
 // SignupJSONRequestBody defines body for Signup for application/json ContentType.
 type SignupJSONRequestBody = SignupRequest

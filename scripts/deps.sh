@@ -26,6 +26,9 @@ packages=(
 	postgresql
 	# benchmark baseline (gVisor)
 	runsc
+	# the dashboard's browser tests (tests/browser drive it with the
+	# playwright-core npm package; no browser is downloaded)
+	chromium
 )
 
 missing=()

@@ -19,6 +19,14 @@ else
 	echo "test: not root: VM, network and cgroup tests will skip (each prints why)" >&2
 fi
 
+# The dashboard's type check and unit tests (Vitest). Its browser journey
+# (tests/browser) is one of the Go packages below.
+if command -v npm >/dev/null; then
+	make --no-print-directory test-web
+else
+	echo "test: npm not found: the dashboard's unit tests are skipped" >&2
+fi
+
 # -p 1: one package at a time. Several packages boot VMs (TCG: CPU-bound),
 # and on a 2-core machine running them side by side starves guests of CPU;
 # the agent's fork test has failed only under such load (see the snapshot

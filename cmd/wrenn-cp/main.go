@@ -33,6 +33,7 @@ import (
 	"github.com/wrenn/wrenn/internal/controlplane/quota"
 	"github.com/wrenn/wrenn/internal/controlplane/rest"
 	"github.com/wrenn/wrenn/internal/controlplane/servetls"
+	"github.com/wrenn/wrenn/internal/controlplane/webui"
 	"github.com/wrenn/wrenn/internal/dbmigrate"
 	"github.com/wrenn/wrenn/internal/faultpoint"
 	"github.com/wrenn/wrenn/internal/store"
@@ -145,7 +146,14 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(ad
 	if err != nil {
 		return err
 	}
+	// The dashboard, embedded at build time (the placeholder page without
+	// `make build`'s -tags webui).
+	ui, err := webui.New()
+	if err != nil {
+		return err
+	}
 	api := rest.New(rest.Deps{
+		UI:             ui,
 		Pool:           pool,
 		Logger:         log.With("component", "api"),
 		Metrics:        metrics,

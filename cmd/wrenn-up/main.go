@@ -53,6 +53,7 @@ func run(ctx context.Context, cfg devstack.Config, keep bool) error {
 	fmt.Printf(`
 Wrenn is up (%s).
 
+  Dashboard: %s/   (log in as the admin below)
   API:      %s   (docs: %s/docs)
   API key:  %s
   Admin:    %s / %s
@@ -66,7 +67,7 @@ E2B's SDKs (Python and JavaScript), unchanged:
   export E2B_API_URL=%s E2B_SANDBOX_URL=%s E2B_API_KEY=%s
 
 Logs: %s/logs/. Ctrl-C stops everything.
-`, time.Since(start).Round(100*time.Millisecond), st.URL, st.URL, st.Admin.APIKey, st.Admin.Email, st.Admin.Password,
+`, time.Since(start).Round(100*time.Millisecond), st.URL, st.URL, st.URL, st.Admin.APIKey, st.Admin.Email, st.Admin.Password,
 		st.URL, st.Admin.APIKey, st.URL, st.URL, st.Admin.E2BKey, cfg.Dir)
 	if st.CACert != "" {
 		fmt.Printf("HTTPS with the cluster CA %s: export WRENN_CA_CERT=%s\n", st.CACertHash, st.CACert)

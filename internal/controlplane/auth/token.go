@@ -52,6 +52,10 @@ func (s Sessions) Issue(userID uuid.UUID, now time.Time) (string, time.Time, err
 		Subject:   userID.String(),
 		IssuedAt:  jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(exp),
+		// A random id makes every token unique, so logging out one
+		// session (which revokes its token) never logs out another
+		// issued to the same user in the same second.
+		ID: uuid.NewString(),
 	}
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(s.Secret)
 	if err != nil {

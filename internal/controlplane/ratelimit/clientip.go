@@ -96,6 +96,17 @@ func (c *ClientIP) Of(r *http.Request) string {
 	return client.String()
 }
 
+// TrustedPeer reports whether r's peer is one of the trusted proxies, whose
+// forwarding headers (X-Forwarded-Proto too) may be believed.
+func (c *ClientIP) TrustedPeer(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	peer, err := netip.ParseAddr(host)
+	return err == nil && c != nil && c.isTrusted(peer.Unmap())
+}
+
 func (c *ClientIP) isTrusted(a netip.Addr) bool {
 	for _, p := range c.trusted {
 		if p.Contains(a) {

@@ -76,8 +76,16 @@ func (s *Server) mountPublicAuth(r chi.Router) {
 	byAddr := func(r *http.Request) string { return "addr:" + s.clientIP.Of(r) }
 	r.With(limit.middleware(byAddr)).Post("/auth/signup", s.signup)
 	r.With(limit.middleware(byAddr)).Post("/auth/login", func(w http.ResponseWriter, r *http.Request) {
-		s.login(w, r, dummy)
+		s.login(w, r, dummy, func(w http.ResponseWriter, _ *http.Request, sess api.Session) {
+			writeJSON(w, http.StatusOK, sess)
+		})
 	})
+	// The dashboard's login: the same checks, the token in a cookie
+	// (cookiesession.go).
+	r.With(limit.middleware(byAddr)).Post("/auth/session", func(w http.ResponseWriter, r *http.Request) {
+		s.login(w, r, dummy, s.setSessionCookie)
+	})
+	r.With(limit.middleware(byAddr)).Delete("/auth/session", s.logout)
 }
 
 type signupRequest struct {
@@ -180,7 +188,9 @@ type loginRequest struct {
 	Password string `json:"password"`
 }
 
-func (s *Server) login(w http.ResponseWriter, r *http.Request, dummyHash string) {
+// login checks an email and password and hands the new session to
+// respond (which writes the answer: the token in the body, or in a cookie).
+func (s *Server) login(w http.ResponseWriter, r *http.Request, dummyHash string, respond func(http.ResponseWriter, *http.Request, api.Session)) {
 	var req loginRequest
 	if err := decodeJSON(w, r, &req, false); err != nil {
 		writeError(w, r, err)
@@ -260,7 +270,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, dummyHash string)
 		writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, sess)
+	respond(w, r, sess)
 }
 
 // writeHashError answers a password hash that did not run: the gate was
@@ -311,19 +321,29 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 }
 
 func (s *Server) resolvePrincipal(r *http.Request) (Principal, error) {
-	cred, err := credential(r)
+	cred, fromCookie, err := cookieCredential(r)
 	if err != nil {
 		return Principal{}, err
 	}
+	if !fromCookie {
+		if cred, err = credential(r); err != nil {
+			return Principal{}, err
+		}
+	}
 	var team *uuid.UUID
-	if h := r.Header.Get(teamHeader); h != "" {
+	h := r.Header.Get(teamHeader)
+	if c, err := r.Cookie(TeamCookie); fromCookie && h == "" && err == nil {
+		// A WebSocket or a link cannot send the header (cookiesession.go).
+		h = c.Value
+	}
+	if h != "" {
 		id, err := uuid.Parse(strings.TrimSpace(h))
 		if err != nil {
 			return Principal{}, invalid("%s %q is not a team id", teamHeader, h)
 		}
 		team = &id
 	}
-	if auth.HasAPIKeyPrefix(cred) {
+	if auth.HasAPIKeyPrefix(cred) && !fromCookie {
 		return s.apiKeyPrincipal(r.Context(), cred, team)
 	}
 	p, err := s.sessionPrincipal(r.Context(), cred, team)
@@ -389,6 +409,9 @@ func (s *Server) sessionPrincipal(ctx context.Context, tok string, team *uuid.UU
 	userID, err := s.sessions().Verify(tok, s.clk.Now())
 	if err != nil {
 		return Principal{}, err
+	}
+	if s.revoked.has(tok) {
+		return Principal{}, unauthenticated("this session was logged out: log in again")
 	}
 	rows, err := s.q.GetUserSessionTeam(ctx, store.GetUserSessionTeamParams{TeamID: team, UserID: userID})
 	if err != nil {

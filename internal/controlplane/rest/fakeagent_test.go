@@ -474,6 +474,13 @@ func guestWeb(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	case "/cookies":
+		// What a hostile guest page does with cookies (cookiesession.go).
+		w.Header().Add("Set-Cookie", "wrenn_session=guest-chosen; Path=/")
+		w.Header().Add("Set-Cookie", "WRENN_TEAM=guest-chosen; Path=/")
+		w.Header().Add("Set-Cookie", "app=1; Path=/")
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprintf(w, "cookie=%q", r.Header.Get("Cookie"))
 	default:
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("Content-Type", "text/plain")

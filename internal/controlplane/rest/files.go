@@ -90,6 +90,8 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer body.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
+	// A sandbox's bytes on the API's origin (cookiesession.go).
+	isolateGuestContent(w.Header())
 	w.WriteHeader(http.StatusOK)
 	if _, err := io.Copy(w, body); err != nil {
 		// The status is out; cutting the connection is the only way to

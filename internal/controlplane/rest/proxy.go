@@ -159,7 +159,7 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id, portStr, 
 		writeError(w, r, fmt.Errorf("load sandbox %s: %w", id, err))
 		return
 	}
-	forward := func(w http.ResponseWriter, r *http.Request) { s.forwardPort(w, r, sb, port, rest, false) }
+	forward := func(w http.ResponseWriter, r *http.Request) { s.forwardPort(w, r, sb, port, rest, false, pathForm) }
 	switch {
 	case slices.Contains(sb.PublicPorts, int32(port)) || sb.PublicTraffic:
 		forward(w, r)
@@ -189,7 +189,7 @@ func (s *Server) proxyPort(w http.ResponseWriter, r *http.Request, id, portStr, 
 				return
 			}
 			// The credentials were the API's, not the guest's.
-			s.forwardPort(w, r, sb, port, rest, true)
+			s.forwardPort(w, r, sb, port, rest, true, pathForm)
 		})).ServeHTTP(w, r)
 	}
 }
@@ -208,7 +208,10 @@ func writeTrafficRefusal(w http.ResponseWriter, id, msg string) {
 // paused sandbox first when it asked for that. teamAuth: the request's
 // Authorization header (if any) was the team's credential, which the
 // guest must not see; otherwise it may be the guest app's own.
-func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.GetProxySandboxRow, port int, rest string, teamAuth bool) {
+//
+// apiOrigin: the request came by the path form, on the API's own origin,
+// so the response is isolated from it (cookiesession.go).
+func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.GetProxySandboxRow, port int, rest string, teamAuth, apiOrigin bool) {
 	sb, err := s.resumeForTraffic(r.Context(), sb)
 	if err != nil {
 		writeError(w, r, errdefs.New(errdefs.ErrUnavailable, "sandbox %s is paused and did not resume: %s", sb.ID, s.resumeFailure(r, sb.ID, err)))
@@ -218,7 +221,11 @@ func (s *Server) forwardPort(w http.ResponseWriter, r *http.Request, sb store.Ge
 		writeError(w, r, errdefs.New(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.ID, sb.State))
 		return
 	}
-	s.forwardGuest(w, r, sb, guestTarget{agentPath: "/sandboxes/" + url.PathEscape(sb.ID) + "/ports/" + strconv.Itoa(port), rest: rest, port: port, keepHost: true, dropAuthorization: teamAuth},
+	gt := guestTarget{agentPath: "/sandboxes/" + url.PathEscape(sb.ID) + "/ports/" + strconv.Itoa(port), rest: rest, port: port, keepHost: true, dropAuthorization: teamAuth}
+	if apiOrigin {
+		gt.modifyResponse = isolateGuestResponse
+	}
+	s.forwardGuest(w, r, sb, gt,
 		func(w http.ResponseWriter, r *http.Request, status int, msg string) {
 			var b errorBody
 			b.Error.Code = errdefs.Code(errdefs.ErrUnavailable)
@@ -302,6 +309,8 @@ func (s *Server) forwardGuest(w http.ResponseWriter, r *http.Request, sb store.G
 			for _, h := range proxyCredentialHeaders {
 				out.Header.Del(h)
 			}
+			// The dashboard's session is never a guest's business.
+			dropAPICookies(out.Header)
 			// Other Authorization values (envd's Basic naming the guest
 			// user, a guest app's own token) belong to the guest.
 			if gt.dropAuthorization || isAPIKeyBearer(out.Header.Get("Authorization")) {

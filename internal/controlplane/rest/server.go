@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,6 +101,18 @@ type Deps struct {
 	// Faults are the sandbox service's fault points (tests only; nil in
 	// production).
 	Faults *faultpoint.Points
+	// UI serves the dashboard (internal/controlplane/webui): it gets the
+	// GET and HEAD requests outside /v1 that no API route matches and it
+	// says it Serves. nil: those answer 404 like any unknown route.
+	UI UI
+}
+
+// UI is the dashboard's handler (internal/controlplane/webui.Handler).
+type UI interface {
+	http.Handler
+	// Serves reports whether the app answers r, a GET or HEAD outside /v1
+	// that no API route matched.
+	Serves(r *http.Request) bool
 }
 
 // Server is the REST API.
@@ -132,6 +145,9 @@ type Server struct {
 	// resumes shares one traffic-triggered resume per sandbox among the
 	// requests waiting on it (envdproxy.go).
 	resumes resumeGroup
+
+	// revoked are logged-out session tokens (cookiesession.go).
+	revoked revokedSessions
 }
 
 // New returns a Server.
@@ -217,6 +233,11 @@ func (s *Server) routes() *chi.Mux {
 		})
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		if s.deps.UI != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+			r.URL.Path != "/v1" && !strings.HasPrefix(r.URL.Path, "/v1/") && s.deps.UI.Serves(r) {
+			s.deps.UI.ServeHTTP(w, r)
+			return
+		}
 		writeError(w, r, errNotFoundRoute)
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
