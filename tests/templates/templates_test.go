@@ -246,20 +246,15 @@ func logText(lines []logEntry) string {
 	return sb.String()
 }
 
-type sandbox struct {
-	ID string `json:"sandbox_id"`
-}
-
 func (c *client) create(ctx context.Context, template string) string {
 	c.t.Helper()
-	var sb map[string]any
-	c.json(ctx, http.MethodPost, "/v1/sandboxes", map[string]any{"template": template, "timeout_sec": 600}, http.StatusCreated, &sb)
-	id, _ := sb["sandbox_id"].(string)
-	if id == "" {
-		id, _ = sb["id"].(string)
+	var sb struct {
+		ID string `json:"id"`
 	}
+	c.json(ctx, http.MethodPost, "/v1/sandboxes", map[string]any{"template": template, "timeout_sec": 600}, http.StatusCreated, &sb)
+	id := sb.ID
 	if id == "" {
-		c.t.Fatalf("create from %s: no id in %v", template, sb)
+		c.t.Fatalf("create from %s: no id", template)
 	}
 	c.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

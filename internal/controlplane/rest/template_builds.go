@@ -99,7 +99,9 @@ func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request) (err erro
 		return err
 	}
 	team := principal(ctx).TeamID
-	defer func() { s.audit(ctx, "template", name, "build", err, map[string]any{"from": fromText(rec.From), "recipe": file}) }()
+	defer func() {
+		s.audit(ctx, "template", name, "build", err, map[string]any{"from": fromText(rec.From), "recipe": file})
+	}()
 	keep = true // StartBuild owns the file now
 	b, err := s.sandboxes.StartBuild(ctx, team, sandboxes.BuildSpec{
 		Name: name, Recipe: rec, RecipeFile: file, Args: args, Credentials: creds, ContextPath: f.Name(),
@@ -297,7 +299,9 @@ func (s *Server) cancelTemplateBuild(w http.ResponseWriter, r *http.Request) (er
 	if err != nil {
 		return err
 	}
-	defer func() { s.audit(ctx, "template", b.TemplateName, "cancel_build", err, map[string]any{"build_id": b.ID}) }()
+	defer func() {
+		s.audit(ctx, "template", b.TemplateName, "cancel_build", err, map[string]any{"build_id": b.ID})
+	}()
 	if err := s.sandboxes.CancelBuild(ctx, b); err != nil {
 		if errors.Is(err, errdefs.ErrFailedPrecondition) {
 			return errdefs.New(errdefs.ErrAlreadyExists, "%v", err) // 409: it ended
