@@ -108,6 +108,11 @@ type QuotaHold struct {
 	ExpiresAt time.Time
 }
 
+type RevokedSession struct {
+	TokenHash []byte
+	ExpiresAt time.Time
+}
+
 type Sandbox struct {
 	ID                string
 	TeamID            uuid.UUID

@@ -5,6 +5,7 @@ package rest
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"math"
@@ -410,7 +411,12 @@ func (s *Server) sessionPrincipal(ctx context.Context, tok string, team *uuid.UU
 	if err != nil {
 		return Principal{}, err
 	}
-	if s.revoked.has(tok) {
+	h := sha256.Sum256([]byte(tok))
+	revoked, err := s.q.SessionRevoked(ctx, h[:])
+	if err != nil {
+		return Principal{}, fmt.Errorf("check session revocation: %w", err)
+	}
+	if revoked {
 		return Principal{}, unauthenticated("this session was logged out: log in again")
 	}
 	rows, err := s.q.GetUserSessionTeam(ctx, store.GetUserSessionTeamParams{TeamID: team, UserID: userID})

@@ -23,15 +23,17 @@ package rest
 // headers, carries.
 
 import (
+	"context"
 	"crypto/sha256"
+	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/wrenn/wrenn/api"
 	"github.com/wrenn/wrenn/internal/controlplane/auth"
 	"github.com/wrenn/wrenn/internal/errdefs"
+	"github.com/wrenn/wrenn/internal/store"
 )
 
 const (
@@ -75,7 +77,10 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 	if tok != "" {
 		if _, err := s.sessions().Verify(tok, s.clk.Now()); err == nil {
 			// The token's own expiry bounds how long it must be remembered.
-			s.revoked.add(tok, s.clk.Now(), s.clk.Now().Add(s.sessionTTL()))
+			if err := s.revokeSession(r.Context(), tok); err != nil {
+				writeError(w, r, err)
+				return
+			}
 		}
 	}
 	http.SetCookie(w, &http.Cookie{
@@ -190,35 +195,17 @@ func cookieCredential(r *http.Request) (tok string, ok bool, err error) {
 	return c.Value, true, nil
 }
 
-// revokedSessions remembers logged-out session tokens (by hash) until they
-// would have expired anyway.
-//
-// It lives in this replica's memory: a restart forgets it, and another
-// replica does not see it. Durable revocation needs a table (a migration
-// number the lead assigns); until then logout also clears the cookie, so
-// the browser that logged out holds no token.
-type revokedSessions struct {
-	mu     sync.Mutex
-	byHash map[[32]byte]time.Time
-}
-
-func (v *revokedSessions) add(tok string, now, until time.Time) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.byHash == nil {
-		v.byHash = map[[32]byte]time.Time{}
+// revokeSession records a logged-out session token (its hash) in the
+// store until it would have expired anyway, for every replica and past
+// restarts; expired records are dropped on the way.
+func (s *Server) revokeSession(ctx context.Context, tok string) error {
+	now := s.clk.Now()
+	h := sha256.Sum256([]byte(tok))
+	if err := s.q.RevokeSession(ctx, store.RevokeSessionParams{TokenHash: h[:], ExpiresAt: now.Add(s.sessionTTL())}); err != nil {
+		return fmt.Errorf("revoke session: %w", err)
 	}
-	for h, exp := range v.byHash {
-		if now.After(exp) {
-			delete(v.byHash, h)
-		}
+	if _, err := s.q.DeleteExpiredRevokedSessions(ctx, now); err != nil {
+		s.log.Warn("drop expired session revocations", "err", err)
 	}
-	v.byHash[sha256.Sum256([]byte(tok))] = until
-}
-
-func (v *revokedSessions) has(tok string) bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	_, ok := v.byHash[sha256.Sum256([]byte(tok))]
-	return ok
+	return nil
 }

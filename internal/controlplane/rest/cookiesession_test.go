@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -218,6 +219,16 @@ func TestLogout(t *testing.T) {
 	// A bearer session token logs out the same way.
 	env.doJSON(t, "DELETE", "/v1/auth/session", a.JWT, nil, http.StatusNoContent, nil)
 	wantError(t, env.do(t, "GET", "/v1/me", a.JWT, nil), http.StatusUnauthorized, "unauthenticated")
+	// The revocation is in the store: another replica (or this one after a
+	// restart) refuses the token too.
+	replica := httptest.NewServer(New(Deps{Pool: env.Pool, Clock: env.Clock, Logger: testLogger(t), Metrics: prometheus.NewRegistry(),
+		JWTSecret: env.Server.deps.JWTSecret, Domain: "wrenn.test", RateLimit: 10000}).Handler())
+	defer replica.Close()
+	req, _ := http.NewRequest("GET", replica.URL+"/v1/me", nil)
+	req.Header.Set("Authorization", "Bearer "+a.JWT)
+	if resp, err := replica.Client().Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("another replica with the logged-out token: %v %v, want 401", err, resp)
+	}
 	// Logging out twice, or with nothing, is fine.
 	env.doJSON(t, "DELETE", "/v1/auth/session", "", nil, http.StatusNoContent, nil)
 	// API keys are not sessions: they keep working.

@@ -145,9 +145,6 @@ type Server struct {
 	// resumes shares one traffic-triggered resume per sandbox among the
 	// requests waiting on it (envdproxy.go).
 	resumes resumeGroup
-
-	// revoked are logged-out session tokens (cookiesession.go).
-	revoked revokedSessions
 }
 
 // New returns a Server.
