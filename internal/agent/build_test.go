@@ -85,7 +85,12 @@ func TestBuildTemplate(t *testing.T) {
 	h := newHarness(t)
 	ctx := ctxFor(t, 10*time.Minute)
 	m := h.agent(ctx)
-	defer m.Close()
+	closed := false
+	defer func() {
+		if !closed {
+			m.Close()
+		}
+	}()
 	bh := newBuildHost(t, h, m)
 	const team = "team-a"
 	files := map[string]string{
@@ -116,7 +121,6 @@ CMD ["python3", "-m", "http.server", "8000"]
 	if err != nil {
 		t.Fatalf("create from the built template: %v", err)
 	}
-	defer m.Destroy(context.WithoutCancel(ctx), info.ID)
 	// The server was started before the snapshot: it answers right away.
 	c, err := net.DialTimeout("tcp", net.JoinHostPort(info.Address, "8000"), 5*time.Second)
 	if err != nil {
@@ -178,6 +182,39 @@ CMD ["python3", "-m", "http.server", "8000"]
 		if tpl.Name == "tpl-a-bad" {
 			t.Errorf("the failed build left its template behind")
 		}
+	}
+	if err := m.Destroy(ctx, info.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// After an agent restart the built templates still create (their
+	// images stay readable by VMMs), and a built image another template's
+	// disk reads cannot be deleted.
+	closed = true
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := h.agent(ctx)
+	defer m2.Close()
+	info2, err := m2.Create(ctx, agent.CreateRequest{Template: "tpl-a-v2", TeamID: team})
+	if err != nil {
+		t.Fatalf("create from a built template after an agent restart: %v", err)
+	}
+	if err := m2.SnapshotTemplateAs(ctx, team, info2.ID, "snap-of-built"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Destroy(ctx, info2.ID); err != nil {
+		t.Fatal(err)
+	}
+	err = m2.DeleteTemplateAs(ctx, team, "tpl-a-v2")
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "snap-of-built") {
+		t.Fatalf("delete a built template a snapshot template reads: %v, want failed precondition naming it", err)
+	}
+	if err := m2.DeleteTemplateAs(ctx, team, "snap-of-built"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.DeleteTemplateAs(ctx, team, "tpl-a-v2"); err != nil {
+		t.Fatalf("delete the built template once nothing reads it: %v", err)
 	}
 }
 

@@ -9,9 +9,12 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/agent/state"
+	"github.com/wrenn/wrenn/internal/disk"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/errdefs"
 	"github.com/wrenn/wrenn/internal/faultpoint"
@@ -199,10 +202,59 @@ func (m *Manager) DeleteTemplateAs(ctx context.Context, team, name string) error
 			return errdefs.New(errdefs.ErrFailedPrecondition, "template %q is in use by sandbox %s", name, in.ID)
 		}
 	}
+	if tc != nil {
+		// A built template's image may back other disks than its own
+		// sandboxes': a snapshot template taken from one of them, and
+		// every sandbox created from that.
+		user, err := m.imageUser(ctx, filepath.Join(m.cfg.Dir, "images", name, "rootfs.ext4"))
+		if err != nil {
+			return err
+		}
+		if user != "" {
+			return errdefs.New(errdefs.ErrFailedPrecondition, "template %q is in use: %s reads its image", name, user)
+		}
+	}
 	if err := os.RemoveAll(filepath.Join(m.cfg.Dir, "images", name)); err != nil {
 		return fmt.Errorf("delete template %s: %w", name, err)
 	}
 	return nil
+}
+
+// imageUser names a disk on this host outside img's own directory whose
+// backing chain holds img: a sandbox's, a hibernated sandbox's or another
+// template's snapshot ("" for none).
+func (m *Manager) imageUser(ctx context.Context, img string) (string, error) {
+	img = filepath.Clean(img)
+	own := filepath.Dir(img) + string(filepath.Separator)
+	var disks []string
+	for _, pattern := range []string{
+		filepath.Join(m.cfg.Dir, "sandboxes", "*", vmDirName, "*.qcow2"),
+		filepath.Join(m.cfg.Dir, "snapshots", "*", "*.qcow2"),
+		filepath.Join(m.cfg.Dir, "images", "*", "snapshot", "*.qcow2"),
+	} {
+		found, err := filepath.Glob(pattern)
+		if err != nil {
+			return "", fmt.Errorf("find disks: %w", err)
+		}
+		disks = append(disks, found...)
+	}
+	for _, d := range disks {
+		if strings.HasPrefix(d, own) {
+			continue
+		}
+		chain, err := disk.Chain(ctx, d)
+		if err != nil {
+			if _, serr := os.Stat(d); errors.Is(serr, fs.ErrNotExist) {
+				continue // removed meanwhile
+			}
+			return "", err
+		}
+		if slices.Contains(chain[1:], img) {
+			rel, _ := filepath.Rel(m.cfg.Dir, d)
+			return rel, nil
+		}
+	}
+	return "", nil
 }
 
 // createFromTemplate restores a new sandbox from a template's snapshot.
@@ -365,8 +417,13 @@ func (m *Manager) restrictOldTemplates() error {
 	var errs []error
 	for _, e := range entries {
 		name := e.Name()
-		// A symlink is a base image kept elsewhere, never a snapshot.
+		// A symlink is a base image kept elsewhere, never a snapshot. A
+		// built template's image is read by its sandboxes' VMMs (as base
+		// images are); its snapshot was made private when it was taken.
 		if !validID(name) || !e.IsDir() || inUse[name] || !m.hasSnapshot(name) {
+			continue
+		}
+		if tc, err := m.templateConfig(name); err != nil || tc != nil {
 			continue
 		}
 		dir := filepath.Join(images, name)

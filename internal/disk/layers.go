@@ -10,6 +10,7 @@ package disk
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -114,4 +115,28 @@ func VirtualSizeMB(ctx context.Context, image string, format Format) (int, error
 		return 0, err
 	}
 	return int((info.VirtualSize + mib - 1) / mib), nil
+}
+
+// Chain lists the files of image's backing chain, image first, as
+// absolute paths. It works on images a running VMM holds open.
+func Chain(ctx context.Context, image string) ([]string, error) {
+	out, err := qemuImg(ctx, "info", "--output=json", "--backing-chain", "-U", "-f", string(QCOW2), image)
+	if err != nil {
+		return nil, fmt.Errorf("backing chain of %s: %w", image, err)
+	}
+	var infos []struct {
+		Filename string `json:"filename"`
+	}
+	if err := json.Unmarshal(out, &infos); err != nil {
+		return nil, fmt.Errorf("backing chain of %s: parse qemu-img output: %w", image, err)
+	}
+	files := make([]string, 0, len(infos))
+	for _, in := range infos {
+		p, err := filepath.Abs(in.Filename)
+		if err != nil {
+			return nil, fmt.Errorf("backing chain of %s: %w", image, err)
+		}
+		files = append(files, filepath.Clean(p))
+	}
+	return files, nil
 }
