@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -185,6 +186,46 @@ CMD ["python3", "-m", "http.server", "8000"]
 	}
 	if err := m.Destroy(ctx, info.ID); err != nil {
 		t.Fatal(err)
+	}
+
+	// A copy for another host: exported, imported under another name (so
+	// its snapshot's disk must be pointed at the new path), it creates a
+	// sandbox whose server answers. A stream that does not match the
+	// recorded digest is refused and leaves nothing.
+	var packed bytes.Buffer
+	if err := m.ExportTemplate(ctx, team, "tpl-a-v1", &packed); err != nil {
+		t.Fatalf("export: %v", err)
+	}
+	if err := m.ExportTemplate(ctx, "team-b", "tpl-a-v1", io.Discard); !errors.Is(err, errdefs.ErrPermissionDenied) {
+		t.Errorf("another team's export: %v, want permission denied", err)
+	}
+	if err := m.ImportTemplate(ctx, team, "tpl-a-bad-copy", "sha256:"+strings.Repeat("0", 64), bytes.NewReader(packed.Bytes())); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("import with the wrong digest: %v, want failed precondition", err)
+	}
+	t.Logf("packed template: %d MiB for a %d MiB image", packed.Len()>>20, res.ImageBytes>>20)
+	if err := m.ImportTemplate(ctx, team, "tpl-a-copy", res.Digest, bytes.NewReader(packed.Bytes())); err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	copied, err := m.Create(ctx, agent.CreateRequest{Template: "tpl-a-copy", TeamID: team})
+	if err != nil {
+		t.Fatalf("create from the imported template: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", net.JoinHostPort(copied.Address, "8000"), 5*time.Second); err != nil {
+		t.Errorf("the imported template's server does not answer: %v", err)
+	} else {
+		c.Close()
+	}
+	if err := m.Destroy(ctx, copied.ID); err != nil {
+		t.Fatal(err)
+	}
+	templates, err = m.Templates(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tpl := range templates {
+		if tpl.Name == "tpl-a-bad-copy" {
+			t.Errorf("a refused import left its template behind")
+		}
 	}
 
 	// After an agent restart the built templates still create (their

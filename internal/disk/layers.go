@@ -140,3 +140,17 @@ func Chain(ctx context.Context, image string) ([]string, error) {
 	}
 	return files, nil
 }
+
+// Repoint records backing (of backingFormat) as image's backing file
+// without reading either: for a qcow2 moved to another host, whose
+// backing file has the same content at another path.
+func Repoint(ctx context.Context, image, backing string, backingFormat Format) error {
+	abs, err := filepath.Abs(backing)
+	if err != nil {
+		return fmt.Errorf("repoint %s: %w", image, err)
+	}
+	if _, err := qemuImg(ctx, "rebase", "-u", "-f", string(QCOW2), "-F", string(backingFormat), "-b", abs, image); err != nil {
+		return fmt.Errorf("repoint %s: %w", image, err)
+	}
+	return nil
+}
