@@ -104,7 +104,7 @@ func (n *services) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", n.cfg.ListenAddr, err)
 	}
-	handler := rpc.NewHandler(rpc.Config{Manager: n.m, Host: n.host, Builds: n.builds, Logger: n.log, Metrics: n.rpcM})
+	handler := rpc.NewHandler(rpc.Config{Manager: n.m, Host: n.host, Builds: n.builds, Copies: n.m, Logger: n.log, Metrics: n.rpcM})
 	srv := rpc.NewServer(handler, rpc.ServerTLSConfig(id), n.log)
 	wg.Go(func() { serveUntil(ctx, srv, func() error { return srv.ServeTLS(ln, "", "") }, n.log) })
 	n.log.Info("serving the control plane", "addr", ln.Addr().String(), "host_id", creds.HostID, "cp_url", creds.CPURL)

@@ -110,3 +110,8 @@ SELECT * FROM template_build_logs
 WHERE build_id = @build_id AND seq >= @from_seq
 ORDER BY seq
 LIMIT @max_rows;
+
+-- name: HostsWithTemplate :many
+-- Hosts whose last heartbeat listed a template (its home and its copies).
+SELECT id FROM hosts
+WHERE @agent_name::text = ANY(templates) OR @agent_name::text = ANY(snapshot_templates);

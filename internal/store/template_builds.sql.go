@@ -131,6 +131,32 @@ func (q *Queries) GetTemplateBuild(ctx context.Context, arg GetTemplateBuildPara
 	return i, err
 }
 
+const hostsWithTemplate = `-- name: HostsWithTemplate :many
+SELECT id FROM hosts
+WHERE $1::text = ANY(templates) OR $1::text = ANY(snapshot_templates)
+`
+
+// Hosts whose last heartbeat listed a template (its home and its copies).
+func (q *Queries) HostsWithTemplate(ctx context.Context, agentName string) ([]uuid.UUID, error) {
+	rows, err := q.db.Query(ctx, hostsWithTemplate, agentName)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []uuid.UUID{}
+	for rows.Next() {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const insertTemplateBuild = `-- name: InsertTemplateBuild :one
 INSERT INTO template_builds (team_id, template_name, version, agent_name, host_id, status, from_ref,
                              recipe_file, steps, created_at, updated_at)

@@ -35,37 +35,20 @@ func (s *service) UploadBuildContext(ctx context.Context, stream *connect.Client
 	if err := needID("build_id", build); err != nil {
 		return nil, err
 	}
-	r := &chunkReader{stream: stream, build: build, cur: stream.Msg().GetData()}
+	r := &streamReader{cur: stream.Msg().GetData(), next: func() ([]byte, bool, error) {
+		if !stream.Receive() {
+			return nil, false, stream.Err()
+		}
+		if stream.Msg().GetBuildId() != build {
+			return nil, false, errdefs.New(errdefs.ErrInvalidArgument, "upload build context: chunks of two builds in one upload")
+		}
+		return stream.Msg().GetData(), true, nil
+	}}
 	n, err := s.builds.SaveContext(ctx, build, r)
 	if err != nil {
 		return nil, errdefs.ToConnect(err)
 	}
 	return connect.NewResponse(&hostagentv1.UploadBuildContextResponse{Bytes: n}), nil
-}
-
-// chunkReader reads an upload's chunks as one stream.
-type chunkReader struct {
-	stream *connect.ClientStream[hostagentv1.UploadBuildContextRequest]
-	build  string
-	cur    []byte
-}
-
-func (c *chunkReader) Read(p []byte) (int, error) {
-	for len(c.cur) == 0 {
-		if !c.stream.Receive() {
-			if err := c.stream.Err(); err != nil {
-				return 0, err
-			}
-			return 0, io.EOF
-		}
-		if c.stream.Msg().GetBuildId() != c.build {
-			return 0, errdefs.New(errdefs.ErrInvalidArgument, "upload build context: chunks of two builds in one upload")
-		}
-		c.cur = c.stream.Msg().GetData()
-	}
-	n := copy(p, c.cur)
-	c.cur = c.cur[n:]
-	return n, nil
 }
 
 func (s *service) BuildTemplate(ctx context.Context, req *connect.Request[hostagentv1.BuildTemplateRequest], stream *connect.ServerStream[hostagentv1.BuildTemplateResponse]) error {

@@ -77,6 +77,8 @@ type Config struct {
 	Host    HostStatus
 	// Builds runs template builds; nil: this host builds none.
 	Builds Builds
+	// Copies exports and imports built templates; nil: none.
+	Copies Copies
 	Logger *slog.Logger
 	// Metrics records requests; nil records nothing.
 	Metrics *Metrics
@@ -108,7 +110,7 @@ func NewHandler(cfg Config) http.Handler {
 	if cfg.TouchInterval == 0 {
 		cfg.TouchInterval = DefaultTouchInterval
 	}
-	s := &service{m: cfg.Manager, host: cfg.Host, builds: cfg.Builds}
+	s := &service{m: cfg.Manager, host: cfg.Host, builds: cfg.Builds, copies: cfg.Copies}
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(maxRequestBytes),
 		connect.WithRecover(func(_ context.Context, spec connect.Spec, _ http.Header, p any) error {
@@ -136,6 +138,7 @@ type service struct {
 	m      Manager
 	host   HostStatus
 	builds Builds
+	copies Copies
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*service)(nil)

@@ -7,6 +7,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -341,4 +343,111 @@ func TestTemplateBuildLifecycle(t *testing.T) {
 		t.Errorf("cancelled build %+v", slow)
 	}
 	wantError(t, env.do(t, "DELETE", "/v1/templates/app/builds/"+slow.Id.String(), key, nil), 409, "already_exists")
+}
+
+func (a *fakeAgent) ExportTemplate(_ context.Context, req *connect.Request[hostagentv1.ExportTemplateRequest], stream *connect.ServerStream[hostagentv1.TemplateChunk]) error {
+	a.count("ExportTemplate")
+	a.mu.Lock()
+	a.setTeam("ExportTemplate", req.Msg.GetTeamId())
+	has := a.templates[req.Msg.GetName()]
+	a.mu.Unlock()
+	if !has {
+		return connect.NewError(connect.CodeNotFound, errors.New("no such template"))
+	}
+	for _, part := range []string{"packed:", req.Msg.GetName()} {
+		if err := stream.Send(&hostagentv1.TemplateChunk{Data: []byte(part)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *fakeAgent) ImportTemplate(_ context.Context, stream *connect.ClientStream[hostagentv1.ImportTemplateRequest]) (*connect.Response[hostagentv1.ImportTemplateResponse], error) {
+	a.count("ImportTemplate")
+	var name, digest, team string
+	var data []byte
+	for stream.Receive() {
+		if name == "" {
+			name, digest, team = stream.Msg().GetName(), stream.Msg().GetDigest(), stream.Msg().GetTeamId()
+		}
+		data = append(data, stream.Msg().GetData()...)
+	}
+	if err := stream.Err(); err != nil {
+		return nil, err
+	}
+	if string(data) != "packed:"+name || digest == "" {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("import %s: got %q with digest %q", name, data, digest))
+	}
+	a.mu.Lock()
+	a.setTeam("ImportTemplate", team)
+	a.templates[name] = true
+	a.mu.Unlock()
+	return connect.NewResponse(&hostagentv1.ImportTemplateResponse{}), nil
+}
+
+// TestBuiltTemplateCopiedToAnotherHost: a sandbox of a built template
+// placed on a host without it gets it copied from its home host first (the
+// digest the build recorded goes with it); deleting the template removes
+// the copy too.
+func TestBuiltTemplateCopiedToAnotherHost(t *testing.T) {
+	env := newSandboxEnv(t)
+	home := env.addHost(t)
+	home.mu.Lock()
+	home.build = func(_ context.Context, req *hostagentv1.BuildTemplateRequest, send func(*hostagentv1.BuildTemplateResponse) error) error {
+		home.mu.Lock()
+		home.templates[req.GetName()] = true
+		home.mu.Unlock()
+		return send(&hostagentv1.BuildTemplateResponse{Event: &hostagentv1.BuildTemplateResponse_Result{Result: &hostagentv1.BuildResult{
+			ImageBytes: 1 << 20, Digest: "sha256:feed", Steps: 1,
+		}}})
+	}
+	home.mu.Unlock()
+	key := env.team.Key
+	resp := env.postBuild(t, key, "name=app", tarOf(t, map[string]string{"Dockerfile": "FROM minimal\nRUN true\n"}), nil)
+	var b api.TemplateBuild
+	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ = env.waitBuild(t, key, "app", b.Id.String()); b.Status != api.TemplateBuildStatusReady {
+		t.Fatalf("build %+v", b)
+	}
+	// The home host is full now; another host takes the sandbox.
+	if _, err := env.Pool.Exec(context.Background(), `UPDATE hosts SET memory_bytes = 64 << 20, memory_available_bytes = 0 WHERE id = $1`, home.HostID); err != nil {
+		t.Fatal(err)
+	}
+	other := env.addHost(t)
+	sb := env.create(t, map[string]any{"template": "app"})
+	if !other.Has(sb.Id) || home.Has(sb.Id) {
+		t.Fatalf("sandbox %s: on the other host %v, on home %v", sb.Id, other.Has(sb.Id), home.Has(sb.Id))
+	}
+	if home.Calls("ExportTemplate") != 1 || other.Calls("ImportTemplate") != 1 {
+		t.Errorf("export %d, import %d: want one copy", home.Calls("ExportTemplate"), other.Calls("ImportTemplate"))
+	}
+	if got := other.Team("ImportTemplate"); got != env.team.ID.String() {
+		t.Errorf("import for team %q", got)
+	}
+	// Its heartbeat lists the copy: the next sandbox there needs none.
+	var agentName string
+	if err := env.Pool.QueryRow(context.Background(), `SELECT agent_name FROM template_builds WHERE id = $1`, b.Id).Scan(&agentName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Pool.Exec(context.Background(), `UPDATE hosts SET templates = ARRAY[$2::text] WHERE id = $1`, other.HostID, agentName); err != nil {
+		t.Fatal(err)
+	}
+	env.create(t, map[string]any{"template": "app"})
+	if n := other.Calls("ImportTemplate"); n != 1 {
+		t.Errorf("%d imports: the second create copied again", n)
+	}
+	// Deleting the template removes the copy as well as the original.
+	for _, id := range []string{sb.Id} {
+		env.doJSON(t, "DELETE", "/v1/sandboxes/"+id, key, nil, http.StatusNoContent, nil)
+	}
+	resp = env.do(t, "DELETE", "/v1/templates/app", key, nil)
+	if resp.StatusCode != http.StatusNoContent {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("delete template: %d %s", resp.StatusCode, body)
+	}
+	if home.Calls("DeleteTemplate") != 1 || other.Calls("DeleteTemplate") != 1 {
+		t.Errorf("deletes: home %d, other %d; want one each", home.Calls("DeleteTemplate"), other.Calls("DeleteTemplate"))
+	}
 }

@@ -387,7 +387,7 @@ func (s *Service) retireVersions(ctx context.Context, team uuid.UUID, name strin
 		return
 	}
 	for _, b := range old {
-		err := s.deleteTemplateOnHost(ctx, b.HostID, b.AgentName, &b.TeamID)
+		err := s.deleteVersionOnHosts(ctx, b)
 		if err != nil {
 			if !errors.Is(err, errdefs.ErrFailedPrecondition) {
 				s.log.Warn("retire template version", "template", name, "version", b.Version, "err", err)

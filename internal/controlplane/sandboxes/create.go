@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -209,6 +210,10 @@ type TemplateRef struct {
 	// DiskMB is a built template's disk (a warm one's only size); 0 for
 	// the rest.
 	DiskMB int
+	// Portable: a built template, copied from Home to the host that runs
+	// a sandbox of it; Digest is its image's, which the copy must match.
+	Portable bool
+	Digest   string
 	// Snapshot: the template holds a memory snapshot.
 	Snapshot bool
 }
@@ -235,6 +240,7 @@ func (s *Service) ResolveTemplate(ctx context.Context, team uuid.UUID, name stri
 				return TemplateRef{}, fmt.Errorf("look up the build of template %s: %w", name, err)
 			}
 			ref.DiskMB = int(b.DiskMb)
+			ref.Portable, ref.Digest = b.Digest != nil, deref(b.Digest)
 		}
 		return ref, nil
 	case !store.IsNoRows(err):
@@ -265,7 +271,8 @@ func (s *Service) resolveVersion(ctx context.Context, team uuid.UUID, name, v st
 	if err != nil {
 		return TemplateRef{}, fmt.Errorf("look up template %s:%d: %w", name, n, err)
 	}
-	ref := TemplateRef{AgentName: b.AgentName, Home: b.HostID, Snapshot: b.Snapshot, VCPUs: int(b.Vcpus), MemoryMB: int(b.MemoryMb), DiskMB: int(b.DiskMb)}
+	ref := TemplateRef{AgentName: b.AgentName, Home: b.HostID, Snapshot: b.Snapshot, VCPUs: int(b.Vcpus), MemoryMB: int(b.MemoryMb), DiskMB: int(b.DiskMb),
+		Portable: b.Digest != nil, Digest: deref(b.Digest)}
 	if b.Snapshot {
 		ref.VCPUs, ref.MemoryMB = max(ref.VCPUs, 1), max(ref.MemoryMB, defaultBuildMemoryMB)
 	}
@@ -321,6 +328,7 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	sreq := scheduler.Request{
 		TeamID: team, VCPUs: spec.VCPUs, MemoryBytes: int64(spec.MemoryMB) << 20,
 		DiskBytes: int64(spec.DiskMB) << 20, Template: tmpl.AgentName, Builtin: tmpl.Builtin, Home: tmpl.Home,
+		Portable: tmpl.Portable,
 	}
 	meta, err := json.Marshal(nonNilMap(spec.Metadata))
 	if err != nil {
@@ -418,7 +426,11 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 				return Created{}, s.failCreateKeyed(ctx, team, id, idem, err, err)
 			}
 		}
-		token, err := s.createOn(ctx, h.ID, areq)
+		err := s.ensureTemplate(ctx, tmpl, h, team)
+		var token string
+		if err == nil {
+			token, err = s.createOn(ctx, h.ID, areq)
+		}
 		if err == nil {
 			s.faults.Hit(ctx, faultpoint.CPCreateStarted)
 			row, err := s.markRunning(ctx, team, id, token)
@@ -446,6 +458,71 @@ func (s *Service) Create(ctx context.Context, team uuid.UUID, id string, spec Sp
 	}
 	return Created{}, s.failCreateKeyed(ctx, team, id, idem, errors.New(strings.Join(failures, "; ")),
 		errdefs.New(errdefs.ErrUnavailable, "no host could start the sandbox (%d tried)", len(ranked)))
+}
+
+// ensureTemplate copies a built template from its home host to h when h
+// has no copy yet (its heartbeat does not list it).
+func (s *Service) ensureTemplate(ctx context.Context, tmpl TemplateRef, h scheduler.Host, team uuid.UUID) error {
+	if !tmpl.Portable || tmpl.Home == nil || *tmpl.Home == h.ID ||
+		slices.Contains(h.Templates, tmpl.AgentName) || slices.Contains(h.SnapshotTemplates, tmpl.AgentName) {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, agentCopyTimeout)
+	defer cancel()
+	start := s.clk.Now()
+	if err := s.copyTemplate(cctx, *tmpl.Home, h.ID, tmpl.AgentName, team, tmpl.Digest); err != nil {
+		return fmt.Errorf("copy template %s to host %s: %w", tmpl.AgentName, h.ID, err)
+	}
+	s.log.Info("template copied", "template", tmpl.AgentName, "from", *tmpl.Home, "to", h.ID, "duration", s.clk.Now().Sub(start))
+	return nil
+}
+
+// copyTemplate relays a built template from one host's ExportTemplate to
+// another's ImportTemplate (until an object store holds templates).
+func (s *Service) copyTemplate(ctx context.Context, from, to uuid.UUID, name string, team uuid.UUID, digest string) error {
+	src, err := s.agentFor(ctx, &from)
+	if err != nil {
+		return err
+	}
+	dst, err := s.agentFor(ctx, &to)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	exp, err := src.ExportTemplate(ctx, connect.NewRequest(&hostagentv1.ExportTemplateRequest{Name: name, TeamId: team.String()}))
+	if err != nil {
+		return agentErr("export template", err)
+	}
+	defer exp.Close()
+	imp := dst.ImportTemplate(ctx)
+	first := true
+	for exp.Receive() {
+		msg := &hostagentv1.ImportTemplateRequest{Data: exp.Msg().GetData()}
+		if first {
+			msg.Name, msg.TeamId, msg.Digest = name, team.String(), digest
+			first = false
+		}
+		if err := imp.Send(msg); err != nil {
+			break // the importer's own error comes with its response
+		}
+	}
+	if err := exp.Err(); err != nil {
+		cancel()
+		_, _ = imp.CloseAndReceive()
+		return agentErr("export template", err)
+	}
+	if first {
+		// An empty export still tells the importer what it was for.
+		if err := imp.Send(&hostagentv1.ImportTemplateRequest{Name: name, TeamId: team.String(), Digest: digest}); err != nil {
+			_, _ = imp.CloseAndReceive()
+			return agentErr("import template", err)
+		}
+	}
+	if _, err := imp.CloseAndReceive(); err != nil {
+		return agentErr("import template", err)
+	}
+	return nil
 }
 
 // markRunning records a create or fork the host finished, waiting out a
@@ -511,4 +588,12 @@ func nonNilMap(m map[string]string) map[string]string {
 		return map[string]string{}
 	}
 	return m
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
 }

@@ -47,6 +47,8 @@ const (
 	agentHibernateTimeout = 5 * time.Minute
 	agentDestroyTimeout   = time.Minute
 	agentQuickTimeout     = 20 * time.Second
+	// A template copy moves its image and memory snapshot between hosts.
+	agentCopyTimeout = 10 * time.Minute
 )
 
 // holdTTL bounds how long a hold left by a crashed replica counts: longer

@@ -59,7 +59,7 @@ func (s *Service) deleteBuiltTemplate(ctx context.Context, t store.Template) err
 				return err
 			}
 		}
-		if err := s.deleteTemplateOnHost(ctx, b.HostID, b.AgentName, t.TeamID); err != nil {
+		if err := s.deleteVersionOnHosts(ctx, b); err != nil {
 			return fmt.Errorf("template %s version %d: %w", t.Name, b.Version, err)
 		}
 		if err := s.q.RetireTemplateBuild(ctx, store.RetireTemplateBuildParams{ID: b.ID, Now: s.clk.Now()}); err != nil {
@@ -75,6 +75,24 @@ func (s *Service) deleteBuiltTemplate(ctx context.Context, t store.Template) err
 		}
 		return nil
 	})
+}
+
+// deleteVersionOnHosts removes a built version from its home host and
+// from every host that reports a copy of it.
+func (s *Service) deleteVersionOnHosts(ctx context.Context, b store.TemplateBuild) error {
+	hosts, err := s.q.HostsWithTemplate(ctx, b.AgentName)
+	if err != nil {
+		return fmt.Errorf("hosts with template %s: %w", b.AgentName, err)
+	}
+	if b.HostID != nil && !slices.Contains(hosts, *b.HostID) {
+		hosts = append(hosts, *b.HostID)
+	}
+	for _, h := range hosts {
+		if err := s.deleteTemplateOnHost(ctx, &h, b.AgentName, &b.TeamID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // deleteTemplateOnHost removes a template's files from its host; a host

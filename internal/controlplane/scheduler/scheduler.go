@@ -95,6 +95,10 @@ type Request struct {
 	// Home, when set, is a host known to hold the template's files (the
 	// host a snapshot was taken on), even before its heartbeat lists it.
 	Home *uuid.UUID
+	// Portable: a built template, which any host can run once it has a
+	// copy (the control plane copies it from Home first). Hosts that hold
+	// it already come first.
+	Portable bool
 }
 
 // Policy tunes the choice. The zero value uses the defaults.
@@ -178,14 +182,19 @@ func Fits(h Host, n Need, p Policy) bool {
 }
 
 // holds reports whether h can run the request's template, and whether it
-// holds a snapshot of it (a restore rather than a boot).
+// holds a snapshot of it (a restore rather than a boot) or, for a portable
+// template, a copy of it (no copy to make first).
 func holds(h Host, r Request) (can, snap bool) {
 	snap = slices.Contains(h.SnapshotTemplates, r.Template)
 	if r.Builtin {
 		return slices.Contains(h.Images, r.Template), snap
 	}
 	home := r.Home != nil && *r.Home == h.ID
-	return home || snap || slices.Contains(h.Templates, r.Template), snap || home
+	has := home || snap || slices.Contains(h.Templates, r.Template)
+	if r.Portable {
+		return true, has
+	}
+	return has, snap || home
 }
 
 // Candidates returns the hosts that can take r, in input order.

@@ -83,6 +83,29 @@ func TestSnapshotTemplateRunsOnlyWhereItsFilesAre(t *testing.T) {
 	}
 }
 
+// TestPortableTemplateRunsAnywhereHoldersFirst: a built template runs on
+// any host (a copy is made first), and hosts that hold it come first even
+// when fuller.
+func TestPortableTemplateRunsAnywhereHoldersFirst(t *testing.T) {
+	home := host("home", func(h *Host) { h.ReservedVCPUs, h.ReservedMemoryBytes = 8, 8*gib })
+	copyHolder := host("copy", func(h *Host) {
+		h.Templates = []string{"tb-x"}
+		h.ReservedVCPUs, h.ReservedMemoryBytes = 8, 8*gib
+	})
+	empty := host("empty")
+	req := Request{TeamID: teamA, VCPUs: 1, MemoryBytes: gib, Template: "tb-x", Home: &home.ID, Portable: true}
+	for seed := range uint64(20) {
+		got := Rank([]Host{empty, home, copyHolder}, req, Policy{}, rand.New(rand.NewPCG(seed, seed)), 0)
+		if len(got) != 3 || got[2].ID != empty.ID {
+			t.Fatalf("seed %d: order %v, want the two holders, then the empty host", seed, ids(got))
+		}
+	}
+	req.Portable = false
+	if got := Rank([]Host{empty}, req, Policy{}, rnd(), 0); len(got) != 0 {
+		t.Errorf("a host without a template that is not portable was ranked: %v", ids(got))
+	}
+}
+
 func TestRankPrefersSnapshotHolders(t *testing.T) {
 	plain := host("plain") // emptier, but would boot
 	snap := host("snap", func(h *Host) {

@@ -2425,6 +2425,208 @@ func (x *BuildTemplateRequest) GetCredentials() []*RegistryCredential {
 	return nil
 }
 
+type ExportTemplateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	TeamId        string                 `protobuf:"bytes,2,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportTemplateRequest) Reset() {
+	*x = ExportTemplateRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportTemplateRequest) ProtoMessage() {}
+
+func (x *ExportTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportTemplateRequest.ProtoReflect.Descriptor instead.
+func (*ExportTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ExportTemplateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExportTemplateRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+type TemplateChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TemplateChunk) Reset() {
+	*x = TemplateChunk{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TemplateChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TemplateChunk) ProtoMessage() {}
+
+func (x *TemplateChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TemplateChunk.ProtoReflect.Descriptor instead.
+func (*TemplateChunk) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *TemplateChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type ImportTemplateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name, team_id and digest are read from the first message.
+	Name   string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	TeamId string `protobuf:"bytes,2,opt,name=team_id,json=teamId,proto3" json:"team_id,omitempty"`
+	// The image's digest as the build recorded it ("sha256:<hex>").
+	Digest        string `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportTemplateRequest) Reset() {
+	*x = ImportTemplateRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportTemplateRequest) ProtoMessage() {}
+
+func (x *ImportTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportTemplateRequest.ProtoReflect.Descriptor instead.
+func (*ImportTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ImportTemplateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ImportTemplateRequest) GetTeamId() string {
+	if x != nil {
+		return x.TeamId
+	}
+	return ""
+}
+
+func (x *ImportTemplateRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *ImportTemplateRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type ImportTemplateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportTemplateResponse) Reset() {
+	*x = ImportTemplateResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportTemplateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportTemplateResponse) ProtoMessage() {}
+
+func (x *ImportTemplateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportTemplateResponse.ProtoReflect.Descriptor instead.
+func (*ImportTemplateResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+}
+
 type BuildTemplateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Event:
@@ -2438,7 +2640,7 @@ type BuildTemplateResponse struct {
 
 func (x *BuildTemplateResponse) Reset() {
 	*x = BuildTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2652,7 @@ func (x *BuildTemplateResponse) String() string {
 func (*BuildTemplateResponse) ProtoMessage() {}
 
 func (x *BuildTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2665,7 @@ func (x *BuildTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildTemplateResponse.ProtoReflect.Descriptor instead.
 func (*BuildTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *BuildTemplateResponse) GetEvent() isBuildTemplateResponse_Event {
@@ -2522,7 +2724,7 @@ type BuildLog struct {
 
 func (x *BuildLog) Reset() {
 	*x = BuildLog{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2534,7 +2736,7 @@ func (x *BuildLog) String() string {
 func (*BuildLog) ProtoMessage() {}
 
 func (x *BuildLog) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2547,7 +2749,7 @@ func (x *BuildLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildLog.ProtoReflect.Descriptor instead.
 func (*BuildLog) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *BuildLog) GetStep() int32 {
@@ -2607,7 +2809,7 @@ type BuildResult struct {
 
 func (x *BuildResult) Reset() {
 	*x = BuildResult{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2619,7 +2821,7 @@ func (x *BuildResult) String() string {
 func (*BuildResult) ProtoMessage() {}
 
 func (x *BuildResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2632,7 +2834,7 @@ func (x *BuildResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildResult.ProtoReflect.Descriptor instead.
 func (*BuildResult) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *BuildResult) GetImageBytes() int64 {
@@ -2745,7 +2947,7 @@ type HostSpecs struct {
 
 func (x *HostSpecs) Reset() {
 	*x = HostSpecs{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2757,7 +2959,7 @@ func (x *HostSpecs) String() string {
 func (*HostSpecs) ProtoMessage() {}
 
 func (x *HostSpecs) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2770,7 +2972,7 @@ func (x *HostSpecs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostSpecs.ProtoReflect.Descriptor instead.
 func (*HostSpecs) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *HostSpecs) GetArch() string {
@@ -2863,7 +3065,7 @@ type HostUsage struct {
 
 func (x *HostUsage) Reset() {
 	*x = HostUsage{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3077,7 @@ func (x *HostUsage) String() string {
 func (*HostUsage) ProtoMessage() {}
 
 func (x *HostUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3090,7 @@ func (x *HostUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostUsage.ProtoReflect.Descriptor instead.
 func (*HostUsage) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *HostUsage) GetSandboxesRunning() int32 {
@@ -2976,7 +3178,7 @@ type GetHostStatusRequest struct {
 
 func (x *GetHostStatusRequest) Reset() {
 	*x = GetHostStatusRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2988,7 +3190,7 @@ func (x *GetHostStatusRequest) String() string {
 func (*GetHostStatusRequest) ProtoMessage() {}
 
 func (x *GetHostStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3001,7 +3203,7 @@ func (x *GetHostStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetHostStatusRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 type GetHostStatusResponse struct {
@@ -3015,7 +3217,7 @@ type GetHostStatusResponse struct {
 
 func (x *GetHostStatusResponse) Reset() {
 	*x = GetHostStatusResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3027,7 +3229,7 @@ func (x *GetHostStatusResponse) String() string {
 func (*GetHostStatusResponse) ProtoMessage() {}
 
 func (x *GetHostStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3040,7 +3242,7 @@ func (x *GetHostStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetHostStatusResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetHostStatusResponse) GetSpecs() *HostSpecs {
@@ -3078,7 +3280,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +3292,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +3305,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RegisterRequest) GetRegistrationToken() string {
@@ -3149,7 +3351,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3161,7 +3363,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3174,7 +3376,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RegisterResponse) GetHostId() string {
@@ -3234,7 +3436,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3246,7 +3448,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3259,7 +3461,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *HeartbeatRequest) GetSpecs() *HostSpecs {
@@ -3318,7 +3520,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3330,7 +3532,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3343,7 +3545,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *HeartbeatResponse) GetRenewAfterUnixMs() int64 {
@@ -3369,7 +3571,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3583,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3596,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RenewRequest) GetCsrPem() []byte {
@@ -3416,7 +3618,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3428,7 +3630,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3441,7 +3643,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RenewResponse) GetHostToken() string {
@@ -3492,7 +3694,7 @@ type SandboxEvent struct {
 
 func (x *SandboxEvent) Reset() {
 	*x = SandboxEvent{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3504,7 +3706,7 @@ func (x *SandboxEvent) String() string {
 func (*SandboxEvent) ProtoMessage() {}
 
 func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3517,7 +3719,7 @@ func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxEvent.ProtoReflect.Descriptor instead.
 func (*SandboxEvent) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SandboxEvent) GetSandboxId() string {
@@ -3578,7 +3780,7 @@ type ReportSandboxEventsRequest struct {
 
 func (x *ReportSandboxEventsRequest) Reset() {
 	*x = ReportSandboxEventsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3590,7 +3792,7 @@ func (x *ReportSandboxEventsRequest) String() string {
 func (*ReportSandboxEventsRequest) ProtoMessage() {}
 
 func (x *ReportSandboxEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3603,7 +3805,7 @@ func (x *ReportSandboxEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSandboxEventsRequest.ProtoReflect.Descriptor instead.
 func (*ReportSandboxEventsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ReportSandboxEventsRequest) GetEvents() []*SandboxEvent {
@@ -3621,7 +3823,7 @@ type ReportSandboxEventsResponse struct {
 
 func (x *ReportSandboxEventsResponse) Reset() {
 	*x = ReportSandboxEventsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3633,7 +3835,7 @@ func (x *ReportSandboxEventsResponse) String() string {
 func (*ReportSandboxEventsResponse) ProtoMessage() {}
 
 func (x *ReportSandboxEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3646,7 +3848,7 @@ func (x *ReportSandboxEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSandboxEventsResponse.ProtoReflect.Descriptor instead.
 func (*ReportSandboxEventsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -3819,7 +4021,18 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\vcredentials\x18\t \x03(\v2 .hostagent.v1.RegistryCredentialR\vcredentials\x1a<\n" +
 	"\x0eBuildArgsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"D\n" +
+	"\x15ExportTemplateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x17\n" +
+	"\ateam_id\x18\x02 \x01(\tR\x06teamId\"#\n" +
+	"\rTemplateChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"p\n" +
+	"\x15ImportTemplateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x17\n" +
+	"\ateam_id\x18\x02 \x01(\tR\x06teamId\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"\x18\n" +
+	"\x16ImportTemplateResponse\"\x81\x01\n" +
 	"\x15BuildTemplateResponse\x12*\n" +
 	"\x03log\x18\x01 \x01(\v2\x16.hostagent.v1.BuildLogH\x00R\x03log\x123\n" +
 	"\x06result\x18\x02 \x01(\v2\x19.hostagent.v1.BuildResultH\x00R\x06resultB\a\n" +
@@ -3946,7 +4159,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x1fSANDBOX_EVENT_REASON_VMM_EXITED\x10\x04\x12\x1c\n" +
 	"\x18SANDBOX_EVENT_REASON_OOM\x10\x05\x12'\n" +
 	"#SANDBOX_EVENT_REASON_GUEST_POWEROFF\x10\x06\x12\"\n" +
-	"\x1eSANDBOX_EVENT_REASON_RECOVERED\x10\a2\xa6\r\n" +
+	"\x1eSANDBOX_EVENT_REASON_RECOVERED\x10\a2\xdb\x0e\n" +
 	"\x10HostAgentService\x12X\n" +
 	"\rCreateSandbox\x12\".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12O\n" +
 	"\n" +
@@ -3966,7 +4179,9 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\rListTemplates\x12\".hostagent.v1.ListTemplatesRequest\x1a#.hostagent.v1.ListTemplatesResponse\x12X\n" +
 	"\rGetHostStatus\x12\".hostagent.v1.GetHostStatusRequest\x1a#.hostagent.v1.GetHostStatusResponse\x12i\n" +
 	"\x12UploadBuildContext\x12'.hostagent.v1.UploadBuildContextRequest\x1a(.hostagent.v1.UploadBuildContextResponse(\x01\x12Z\n" +
-	"\rBuildTemplate\x12\".hostagent.v1.BuildTemplateRequest\x1a#.hostagent.v1.BuildTemplateResponse0\x012\xdc\x02\n" +
+	"\rBuildTemplate\x12\".hostagent.v1.BuildTemplateRequest\x1a#.hostagent.v1.BuildTemplateResponse0\x01\x12T\n" +
+	"\x0eExportTemplate\x12#.hostagent.v1.ExportTemplateRequest\x1a\x1b.hostagent.v1.TemplateChunk0\x01\x12]\n" +
+	"\x0eImportTemplate\x12#.hostagent.v1.ImportTemplateRequest\x1a$.hostagent.v1.ImportTemplateResponse(\x012\xdc\x02\n" +
 	"\x13HostRegistryService\x12I\n" +
 	"\bRegister\x12\x1d.hostagent.v1.RegisterRequest\x1a\x1e.hostagent.v1.RegisterResponse\x12L\n" +
 	"\tHeartbeat\x12\x1e.hostagent.v1.HeartbeatRequest\x1a\x1f.hostagent.v1.HeartbeatResponse\x12@\n" +
@@ -3986,7 +4201,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                   // 0: hostagent.v1.SandboxState
 	(OnTimeout)(0),                      // 1: hostagent.v1.OnTimeout
@@ -4029,36 +4244,40 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*UploadBuildContextResponse)(nil),  // 38: hostagent.v1.UploadBuildContextResponse
 	(*RegistryCredential)(nil),          // 39: hostagent.v1.RegistryCredential
 	(*BuildTemplateRequest)(nil),        // 40: hostagent.v1.BuildTemplateRequest
-	(*BuildTemplateResponse)(nil),       // 41: hostagent.v1.BuildTemplateResponse
-	(*BuildLog)(nil),                    // 42: hostagent.v1.BuildLog
-	(*BuildResult)(nil),                 // 43: hostagent.v1.BuildResult
-	(*HostSpecs)(nil),                   // 44: hostagent.v1.HostSpecs
-	(*HostUsage)(nil),                   // 45: hostagent.v1.HostUsage
-	(*GetHostStatusRequest)(nil),        // 46: hostagent.v1.GetHostStatusRequest
-	(*GetHostStatusResponse)(nil),       // 47: hostagent.v1.GetHostStatusResponse
-	(*RegisterRequest)(nil),             // 48: hostagent.v1.RegisterRequest
-	(*RegisterResponse)(nil),            // 49: hostagent.v1.RegisterResponse
-	(*HeartbeatRequest)(nil),            // 50: hostagent.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),           // 51: hostagent.v1.HeartbeatResponse
-	(*RenewRequest)(nil),                // 52: hostagent.v1.RenewRequest
-	(*RenewResponse)(nil),               // 53: hostagent.v1.RenewResponse
-	(*SandboxEvent)(nil),                // 54: hostagent.v1.SandboxEvent
-	(*ReportSandboxEventsRequest)(nil),  // 55: hostagent.v1.ReportSandboxEventsRequest
-	(*ReportSandboxEventsResponse)(nil), // 56: hostagent.v1.ReportSandboxEventsResponse
-	nil,                                 // 57: hostagent.v1.Sandbox.MetadataEntry
-	nil,                                 // 58: hostagent.v1.CreateSandboxRequest.EnvEntry
-	nil,                                 // 59: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                                 // 60: hostagent.v1.BuildTemplateRequest.BuildArgsEntry
-	nil,                                 // 61: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
-	nil,                                 // 62: hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
+	(*ExportTemplateRequest)(nil),       // 41: hostagent.v1.ExportTemplateRequest
+	(*TemplateChunk)(nil),               // 42: hostagent.v1.TemplateChunk
+	(*ImportTemplateRequest)(nil),       // 43: hostagent.v1.ImportTemplateRequest
+	(*ImportTemplateResponse)(nil),      // 44: hostagent.v1.ImportTemplateResponse
+	(*BuildTemplateResponse)(nil),       // 45: hostagent.v1.BuildTemplateResponse
+	(*BuildLog)(nil),                    // 46: hostagent.v1.BuildLog
+	(*BuildResult)(nil),                 // 47: hostagent.v1.BuildResult
+	(*HostSpecs)(nil),                   // 48: hostagent.v1.HostSpecs
+	(*HostUsage)(nil),                   // 49: hostagent.v1.HostUsage
+	(*GetHostStatusRequest)(nil),        // 50: hostagent.v1.GetHostStatusRequest
+	(*GetHostStatusResponse)(nil),       // 51: hostagent.v1.GetHostStatusResponse
+	(*RegisterRequest)(nil),             // 52: hostagent.v1.RegisterRequest
+	(*RegisterResponse)(nil),            // 53: hostagent.v1.RegisterResponse
+	(*HeartbeatRequest)(nil),            // 54: hostagent.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),           // 55: hostagent.v1.HeartbeatResponse
+	(*RenewRequest)(nil),                // 56: hostagent.v1.RenewRequest
+	(*RenewResponse)(nil),               // 57: hostagent.v1.RenewResponse
+	(*SandboxEvent)(nil),                // 58: hostagent.v1.SandboxEvent
+	(*ReportSandboxEventsRequest)(nil),  // 59: hostagent.v1.ReportSandboxEventsRequest
+	(*ReportSandboxEventsResponse)(nil), // 60: hostagent.v1.ReportSandboxEventsResponse
+	nil,                                 // 61: hostagent.v1.Sandbox.MetadataEntry
+	nil,                                 // 62: hostagent.v1.CreateSandboxRequest.EnvEntry
+	nil,                                 // 63: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                                 // 64: hostagent.v1.BuildTemplateRequest.BuildArgsEntry
+	nil,                                 // 65: hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	nil,                                 // 66: hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	57, // 1: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	61, // 1: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
 	3,  // 2: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkPolicy
 	1,  // 3: hostagent.v1.Sandbox.on_timeout:type_name -> hostagent.v1.OnTimeout
-	58, // 4: hostagent.v1.CreateSandboxRequest.env:type_name -> hostagent.v1.CreateSandboxRequest.EnvEntry
-	59, // 5: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	62, // 4: hostagent.v1.CreateSandboxRequest.env:type_name -> hostagent.v1.CreateSandboxRequest.EnvEntry
+	63, // 5: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
 	3,  // 6: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	1,  // 7: hostagent.v1.CreateSandboxRequest.on_timeout:type_name -> hostagent.v1.OnTimeout
 	4,  // 8: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
@@ -4070,23 +4289,23 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	26, // 14: hostagent.v1.GetSandboxMetricsResponse.samples:type_name -> hostagent.v1.MetricsSample
 	36, // 15: hostagent.v1.SnapshotTemplateResponse.template:type_name -> hostagent.v1.Template
 	36, // 16: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	60, // 17: hostagent.v1.BuildTemplateRequest.build_args:type_name -> hostagent.v1.BuildTemplateRequest.BuildArgsEntry
+	64, // 17: hostagent.v1.BuildTemplateRequest.build_args:type_name -> hostagent.v1.BuildTemplateRequest.BuildArgsEntry
 	3,  // 18: hostagent.v1.BuildTemplateRequest.network:type_name -> hostagent.v1.NetworkPolicy
 	39, // 19: hostagent.v1.BuildTemplateRequest.credentials:type_name -> hostagent.v1.RegistryCredential
-	42, // 20: hostagent.v1.BuildTemplateResponse.log:type_name -> hostagent.v1.BuildLog
-	43, // 21: hostagent.v1.BuildTemplateResponse.result:type_name -> hostagent.v1.BuildResult
-	44, // 22: hostagent.v1.GetHostStatusResponse.specs:type_name -> hostagent.v1.HostSpecs
-	45, // 23: hostagent.v1.GetHostStatusResponse.usage:type_name -> hostagent.v1.HostUsage
+	46, // 20: hostagent.v1.BuildTemplateResponse.log:type_name -> hostagent.v1.BuildLog
+	47, // 21: hostagent.v1.BuildTemplateResponse.result:type_name -> hostagent.v1.BuildResult
+	48, // 22: hostagent.v1.GetHostStatusResponse.specs:type_name -> hostagent.v1.HostSpecs
+	49, // 23: hostagent.v1.GetHostStatusResponse.usage:type_name -> hostagent.v1.HostUsage
 	36, // 24: hostagent.v1.GetHostStatusResponse.templates:type_name -> hostagent.v1.Template
-	44, // 25: hostagent.v1.RegisterRequest.specs:type_name -> hostagent.v1.HostSpecs
-	44, // 26: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
-	45, // 27: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
+	48, // 25: hostagent.v1.RegisterRequest.specs:type_name -> hostagent.v1.HostSpecs
+	48, // 26: hostagent.v1.HeartbeatRequest.specs:type_name -> hostagent.v1.HostSpecs
+	49, // 27: hostagent.v1.HeartbeatRequest.usage:type_name -> hostagent.v1.HostUsage
 	36, // 28: hostagent.v1.HeartbeatRequest.templates:type_name -> hostagent.v1.Template
-	61, // 29: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
-	62, // 30: hostagent.v1.HeartbeatRequest.sandbox_versions:type_name -> hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
+	65, // 29: hostagent.v1.HeartbeatRequest.sandbox_states:type_name -> hostagent.v1.HeartbeatRequest.SandboxStatesEntry
+	66, // 30: hostagent.v1.HeartbeatRequest.sandbox_versions:type_name -> hostagent.v1.HeartbeatRequest.SandboxVersionsEntry
 	0,  // 31: hostagent.v1.SandboxEvent.state:type_name -> hostagent.v1.SandboxState
 	2,  // 32: hostagent.v1.SandboxEvent.reason:type_name -> hostagent.v1.SandboxEventReason
-	54, // 33: hostagent.v1.ReportSandboxEventsRequest.events:type_name -> hostagent.v1.SandboxEvent
+	58, // 33: hostagent.v1.ReportSandboxEventsRequest.events:type_name -> hostagent.v1.SandboxEvent
 	0,  // 34: hostagent.v1.HeartbeatRequest.SandboxStatesEntry.value:type_name -> hostagent.v1.SandboxState
 	5,  // 35: hostagent.v1.HostAgentService.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
 	7,  // 36: hostagent.v1.HostAgentService.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
@@ -4103,37 +4322,41 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	30, // 47: hostagent.v1.HostAgentService.SnapshotTemplate:input_type -> hostagent.v1.SnapshotTemplateRequest
 	32, // 48: hostagent.v1.HostAgentService.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
 	34, // 49: hostagent.v1.HostAgentService.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	46, // 50: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
+	50, // 50: hostagent.v1.HostAgentService.GetHostStatus:input_type -> hostagent.v1.GetHostStatusRequest
 	37, // 51: hostagent.v1.HostAgentService.UploadBuildContext:input_type -> hostagent.v1.UploadBuildContextRequest
 	40, // 52: hostagent.v1.HostAgentService.BuildTemplate:input_type -> hostagent.v1.BuildTemplateRequest
-	48, // 53: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
-	50, // 54: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
-	52, // 55: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
-	55, // 56: hostagent.v1.HostRegistryService.ReportSandboxEvents:input_type -> hostagent.v1.ReportSandboxEventsRequest
-	6,  // 57: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	8,  // 58: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	10, // 59: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	12, // 60: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	14, // 61: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	16, // 62: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	18, // 63: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
-	20, // 64: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
-	22, // 65: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	24, // 66: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	27, // 67: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	29, // 68: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
-	31, // 69: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
-	33, // 70: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	35, // 71: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	47, // 72: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
-	38, // 73: hostagent.v1.HostAgentService.UploadBuildContext:output_type -> hostagent.v1.UploadBuildContextResponse
-	41, // 74: hostagent.v1.HostAgentService.BuildTemplate:output_type -> hostagent.v1.BuildTemplateResponse
-	49, // 75: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
-	51, // 76: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
-	53, // 77: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
-	56, // 78: hostagent.v1.HostRegistryService.ReportSandboxEvents:output_type -> hostagent.v1.ReportSandboxEventsResponse
-	57, // [57:79] is the sub-list for method output_type
-	35, // [35:57] is the sub-list for method input_type
+	41, // 53: hostagent.v1.HostAgentService.ExportTemplate:input_type -> hostagent.v1.ExportTemplateRequest
+	43, // 54: hostagent.v1.HostAgentService.ImportTemplate:input_type -> hostagent.v1.ImportTemplateRequest
+	52, // 55: hostagent.v1.HostRegistryService.Register:input_type -> hostagent.v1.RegisterRequest
+	54, // 56: hostagent.v1.HostRegistryService.Heartbeat:input_type -> hostagent.v1.HeartbeatRequest
+	56, // 57: hostagent.v1.HostRegistryService.Renew:input_type -> hostagent.v1.RenewRequest
+	59, // 58: hostagent.v1.HostRegistryService.ReportSandboxEvents:input_type -> hostagent.v1.ReportSandboxEventsRequest
+	6,  // 59: hostagent.v1.HostAgentService.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	8,  // 60: hostagent.v1.HostAgentService.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	10, // 61: hostagent.v1.HostAgentService.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	12, // 62: hostagent.v1.HostAgentService.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	14, // 63: hostagent.v1.HostAgentService.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	16, // 64: hostagent.v1.HostAgentService.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	18, // 65: hostagent.v1.HostAgentService.HibernateSandbox:output_type -> hostagent.v1.HibernateSandboxResponse
+	20, // 66: hostagent.v1.HostAgentService.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
+	22, // 67: hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	24, // 68: hostagent.v1.HostAgentService.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	27, // 69: hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	29, // 70: hostagent.v1.HostAgentService.GetSandboxLogs:output_type -> hostagent.v1.GetSandboxLogsResponse
+	31, // 71: hostagent.v1.HostAgentService.SnapshotTemplate:output_type -> hostagent.v1.SnapshotTemplateResponse
+	33, // 72: hostagent.v1.HostAgentService.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	35, // 73: hostagent.v1.HostAgentService.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	51, // 74: hostagent.v1.HostAgentService.GetHostStatus:output_type -> hostagent.v1.GetHostStatusResponse
+	38, // 75: hostagent.v1.HostAgentService.UploadBuildContext:output_type -> hostagent.v1.UploadBuildContextResponse
+	45, // 76: hostagent.v1.HostAgentService.BuildTemplate:output_type -> hostagent.v1.BuildTemplateResponse
+	42, // 77: hostagent.v1.HostAgentService.ExportTemplate:output_type -> hostagent.v1.TemplateChunk
+	44, // 78: hostagent.v1.HostAgentService.ImportTemplate:output_type -> hostagent.v1.ImportTemplateResponse
+	53, // 79: hostagent.v1.HostRegistryService.Register:output_type -> hostagent.v1.RegisterResponse
+	55, // 80: hostagent.v1.HostRegistryService.Heartbeat:output_type -> hostagent.v1.HeartbeatResponse
+	57, // 81: hostagent.v1.HostRegistryService.Renew:output_type -> hostagent.v1.RenewResponse
+	60, // 82: hostagent.v1.HostRegistryService.ReportSandboxEvents:output_type -> hostagent.v1.ReportSandboxEventsResponse
+	59, // [59:83] is the sub-list for method output_type
+	35, // [35:59] is the sub-list for method input_type
 	35, // [35:35] is the sub-list for extension type_name
 	35, // [35:35] is the sub-list for extension extendee
 	0,  // [0:35] is the sub-list for field type_name
@@ -4144,7 +4367,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[38].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[42].OneofWrappers = []any{
 		(*BuildTemplateResponse_Log)(nil),
 		(*BuildTemplateResponse_Result)(nil),
 	}
@@ -4154,7 +4377,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   60,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -102,6 +102,12 @@ const (
 	// HostAgentServiceBuildTemplateProcedure is the fully-qualified name of the HostAgentService's
 	// BuildTemplate RPC.
 	HostAgentServiceBuildTemplateProcedure = "/hostagent.v1.HostAgentService/BuildTemplate"
+	// HostAgentServiceExportTemplateProcedure is the fully-qualified name of the HostAgentService's
+	// ExportTemplate RPC.
+	HostAgentServiceExportTemplateProcedure = "/hostagent.v1.HostAgentService/ExportTemplate"
+	// HostAgentServiceImportTemplateProcedure is the fully-qualified name of the HostAgentService's
+	// ImportTemplate RPC.
+	HostAgentServiceImportTemplateProcedure = "/hostagent.v1.HostAgentService/ImportTemplate"
 	// HostRegistryServiceRegisterProcedure is the fully-qualified name of the HostRegistryService's
 	// Register RPC.
 	HostRegistryServiceRegisterProcedure = "/hostagent.v1.HostRegistryService/Register"
@@ -150,6 +156,13 @@ type HostAgentServiceClient interface {
 	// Cancelling the call cancels the build and removes what it made. A
 	// failed build ends the stream with an error naming the step.
 	BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest]) (*connect.ServerStreamForClient[v1.BuildTemplateResponse], error)
+	// ExportTemplate streams a built template version (its image, config
+	// and memory snapshot) for another host to import; the team must own it.
+	ExportTemplate(context.Context, *connect.Request[v1.ExportTemplateRequest]) (*connect.ServerStreamForClient[v1.TemplateChunk], error)
+	// ImportTemplate receives a version another host exported (the first
+	// message names it) and publishes it once its image's digest and every
+	// file check out. A version already here with that digest is success.
+	ImportTemplate(context.Context) *connect.ClientStreamForClient[v1.ImportTemplateRequest, v1.ImportTemplateResponse]
 }
 
 // NewHostAgentServiceClient constructs a client for the hostagent.v1.HostAgentService service. By
@@ -271,6 +284,18 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("BuildTemplate")),
 			connect.WithClientOptions(opts...),
 		),
+		exportTemplate: connect.NewClient[v1.ExportTemplateRequest, v1.TemplateChunk](
+			httpClient,
+			baseURL+HostAgentServiceExportTemplateProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ExportTemplate")),
+			connect.WithClientOptions(opts...),
+		),
+		importTemplate: connect.NewClient[v1.ImportTemplateRequest, v1.ImportTemplateResponse](
+			httpClient,
+			baseURL+HostAgentServiceImportTemplateProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ImportTemplate")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -294,6 +319,8 @@ type hostAgentServiceClient struct {
 	getHostStatus      *connect.Client[v1.GetHostStatusRequest, v1.GetHostStatusResponse]
 	uploadBuildContext *connect.Client[v1.UploadBuildContextRequest, v1.UploadBuildContextResponse]
 	buildTemplate      *connect.Client[v1.BuildTemplateRequest, v1.BuildTemplateResponse]
+	exportTemplate     *connect.Client[v1.ExportTemplateRequest, v1.TemplateChunk]
+	importTemplate     *connect.Client[v1.ImportTemplateRequest, v1.ImportTemplateResponse]
 }
 
 // CreateSandbox calls hostagent.v1.HostAgentService.CreateSandbox.
@@ -386,6 +413,16 @@ func (c *hostAgentServiceClient) BuildTemplate(ctx context.Context, req *connect
 	return c.buildTemplate.CallServerStream(ctx, req)
 }
 
+// ExportTemplate calls hostagent.v1.HostAgentService.ExportTemplate.
+func (c *hostAgentServiceClient) ExportTemplate(ctx context.Context, req *connect.Request[v1.ExportTemplateRequest]) (*connect.ServerStreamForClient[v1.TemplateChunk], error) {
+	return c.exportTemplate.CallServerStream(ctx, req)
+}
+
+// ImportTemplate calls hostagent.v1.HostAgentService.ImportTemplate.
+func (c *hostAgentServiceClient) ImportTemplate(ctx context.Context) *connect.ClientStreamForClient[v1.ImportTemplateRequest, v1.ImportTemplateResponse] {
+	return c.importTemplate.CallClientStream(ctx)
+}
+
 // HostAgentServiceHandler is an implementation of the hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// Create boots (or restores from a template snapshot) a sandbox and returns
@@ -420,6 +457,13 @@ type HostAgentServiceHandler interface {
 	// Cancelling the call cancels the build and removes what it made. A
 	// failed build ends the stream with an error naming the step.
 	BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest], *connect.ServerStream[v1.BuildTemplateResponse]) error
+	// ExportTemplate streams a built template version (its image, config
+	// and memory snapshot) for another host to import; the team must own it.
+	ExportTemplate(context.Context, *connect.Request[v1.ExportTemplateRequest], *connect.ServerStream[v1.TemplateChunk]) error
+	// ImportTemplate receives a version another host exported (the first
+	// message names it) and publishes it once its image's digest and every
+	// file check out. A version already here with that digest is success.
+	ImportTemplate(context.Context, *connect.ClientStream[v1.ImportTemplateRequest]) (*connect.Response[v1.ImportTemplateResponse], error)
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -537,6 +581,18 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("BuildTemplate")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceExportTemplateHandler := connect.NewServerStreamHandler(
+		HostAgentServiceExportTemplateProcedure,
+		svc.ExportTemplate,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ExportTemplate")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceImportTemplateHandler := connect.NewClientStreamHandler(
+		HostAgentServiceImportTemplateProcedure,
+		svc.ImportTemplate,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ImportTemplate")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceCreateSandboxProcedure:
@@ -575,6 +631,10 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceUploadBuildContextHandler.ServeHTTP(w, r)
 		case HostAgentServiceBuildTemplateProcedure:
 			hostAgentServiceBuildTemplateHandler.ServeHTTP(w, r)
+		case HostAgentServiceExportTemplateProcedure:
+			hostAgentServiceExportTemplateHandler.ServeHTTP(w, r)
+		case HostAgentServiceImportTemplateProcedure:
+			hostAgentServiceImportTemplateHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -654,6 +714,14 @@ func (UnimplementedHostAgentServiceHandler) UploadBuildContext(context.Context, 
 
 func (UnimplementedHostAgentServiceHandler) BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest], *connect.ServerStream[v1.BuildTemplateResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.BuildTemplate is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ExportTemplate(context.Context, *connect.Request[v1.ExportTemplateRequest], *connect.ServerStream[v1.TemplateChunk]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.ExportTemplate is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ImportTemplate(context.Context, *connect.ClientStream[v1.ImportTemplateRequest]) (*connect.Response[v1.ImportTemplateResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgentService.ImportTemplate is not implemented"))
 }
 
 // HostRegistryServiceClient is a client for the hostagent.v1.HostRegistryService service.
