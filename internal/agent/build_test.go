@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -215,8 +216,17 @@ CMD ["python3", "-m", "http.server", "8000"]
 	} else {
 		c.Close()
 	}
+	if gone, err := m.CollectCopies(ctx, 0); err != nil || len(gone) != 0 {
+		t.Errorf("collected %v (%v) while a sandbox of the copy runs", gone, err)
+	}
 	if err := m.Destroy(ctx, copied.ID); err != nil {
 		t.Fatal(err)
+	}
+	if gone, err := m.CollectCopies(ctx, time.Hour); err != nil || len(gone) != 0 {
+		t.Errorf("collected %v (%v): the copy was used just now", gone, err)
+	}
+	if gone, err := m.CollectCopies(ctx, 0); err != nil || !slices.Equal(gone, []string{"tpl-a-copy"}) {
+		t.Errorf("collected %v (%v), want only the unused copy tpl-a-copy", gone, err)
 	}
 	templates, err = m.Templates(ctx)
 	if err != nil {

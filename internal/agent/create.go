@@ -126,6 +126,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		if err := checkTemplateOwner(req.Template, tc.TeamID, req.TeamID); err != nil {
 			return Info{}, err
 		}
+		m.touchCopy(req.Template)
 		env = templateDefaults(tc, &req)
 	}
 	if err := req.normalize(); err != nil {

@@ -56,9 +56,11 @@ func (m *Manager) reapOne(ctx context.Context, sb *sandbox) error {
 
 // RunReaper calls Reap every interval until ctx ends. Reap errors are logged:
 // the next round retries.
+// Every hour it also removes template copies unused for DefaultCopyTTL.
 func (m *Manager) RunReaper(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var collected time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -66,6 +68,12 @@ func (m *Manager) RunReaper(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 			if err := m.Reap(ctx); err != nil {
 				m.log.Warn("reaper round failed", "err", err)
+			}
+			if now := m.cfg.Clock.Now(); now.Sub(collected) >= time.Hour {
+				collected = now
+				if _, err := m.CollectCopies(ctx, DefaultCopyTTL); err != nil {
+					m.log.Warn("collect template copies", "err", err)
+				}
 			}
 		}
 	}

@@ -278,6 +278,9 @@ func (m *Manager) createFromTemplate(ctx context.Context, req CreateRequest) (In
 	if err != nil {
 		return Info{}, err
 	}
+	if tc != nil {
+		m.touchCopy(req.Template)
+	}
 	for _, f := range []struct {
 		name      string
 		req, have *int

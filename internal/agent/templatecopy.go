@@ -14,6 +14,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"time"
 
 	"github.com/wrenn/wrenn/internal/disk"
 	"github.com/wrenn/wrenn/internal/errdefs"
@@ -83,6 +85,11 @@ func (m *Manager) ImportTemplate(ctx context.Context, team, name, digest string,
 	if tc.TeamID != team || tc.Pending {
 		return errdefs.New(errdefs.ErrPermissionDenied, "import template %s: it is not a finished template of team %s", name, team)
 	}
+	// The mark of a copy: CollectCopies removes copies nobody uses; its
+	// time is the copy's last use.
+	if err := os.WriteFile(filepath.Join(tmp, importedMark), nil, 0o600); err != nil {
+		return fmt.Errorf("import template %s: %w", name, err)
+	}
 	snapDir := filepath.Join(tmp, "snapshot")
 	if _, err := os.Stat(snapDir); err == nil {
 		if err := m.adoptSnapshot(ctx, snapDir, filepath.Join(final, "rootfs.ext4")); err != nil {
@@ -144,4 +151,60 @@ func readTemplateConfig(dir string) (*TemplateConfig, error) {
 		return nil, fmt.Errorf("decode %s: %w", templateConfigName, err)
 	}
 	return &c, nil
+}
+
+// importedMark marks a template directory as a copy from another host.
+const importedMark = ".imported"
+
+// DefaultCopyTTL is how long a copy of another host's template stays
+// without a create from it.
+const DefaultCopyTTL = 24 * time.Hour
+
+// touchCopy records a use of template name if it is a copy.
+func (m *Manager) touchCopy(name string) {
+	now := m.cfg.Clock.Now()
+	_ = os.Chtimes(filepath.Join(m.cfg.Dir, "images", name, importedMark), now, now)
+}
+
+// CollectCopies removes the copies of other hosts' templates that no
+// create used for ttl and that nothing here reads (no sandbox of them, no
+// disk backed by their image); the control plane copies one again when it
+// needs it. It returns the names removed.
+func (m *Manager) CollectCopies(ctx context.Context, ttl time.Duration) ([]string, error) {
+	marks, err := filepath.Glob(filepath.Join(m.cfg.Dir, "images", "*", importedMark))
+	if err != nil {
+		return nil, fmt.Errorf("find template copies: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, mark := range marks {
+		fi, err := os.Stat(mark)
+		if err != nil || m.cfg.Clock.Now().Sub(fi.ModTime()) < ttl {
+			continue
+		}
+		name := filepath.Base(filepath.Dir(mark))
+		list, err := m.List(ctx)
+		if err != nil {
+			return removed, err
+		}
+		inUse := slices.ContainsFunc(list, func(in Info) bool { return in.Template == name })
+		if !inUse {
+			user, err := m.imageUser(ctx, filepath.Join(m.cfg.Dir, "images", name, "rootfs.ext4"))
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			inUse = user != ""
+		}
+		if inUse {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Dir(mark)); err != nil {
+			errs = append(errs, fmt.Errorf("remove template copy %s: %w", name, err))
+			continue
+		}
+		m.log.Info("unused template copy removed", "template", name, "last_used", fi.ModTime())
+		removed = append(removed, name)
+	}
+	return removed, errors.Join(errs...)
 }
