@@ -1,6 +1,7 @@
 package security
 
 import (
+	"bytes"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -142,6 +143,30 @@ var crossTeam = map[string]routeCheck{
 	"GET /v1/templates":                                          {list: true},
 	"GET /v1/templates/{templateName}":                           {},
 	"DELETE /v1/templates/{templateName}":                        {},
+	// Builds: B builds on A's templates, and reads or cancels A's build.
+	"POST /v1/templates":                                     {check: buildFromATemplate},
+	"GET /v1/templates/{templateName}/builds":                {check: onABuild("GET", "/builds")},
+	"GET /v1/templates/{templateName}/builds/{buildID}":      {check: onABuild("GET", "/builds/{id}")},
+	"DELETE /v1/templates/{templateName}/builds/{buildID}":   {check: onABuild("DELETE", "/builds/{id}")},
+	"GET /v1/templates/{templateName}/builds/{buildID}/logs": {check: onABuild("GET", "/builds/{id}/logs")},
+	// Dashboard sessions: logging in as A takes A's password; logging out
+	// ends only the caller's own session.
+	"POST /v1/auth/session": {public: true, check: func(t *testing.T) {
+		r := anon().do(t, "POST", "/v1/auth/session", map[string]string{"email": w.a.email, "password": w.b.password})
+		wantError(t, "cookie login as A with B's password", r, http.StatusUnauthorized, "unauthenticated")
+	}},
+	"DELETE /v1/auth/session": {public: true, check: func(t *testing.T) {
+		var sess struct {
+			Token string `json:"token"`
+		}
+		anon().json(t, "POST", "/v1/auth/login", map[string]string{"email": w.b.email, "password": w.b.password}, http.StatusOK, &sess)
+		client{base: shared.st.URL, cred: sess.Token}.json(t, "DELETE", "/v1/auth/session", nil, http.StatusNoContent, nil)
+		wantError(t, "B's logged-out session", client{base: shared.st.URL, cred: sess.Token}.do(t, "GET", "/v1/me", nil),
+			http.StatusUnauthorized, "unauthenticated")
+		// A's session and B's other one still work.
+		w.a.sessionClient().json(t, "GET", "/v1/me", nil, http.StatusOK, nil)
+		w.b.sessionClient().json(t, "GET", "/v1/me", nil, http.StatusOK, nil)
+	}},
 	// E2B's API at the root: the same attacks in E2B's words.
 	"GET /sandboxes":                         {list: true},
 	"POST /sandboxes":                        {check: e2bCreateFromATemplate("/sandboxes")},
@@ -179,6 +204,39 @@ func e2bCreateFromATemplate(path string) func(t *testing.T) {
 }
 
 func anon() client { return client{base: shared.st.URL} }
+
+// buildFromATemplate: B builds FROM A's templates (its snapshot, its
+// built one, their host names) and under A's built template's name.
+func buildFromATemplate(t *testing.T) {
+	for _, from := range []string{w.templateA, w.templateAAgent, w.builtA, w.builtA + ":1"} {
+		ctx := contextTar(t, map[string]string{"Dockerfile": "FROM " + from + "\n"})
+		r := w.b.keyClient().do(t, "POST", "/v1/templates?name=b-steal-"+randHex(2), bytes.NewReader(ctx))
+		wantError(t, "B: build FROM A's "+from, r, http.StatusNotFound, "not_found")
+	}
+	// B's own template of the same name is B's: A's stays as it was.
+	ctx := contextTar(t, map[string]string{"Dockerfile": "FROM minimal\nHEALTHCHECK CMD true\n"})
+	r := w.b.keyClient().do(t, "POST", "/v1/templates?name="+w.builtA, bytes.NewReader(ctx))
+	wantError(t, "B: a bad recipe under A's template's name", r, http.StatusBadRequest, "invalid_argument")
+	var b struct {
+		Status string `json:"status"`
+	}
+	w.a.keyClient().json(t, "GET", "/v1/templates/"+w.builtA+"/builds/"+w.buildA, nil, http.StatusOK, &b)
+	if b.Status != "ready" {
+		t.Errorf("A's build is %s after B's attempts", b.Status)
+	}
+}
+
+// onABuild: B calls a route of A's built template and its build, and
+// gets what a missing one answers.
+func onABuild(method, suffix string) func(t *testing.T) {
+	return func(t *testing.T) {
+		path := "/v1/templates/" + w.builtA + strings.ReplaceAll(suffix, "{id}", w.buildA)
+		for _, as := range bPrincipals() {
+			r := retry429(t, as.c, method, path, nil)
+			wantError(t, method+" "+path+" as "+as.name, r, http.StatusNotFound, "not_found")
+		}
+	}
+}
 
 // createFromATemplate: B names A's template (its name, and the host's t-…
 // name) when creating.
@@ -354,6 +412,7 @@ func runListCheck(t *testing.T, route string, rc routeCheck) {
 		// B typed these names itself when it tried to create from them,
 		// so its own audit log may quote them.
 		secrets["template"], secrets["template's agent name"] = w.templateA, w.templateAAgent
+		secrets["built template"], secrets["build id"] = w.builtA, w.buildA
 	}
 	for _, as := range bPrincipals()[:2] {
 		r := retry429(t, as.c, method, path+rc.query, nil)
@@ -395,6 +454,7 @@ func fill(t *testing.T, tmpl, hostID string) string {
 	ids := map[string]string{
 		"teamID": w.a.teamID, "userID": w.a.userID, "keyID": w.a2KeyID, "hostID": hostID, "inviteID": w.inviteA,
 		"sandboxID": w.sandboxA, "templateName": w.templateA, "templateID": w.templateA, "selector": "1", "port": "8080", "path": "index.html",
+		"buildID": w.buildA,
 	}
 	return pathParamRE.ReplaceAllStringFunc(tmpl, func(p string) string {
 		v, ok := ids[p[1:len(p)-1]]

@@ -1,6 +1,8 @@
 package security
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -51,6 +53,8 @@ var w struct {
 	templateA, templateAAgent string
 	// snapshotAt is when templateA was made.
 	snapshotAt time.Time
+	// builtA is team A's built template and buildA its (finished) build.
+	builtA, buildA string
 }
 
 const secretPath = "/home/user/secret.txt"
@@ -137,6 +141,47 @@ func makeWorld(t *testing.T) {
 	w.snapshotAt = time.Now()
 	ca.json(t, "POST", "/v1/sandboxes/"+w.sandboxA+"/snapshot", map[string]string{"name": w.templateA}, http.StatusCreated, nil)
 	w.templateAAgent = agentTemplateName(t, w.a.teamID, w.templateA)
+
+	// Team A's built template (its image holds a secret of its own).
+	w.builtA = "a-built-" + randHex(3)
+	var b struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+		Error  string `json:"error"`
+	}
+	ctx := contextTar(t, map[string]string{"Dockerfile": "FROM minimal\nRUN echo " + w.secretA + " > /etc/a-build\n"})
+	ca.json(t, "POST", "/v1/templates?name="+w.builtA, bytes.NewReader(ctx), http.StatusAccepted, &b)
+	w.buildA = b.ID
+	deadline := time.Now().Add(5 * time.Minute)
+	for b.Status == "building" || b.Status == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("team A's build %s still building after 5 minutes", w.buildA)
+		}
+		ca.json(t, "GET", "/v1/templates/"+w.builtA+"/builds/"+w.buildA+"/logs?follow=true", nil, http.StatusOK, nil)
+		ca.json(t, "GET", "/v1/templates/"+w.builtA+"/builds/"+w.buildA, nil, http.StatusOK, &b)
+	}
+	if b.Status != "ready" {
+		t.Fatalf("team A's build: %s: %s", b.Status, b.Error)
+	}
+}
+
+// contextTar is a build context (a tar) of files.
+func contextTar(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, body := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 // signup makes a user with their own team, a session and an API key.
