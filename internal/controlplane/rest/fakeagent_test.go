@@ -69,8 +69,10 @@ type fakeAgent struct {
 	// uploads are the bytes of each build's uploaded context.
 	build   func(ctx context.Context, req *hostagentv1.BuildTemplateRequest, send func(*hostagentv1.BuildTemplateResponse) error) error
 	uploads map[string]int64
-	// lastTpl is the template of the last CreateSandbox.
+	// lastTpl is the template of the last CreateSandbox, lastMem its
+	// memory_mb.
 	lastTpl string
+	lastMem int32
 }
 
 // lastTemplate is the template the last CreateSandbox named.
@@ -145,7 +147,7 @@ func (a *fakeAgent) CreateSandbox(_ context.Context, req *connect.Request[hostag
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.setTeam("CreateSandbox", req.Msg.GetTeamId())
-	a.lastTpl = req.Msg.GetTemplate()
+	a.lastTpl, a.lastMem = req.Msg.GetTemplate(), req.Msg.GetMemoryMb()
 	if owner, ok := a.owners[req.Msg.GetTemplate()]; ok && owner != req.Msg.GetTeamId() {
 		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("template %s belongs to another team", req.Msg.GetTemplate()))
 	}

@@ -284,6 +284,29 @@ func TestTemplateBuildLifecycle(t *testing.T) {
 		t.Errorf("builds %+v: want 2, newest first", list.Builds)
 	}
 
+	// A warm template (a snapshot) of 512 MiB: a create naming no size
+	// restores it at that size.
+	agent.mu.Lock()
+	agent.build = func(_ context.Context, _ *hostagentv1.BuildTemplateRequest, send func(*hostagentv1.BuildTemplateResponse) error) error {
+		return send(&hostagentv1.BuildTemplateResponse{Event: &hostagentv1.BuildTemplateResponse_Result{Result: &hostagentv1.BuildResult{
+			ImageBytes: 1 << 20, Digest: "sha256:warm", Steps: 1, Snapshot: true, Vcpus: 1, MemoryMb: 512, DiskMb: 2048,
+		}}})
+	}
+	agent.mu.Unlock()
+	resp = env.postBuild(t, key, "name=warm", ctxTar, nil)
+	var warm api.TemplateBuild
+	if err := json.NewDecoder(resp.Body).Decode(&warm); err != nil {
+		t.Fatal(err)
+	}
+	env.waitBuild(t, key, "warm", warm.Id.String())
+	env.create(t, map[string]any{"template": "warm"})
+	agent.mu.Lock()
+	if agent.lastMem != 512 {
+		t.Errorf("create from a 512 MiB warm template asked the host for %d MiB", agent.lastMem)
+	}
+	agent.build = okBuild(nil, nil)
+	agent.mu.Unlock()
+
 	// Another team sees none of it and cannot build on it.
 	other := env.newTeam(t, "other")
 	for _, p := range []string{"/v1/templates/app", "/v1/templates/app/builds", "/v1/templates/app/builds/" + first.Id.String(),

@@ -7,6 +7,7 @@ package sandboxes
 // from that replica ends).
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -362,7 +363,7 @@ func (s *Service) publishBuild(ctx context.Context, b store.TemplateBuild, res *
 			// takes any (0: the create's defaults).
 			vcpus, mem := res.GetVcpus(), res.GetMemoryMb()
 			if res.GetSnapshot() {
-				vcpus, mem = max(vcpus, 1), max(mem, defaultBuildMemoryMB)
+				vcpus, mem = cmp.Or(vcpus, 1), cmp.Or(mem, defaultBuildMemoryMB)
 			}
 			_, err = q.PublishBuiltTemplate(c, store.PublishBuiltTemplateParams{
 				TeamID: &b.TeamID, Name: b.TemplateName, AgentName: b.AgentName, HostID: b.HostID,

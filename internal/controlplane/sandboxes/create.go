@@ -274,7 +274,7 @@ func (s *Service) resolveVersion(ctx context.Context, team uuid.UUID, name, v st
 	ref := TemplateRef{AgentName: b.AgentName, Home: b.HostID, Snapshot: b.Snapshot, VCPUs: int(b.Vcpus), MemoryMB: int(b.MemoryMb), DiskMB: int(b.DiskMb),
 		Portable: b.Digest != nil, Digest: deref(b.Digest)}
 	if b.Snapshot {
-		ref.VCPUs, ref.MemoryMB = max(ref.VCPUs, 1), max(ref.MemoryMB, defaultBuildMemoryMB)
+		ref.VCPUs, ref.MemoryMB = cmp.Or(ref.VCPUs, 1), cmp.Or(ref.MemoryMB, defaultBuildMemoryMB)
 	}
 	return ref, nil
 }
