@@ -6,6 +6,7 @@ package rest
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"math"
@@ -373,7 +374,42 @@ func credential(r *http.Request) (string, error) {
 		}
 		return k, nil
 	}
+	if tok, ok, err := wsBearer(r); ok {
+		return tok, err
+	}
 	return "", unauthenticated("credentials required: send Authorization: Bearer <API key or session token>, or %s", apiKeyHeader)
+}
+
+// wsBearerPrefix marks the WebSocket subprotocol that carries a
+// credential: a browser cannot set headers on a WebSocket, so a page
+// holding an API key offers "wrenn.bearer.<base64url of the key>" beside
+// wsProtocol (Kubernetes passes bearer tokens the same way). The server
+// selects wsProtocol, never echoing the credential.
+const (
+	wsBearerPrefix = "wrenn.bearer."
+	wsProtocol     = "wrenn.v1"
+)
+
+// wsBearer finds a credential in a WebSocket upgrade's offered
+// subprotocols.
+func wsBearer(r *http.Request) (string, bool, error) {
+	if !isWebSocket(r) {
+		return "", false, nil
+	}
+	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for p := range strings.SplitSeq(h, ",") {
+			enc, ok := strings.CutPrefix(strings.TrimSpace(p), wsBearerPrefix)
+			if !ok {
+				continue
+			}
+			tok, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(enc, "="))
+			if err != nil || len(tok) == 0 {
+				return "", true, unauthenticated("the %s… WebSocket subprotocol must carry a base64url credential", wsBearerPrefix)
+			}
+			return string(tok), true, nil
+		}
+	}
+	return "", false, nil
 }
 
 func (s *Server) apiKeyPrincipal(ctx context.Context, key string, team *uuid.UUID) (Principal, error) {

@@ -181,6 +181,9 @@ func cookieCredential(r *http.Request) (tok string, ok bool, err error) {
 	if r.Header.Get("Authorization") != "" || r.Header.Get(apiKeyHeader) != "" {
 		return "", false, nil
 	}
+	if _, ok, _ := wsBearer(r); ok {
+		return "", false, nil // an explicit credential wins over the cookie
+	}
 	c, cerr := r.Cookie(SessionCookie)
 	if cerr != nil || c.Value == "" {
 		return "", false, nil

@@ -511,7 +511,7 @@ var errNeedWebSocket = errdefs.New(errdefs.ErrInvalidArgument, "this route needs
 
 // acceptWS upgrades the request. On failure Accept has already answered.
 func (s *Server) acceptWS(w http.ResponseWriter, r *http.Request) (*websocket.Conn, error) {
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.deps.AllowedOrigins})
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.deps.AllowedOrigins, Subprotocols: []string{wsProtocol}})
 	if err != nil {
 		return nil, err
 	}

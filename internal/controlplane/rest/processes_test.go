@@ -3,6 +3,7 @@ package rest
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -354,5 +355,59 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 		if resp.StatusCode != http.StatusOK || res.ExitCode == nil || *res.ExitCode != 0 {
 			b.Fatalf("exec: %d %+v", resp.StatusCode, res)
 		}
+	}
+}
+
+// TestWebSocketBearerSubprotocol: a browser page holding an API key (it
+// cannot set headers on a WebSocket) authenticates a terminal with the
+// wrenn.bearer.<base64url key> subprotocol; the server selects wrenn.v1,
+// never the credential. Another team's key, or a malformed one, is
+// refused as over a header.
+func TestWebSocketBearerSubprotocol(t *testing.T) {
+	env := newSandboxEnv(t)
+	env.addHost(t)
+	sb := env.create(t, map[string]any{})
+	other := env.newTeam(t, "other")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := "ws" + strings.TrimPrefix(env.Srv.URL, "http") + "/v1/sandboxes/" + sb.Id + "/pty?cols=80&rows=24"
+	dial := func(key string) (*websocket.Conn, int, error) {
+		protos := []string{wsProtocol, wsBearerPrefix + base64.RawURLEncoding.EncodeToString([]byte(key))}
+		if key == "" {
+			protos = []string{wsProtocol, wsBearerPrefix + "%%%"}
+		}
+		c, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: protos})
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		return c, status, err
+	}
+	c, _, err := dial(env.team.Key)
+	if err != nil {
+		t.Fatalf("dial with the key in the subprotocol: %v", err)
+	}
+	defer c.CloseNow()
+	if c.Subprotocol() != wsProtocol {
+		t.Errorf("selected subprotocol %q, want %q", c.Subprotocol(), wsProtocol)
+	}
+	if err := c.Write(ctx, websocket.MessageBinary, []byte("echo via-$((6*7)); exit 0\n")); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	for !strings.Contains(out.String(), "via-42") {
+		typ, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("pty read (output so far %q): %v", out.String(), err)
+		}
+		if typ == websocket.MessageBinary {
+			out.Write(b)
+		}
+	}
+	if _, status, err := dial(other.Key); err == nil || status != http.StatusNotFound {
+		t.Errorf("another team's key in the subprotocol: status %d (err %v), want 404", status, err)
+	}
+	if _, status, err := dial(""); err == nil || status != http.StatusUnauthorized {
+		t.Errorf("a malformed credential in the subprotocol: status %d (err %v), want 401", status, err)
 	}
 }
