@@ -36,6 +36,19 @@ export const TEAM_COOKIE = 'wrenn_team';
 /** The localStorage entry of a remembered API key (the only one used). */
 export const KEY_STORAGE = 'wrenn.apiKey';
 
+/** The audit list's server-side filters; empty ones are not sent. */
+export interface AuditFilters {
+	actor_type?: string;
+	actor_id?: string;
+	resource_type?: string;
+	resource_id?: string;
+	action?: string;
+	outcome?: string;
+	/** RFC 3339 times: since is inclusive, until exclusive. */
+	since?: string;
+	until?: string;
+}
+
 export type Auth = { kind: 'none' } | { kind: 'cookie' } | { kind: 'key'; key: string };
 
 /** An error answer of the API, or a failure to reach it (status 0). */
@@ -444,8 +457,9 @@ export class Api {
 		await this.request('POST', '/v1/auth/signup', { json: req });
 		return this.login(req.email, req.password);
 	}
-	auditLog(cursor?: string, limit = 50): Promise<{ entries: AuditEntry[]; next_cursor?: string }> {
-		return this.request('GET', '/v1/audit-logs', { query: { cursor, limit } });
+	/** A page of the audit log, filtered on the server (send the same filters with the cursor). */
+	auditLog(cursor?: string, limit = 50, filters: AuditFilters = {}): Promise<{ entries: AuditEntry[]; next_cursor?: string }> {
+		return this.request('GET', '/v1/audit-logs', { query: { ...filters, cursor, limit } });
 	}
 
 	// --- hosts and templates -------------------------------------------
