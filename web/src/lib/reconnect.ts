@@ -7,7 +7,7 @@ export class Backoff {
 	private openedAt: number | null = null;
 
 	constructor(
-		private readonly delaysMs: number[] = [500, 1000, 2000, 4000, 8000, 15000],
+		private readonly delaysMs: number[] = [1000, 2000, 4000, 8000, 15000],
 		private readonly maxAttempts = 10,
 		/** A connection open this long counts as stable. */
 		private readonly stableMs = 10000,
