@@ -149,6 +149,8 @@ func TestAuditLogFilters(t *testing.T) {
 		{"until not a time", "?until=2026-13-01T00:00:00Z"},
 		{"empty range", "?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"},
 		{"long action", "?action=" + strings.Repeat("a", 65)},
+		{"NUL in actor id", "?actor_id=a%00b"},
+		{"invalid UTF-8 in action", "?action=%ff"},
 	} {
 		t.Run("bad "+tc.name, func(t *testing.T) {
 			wantError(t, env.do(t, "GET", "/v1/audit-logs"+tc.query, a.JWT, nil), 400, "invalid_argument")
