@@ -276,15 +276,15 @@ try {
 		const status = page.getByTestId('build-status');
 		const buildLog = page.getByTestId('build-log');
 		// The log streams while it builds: the COPY step's header appears.
-		await buildLog.locator('.l.header', { hasText: /^\[\d+\/\d+\] Dockerfile:2: COPY greeting.txt/ }).waitFor({ timeout: bootTimeout });
+		await buildLog.locator('.l.k-header', { hasText: /^\[\d+\/\d+\] Dockerfile:2: COPY greeting.txt/ }).waitFor({ timeout: bootTimeout });
 		await status.filter({ hasText: /ready|failed|canceled/ }).waitFor({ timeout: 2 * bootTimeout });
 		const final = (await status.textContent()).trim();
 		if (final !== 'ready') log(`build log:\n${await buildLog.innerText()}`);
 		check(final === 'ready', `the build ended ${final}`);
 		// The RUN step's output, indented under its header, and the end.
-		await buildLog.locator('.l.output', { hasText: 'hello from a built template' }).waitFor();
-		await buildLog.locator('.l.output', { hasText: 'built-by-the-browser' }).waitFor();
-		await buildLog.locator('.l.phase', { hasText: '[done]' }).waitFor();
+		await buildLog.locator('.l.k-output', { hasText: 'hello from a built template' }).waitFor();
+		await buildLog.locator('.l.k-output', { hasText: 'built-by-the-browser' }).waitFor();
+		await buildLog.locator('.l.k-phase', { hasText: '[done]' }).waitFor();
 		const progress = (await page.getByTestId('build-progress').textContent()).trim();
 		check(/^step (\d+)\/\1\b/.test(progress), `progress at the end: ${progress}`);
 		check((await page.getByRole('progressbar', { name: 'Build progress' }).getAttribute('value')) === '100', 'the progress bar is not full');
