@@ -3,7 +3,8 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanPath, writeTar } from './tar';
+import { gunzipSync } from 'node:zlib';
+import { cleanPath, gzip, writeTar } from './tar';
 
 const enc = new TextEncoder();
 let dirs: string[] = [];
@@ -87,5 +88,16 @@ describe('writeTar', () => {
 		expect(() => cleanPath('../etc/passwd')).toThrow(/leaves/);
 		expect(() => cleanPath('./')).toThrow(/names no file/);
 		expect(cleanPath('x\\y//z')).toBe('x/y/z');
+	});
+});
+
+describe('gzip', () => {
+	it('compresses a tar that zlib inflates back byte-equal', async () => {
+		const tar = writeTar([{ path: 'Dockerfile', data: enc.encode('FROM minimal\n'.repeat(200)) }]);
+		const gz = await gzip(tar);
+		expect(gz).not.toBeNull();
+		expect(gz!.size).toBeLessThan(tar.size);
+		const back = gunzipSync(new Uint8Array(await gz!.arrayBuffer()));
+		expect(new Uint8Array(back)).toEqual(new Uint8Array(await tar.arrayBuffer()));
 	});
 });

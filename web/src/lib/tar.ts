@@ -127,3 +127,13 @@ export function writeTar(entries: TarEntry[]): Blob {
 	parts.push(new Uint8Array(BLOCK * 2)); // the end: two zero blocks
 	return new Blob(parts as BlobPart[], { type: 'application/x-tar' });
 }
+
+/**
+ * Gzips a blob with the browser's CompressionStream (every current browser
+ * has it); null where it is missing, and the tar goes as it is.
+ */
+export async function gzip(blob: Blob): Promise<Blob | null> {
+	if (typeof CompressionStream === 'undefined') return null;
+	const stream = blob.stream().pipeThrough(new CompressionStream('gzip'));
+	return new Blob([await new Response(stream).arrayBuffer()], { type: 'application/gzip' });
+}
