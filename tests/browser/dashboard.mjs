@@ -257,6 +257,29 @@ try {
 	await shot(page, 'sandboxes-phone');
 	await page.setViewportSize({ width: 1280, height: 800 });
 
+	begin('templates: list and delete the snapshot');
+	page.on('dialog', (d) => void d.accept());
+	await page.goto(base + '/templates');
+	const tpl = page.locator('tr', { hasText: 'browser-tpl' });
+	// The list does not poll: reload until the host has finished it.
+	await poll('the snapshot template to be ready', async () => {
+		await page.goto(base + '/templates');
+		await tpl.waitFor();
+		return (await tpl.locator('.badge').textContent()).trim() === 'ready';
+	});
+	await shot(page, 'templates');
+	await tpl.getByRole('button', { name: 'Delete' }).click();
+	await tpl.waitFor({ state: 'detached', timeout: 60_000 });
+
+	begin('kill the fork');
+	await page.goto(base + `/sandbox/${encodeURIComponent(forkId)}`);
+	await page.getByTestId('state').filter({ hasText: 'running' }).waitFor();
+	await page.getByRole('button', { name: 'Kill' }).click();
+	await page.waitForURL((u) => u.pathname === '/');
+	await page.locator(`tr[data-sandbox="${forkId}"]`).waitFor({ state: 'detached', timeout: 60_000 });
+
+	// After the fork is gone: the build's VM and the sandbox made from it
+	// keep this run at two VMs at once.
 	begin('build a template from the page');
 	{
 		await page.goto(base + '/templates');
@@ -305,7 +328,7 @@ try {
 		await greeting.getByRole('button', { name: 'greeting.txt' }).click();
 		await page.getByTestId('file-text').filter({ hasText: 'hello from a built template' }).waitFor();
 		await shot(page, 'built-template-files');
-		page.once('dialog', (d) => void d.accept());
+		// The dialog handler of the templates step accepts the Kill confirm.
 		await page.getByRole('button', { name: 'Kill' }).click();
 		await page.waitForURL((u) => u.pathname === '/');
 
@@ -314,27 +337,6 @@ try {
 		await page.getByRole('table', { name: 'Builds' }).locator('tr', { hasText: 'v1' }).locator('.badge', { hasText: 'ready' }).waitFor();
 		await shot(page, 'template');
 	}
-
-	begin('templates: list and delete the snapshot');
-	page.on('dialog', (d) => void d.accept());
-	await page.goto(base + '/templates');
-	const tpl = page.locator('tr', { hasText: 'browser-tpl' });
-	// The list does not poll: reload until the host has finished it.
-	await poll('the snapshot template to be ready', async () => {
-		await page.goto(base + '/templates');
-		await tpl.waitFor();
-		return (await tpl.locator('.badge').textContent()).trim() === 'ready';
-	});
-	await shot(page, 'templates');
-	await tpl.getByRole('button', { name: 'Delete' }).click();
-	await tpl.waitFor({ state: 'detached', timeout: 60_000 });
-
-	begin('kill the fork');
-	await page.goto(base + `/sandbox/${encodeURIComponent(forkId)}`);
-	await page.getByTestId('state').filter({ hasText: 'running' }).waitFor();
-	await page.getByRole('button', { name: 'Kill' }).click();
-	await page.waitForURL((u) => u.pathname === '/');
-	await page.locator(`tr[data-sandbox="${forkId}"]`).waitFor({ state: 'detached', timeout: 60_000 });
 
 	begin('switch team');
 	{
