@@ -392,6 +392,7 @@ try {
 		const actions = await page.locator('table[aria-label="Audit log"] tbody tr td:nth-child(3)').allTextContents();
 		return actions.length > 0 && actions.every((a) => a.trim() === 'revoke');
 	});
+	await shot(page, 'audit');
 
 	begin('log out');
 	await page.getByRole('button', { name: 'Log out' }).click();
