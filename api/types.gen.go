@@ -429,6 +429,30 @@ func (e CreateAPIKeyJSONBodyFormat) Valid() bool {
 	}
 }
 
+// Defines values for ListAuditLogsParamsActorType.
+const (
+	ListAuditLogsParamsActorTypeApiKey ListAuditLogsParamsActorType = "api_key"
+	ListAuditLogsParamsActorTypeHost   ListAuditLogsParamsActorType = "host"
+	ListAuditLogsParamsActorTypeSystem ListAuditLogsParamsActorType = "system"
+	ListAuditLogsParamsActorTypeUser   ListAuditLogsParamsActorType = "user"
+)
+
+// Valid indicates whether the value is a known member of the ListAuditLogsParamsActorType enum.
+func (e ListAuditLogsParamsActorType) Valid() bool {
+	switch e {
+	case ListAuditLogsParamsActorTypeApiKey:
+		return true
+	case ListAuditLogsParamsActorTypeHost:
+		return true
+	case ListAuditLogsParamsActorTypeSystem:
+		return true
+	case ListAuditLogsParamsActorTypeUser:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for SignalProcessJSONBodySignal.
 const (
 	SignalProcessJSONBodySignalSIGKILL SignalProcessJSONBodySignal = "SIGKILL"
@@ -1282,9 +1306,32 @@ type CreateAPIKeyJSONBodyFormat string
 
 // ListAuditLogsParams defines parameters for ListAuditLogs.
 type ListAuditLogsParams struct {
-	Limit  *Limit  `form:"limit,omitempty" json:"limit,omitempty"`
-	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+	Limit     *Limit                        `form:"limit,omitempty" json:"limit,omitempty"`
+	Cursor    *Cursor                       `form:"cursor,omitempty" json:"cursor,omitempty"`
+	ActorType *ListAuditLogsParamsActorType `form:"actor_type,omitempty" json:"actor_type,omitempty"`
+
+	// ActorId A user, API key or host id.
+	ActorId *string `form:"actor_id,omitempty" json:"actor_id,omitempty"`
+
+	// ResourceType sandbox, template, api_key, member, host…
+	ResourceType *string `form:"resource_type,omitempty" json:"resource_type,omitempty"`
+	ResourceId   *string `form:"resource_id,omitempty" json:"resource_id,omitempty"`
+
+	// Action create, delete, pause…
+	Action *string `form:"action,omitempty" json:"action,omitempty"`
+
+	// Outcome success or failure.
+	Outcome *string `form:"outcome,omitempty" json:"outcome,omitempty"`
+
+	// Since Entries at or after this time (RFC 3339).
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until Entries before this time (RFC 3339).
+	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
 }
+
+// ListAuditLogsParamsActorType defines parameters for ListAuditLogs.
+type ListAuditLogsParamsActorType string
 
 // DeleteHostParams defines parameters for DeleteHost.
 type DeleteHostParams struct {

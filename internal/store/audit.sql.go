@@ -8,6 +8,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -45,19 +46,49 @@ func (q *Queries) InsertAuditLog(ctx context.Context, arg InsertAuditLogParams) 
 const listAuditLogs = `-- name: ListAuditLogs :many
 SELECT id, team_id, actor_type, actor_id, resource_type, resource_id, action, outcome, detail, created_at FROM audit_logs
 WHERE team_id = $1::uuid AND id < $2::bigint
+  AND ($3::text IS NULL OR actor_type = $3::text)
+  AND ($4::text IS NULL OR actor_id = $4::text)
+  AND ($5::text IS NULL OR resource_type = $5::text)
+  AND ($6::text IS NULL OR resource_id = $6::text)
+  AND ($7::text IS NULL OR action = $7::text)
+  AND ($8::text IS NULL OR outcome = $8::text)
+  AND ($9::timestamptz IS NULL OR created_at >= $9::timestamptz)
+  AND ($10::timestamptz IS NULL OR created_at < $10::timestamptz)
 ORDER BY id DESC
-LIMIT $3::int
+LIMIT $11::int
 `
 
 type ListAuditLogsParams struct {
-	TeamID   uuid.UUID
-	BeforeID int64
-	MaxRows  int32
+	TeamID       uuid.UUID
+	BeforeID     int64
+	ActorType    *string
+	ActorID      *string
+	ResourceType *string
+	ResourceID   *string
+	Action       *string
+	Outcome      *string
+	Since        *time.Time
+	Until        *time.Time
+	MaxRows      int32
 }
 
-// Newest first, strictly older than before_id (keyset pagination).
+// Newest first, strictly older than before_id (keyset pagination). Each
+// filter is optional: NULL matches every row. The walk stays on the
+// (team_id, id DESC) index; the filters are checked on the rows it reads.
 func (q *Queries) ListAuditLogs(ctx context.Context, arg ListAuditLogsParams) ([]AuditLog, error) {
-	rows, err := q.db.Query(ctx, listAuditLogs, arg.TeamID, arg.BeforeID, arg.MaxRows)
+	rows, err := q.db.Query(ctx, listAuditLogs,
+		arg.TeamID,
+		arg.BeforeID,
+		arg.ActorType,
+		arg.ActorID,
+		arg.ResourceType,
+		arg.ResourceID,
+		arg.Action,
+		arg.Outcome,
+		arg.Since,
+		arg.Until,
+		arg.MaxRows,
+	)
 	if err != nil {
 		return nil, err
 	}

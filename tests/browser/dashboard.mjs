@@ -145,6 +145,35 @@ try {
 	);
 	await shot(page, 'terminal');
 
+	begin('terminal: reconnects by itself after a drop');
+	{
+		// A page of its own whose PTY WebSockets pass through Playwright, so
+		// the test can drop one as a network would.
+		const tp = await ctx.newPage();
+		watch(tp, problems);
+		const socks = [];
+		await tp.routeWebSocket(/\/pty/, (ws) => {
+			ws.connectToServer();
+			socks.push(ws);
+		});
+		await tp.goto(base + `/sandbox/${encodeURIComponent(id)}`);
+		const status = tp.getByTestId('terminal-status');
+		await status.filter({ hasText: /^\s*connected\s*$/ }).waitFor();
+		check(socks.length === 1, `${socks.length} PTY sockets before the drop`);
+		await socks[0].close({ code: 4000, reason: 'dropped by the test' });
+		await status.filter({ hasText: 'reconnecting' }).waitFor();
+		await status.filter({ hasText: /^\s*connected\s*$/ }).waitFor({ timeout: 30_000 });
+		check(socks.length === 2, `${socks.length} PTY sockets after the reconnect, want 2`);
+		await tp.getByTestId('terminal').click();
+		await tp.keyboard.type('echo again-$((40+2))\n');
+		await tp.waitForFunction(
+			() => [...document.querySelectorAll('.xterm-rows > div')].some((r) => r.textContent.trim() === 'again-42'),
+			null,
+			{ timeout: 60_000 }
+		);
+		await tp.close();
+	}
+
 	begin('upload, list, download');
 	await page.getByRole('tab', { name: 'Files' }).click();
 	await page.getByRole('table', { name: 'Files' }).or(page.getByText('This directory is empty')).first().waitFor();
@@ -249,6 +278,66 @@ try {
 	await page.waitForURL((u) => u.pathname === '/');
 	await page.locator(`tr[data-sandbox="${forkId}"]`).waitFor({ state: 'detached', timeout: 60_000 });
 
+	// After the fork is gone: the build's VM and the sandbox made from it
+	// keep this run at two VMs at once.
+	begin('build a template from the page');
+	{
+		await page.goto(base + '/templates');
+		await page.getByRole('link', { name: 'Build a template' }).click();
+		await page.getByLabel('Template name').fill('browser-built');
+		await page.getByLabel('Recipe (Dockerfile)').fill(
+			'FROM minimal\n' +
+				'COPY greeting.txt /home/user/greeting.txt\n' +
+				'RUN echo built-by-the-browser && cat /home/user/greeting.txt\n'
+		);
+		await page.locator('#addfiles').setInputFiles({ name: 'greeting.txt', mimeType: 'text/plain', buffer: Buffer.from('hello from a built template\n') });
+		await page.getByRole('list', { name: 'Files in the build context' }).getByText('greeting.txt').waitFor();
+		await shot(page, 'template-build-form');
+		await page.getByRole('button', { name: 'Build', exact: true }).click();
+		await page.waitForURL(/\/template\/browser-built\/builds\//);
+		log(`build page ${page.url()}`);
+		const status = page.getByTestId('build-status');
+		const buildLog = page.getByTestId('build-log');
+		// The log streams while it builds: the COPY step's header appears.
+		await buildLog.locator('.l.k-header', { hasText: /^\[\d+\/\d+\] Dockerfile:2: COPY greeting.txt/ }).waitFor({ timeout: bootTimeout });
+		await status.filter({ hasText: /ready|failed|canceled/ }).waitFor({ timeout: 2 * bootTimeout });
+		const final = (await status.textContent()).trim();
+		if (final !== 'ready') log(`build log:\n${await buildLog.innerText()}`);
+		check(final === 'ready', `the build ended ${final}`);
+		// The RUN step's output, indented under its header, and the end.
+		await buildLog.locator('.l.k-output', { hasText: 'hello from a built template' }).waitFor();
+		await buildLog.locator('.l.k-output', { hasText: 'built-by-the-browser' }).waitFor();
+		await buildLog.locator('.l.k-phase', { hasText: '[done]' }).waitFor();
+		const progress = (await page.getByTestId('build-progress').textContent()).trim();
+		check(/^step (\d+)\/\1\b/.test(progress), `progress at the end: ${progress}`);
+		check((await page.getByRole('progressbar', { name: 'Build progress' }).getAttribute('value')) === '100', 'the progress bar is not full');
+		await shot(page, 'template-build');
+
+		begin('create a sandbox from the built template and see the copied file');
+		await page.getByRole('link', { name: 'Create a sandbox from it' }).click();
+		await page.waitForURL(/\/new\?template=/);
+		check((await page.getByLabel('Template', { exact: true }).inputValue()) === 'browser-built:1', `template field ${await page.getByLabel('Template', { exact: true }).inputValue()}`);
+		await page.getByRole('button', { name: 'Create sandbox' }).click();
+		await page.waitForURL(/\/sandbox\//, { timeout: bootTimeout });
+		const builtId = decodeURIComponent(new URL(page.url()).pathname.split('/').pop());
+		log(`sandbox of the built template ${builtId}`);
+		await page.getByTestId('state').filter({ hasText: 'running' }).waitFor({ timeout: bootTimeout });
+		await page.getByRole('tab', { name: 'Files' }).click();
+		const greeting = page.locator('tr[data-file="greeting.txt"]');
+		await greeting.waitFor();
+		await greeting.getByRole('button', { name: 'greeting.txt' }).click();
+		await page.getByTestId('file-text').filter({ hasText: 'hello from a built template' }).waitFor();
+		await shot(page, 'built-template-files');
+		// The dialog handler of the templates step accepts the Kill confirm.
+		await page.getByRole('button', { name: 'Kill' }).click();
+		await page.waitForURL((u) => u.pathname === '/');
+
+		// The template's page lists the build.
+		await page.goto(base + '/template/browser-built');
+		await page.getByRole('table', { name: 'Builds' }).locator('tr', { hasText: 'v1' }).locator('.badge', { hasText: 'ready' }).waitFor();
+		await shot(page, 'template');
+	}
+
 	begin('switch team');
 	{
 		const sw = page.getByLabel('Team');
@@ -295,6 +384,14 @@ try {
 	begin('audit log');
 	await page.goto(base + '/audit');
 	await page.getByRole('table', { name: 'Audit log' }).waitFor();
+	// Filtered on the server: only the API key revocation of this run.
+	await page.getByLabel('Resource', { exact: true }).fill('api_key');
+	await page.getByLabel('Action').fill('revoke');
+	await page.getByRole('button', { name: 'Apply filters' }).click();
+	await poll('the filtered audit log', async () => {
+		const actions = await page.locator('table[aria-label="Audit log"] tbody tr td:nth-child(3)').allTextContents();
+		return actions.length > 0 && actions.every((a) => a.trim() === 'revoke');
+	});
 	await shot(page, 'audit');
 
 	begin('log out');

@@ -188,6 +188,7 @@ func fuzzSeeds() []struct {
 	add(get, "/v1/sandboxes/{sb}/ports/8080/x%00", "access_token=%00", "", 0)
 	add(get, "a\x00b", "", "", 4)
 	add(get, "/v1/audit-logs", "cursor=%00&limit=-1", "", 1)
+	add(get, "/v1/audit-logs", "actor_id=%00&action=%FF&since=x&until=%00&resource_type=&outcome=%00", "", 1)
 	add(get, "/v1/teams/{team}/members", "", "", 2)
 	add(patch, "/v1/teams/{team}/members/"+uuid.NewString(), "", `{"role":"\u0000"}`, 2|8)
 	add(del, "/v1/api-keys/%FF", "", "", 1)

@@ -26,7 +26,8 @@ import type {
 	NetworkPolicy,
 	Sandbox,
 	SandboxMetrics,
-	Template
+	Template,
+	TemplateBuild
 } from './types';
 
 export const CSRF_HEADER = 'X-Wrenn-CSRF';
@@ -34,6 +35,19 @@ export const TEAM_HEADER = 'X-Wrenn-Team';
 export const TEAM_COOKIE = 'wrenn_team';
 /** The localStorage entry of a remembered API key (the only one used). */
 export const KEY_STORAGE = 'wrenn.apiKey';
+
+/** The audit list's server-side filters; empty ones are not sent. */
+export interface AuditFilters {
+	actor_type?: string;
+	actor_id?: string;
+	resource_type?: string;
+	resource_id?: string;
+	action?: string;
+	outcome?: string;
+	/** RFC 3339 times: since is inclusive, until exclusive. */
+	since?: string;
+	until?: string;
+}
 
 export type Auth = { kind: 'none' } | { kind: 'cookie' } | { kind: 'key'; key: string };
 
@@ -361,24 +375,36 @@ export class Api {
 		onProgress: (loaded: number, total: number) => void,
 		signal?: AbortSignal
 	): Promise<FileInfo> {
+		return this.sendWithProgress('PUT', this.url(`/v1/sandboxes/${enc(id)}/files`, { path }), file, {
+			headers: { 'Content-Type': 'application/octet-stream' },
+			onProgress,
+			signal
+		});
+	}
+	/** Sends a body with upload progress and parses the JSON answer. */
+	private sendWithProgress<T>(
+		method: string,
+		url: string,
+		body: Blob,
+		o: { headers: Record<string, string>; onProgress: (loaded: number, total: number) => void; signal?: AbortSignal }
+	): Promise<T> {
 		return new Promise((resolve, reject) => {
 			const xhr = new XMLHttpRequest();
-			xhr.open('PUT', this.url(`/v1/sandboxes/${enc(id)}/files`, { path }));
-			for (const [k, v] of Object.entries(this.headers('PUT'))) xhr.setRequestHeader(k, v);
-			xhr.setRequestHeader('Content-Type', 'application/octet-stream');
-			xhr.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
+			xhr.open(method, url);
+			for (const [k, v] of Object.entries({ ...this.headers(method), ...o.headers })) xhr.setRequestHeader(k, v);
+			xhr.upload.onprogress = (e) => o.onProgress(e.loaded, e.lengthComputable ? e.total : body.size);
 			xhr.onload = () => {
 				const resp = new Response(xhr.responseText, {
 					status: xhr.status,
 					headers: { 'Content-Type': xhr.getResponseHeader('Content-Type') ?? '' }
 				});
-				if (resp.ok) resolve(resp.json() as Promise<FileInfo>);
+				if (resp.ok) resolve(resp.json() as Promise<T>);
 				else errorFrom(resp).then(reject, reject);
 			};
 			xhr.onerror = () => reject(new ApiError(0, 'network', 'the upload was interrupted'));
 			xhr.onabort = () => reject(new DOMException('upload cancelled', 'AbortError'));
-			signal?.addEventListener('abort', () => xhr.abort());
-			xhr.send(file);
+			o.signal?.addEventListener('abort', () => xhr.abort());
+			xhr.send(body);
 		});
 	}
 	mkdir(id: string, path: string): Promise<FileInfo> {
@@ -431,8 +457,9 @@ export class Api {
 		await this.request('POST', '/v1/auth/signup', { json: req });
 		return this.login(req.email, req.password);
 	}
-	auditLog(cursor?: string, limit = 50): Promise<{ entries: AuditEntry[]; next_cursor?: string }> {
-		return this.request('GET', '/v1/audit-logs', { query: { cursor, limit } });
+	/** A page of the audit log, filtered on the server (send the same filters with the cursor). */
+	auditLog(cursor?: string, limit = 50, filters: AuditFilters = {}): Promise<{ entries: AuditEntry[]; next_cursor?: string }> {
+		return this.request('GET', '/v1/audit-logs', { query: { ...filters, cursor, limit } });
 	}
 
 	// --- hosts and templates -------------------------------------------
@@ -454,6 +481,41 @@ export class Api {
 	}
 	deleteTemplate(name: string): Promise<void> {
 		return this.request('DELETE', `/v1/templates/${enc(name)}`);
+	}
+	getTemplate(name: string, signal?: AbortSignal): Promise<Template> {
+		return this.request('GET', `/v1/templates/${enc(name)}`, { signal });
+	}
+	/**
+	 * Starts a build: the body is the build context (a tar, or a tar.gz
+	 * when gzip), sent with upload progress. registryAuth (X-Registry-Auth)
+	 * goes on this request only: nothing keeps it.
+	 */
+	buildTemplate(
+		req: { name: string; file?: string; buildArgs?: string[]; registryAuth?: string; gzip?: boolean },
+		context: Blob,
+		onProgress: (loaded: number, total: number) => void,
+		signal?: AbortSignal
+	): Promise<TemplateBuild> {
+		const headers: Record<string, string> = { 'Content-Type': req.gzip ? 'application/gzip' : 'application/x-tar' };
+		if (req.registryAuth) headers['X-Registry-Auth'] = req.registryAuth;
+		const url = this.url('/v1/templates', { name: req.name, file: req.file, build_arg: req.buildArgs });
+		return this.sendWithProgress('POST', url, context, { headers, onProgress, signal });
+	}
+	async listBuilds(name: string, signal?: AbortSignal): Promise<TemplateBuild[]> {
+		return (await this.request<{ builds: TemplateBuild[] }>('GET', `/v1/templates/${enc(name)}/builds`, { signal })).builds;
+	}
+	getBuild(name: string, id: string, signal?: AbortSignal): Promise<TemplateBuild> {
+		return this.request('GET', `/v1/templates/${enc(name)}/builds/${enc(id)}`, { signal });
+	}
+	cancelBuild(name: string, id: string): Promise<void> {
+		return this.request('DELETE', `/v1/templates/${enc(name)}/builds/${enc(id)}`);
+	}
+	/** The build's log from entry offset on, streamed until the build ends (NDJSON). */
+	buildLog(name: string, id: string, offset: number, signal?: AbortSignal): Promise<Response> {
+		return this.raw('GET', `/v1/templates/${enc(name)}/builds/${enc(id)}/logs`, {
+			query: { offset, follow: true },
+			signal
+		});
 	}
 }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { age, bytes, filterSandboxes, joinPath, parentDir, parseCIDRs, parsePairs } from './format';
+import { age, auditFilters, bytes, filterSandboxes, joinPath, parentDir, parseCIDRs, parsePairs } from './format';
 import type { Sandbox } from './types';
 
 const sb = (id: string, state: Sandbox['state'], metadata: Record<string, string> = {}): Sandbox => ({
@@ -41,5 +41,24 @@ describe('format', () => {
 		expect(parentDir('/')).toBe('/');
 		expect(joinPath('/', 'x')).toBe('/x');
 		expect(joinPath('/home/user', 'x')).toBe('/home/user/x');
+	});
+});
+
+describe('auditFilters', () => {
+	const empty = { actorType: '', actorId: '', resourceType: '', resourceId: '', action: '', outcome: '', since: '', until: '' };
+	it('drops empty fields and trims', () => {
+		expect(auditFilters(empty)).toEqual({});
+		expect(auditFilters({ ...empty, action: ' create ', resourceType: 'sandbox', outcome: 'failure' })).toEqual({
+			action: 'create',
+			resource_type: 'sandbox',
+			outcome: 'failure'
+		});
+	});
+	it('turns local times into RFC 3339 and checks the range', () => {
+		const f = auditFilters({ ...empty, since: '2026-12-07T10:30', until: '2026-12-07T11:00' });
+		expect(f.since).toBe(new Date(2026, 11, 7, 10, 30).toISOString());
+		expect(f.until).toBe(new Date(2026, 11, 7, 11, 0).toISOString());
+		expect(() => auditFilters({ ...empty, since: '2026-12-07T11:00', until: '2026-12-07T10:00' })).toThrow(/before/);
+		expect(() => auditFilters({ ...empty, since: 'soon' })).toThrow(/From/);
 	});
 });

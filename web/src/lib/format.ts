@@ -1,5 +1,6 @@
 // Formatting and filtering helpers shared by the pages (pure, unit-tested).
 
+import type { AuditFilters } from './api';
 import type { Sandbox } from './types';
 
 export function bytes(n: number | undefined | null): string {
@@ -72,4 +73,39 @@ export function parentDir(path: string): string {
 
 export function joinPath(dir: string, name: string): string {
 	return (dir.endsWith('/') ? dir : dir + '/') + name;
+}
+
+/** The audit page's filter form, as typed. */
+export interface AuditForm {
+	actorType: string;
+	actorId: string;
+	resourceType: string;
+	resourceId: string;
+	action: string;
+	outcome: string;
+	/** datetime-local values ("2026-12-07T10:30"), in the browser's zone. */
+	since: string;
+	until: string;
+}
+
+/** The form as the API's filters: trimmed, times as RFC 3339 UTC. */
+export function auditFilters(f: AuditForm): AuditFilters {
+	const time = (v: string, what: string): string | undefined => {
+		if (!v) return undefined;
+		const ms = Date.parse(v);
+		if (!Number.isFinite(ms)) throw new Error(`${what}: not a date and time`);
+		return new Date(ms).toISOString();
+	};
+	const out: AuditFilters = {
+		actor_type: f.actorType || undefined,
+		actor_id: f.actorId.trim() || undefined,
+		resource_type: f.resourceType.trim() || undefined,
+		resource_id: f.resourceId.trim() || undefined,
+		action: f.action.trim() || undefined,
+		outcome: f.outcome || undefined,
+		since: time(f.since, 'From'),
+		until: time(f.until, 'To')
+	};
+	if (out.since && out.until && out.since >= out.until) throw new Error('"From" must be before "To".');
+	return out;
 }

@@ -154,6 +154,40 @@ export interface Template {
 	created_at: string;
 	disk_bytes?: number;
 	source_sandbox_id?: string;
+	/** A built template: its newest ready version, that version's build, its sandboxes' default shape. */
+	version?: number;
+	build_id?: string;
+	vcpus?: number;
+	memory_mb?: number;
+}
+export type BuildStatus = 'building' | 'ready' | 'failed' | 'canceled' | 'retired';
+export interface TemplateBuild {
+	id: string;
+	template: string;
+	version: number;
+	status: BuildStatus;
+	error?: string;
+	error_code?: string;
+	from?: string;
+	recipe_file: string;
+	steps: number;
+	cached_steps: number;
+	current_step?: number;
+	image_bytes?: number;
+	digest?: string;
+	snapshot?: boolean;
+	created_at: string;
+	finished_at?: string;
+	duration_seconds?: number;
+}
+export interface TemplateBuildLogEntry {
+	seq: number;
+	time: string;
+	step?: number;
+	steps?: number;
+	phase: 'queued' | 'base' | 'step' | 'image' | 'start' | 'done' | 'error';
+	cached?: boolean;
+	text: string;
 }
 export interface Invite {
 	id: string;
