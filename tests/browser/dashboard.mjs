@@ -425,6 +425,17 @@ try {
 		// Remembered: a new page of the same browser is logged in.
 		await kp.reload();
 		await kp.locator(`tr[data-sandbox="${id}"]`).waitFor();
+		// The terminal works with a pasted key too (it rides in a
+		// WebSocket subprotocol, as a browser cannot set the header).
+		await kp.goto(base + `/sandbox/${encodeURIComponent(id)}`);
+		await kp.locator('.badge', { hasText: 'connected' }).waitFor({ timeout: 60_000 });
+		await kp.getByTestId('terminal').click();
+		await kp.keyboard.type('echo key-$((6*7))\n');
+		await kp.waitForFunction(
+			() => [...document.querySelectorAll('.xterm-rows > div')].some((r) => r.textContent.trim() === 'key-42'),
+			null,
+			{ timeout: 60_000 }
+		);
 		await kp.getByRole('button', { name: 'Log out' }).click();
 		await kp.waitForURL(/\/login/);
 		check((await kp.evaluate(() => localStorage.length)) === 0, 'the key stayed in localStorage after logout');

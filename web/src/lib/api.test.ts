@@ -163,6 +163,18 @@ describe('API keys', () => {
 		expect(calls.length).toBe(0);
 		expect(storage.m.size).toBe(0);
 	});
+	it('a WebSocket carries the key in a subprotocol; a cookie session needs none', async () => {
+		const storage = memStorage();
+		const { f } = fakeFetch(() => json(200, me));
+		const api = new Api({ fetch: f, storage });
+		expect(api.wsProtocols()).toEqual([]);
+		await api.useKey(validKey, false);
+		const [proto, bearer] = api.wsProtocols();
+		expect(proto).toBe('wrenn.v1');
+		const enc = bearer!.slice('wrenn.bearer.'.length);
+		expect(enc).toMatch(/^[A-Za-z0-9_-]+$/);
+		expect(atob(enc.replace(/-/g, '+').replace(/_/g, '/'))).toBe(validKey);
+	});
 	it('a rejected key is neither kept nor stored', async () => {
 		const storage = memStorage();
 		const { f } = fakeFetch(() => json(401, { error: { code: 'unauthenticated', message: 'invalid API key' } }));

@@ -335,7 +335,17 @@ export class Api {
 	logs(id: string, tailBytes = 65536): Promise<string> {
 		return this.request('GET', `/v1/sandboxes/${enc(id)}/logs`, { query: { tail_bytes: tailBytes } });
 	}
-	/** The terminal's WebSocket URL (cookie sessions only: see Terminal). */
+	/**
+	 * The WebSocket subprotocols that carry a pasted API key (a browser
+	 * cannot set headers on a WebSocket): wrenn.v1, which the server
+	 * selects, and wrenn.bearer.<base64url key>. A cookie session needs none.
+	 */
+	wsProtocols(): string[] {
+		if (this.auth.kind !== 'key') return [];
+		const b64 = btoa(this.auth.key).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+		return ['wrenn.v1', 'wrenn.bearer.' + b64];
+	}
+	/** The terminal's WebSocket URL (open it with wsProtocols()). */
 	ptyURL(id: string, cols: number, rows: number, origin: string): string {
 		const u = new URL(this.url(`/v1/sandboxes/${enc(id)}/pty`, { cols, rows }), origin);
 		u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
