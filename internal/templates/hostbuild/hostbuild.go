@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -44,6 +45,10 @@ const DefaultMaxContextBytes = 1 << 30
 
 // contextTTL is how long an uploaded context waits for its build.
 const contextTTL = time.Hour
+
+// DefaultCacheTTL is how long an OCI base image or layer blob nobody used
+// is kept.
+const DefaultCacheTTL = 7 * 24 * time.Hour
 
 // RecipeFiles are the recipe names tried, in order, when a build names
 // none.
@@ -63,12 +68,20 @@ type Config struct {
 	Insecure func(registry string) bool
 	// MaxContextBytes bounds an upload (DefaultMaxContextBytes when 0).
 	MaxContextBytes int64
+	// CacheTTL is how long unused OCI bases and blobs stay
+	// (DefaultCacheTTL when 0).
+	CacheTTL time.Duration
 }
 
 // Service runs builds on one host.
 type Service struct {
 	cfg Config
 	log *slog.Logger
+
+	// mu guards active, the builds running: the caches are collected only
+	// when none is, so no build loses a file it is about to read.
+	mu     sync.Mutex
+	active int
 }
 
 // New returns a Service and removes what interrupted builds left.
@@ -84,6 +97,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.MaxContextBytes == 0 {
 		cfg.MaxContextBytes = DefaultMaxContextBytes
+	}
+	if cfg.CacheTTL == 0 {
+		cfg.CacheTTL = DefaultCacheTTL
 	}
 	for _, d := range []string{"buildctx", "buildcache/blobs", "buildcache/bases", "buildcache/bin"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o700); err != nil {
@@ -139,6 +155,25 @@ func (s *Service) removeStale() {
 	}
 }
 
+// collectCaches removes OCI bases and layer blobs unused for CacheTTL (a
+// use renews a file's modification time). s.mu is held and no build runs.
+func (s *Service) collectCaches() {
+	cutoff := time.Now().Add(-s.cfg.CacheTTL)
+	for _, dir := range []string{filepath.Join(s.cfg.Dir, "buildcache", "bases"), filepath.Join(s.cfg.Dir, "buildcache", "blobs")} {
+		_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil
+			}
+			if fi, err := d.Info(); err == nil && fi.ModTime().Before(cutoff) {
+				if os.Remove(p) == nil {
+					s.log.Info("unused build cache file removed", "file", p, "last_used", fi.ModTime())
+				}
+			}
+			return nil
+		})
+	}
+}
+
 // ctxReader stops reading when ctx ends.
 type ctxReader struct {
 	ctx context.Context
@@ -171,6 +206,17 @@ type Request struct {
 
 // Build runs one build from its uploaded context.
 func (s *Service) Build(ctx context.Context, req Request, emit func(builder.Event)) (builder.Result, error) {
+	s.mu.Lock()
+	if s.active == 0 {
+		s.collectCaches()
+	}
+	s.active++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.active--
+		s.mu.Unlock()
+	}()
 	tarPath := s.contextPath(req.Build)
 	f, err := os.Open(tarPath)
 	if err != nil {
@@ -343,6 +389,10 @@ func (s *Service) imageBase(ctx context.Context, ref string, auth map[string]oci
 		return nil, err
 	}
 	defer pulled.Close()
+	now := time.Now()
+	for _, l := range pulled.Layers {
+		_ = os.Chtimes(l.Path, now, now) // used: collectCaches keeps it
+	}
 	key := sha256.Sum256([]byte("wrenn-base-v1\x00" + pulled.Digest + "\x00" + bins.key))
 	name := hex.EncodeToString(key[:])
 	bases := filepath.Join(s.cfg.Dir, "buildcache", "bases")
@@ -351,8 +401,8 @@ func (s *Service) imageBase(ctx context.Context, ref string, auth map[string]oci
 		var img builder.ImageBase
 		if json.Unmarshal(b, &img) == nil {
 			if _, err := os.Stat(out); err == nil {
-				now := time.Now()
 				_ = os.Chtimes(out, now, now)
+				_ = os.Chtimes(meta, now, now)
 				logf("image " + pulled.Digest + " is already a base image here")
 				return &img, nil
 			}
