@@ -9,9 +9,9 @@ package agent
 //
 // Its root disk is an overlay on the build's private work image, moved
 // into the VM's directory while it runs (so only this VM's identity can
-// read it, as a template's private copy is for its sandboxes). Finish
-// saves what the step changed as a cached layer, folds it into the work
-// image and hands the work image back.
+// read it, as a template's private copy is for its sandboxes). SaveLayer
+// keeps what the VM has written so far as a cached layer after each step;
+// Finish folds it into the work image and hands the work image back.
 
 import (
 	"context"

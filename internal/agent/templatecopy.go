@@ -121,17 +121,16 @@ func (m *Manager) adoptSnapshot(ctx context.Context, dir, image string) error {
 	if err := json.Unmarshal(b, &man); err != nil {
 		return fmt.Errorf("received snapshot: decode its manifest: %w", err)
 	}
-	snap := &snapshot.Snapshot{Dir: dir, Manifest: man}
-	if snap.Manifest.Driver != m.cfg.Driver.Name() {
-		return errdefs.New(errdefs.ErrFailedPrecondition, "the template's snapshot was written by VMM driver %q; this host runs %q", snap.Manifest.Driver, m.cfg.Driver.Name())
+	if man.Driver != m.cfg.Driver.Name() {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "the template's snapshot was written by VMM driver %q; this host runs %q", man.Driver, m.cfg.Driver.Name())
 	}
-	if _, err := kernels.Find(filepath.Join(m.cfg.Dir, "kernels"), snap.Manifest.KernelVersion); err != nil {
-		return fmt.Errorf("the template's snapshot needs guest kernel %s: %w", snap.Manifest.KernelVersion, err)
+	if _, err := kernels.Find(filepath.Join(m.cfg.Dir, "kernels"), man.KernelVersion); err != nil {
+		return fmt.Errorf("the template's snapshot needs guest kernel %s: %w", man.KernelVersion, err)
 	}
 	if err := disk.Repoint(ctx, transfer.FrozenDisk(filepath.Dir(dir)), image, disk.Raw); err != nil {
 		return err
 	}
-	if _, err := snapshot.Write(ctx, dir, snap.Manifest); err != nil {
+	if _, err := snapshot.Write(ctx, dir, man); err != nil {
 		return fmt.Errorf("seal received snapshot: %w", err)
 	}
 	if _, err := snapshot.Open(ctx, dir); err != nil {

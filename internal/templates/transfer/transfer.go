@@ -265,6 +265,3 @@ func writeSparse(path string, r io.Reader, n int64, mode os.FileMode) (string, e
 // FrozenDisk is the snapshot disk of an unpacked version whose backing
 // file must be pointed at the version's image on this host.
 func FrozenDisk(dir string) string { return filepath.Join(dir, snapshotDir, frozenDisk) }
-
-// Image is an unpacked version's image.
-func Image(dir string) string { return filepath.Join(dir, imageName) }
