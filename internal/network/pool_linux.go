@@ -259,7 +259,7 @@ func (p *Pool) Reclaim(ctx context.Context) error {
 		return errors.Join(append(errs, fmt.Errorf("reclaim: %w", err))...)
 	}
 	defer h.Close()
-	links, err := h.LinkList()
+	links, err := linkList(h)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("reclaim: list host links: %w", err))...)
 	}
@@ -540,6 +540,20 @@ func (p *Pool) teardown(s *Slot) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// linkList lists the links of h's namespace. A dump the kernel marks
+// interrupted (a link changed meanwhile: another agent or test creating
+// its veths) may miss links, so it is taken again, a few times.
+func linkList(h *netlink.Handle) ([]netlink.Link, error) {
+	var err error
+	for range 5 {
+		var links []netlink.Link
+		if links, err = h.LinkList(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return links, err
+		}
+	}
+	return nil, err
 }
 
 // hostAddresses lists the IPv4 addresses on every interface of the host netns.
